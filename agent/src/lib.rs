@@ -1,1 +1,9 @@
-//! shoal agent library
+//! The `shoal` agent: the daemon that runs on every host and the CLI that
+//! talks to it over a local unix socket. Later parts wire the replicated
+//! store, membership and the netdriver in here.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;

@@ -1,1 +1,52 @@
-fn main() {}
+//! `shoal`: daemon and CLI in one binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shoal::cli::{Cli, Command, DaemonArgs};
+use shoal::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Daemon(args) => match runtime.block_on(daemon(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::from(runtime.block_on(shoal::cli::run_client(cli)) as u8),
+    }
+}
+
+async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(r) = args.run_dir {
+        config.run_dir = r;
+    }
+    if let Some(l) = args.log_level {
+        config.log_level = l;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    shoal::daemon::run(config).await
+}

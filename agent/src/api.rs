@@ -1,0 +1,255 @@
+//! The local API between the `shoal` CLI and its daemon, over a unix socket.
+//!
+//! Every message is one frame: a 4-byte big-endian length followed by that
+//! many bytes of JSON. A request carries the protocol version it speaks, so a
+//! daemon and a CLI of different versions fail with a clear message instead of
+//! misreading each other. The daemon answers every complete frame, including
+//! malformed ones, and closes the connection only when it cannot find the next
+//! frame boundary (an oversized length).
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of the request/response protocol; bumped on incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts. Requests are small; responses carry at
+/// most a few thousand objects.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A request as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Protocol version the client speaks.
+    pub version: u32,
+    /// What the client asks for.
+    pub request: Request,
+}
+
+/// A response as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// Protocol version the daemon speaks.
+    pub version: u32,
+    /// The answer or why there is none.
+    pub result: Result<Response, ApiError>,
+}
+
+/// Everything the CLI can ask the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Daemon version and build facts.
+    Version,
+    /// Node identity, addresses and swarm state.
+    Info,
+}
+
+/// Answers, one variant per request kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Version`].
+    Version(VersionInfo),
+    /// Answer to [`Request::Info`].
+    Info(NodeInfo),
+}
+
+/// Version facts of one side (client or daemon).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Crate version of the binary.
+    pub version: String,
+    /// Local API protocol version.
+    pub protocol: u32,
+    /// Operating system and architecture.
+    pub os_arch: String,
+}
+
+impl VersionInfo {
+    /// The facts of the running binary.
+    pub fn current() -> Self {
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            os_arch: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
+/// What `shoal info` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// This node's id (kept in the data dir).
+    pub node_id: String,
+    /// Host name of the machine.
+    pub hostname: String,
+    /// IPv4 addresses of the interfaces in the daemon's network namespace
+    /// (loopback excluded).
+    pub addresses: Vec<String>,
+    /// The daemon's data directory.
+    pub data_dir: String,
+    /// Daemon version.
+    pub daemon_version: String,
+    /// Swarm membership of this node.
+    pub swarm: SwarmInfo,
+}
+
+/// Swarm part of [`NodeInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    /// `inactive`, `active`, ...
+    pub state: SwarmState,
+}
+
+/// Whether the node is part of a swarm.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SwarmState {
+    /// Not part of a swarm.
+    Inactive,
+    /// Member of a swarm.
+    Active,
+}
+
+impl std::fmt::Display for SwarmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwarmState::Inactive => "inactive",
+            SwarmState::Active => "active",
+        })
+    }
+}
+
+/// Why a request failed, as the user should read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Machine-readable class.
+    pub code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// Classes of [`ApiError`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    BadRequest,
+    /// Client and daemon speak different protocol versions.
+    UnsupportedVersion,
+    /// The daemon failed to do what was asked.
+    Internal,
+}
+
+impl ApiError {
+    /// Shorthand constructor.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors reading or writing a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The length prefix is over [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    TooLarge(usize),
+    /// The body is not the expected JSON.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Socket error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Read one frame's raw body. `Closed` on a clean end of stream.
+pub async fn read_frame_bytes<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Read and decode one frame.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, FrameError> {
+    let body = read_frame_bytes(r).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Encode and write one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(value)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut buf = Vec::with_capacity(body.len() + 4);
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let req = RequestFrame {
+            version: PROTOCOL_VERSION,
+            request: Request::Info,
+        };
+        write_frame(&mut a, &req).await.unwrap();
+        let got: RequestFrame = read_frame(&mut b).await.unwrap();
+        assert!(matches!(got.request, Request::Info));
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_rejected_without_allocating() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame_bytes(&mut b).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(n) if n == u32::MAX as usize));
+    }
+
+    #[tokio::test]
+    async fn truncated_and_garbage_frames_are_errors() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame_bytes(&mut b).await,
+            Err(FrameError::Closed)
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&3u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"{x}").await.unwrap();
+        let r: Result<RequestFrame, _> = read_frame(&mut b).await;
+        assert!(matches!(r, Err(FrameError::Malformed(_))));
+    }
+}

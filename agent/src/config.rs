@@ -1,0 +1,134 @@
+//! Daemon configuration: `/etc/shoal/shoal.toml` (or `--config`), then flags.
+//!
+//! Unknown keys are errors, so a typo in the file is reported with its line
+//! and key instead of being silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/shoal/shoal.toml";
+/// Default state directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+/// Default local API socket.
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
+/// Default directory for runtime state (namespace bind mounts).
+pub const DEFAULT_RUN_DIR: &str = "/run/shoal";
+
+/// The daemon's settings after file and flags are merged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent state: node id, certificates, Raft log.
+    pub data_dir: PathBuf,
+    /// Unix socket of the local API.
+    pub socket: PathBuf,
+    /// Runtime state that does not survive a reboot.
+    pub run_dir: PathBuf,
+    /// `tracing` filter (e.g. `info`, `shoal=debug`); `RUST_LOG` wins.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: DEFAULT_DATA_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// File that was read.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config {path}: {source}")]
+    Parse {
+        /// File that was parsed.
+        path: PathBuf,
+        /// toml's error, which names the line, column and key.
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Parse a config file's text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Load `explicit` if given (it must exist), else the default path if it
+    /// exists, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !p.exists() {
+                    return Ok(Config::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_partial_file() {
+        let c = Config::parse("data_dir = \"/tmp/x\"\n", Path::new("f.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn unknown_key_names_path_line_and_key() {
+        let err = Config::parse(
+            "log_level = \"info\"\nsockett = \"/x\"\n",
+            Path::new("/e/s.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/e/s.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("sockett"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let err = Config::parse("data_dir = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1") && err.contains("data_dir"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/shoal.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/shoal.toml"), "{err}");
+    }
+}

@@ -1,0 +1,293 @@
+//! `shoal daemon`: owns the data dir, serves the local API on a unix socket,
+//! and shuts down cleanly on SIGTERM/SIGINT.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    self, ApiError, ErrorCode, FrameError, NodeInfo, Request, RequestFrame, Response,
+    ResponseFrame, SwarmInfo, SwarmState, VersionInfo, PROTOCOL_VERSION,
+};
+use crate::config::Config;
+
+/// Name of the lock file inside the data dir.
+const LOCK_FILE: &str = "shoal.lock";
+/// Name of the file holding this node's id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// An exclusive hold on a data dir; released when dropped (or when the
+/// process dies, since it is an advisory `flock`).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Create the data dir if needed and take its lock, or say who holds it.
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("data dir {} cannot be created", data_dir.display()))?;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("data dir {} is not writable", data_dir.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                bail!(
+                    "data dir {} is in use by another shoal daemon{who}; lock file {}",
+                    data_dir.display(),
+                    path.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        file.set_len(0)
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("data dir {} is not writable", data_dir.display()))?;
+        Ok(DataDirLock { _file: file, path })
+    }
+
+    /// Path of the lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Read this node's id from the data dir, creating one on first start.
+fn load_or_create_node_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim().to_string();
+            if id.len() != 25
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+            {
+                bail!(
+                    "{}: corrupted node id {:?} (expected 25 lowercase letters/digits)",
+                    path.display(),
+                    id
+                );
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = new_node_id();
+            write_atomically(&path, id.as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A fresh 25-character base36 id, like Docker's node ids.
+pub fn new_node_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rngs::OsRng;
+    (0..25)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Write a file so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Bind the API socket, replacing a stale socket file but never a live one.
+async fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "socket {} is in use by another running shoal daemon",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// State shared by every API connection.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Config,
+    node_id: String,
+}
+
+impl Daemon {
+    /// Answer one request.
+    pub async fn handle(&self, req: Request) -> Result<Response, ApiError> {
+        match req {
+            Request::Version => Ok(Response::Version(VersionInfo::current())),
+            Request::Info => Ok(Response::Info(self.info()?)),
+        }
+    }
+
+    fn info(&self) -> Result<NodeInfo, ApiError> {
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(NodeInfo {
+            node_id: self.node_id.clone(),
+            hostname,
+            addresses: local_ipv4_addrs(),
+            data_dir: self.config.data_dir.display().to_string(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            swarm: SwarmInfo {
+                state: SwarmState::Inactive,
+            },
+        })
+    }
+}
+
+/// IPv4 addresses of the non-loopback interfaces in this network namespace.
+pub fn local_ipv4_addrs() -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter(|a| a.interface_name != "lo")
+        .filter_map(|a| {
+            a.address
+                .and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip().to_string()))
+        })
+        .collect()
+}
+
+/// Serve one client connection until it closes. Every complete frame gets a
+/// reply; an oversized frame gets a reply and the connection is closed
+/// because the next frame boundary is unknown.
+async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    loop {
+        let result = match api::read_frame_bytes(&mut rd).await {
+            Err(FrameError::Closed) => return,
+            Err(FrameError::TooLarge(n)) => {
+                let err = ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("request frame of {n} bytes exceeds the {} byte limit", api::MAX_FRAME),
+                );
+                let _ = reply(&mut wr, Err(err)).await;
+                return;
+            }
+            Err(e) => {
+                debug!("api connection: {e}");
+                return;
+            }
+            Ok(body) => match serde_json::from_slice::<RequestFrame>(&body) {
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("malformed request: {e}"),
+                )),
+                Ok(frame) if frame.version != PROTOCOL_VERSION => Err(ApiError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "client speaks protocol version {}, this daemon speaks {}: use matching shoal binaries",
+                        frame.version, PROTOCOL_VERSION
+                    ),
+                )),
+                Ok(frame) => daemon.handle(frame.request).await,
+            },
+        };
+        if let Err(e) = reply(&mut wr, result).await {
+            debug!("api connection: cannot reply: {e}");
+            return;
+        }
+    }
+}
+
+async fn reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    result: Result<Response, ApiError>,
+) -> Result<(), FrameError> {
+    let frame = ResponseFrame {
+        version: PROTOCOL_VERSION,
+        result,
+    };
+    api::write_frame(wr, &frame).await
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    std::fs::create_dir_all(&config.run_dir)
+        .with_context(|| format!("run dir {} cannot be created", config.run_dir.display()))?;
+    let node_id = load_or_create_node_id(&config.data_dir)?;
+    let listener = bind_socket(&config.socket).await?;
+    let socket = config.socket.clone();
+    info!(
+        node_id = %node_id,
+        data_dir = %config.data_dir.display(),
+        socket = %socket.display(),
+        lock = %lock.path().display(),
+        "shoal daemon started"
+    );
+    let daemon = Arc::new(Daemon { config, node_id });
+
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(daemon.clone(), stream));
+                }
+                Err(e) => warn!("api socket accept failed: {e}"),
+            },
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+    if let Err(e) = std::fs::remove_file(&socket) {
+        warn!("cannot remove socket {}: {e}", socket.display());
+    }
+    drop(lock);
+    Ok(())
+}
