@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the system packages Shoal's lab and tests need (Debian/Ubuntu).
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v ping >/dev/null || need+=(iputils-ping)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
