@@ -1,2 +1,44 @@
-//! shoal-lab: hosts as network namespaces on a private underlay, one real
-//! `shoal daemon` per host.
+//! shoal-lab: a cluster of hosts on one machine, each a network namespace
+//! on a private underlay bridge, each running one real `shoal daemon`.
+//! Tests and benchmarks use the library; users run the `shoal-lab` binary.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), shoal_lab::LabError> {
+//! let lab = shoal_lab::Lab::builder().nodes(3).start()?;
+//! let out = lab.shoal(1, &["--format", "json", "info"])?;
+//! assert!(out.status.success());
+//! lab.partition(&[1], &[2, 3])?;
+//! assert!(!lab.ping(1, 2)?);
+//! lab.heal()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout (DESIGN.md §5): namespace `<prefix>-ul` holds bridge `ul0` (and
+//! `dp0` with a data path); host `hI` is namespace `<prefix>-hI` with
+//! `eth0` 10.77.0.I/24 (and `eth1` 10.77.1.I/24) and a directory
+//! `/run/shoal-lab/<prefix>/hI/` with data/, run/, shoal.sock, shoal.toml,
+//! daemon.log. `<prefix>` is `sl` plus six random characters. Nothing is
+//! named in the root namespace; cleanup (on drop, on Ctrl-C, by
+//! [`Lab::down`]) removes exactly what the lab recorded in its
+//! [`LabState`], never anything found by pattern.
+
+mod error;
+mod lab;
+pub mod names;
+mod plan;
+mod process;
+mod registry;
+mod state;
+mod tools;
+
+pub use error::LabError;
+pub use lab::{preflight, DaemonState, Exit, Lab, LabBuilder, DEFAULT_READY_TIMEOUT, LAB_ROOT};
+pub use names::HostId;
+pub use state::{HostState, LabState, ProcessRecord, STATE_VERSION};
+pub use tools::find_shoal_bin;
+
+/// Whether the process recorded in `rec` still exists (same PID and start
+/// time, not a zombie). `shoal-lab gc` uses it on a lab's owner.
+pub fn is_alive(rec: &ProcessRecord) -> bool {
+    process::liveness(rec) != process::Liveness::Gone
+}

@@ -1,1 +1,376 @@
-fn main() {}
+//! `shoal-lab`: bring up a cluster of namespace hosts running real shoal
+//! daemons on this machine, and poke at it. The lab brought up by `up`
+//! outlives the command; its record lives in /run/shoal-lab/lab.json so
+//! later invocations (`exec`, `kill`, `partition`, `down`, ...) find it.
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shoal_lab::{is_alive, HostId, Lab, LabState, LAB_ROOT};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal-lab",
+    version,
+    about = "A shoal cluster of network-namespace hosts on this machine (needs root)"
+)]
+struct Cli {
+    /// Where the lab brought up by `up` is recorded.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_LAB_STATE",
+        default_value = "/run/shoal-lab/lab.json"
+    )]
+    state: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create hosts h1..hN, each running `shoal daemon`, and leave them running.
+    Up {
+        /// Number of hosts (1..=250).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Managers for the swarm (recorded; swarm forming arrives with the
+        /// secure-cluster work).
+        #[arg(long)]
+        managers: Option<usize>,
+        /// Give each host a second network, eth1 10.77.1.N/24, for the data path.
+        #[arg(long)]
+        data_path: bool,
+    },
+    /// Stop the daemons and remove everything the lab created.
+    Down,
+    /// Show hosts, addresses and daemon states.
+    Status,
+    /// Run a command in a host's namespace with SHOAL_HOST set:
+    /// `shoal-lab exec h2 -- shoal info`.
+    Exec {
+        /// h1, h2, ...
+        host: HostId,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        argv: Vec<OsString>,
+    },
+    /// SIGKILL a host's daemon.
+    Kill { host: HostId },
+    /// SIGSTOP a host's daemon.
+    Pause { host: HostId },
+    /// SIGCONT a paused daemon.
+    Resume { host: HostId },
+    /// Stop (if running) and start a host's daemon with the same data.
+    Restart { host: HostId },
+    /// Cut two groups of hosts off from each other: `partition h1,h2 h3,h4`.
+    Partition {
+        /// One side: h1,h2
+        #[arg(value_parser = parse_hosts)]
+        a: Hosts,
+        /// The other side: h3,h4
+        #[arg(value_parser = parse_hosts)]
+        b: Hosts,
+    },
+    /// Remove all partitions.
+    Heal,
+    /// Remove labs under /run/shoal-lab whose owning process is gone.
+    Gc,
+}
+
+/// A comma-separated host list, one CLI argument (clap would read a
+/// `Vec<HostId>` field as several arguments).
+#[derive(Clone)]
+struct Hosts(Vec<HostId>);
+
+fn parse_hosts(s: &str) -> Result<Hosts, String> {
+    s.split(',')
+        .map(|h| h.trim().parse::<HostId>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Hosts)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shoal-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let state_file = cli.state;
+    match cli.cmd {
+        Cmd::Up {
+            nodes,
+            managers,
+            data_path,
+        } => up(&state_file, nodes, managers, data_path)?,
+        Cmd::Down => down(&state_file)?,
+        Cmd::Status => status(&load(&state_file)?)?,
+        Cmd::Exec { host, argv } => {
+            let lab = load(&state_file)?;
+            let status = lab
+                .command(host, &argv)?
+                .status()
+                .with_context(|| format!("running {argv:?} on {host}"))?;
+            let code = status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Cmd::Kill { host } => {
+            let lab = load(&state_file)?;
+            lab.kill(host)?;
+            println!("{host}: daemon {}", lab.daemon_state(host)?);
+        }
+        Cmd::Pause { host } => {
+            let lab = load(&state_file)?;
+            lab.pause(host)?;
+            println!("{host}: daemon {}", lab.daemon_state(host)?);
+        }
+        Cmd::Resume { host } => {
+            let lab = load(&state_file)?;
+            lab.resume(host)?;
+            println!("{host}: daemon {}", lab.daemon_state(host)?);
+        }
+        Cmd::Restart { host } => {
+            let lab = load(&state_file)?;
+            lab.restart(host)?;
+            let pid = lab.host(host)?.daemon.map(|d| d.pid).unwrap_or_default();
+            println!("{host}: daemon restarted (pid {pid}) and answering");
+        }
+        Cmd::Partition { a, b } => {
+            let lab = load(&state_file)?;
+            lab.partition(&a.0, &b.0)?;
+            println!("partitioned {} | {}", list(&a.0), list(&b.0));
+        }
+        Cmd::Heal => {
+            load(&state_file)?.heal()?;
+            println!("healed: all partitions removed");
+        }
+        Cmd::Gc => gc(&state_file)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(hosts: &[HostId]) -> String {
+    hosts
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn load(state_file: &Path) -> Result<Lab> {
+    if !state_file.exists() {
+        bail!(
+            "no lab is up ({} does not exist): start one with `shoal-lab up --nodes 5`",
+            state_file.display()
+        );
+    }
+    Ok(Lab::from_state_file(state_file)?)
+}
+
+fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool) -> Result<()> {
+    shoal_lab::preflight()?;
+    if let Some(dir) = state_file.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Creating the state file first is the lock against a second `up`.
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(state_file)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let which = LabState::load(state_file)
+                .map(|s| format!("lab {}", s.prefix))
+                .unwrap_or_else(|_| "a lab".into());
+            bail!(
+                "{which} is already up (recorded in {}): run `shoal-lab down` first",
+                state_file.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", state_file.display())),
+    }
+    let mut builder = Lab::builder().nodes(nodes).data_path(data_path);
+    if let Some(m) = managers {
+        builder = builder.managers(m);
+    }
+    let lab = match builder.start() {
+        Ok(lab) => lab,
+        Err(e) => {
+            let _ = fs::remove_file(state_file);
+            return Err(e.into());
+        }
+    };
+    let state = lab.detach()?;
+    state.save(state_file)?;
+    println!(
+        "lab {} is up: {} hosts on a private underlay (namespace {}, bridge ul0, 10.77.0.0/24){}",
+        state.prefix,
+        state.hosts.len(),
+        state.underlay_ns,
+        if state.data_path {
+            "; data path on dp0, 10.77.1.0/24"
+        } else {
+            ""
+        }
+    );
+    for h in &state.hosts {
+        let data = h
+            .data_addr
+            .map(|a| format!("  data {a}"))
+            .unwrap_or_default();
+        let pid = h.daemon.map(|d| d.pid).unwrap_or_default();
+        println!(
+            "  {:<4} netns {:<14} {}{}  daemon pid {}  socket {}",
+            h.name,
+            h.ns,
+            h.addr,
+            data,
+            pid,
+            h.socket.display()
+        );
+    }
+    if let Some(m) = state.managers {
+        println!("managers: {m} recorded; swarm forming arrives with the secure-cluster work");
+    }
+    println!("reach a host:  shoal-lab exec h2 -- shoal info");
+    println!("logs:          {}/hN/daemon.log", state.dir.display());
+    println!("tear down:     shoal-lab down");
+    Ok(())
+}
+
+fn down(state_file: &Path) -> Result<()> {
+    if !state_file.exists() {
+        println!("no lab is up ({} does not exist)", state_file.display());
+        return Ok(());
+    }
+    let state = match LabState::load(state_file) {
+        Ok(s) => s,
+        Err(e)
+            if fs::metadata(state_file)
+                .map(|m| m.len() == 0)
+                .unwrap_or(false) =>
+        {
+            // An interrupted `up` leaves its empty lock file behind.
+            fs::remove_file(state_file)?;
+            println!("removed an empty state file ({e}); nothing else was recorded");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let prefix = state.prefix.clone();
+    Lab::from_state_file(state_file)?.down()?;
+    fs::remove_file(state_file).with_context(|| format!("removing {}", state_file.display()))?;
+    println!("lab {prefix} is down");
+    Ok(())
+}
+
+fn status(lab: &Lab) -> Result<()> {
+    let st = lab.state();
+    println!(
+        "lab {}  underlay {}  dir {}{}",
+        st.prefix,
+        st.underlay_ns,
+        st.dir.display(),
+        st.managers
+            .map(|m| format!("  managers {m} (recorded)"))
+            .unwrap_or_default()
+    );
+    for h in &st.hosts {
+        let state = lab.daemon_state(h.index)?;
+        let answers = lab
+            .shoal(h.index, &["info"])
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        let cut = if h.blocked.is_empty() {
+            String::new()
+        } else {
+            let b: Vec<HostId> = h.blocked.iter().map(|&i| HostId(i)).collect();
+            format!("  cut off from {}", list(&b))
+        };
+        println!(
+            "  {:<4} {:<14} {:<11} pid {:<8} {:<22} {}{}",
+            h.name,
+            h.ns,
+            h.addr,
+            h.daemon.map(|d| d.pid).unwrap_or_default(),
+            state.to_string(),
+            if answers { "answers" } else { "no answer" },
+            cut
+        );
+    }
+    Ok(())
+}
+
+/// Cleans labs whose owner is gone, from their own recorded state only.
+fn gc(state_file: &Path) -> Result<()> {
+    let root = Path::new(LAB_ROOT);
+    let current = LabState::load(state_file).ok().map(|s| s.prefix);
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            println!("nothing to collect ({} does not exist)", root.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    let mut cleaned = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if !dir.is_dir() || !shoal_lab::names::is_valid_prefix(&name) {
+            continue;
+        }
+        let state = match LabState::load(&dir.join("state.json")) {
+            Ok(s) if s.dir == dir => s,
+            Ok(_) => {
+                println!("{name}: state.json names another directory; left alone");
+                continue;
+            }
+            Err(e) => {
+                println!("{name}: {e}; left alone");
+                continue;
+            }
+        };
+        match state.owner {
+            Some(owner) if is_alive(&owner) => {
+                println!("{name}: in use by pid {}", owner.pid);
+                continue;
+            }
+            None if current.as_deref() == Some(name.as_str()) => {
+                println!(
+                    "{name}: the lab of `shoal-lab up` ({}); use `shoal-lab down`",
+                    state_file.display()
+                );
+                continue;
+            }
+            _ => {}
+        }
+        match Lab::from_state(state).and_then(Lab::down) {
+            Ok(()) => {
+                println!("{name}: removed");
+                cleaned += 1;
+            }
+            Err(e) => println!("{name}: {e}"),
+        }
+    }
+    println!("gc: {cleaned} lab(s) removed");
+    Ok(())
+}
