@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
@@ -167,10 +166,9 @@ impl ClusterCa {
         validity: Duration,
         now: SystemTime,
     ) -> Result<CertificateDer<'static>, TlsError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            csr_der,
-        ))
-        .map_err(|source| TlsError::Csr { source })?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|source| TlsError::Csr { source })?;
 
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -201,13 +199,12 @@ impl ClusterCa {
         params.not_before = nb;
         params.not_after = na;
 
-        let issuer =
-            Issuer::from_ca_cert_der(&self.cert_der, &*self.key).map_err(|source| {
-                TlsError::Generate {
-                    what: "CA issuer from the cluster CA certificate",
-                    source,
-                }
-            })?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &*self.key).map_err(|source| {
+            TlsError::Generate {
+                what: "CA issuer from the cluster CA certificate",
+                source,
+            }
+        })?;
         let cert = params
             .signed_by(&csr.public_key, &issuer)
             .map_err(|source| TlsError::Generate {
@@ -281,7 +278,10 @@ impl NodeKey {
 }
 
 /// Reads the first certificate of a PEM document.
-pub(crate) fn first_cert(pem: &str, item: &'static str) -> Result<CertificateDer<'static>, TlsError> {
+pub(crate) fn first_cert(
+    pem: &str,
+    item: &'static str,
+) -> Result<CertificateDer<'static>, TlsError> {
     match CertificateDer::pem_slice_iter(pem.as_bytes()).next() {
         Some(Ok(der)) => Ok(der),
         Some(Err(source)) => Err(TlsError::Pem { item, source }),
@@ -429,7 +429,12 @@ mod tests {
         // A restored CA can sign.
         let key = NodeKey::generate().unwrap();
         let cert = back
-            .sign_csr(&key.csr_der().unwrap(), &NodeId::generate(), Role::Worker, DEFAULT_CERT_VALIDITY)
+            .sign_csr(
+                &key.csr_der().unwrap(),
+                &NodeId::generate(),
+                Role::Worker,
+                DEFAULT_CERT_VALIDITY,
+            )
             .unwrap();
         assert_eq!(cert_info(&cert).unwrap().role, Role::Worker);
     }
@@ -453,7 +458,12 @@ mod tests {
         // A node certificate is not a CA.
         let key = NodeKey::generate().unwrap();
         let leaf = a
-            .sign_csr(&key.csr_der().unwrap(), &NodeId::generate(), Role::Manager, DEFAULT_CERT_VALIDITY)
+            .sign_csr(
+                &key.csr_der().unwrap(),
+                &NodeId::generate(),
+                Role::Manager,
+                DEFAULT_CERT_VALIDITY,
+            )
             .unwrap();
         assert!(matches!(
             ClusterCa::from_pem(&cert_to_pem(&leaf), &key.to_pem()),
@@ -472,9 +482,9 @@ mod tests {
         params
             .distinguished_name
             .push(DnType::OrganizationalUnitName, "manager");
-        params
-            .subject_alt_names
-            .push(SanType::URI(ia5("shoal://node/aaaaaaaaaaaaaaaaaaaaaaaaa").unwrap()));
+        params.subject_alt_names.push(SanType::URI(
+            ia5("shoal://node/aaaaaaaaaaaaaaaaaaaaaaaaa").unwrap(),
+        ));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = params.serialize_request(&key).unwrap();
         let node = NodeId::generate();
@@ -490,7 +500,11 @@ mod tests {
 
         let x = parse(&cert).unwrap();
         assert!(!x.is_ca());
-        let cns: Vec<_> = x.subject().iter_common_name().map(|a| a.as_str().unwrap()).collect();
+        let cns: Vec<_> = x
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect();
         assert_eq!(cns, vec![node.as_str()]);
         let san = x.subject_alternative_name().unwrap().unwrap();
         let mut dns = Vec::new();
@@ -507,7 +521,10 @@ mod tests {
         let eku = x.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
         // The key in the certificate is the CSR's.
-        assert_eq!(x.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
+        assert_eq!(
+            x.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
     }
 
     #[test]
@@ -541,7 +558,11 @@ mod tests {
         let ca = ClusterCa::generate("c1").unwrap();
         let csr = NodeKey::generate().unwrap().csr_der().unwrap();
         let node = NodeId::generate();
-        for v in [Duration::ZERO, Duration::MAX, Duration::from_secs(10_000 * 365 * 86_400)] {
+        for v in [
+            Duration::ZERO,
+            Duration::MAX,
+            Duration::from_secs(10_000 * 365 * 86_400),
+        ] {
             assert!(matches!(
                 ca.sign_csr(&csr, &node, Role::Worker, v),
                 Err(TlsError::InvalidValidity { .. })

@@ -204,7 +204,13 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        for bytes in [&b""[..], b"\x30", b"\x30\x82\xff\xff", b"hello world", &[0u8; 100]] {
+        for bytes in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x82\xff\xff",
+            b"hello world",
+            &[0u8; 100],
+        ] {
             assert!(matches!(cert_info(bytes), Err(TlsError::CertParse { .. })));
         }
     }

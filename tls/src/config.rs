@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::client::WebPkiServerVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, Error as RustlsError, OtherError, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error as RustlsError, OtherError, RootCertStore,
+    SignatureScheme,
+};
 
 use crate::ca::{certs_from_pem, first_cert, NodeKey};
 use crate::cert::{cert_info, parse, rfc3339, CertInfo};
@@ -53,7 +56,8 @@ fn client_verifier(
     roots: &[CertificateDer<'static>],
     optional: bool,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider());
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider());
     let builder = if optional {
         builder.allow_unauthenticated()
     } else {
@@ -264,7 +268,10 @@ pub fn is_digest_mismatch(err: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(RustlsError::Other(OtherError(inner))) = e.downcast_ref::<RustlsError>() {
-            if matches!(inner.downcast_ref::<TlsError>(), Some(TlsError::DigestMismatch)) {
+            if matches!(
+                inner.downcast_ref::<TlsError>(),
+                Some(TlsError::DigestMismatch)
+            ) {
                 return true;
             }
         }
@@ -318,11 +325,8 @@ impl ServerCertVerifier for PinnedCaVerifier {
             WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
                 .build()
                 .map_err(|e| RustlsError::General(e.to_string()))?;
-        let rest: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|c| *c != ca)
-            .cloned()
-            .collect();
+        let rest: Vec<CertificateDer<'_>> =
+            intermediates.iter().filter(|c| *c != ca).cloned().collect();
         verifier.verify_server_cert(end_entity, &rest, server_name, ocsp_response, now)
     }
 

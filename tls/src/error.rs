@@ -65,7 +65,9 @@ pub enum TlsError {
     },
 
     /// The certificate given as a cluster CA is not a CA certificate.
-    #[error("the cluster CA certificate is not a CA certificate (basic constraints CA:TRUE missing)")]
+    #[error(
+        "the cluster CA certificate is not a CA certificate (basic constraints CA:TRUE missing)"
+    )]
     NotCa,
 
     /// Certificate and private key belong to different key pairs.
@@ -87,7 +89,9 @@ pub enum TlsError {
     NoRoots,
 
     /// The certificate's validity period is over.
-    #[error("the node certificate expired at {not_after}; rejoin the cluster to get a new certificate")]
+    #[error(
+        "the node certificate expired at {not_after}; rejoin the cluster to get a new certificate"
+    )]
     Expired {
         /// The certificate's notAfter, RFC 3339.
         not_after: String,

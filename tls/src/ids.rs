@@ -60,7 +60,9 @@ pub(crate) fn base36_decode<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 /// True if `s` is exactly [`ID_LEN`] lowercase base36 characters.
 pub(crate) fn is_base36_id(s: &str) -> bool {
-    s.len() == ID_LEN && s.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    s.len() == ID_LEN
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
 }
 
 /// 25 random base36 characters from 128 bits of OS randomness.
@@ -197,7 +199,10 @@ mod tests {
         // One more than 2^256 - 1 does not fit.
         assert_eq!(base36_decode::<32>(&"z".repeat(50)), None);
         assert_eq!(base36_decode::<4>("A"), None);
-        assert_eq!(base36_decode::<16>(&base36_encode(&[0xff; 16], 25)), Some([0xff; 16]));
+        assert_eq!(
+            base36_decode::<16>(&base36_encode(&[0xff; 16], 25)),
+            Some([0xff; 16])
+        );
     }
 
     #[test]

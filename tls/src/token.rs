@@ -61,7 +61,9 @@ impl FromStr for CaDigest {
         if s.len() != DIGEST_LEN {
             return Err(TokenError::BadDigest);
         }
-        base36_decode::<32>(s).map(CaDigest).ok_or(TokenError::BadDigest)
+        base36_decode::<32>(s)
+            .map(CaDigest)
+            .ok_or(TokenError::BadDigest)
     }
 }
 
@@ -261,7 +263,10 @@ mod tests {
             ),
             (format!("SWMTKN-1-{d}-{}", &s[1..]), TokenError::BadSecret),
             (format!("SWMTKN-1-{d}-{s}x"), TokenError::BadSecret),
-            (format!("SWMTKN-1-{d}-{}", s.to_uppercase()), TokenError::BadSecret),
+            (
+                format!("SWMTKN-1-{d}-{}", s.to_uppercase()),
+                TokenError::BadSecret,
+            ),
             (format!("SWMTKN-1-{d}-"), TokenError::BadSecret),
         ];
         for (input, want) in cases {
@@ -279,7 +284,10 @@ mod tests {
         assert!(matches!(err, TokenError::UnsupportedVersion(ref v) if v.len() == 16));
         assert!(err.to_string().len() < 200);
         let long = format!("SWMTKN-1-{}-{}", "a".repeat(1_000_000), "b".repeat(25));
-        assert_eq!(long.parse::<JoinToken>().unwrap_err(), TokenError::BadDigest);
+        assert_eq!(
+            long.parse::<JoinToken>().unwrap_err(),
+            TokenError::BadDigest
+        );
     }
 
     #[test]
@@ -319,7 +327,7 @@ mod tests {
         let s = JoinSecret::generate();
         assert!(s.matches(s.as_str()));
         assert!(!s.matches(""));
-        assert!(!s.matches(&JoinSecret::generate().as_str().to_owned()));
+        assert!(!s.matches(JoinSecret::generate().as_str()));
         let mut almost = s.as_str().to_owned();
         almost.pop();
         almost.push(if s.as_str().ends_with('0') { '1' } else { '0' });
