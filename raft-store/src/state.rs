@@ -1,0 +1,498 @@
+//! The typed replicated state of a Shoal cluster.
+//!
+//! Every change is a [`Command`] that goes through Raft and is applied by
+//! [`State::apply`] in log order on every manager. `apply` is deterministic:
+//! it reads no clock and no randomness (time stamps and generated ids travel
+//! inside the command, chosen by the proposer), so every manager ends with the
+//! same state. Later parts add networks, services, tasks and keys here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use shoal_tls::{NodeId, Role};
+
+use crate::StateMachine;
+
+/// Everything the managers agree on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Set once by `swarm init`.
+    pub cluster: Option<Cluster>,
+    /// Every node that joined and was not removed.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Raft index of the last applied command; object versions come from it.
+    pub index: u64,
+}
+
+/// Cluster-wide settings and secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Random id chosen at `swarm init`.
+    pub id: String,
+    /// Unix milliseconds of `swarm init`.
+    pub created_at: u64,
+    /// The root CA that signs node certificates.
+    pub ca: CaState,
+    /// Secret part of the worker join token.
+    pub worker_secret: String,
+    /// Secret part of the manager join token.
+    pub manager_secret: String,
+    /// Pools overlay subnets are allocated from.
+    pub default_addr_pools: Vec<String>,
+    /// Prefix length of subnets allocated from the pools.
+    pub default_addr_pool_mask_len: u8,
+    /// UDP port of the VXLAN data path.
+    pub data_path_port: u16,
+    /// Node heartbeat period in milliseconds.
+    pub heartbeat_period_ms: u64,
+}
+
+impl fmt::Debug for Cluster {
+    // Secrets and the CA key never reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("ca", &self.ca)
+            .field("default_addr_pools", &self.default_addr_pools)
+            .field("default_addr_pool_mask_len", &self.default_addr_pool_mask_len)
+            .field("data_path_port", &self.data_path_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster CA as replicated to managers (they all can sign).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaState {
+    /// Current root certificate (PEM); new certificates are signed by it.
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// Older roots still trusted while a rotation is in progress.
+    pub previous_roots: Vec<String>,
+}
+
+impl CaState {
+    /// Every root a node must trust: the current one first.
+    pub fn trusted_roots(&self) -> Vec<String> {
+        let mut roots = vec![self.cert_pem.clone()];
+        roots.extend(self.previous_roots.iter().cloned());
+        roots
+    }
+}
+
+impl fmt::Debug for CaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaState")
+            .field("previous_roots", &self.previous_roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the scheduler may place work on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// New tasks may be scheduled.
+    Active,
+    /// No new tasks; existing ones keep running.
+    Pause,
+    /// No tasks; existing ones are moved away.
+    Drain,
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        })
+    }
+}
+
+impl std::str::FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(format!(
+                "invalid availability {s:?}: expected active, pause or drain"
+            )),
+        }
+    }
+}
+
+/// Liveness of a node as the managers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Not yet heard from.
+    Unknown,
+    /// Heartbeating.
+    Ready,
+    /// Missed its heartbeats or left.
+    Down,
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Unknown => "Unknown",
+            NodeStatus::Ready => "Ready",
+            NodeStatus::Down => "Down",
+        })
+    }
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Cluster-wide id (also the CN of its certificate).
+    pub id: NodeId,
+    /// Host name the node reported when joining.
+    pub hostname: String,
+    /// Manager or worker (what its certificate says once issued).
+    pub role: Role,
+    /// Scheduling availability.
+    pub availability: Availability,
+    /// Liveness.
+    pub status: NodeStatus,
+    /// Control-plane address (`--advertise-addr`), with the 2377 port.
+    pub addr: SocketAddr,
+    /// VXLAN address (`--data-path-addr`).
+    pub data_path_addr: IpAddr,
+    /// Raft id while the node is a manager.
+    pub raft_id: Option<u64>,
+    /// Unix milliseconds when it joined.
+    pub created_at: u64,
+    /// Unix milliseconds of the last change.
+    pub updated_at: u64,
+    /// Raft index of the last change.
+    pub version: u64,
+}
+
+/// A change to a node; `None` fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    /// New availability.
+    pub availability: Option<Availability>,
+    /// New role.
+    pub role: Option<Role>,
+    /// New liveness.
+    pub status: Option<NodeStatus>,
+    /// New raft id (`Some(None)` clears it on demotion).
+    pub raft_id: Option<Option<u64>>,
+    /// New control address.
+    pub addr: Option<SocketAddr>,
+    /// New data-path address.
+    pub data_path_addr: Option<IpAddr>,
+}
+
+/// Everything that can change the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// `swarm init`: the cluster and its first manager.
+    InitCluster {
+        /// The new cluster.
+        cluster: Box<Cluster>,
+        /// The first manager.
+        node: Node,
+    },
+    /// A node joined.
+    AddNode {
+        /// The new node.
+        node: Node,
+    },
+    /// A node changed.
+    UpdateNode {
+        /// Which node.
+        id: NodeId,
+        /// What changes.
+        update: NodeUpdate,
+        /// Unix milliseconds of the change.
+        at: u64,
+    },
+    /// A node was removed (`node rm`, `swarm leave`).
+    RemoveNode {
+        /// Which node.
+        id: NodeId,
+    },
+    /// `swarm join-token --rotate`.
+    SetJoinSecret {
+        /// Which token.
+        role: Role,
+        /// The new secret.
+        secret: String,
+    },
+    /// `swarm ca --rotate` (and its completion).
+    SetCa {
+        /// The new CA state.
+        ca: CaState,
+    },
+}
+
+/// Why a command was rejected by `apply` (it is still in the log; it just
+/// changed nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// `InitCluster` on an initialised store.
+    #[error("this swarm is already initialized")]
+    AlreadyInitialized,
+    /// Anything but `InitCluster` on an empty store.
+    #[error("the swarm is not initialized")]
+    NotInitialized,
+    /// `AddNode` with an id in use.
+    #[error("node {0} already exists")]
+    NodeExists(NodeId),
+    /// The node named does not exist.
+    #[error("node {0} not found")]
+    NoSuchNode(NodeId),
+    /// Two nodes would share a raft id.
+    #[error("raft id {0} is already used by node {1}")]
+    RaftIdInUse(u64, NodeId),
+}
+
+/// The result of applying one command.
+pub type ApplyResult = Result<(), ApplyError>;
+
+impl State {
+    /// Apply one command at raft index `index`.
+    pub fn apply_command(&mut self, index: u64, cmd: Command) -> ApplyResult {
+        self.index = index;
+        if !matches!(cmd, Command::InitCluster { .. }) && self.cluster.is_none() {
+            return Err(ApplyError::NotInitialized);
+        }
+        match cmd {
+            Command::InitCluster { cluster, mut node } => {
+                if self.cluster.is_some() {
+                    return Err(ApplyError::AlreadyInitialized);
+                }
+                node.version = index;
+                self.cluster = Some(*cluster);
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::AddNode { mut node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(ApplyError::NodeExists(node.id));
+                }
+                if let Some(rid) = node.raft_id {
+                    self.check_raft_id(rid, &node.id)?;
+                }
+                node.version = index;
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::UpdateNode { id, update, at } => {
+                if let Some(Some(rid)) = update.raft_id {
+                    self.check_raft_id(rid, &id)?;
+                }
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                if let Some(a) = update.availability {
+                    node.availability = a;
+                }
+                if let Some(r) = update.role {
+                    node.role = r;
+                }
+                if let Some(s) = update.status {
+                    node.status = s;
+                }
+                if let Some(r) = update.raft_id {
+                    node.raft_id = r;
+                }
+                if let Some(a) = update.addr {
+                    node.addr = a;
+                }
+                if let Some(a) = update.data_path_addr {
+                    node.data_path_addr = a;
+                }
+                node.updated_at = at;
+                node.version = index;
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(&id).is_none() {
+                    return Err(ApplyError::NoSuchNode(id));
+                }
+            }
+            Command::SetJoinSecret { role, secret } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    match role {
+                        Role::Worker => c.worker_secret = secret,
+                        Role::Manager => c.manager_secret = secret,
+                    }
+                }
+            }
+            Command::SetCa { ca } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.ca = ca;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_raft_id(&self, rid: u64, owner: &NodeId) -> Result<(), ApplyError> {
+        match self
+            .nodes
+            .values()
+            .find(|n| n.raft_id == Some(rid) && &n.id != owner)
+        {
+            Some(other) => Err(ApplyError::RaftIdInUse(rid, other.id.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The node with raft id `rid`, if any.
+    pub fn node_by_raft_id(&self, rid: u64) -> Option<&Node> {
+        self.nodes.values().find(|n| n.raft_id == Some(rid))
+    }
+
+    /// Managers (nodes with the manager role).
+    pub fn managers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.role == Role::Manager)
+    }
+}
+
+impl StateMachine for State {
+    type Command = Command;
+    type Output = ApplyResult;
+
+    fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
+        self.apply_command(index, cmd)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_err(|e| format!("cannot encode state snapshot: {e}"))
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let (state, _) = bincode::serde::decode_from_slice(data, bincode::config::standard())
+            .map_err(|e| format!("corrupted state snapshot: {e}"))?;
+        *self = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        Cluster {
+            id: "c1".into(),
+            created_at: 1,
+            ca: CaState {
+                cert_pem: "CERT".into(),
+                key_pem: "SECRET-KEY".into(),
+                previous_roots: vec![],
+            },
+            worker_secret: "wsecret".into(),
+            manager_secret: "msecret".into(),
+            default_addr_pools: vec!["10.0.0.0/8".into()],
+            default_addr_pool_mask_len: 24,
+            data_path_port: 4789,
+            heartbeat_period_ms: 5000,
+        }
+    }
+
+    fn node(raft_id: Option<u64>) -> Node {
+        Node {
+            id: NodeId::generate(),
+            hostname: "h".into(),
+            role: if raft_id.is_some() {
+                Role::Manager
+            } else {
+                Role::Worker
+            },
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            addr: "10.0.0.1:2377".parse().unwrap(),
+            data_path_addr: "10.0.0.1".parse().unwrap(),
+            raft_id,
+            created_at: 1,
+            updated_at: 1,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn init_add_update_remove() {
+        let mut s = State::default();
+        let m = node(Some(7));
+        assert_eq!(
+            s.apply_command(1, Command::AddNode { node: m.clone() }),
+            Err(ApplyError::NotInitialized)
+        );
+        s.apply_command(
+            2,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: m.clone(),
+            },
+        )
+        .unwrap();
+        let w = node(None);
+        s.apply_command(3, Command::AddNode { node: w.clone() })
+            .unwrap();
+        assert_eq!(
+            s.apply_command(4, Command::AddNode { node: w.clone() }),
+            Err(ApplyError::NodeExists(w.id.clone()))
+        );
+        let mut dup = node(Some(7));
+        dup.id = NodeId::generate();
+        assert!(matches!(
+            s.apply_command(5, Command::AddNode { node: dup }),
+            Err(ApplyError::RaftIdInUse(7, _))
+        ));
+        s.apply_command(
+            6,
+            Command::UpdateNode {
+                id: w.id.clone(),
+                update: NodeUpdate {
+                    availability: Some(Availability::Drain),
+                    ..Default::default()
+                },
+                at: 9,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.nodes[&w.id].availability, Availability::Drain);
+        assert_eq!(s.nodes[&w.id].version, 6);
+        s.apply_command(7, Command::RemoveNode { id: w.id.clone() })
+            .unwrap();
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.node_by_raft_id(7).map(|n| &n.id), Some(&m.id));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_corruption() {
+        let mut s = State::default();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: node(Some(1)),
+            },
+        )
+        .unwrap();
+        let snap = s.snapshot().unwrap();
+        let mut t = State::default();
+        t.restore(&snap).unwrap();
+        assert_eq!(s, t);
+        assert!(t.restore(&snap[..snap.len() / 2]).is_err());
+        assert!(t.restore(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let dbg = format!("{:?}", cluster());
+        assert!(!dbg.contains("SECRET-KEY") && !dbg.contains("wsecret") && !dbg.contains("msecret"));
+    }
+}
