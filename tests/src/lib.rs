@@ -1,3 +1,136 @@
 //! End-to-end and chaos tests for Shoal, run against real `shoal daemon`
 //! processes in a `shoal-lab` of network-namespace hosts. The tests live in
 //! `tests/`; this library holds the helpers they share.
+//!
+//! The helpers never skip: a lab that cannot start (not root, no
+//! iproute2, no shoal binary) fails the test with the lab's own one-line
+//! reason, so a green run always means the tests really ran.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use shoal_lab::{DaemonState, Exit, HostId, Lab, LabBuilder, LabState};
+
+/// What the lab tests need, printed when a lab cannot start.
+pub const NEEDS: &str = "the lab tests need root, iproute2, nftables and iputils-ping \
+     (apt-get install -y iproute2 nftables iputils-ping), and the shoal binary \
+     (`cargo build -p shoal`, or SHOAL_BIN=/path/to/shoal)";
+
+/// A started lab of `n` hosts; fails the test with a clear reason if it
+/// cannot start.
+pub fn lab(n: usize) -> Lab {
+    start(Lab::builder().nodes(n))
+}
+
+/// Starts a lab from a configured builder, failing the test clearly.
+pub fn start(builder: LabBuilder) -> Lab {
+    builder
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a lab: {e}\n({NEEDS})"))
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `shoal --format json info` on `host`, parsed; fails the test when the
+/// CLI fails or prints something that is not JSON.
+pub fn info(lab: &Lab, host: usize) -> serde_json::Value {
+    let out = lab
+        .shoal(host, &["--format", "json", "info"])
+        .expect("run shoal info");
+    assert!(
+        out.status.success(),
+        "shoal info on h{host} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "shoal info on h{host} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The node id `shoal info` reports on `host`.
+pub fn node_id(lab: &Lab, host: usize) -> String {
+    let v = info(lab, host);
+    v["node_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no node_id in shoal info of h{host}: {v}"))
+        .to_string()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} ({NEEDS})"))
+}
+
+/// Asserts that nothing a lab recorded is left: no namespace with its
+/// prefix (`ip netns list`, /run/netns), no link named with it in the root
+/// namespace, none of its daemon processes, no lab directory.
+pub fn assert_cleaned(state: &LabState) {
+    let prefix = &state.prefix;
+    let netns = run(Command::new("ip").args(["netns", "list"]));
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !listed.contains(prefix.as_str()),
+        "namespaces of lab {prefix} remain:\n{listed}"
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "/run/netns still holds {left:?}");
+    let links = run(Command::new("ip").args(["-o", "link"]));
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(prefix.as_str()),
+        "links named after lab {prefix} in the root namespace:\n{links}"
+    );
+    for h in &state.hosts {
+        if let Some(rec) = h.daemon {
+            assert!(
+                !shoal_lab::is_alive(&rec),
+                "daemon of {} (pid {}) of lab {prefix} still runs",
+                h.name,
+                rec.pid
+            );
+        }
+    }
+    assert!(!state.dir.exists(), "{} still exists", state.dir.display());
+}
+
+/// The `shoal-lab` binary, found like the lab finds `shoal`: next to the
+/// test executable or in its parent directory (`cargo build` makes it).
+pub fn shoal_lab_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHOAL_LAB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let candidates = [dir.join("shoal-lab"), dir.join("../shoal-lab")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "shoal-lab binary not found at {candidates:?}: build it with `cargo build -p shoal-lab`"
+            )
+        })
+}

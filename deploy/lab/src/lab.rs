@@ -98,6 +98,7 @@ pub struct LabBuilder {
     ready_timeout: Duration,
     shoal_bin: Option<PathBuf>,
     root: PathBuf,
+    daemon_config: String,
 }
 
 impl Default for LabBuilder {
@@ -109,6 +110,7 @@ impl Default for LabBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             shoal_bin: None,
             root: PathBuf::from(LAB_ROOT),
+            daemon_config: String::new(),
         }
     }
 }
@@ -144,6 +146,13 @@ impl LabBuilder {
     /// (see [`crate::find_shoal_bin`]).
     pub fn shoal_bin(mut self, p: impl Into<PathBuf>) -> Self {
         self.shoal_bin = Some(p.into());
+        self
+    }
+
+    /// TOML written into every host's shoal.toml (e.g. fast test timings:
+    /// `"heartbeat_ms = 500\n"`). Default: an empty config, daemon defaults.
+    pub fn daemon_config(mut self, toml: &str) -> Self {
+        self.daemon_config = toml.to_string();
         self
     }
 
@@ -184,7 +193,7 @@ impl LabBuilder {
         // From here on, dropping `lab` (error or panic) cleans up.
         let lab = Lab::new(state, ip, None, self.ready_timeout, true);
         lab.lock().save()?;
-        lab.lock().build()?;
+        lab.lock().build(&self.daemon_config)?;
         let all: Vec<usize> = (1..=self.nodes).collect();
         for &i in &all {
             lab.lock().spawn_daemon(i)?;
@@ -780,7 +789,7 @@ impl Inner {
     }
 
     /// Host dirs, namespaces, bridges, veths and addresses.
-    fn build(&mut self) -> Result<(), LabError> {
+    fn build(&mut self, daemon_config: &str) -> Result<(), LabError> {
         for h in &self.state.hosts {
             for d in [&h.data_dir, &h.run_dir] {
                 fs::create_dir_all(d)
@@ -789,7 +798,7 @@ impl Inner {
             fs::write(
                 &h.config,
                 format!(
-                    "# shoal-lab {} host {}: daemon defaults\n",
+                    "# shoal-lab {} host {}\n{daemon_config}",
                     self.state.prefix, h.name
                 ),
             )
