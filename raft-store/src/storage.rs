@@ -719,8 +719,12 @@ impl Storage for SledStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snap_meta.index < request_index || self.snap_meta.index == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snap_meta.get_conf_state();
+        // raft-rs refuses a snapshot whose configuration does not include the
+        // receiver (a manager that just joined): a newer one is needed.
+        let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if self.snap_meta.index < request_index || self.snap_meta.index == 0 || !knows_to {
             // raft-rs retries later; the node takes a fresh snapshot meanwhile.
             self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
@@ -847,6 +851,12 @@ mod tests {
         ));
         let snap = s.snapshot(0, 2).unwrap();
         assert_eq!(snap.get_metadata().index, 8);
+        // Not for a node outside the snapshot's configuration.
+        assert!(matches!(
+            s.snapshot(0, 7),
+            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+        ));
+        assert!(s.take_snapshot_wanted());
         assert_eq!(snap.get_metadata().term, 2);
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
         assert_eq!(&snap.data[..], b"state@8");

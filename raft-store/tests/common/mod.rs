@@ -69,6 +69,16 @@ pub fn test_config(id: u64, dir: &std::path::Path) -> RaftConfig {
     }
 }
 
+/// `RAFT_TEST_LOG=debug cargo test ...` shows the nodes' logs.
+pub fn init_log() {
+    if let Ok(f) = std::env::var("RAFT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -94,6 +104,7 @@ impl Cluster {
     }
 
     pub fn with_tweak(tweak: fn(&mut RaftConfig)) -> Self {
+        init_log();
         Cluster {
             router: MemRouter::new(),
             dirs: HashMap::new(),
