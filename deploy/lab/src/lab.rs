@@ -892,12 +892,22 @@ impl Inner {
         let Some(rec) = self.state.hosts[i - 1].daemon else {
             return DaemonState::Exited(Exit::Unknown);
         };
+        let live = process::liveness(&rec);
         if let Some(child) = self.children.get_mut(&i) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return DaemonState::Exited(exit_of(status));
+            match (child.try_wait(), live) {
+                (Ok(Some(status)), _) => return DaemonState::Exited(exit_of(status)),
+                // A multi-threaded daemon shows as a zombie as soon as its
+                // main thread is gone, while waitpid still waits for the
+                // other threads: it is dying, so a blocking wait is short.
+                (Ok(None), Liveness::Gone) => {
+                    if let Ok(status) = child.wait() {
+                        return DaemonState::Exited(exit_of(status));
+                    }
+                }
+                _ => {}
             }
         }
-        match process::liveness(&rec) {
+        match live {
             Liveness::Running => DaemonState::Running,
             Liveness::Stopped => DaemonState::Paused,
             Liveness::Gone => DaemonState::Exited(Exit::Unknown),
