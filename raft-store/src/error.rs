@@ -128,6 +128,11 @@ pub enum RaftError {
     /// No leader became known within the bounded wait.
     #[error("no raft leader elected within {0:?}; check that a majority of managers is running")]
     NoLeader(Duration),
+    /// This manager is not (or not yet) a voter in the configuration it has
+    /// applied: a joining manager still waiting for the leader's snapshot, or
+    /// one that was removed.
+    #[error("this manager (raft id {0}) is not a member of the raft cluster; if it is joining, wait for it to catch up")]
+    NotMember(u64),
     /// The request was accepted but not applied here in time (leader change,
     /// lost message); it may or may not have been committed.
     #[error("raft request not applied within {0:?}; it may or may not have taken effect")]

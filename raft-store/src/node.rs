@@ -280,6 +280,10 @@ impl<S: StateMachine> Core<S> {
         v
     }
 
+    fn is_member(&self) -> bool {
+        self.node.store().conf_state().voters.contains(&self.id)
+    }
+
     fn reachable(&self, id: u64, now: Instant) -> bool {
         if id == self.id {
             return true;
@@ -290,8 +294,8 @@ impl<S: StateMachine> Core<S> {
 
     /// `NoQuorum` when this node can tell a majority of voters is unreachable.
     fn quorum_error(&self, now: Instant) -> Option<RaftError> {
-        let voters = self.voters();
-        if voters.is_empty() || !voters.contains(&self.id) {
+        let voters = &self.node.store().conf_state().voters;
+        if !voters.contains(&self.id) {
             // Not (yet) a member by its own log: it cannot judge.
             return None;
         }
@@ -308,12 +312,18 @@ impl<S: StateMachine> Core<S> {
         let conf_busy = matches!(req, Request::Conf { .. })
             && self.node.raft.state == StateRole::Leader
             && self.node.raft.pending_conf_index > self.node.raft.raft_log.applied;
-        if self.leader() == raft::INVALID_ID || conf_busy {
+        // A manager that has not installed the cluster's state yet (just
+        // joined) waits: its entry could otherwise commit inside the very
+        // snapshot it is about to receive, and never be applied here.
+        let member = self.is_member();
+        if self.leader() == raft::INVALID_ID || conf_busy || !member {
             if now.saturating_duration_since(since) >= self.cfg.leader_wait {
                 if conf_busy {
                     req.fail(RaftError::Dropped(
                         "another membership change is still being applied".into(),
                     ));
+                } else if !member && self.leader() != raft::INVALID_ID {
+                    req.fail(RaftError::NotMember(self.id));
                 } else {
                     req.fail(RaftError::NoLeader(self.cfg.leader_wait));
                 }
@@ -407,6 +417,9 @@ impl<S: StateMachine> Core<S> {
             .filter(|(_, (_, d))| *d <= now)
             .map(|(s, _)| *s)
             .collect();
+        if !expired.is_empty() {
+            tracing::debug!(raft_id = self.id, count = expired.len(), leader = self.leader(), applied = self.applied, "raft requests timed out");
+        }
         for s in expired {
             if let Some((w, _)) = self.pending.remove(&s) {
                 w.fail(RaftError::Timeout(self.cfg.propose_timeout));
@@ -458,7 +471,7 @@ impl<S: StateMachine> Core<S> {
         self.node.mut_store().apply_snapshot(snap, peers.clone())?;
         self.set_peers(&old, &peers);
         self.applied = snap.get_metadata().index;
-        tracing::info!(raft_id = self.id, index = self.applied, "installed raft snapshot");
+        tracing::info!(raft_id = self.id, index = self.applied, pending = self.pending.len(), "installed raft snapshot");
         Ok(())
     }
 
@@ -758,7 +771,7 @@ impl<S: StateMachine> Core<S> {
                 fatal = Some(e);
                 break;
             }
-            if !self.waiting.is_empty() && self.leader() != raft::INVALID_ID {
+            if !self.waiting.is_empty() && self.leader() != raft::INVALID_ID && self.is_member() {
                 self.retry_waiting(now);
             }
             self.publish(now);
