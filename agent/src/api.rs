@@ -8,6 +8,8 @@
 //! frame boundary (an oversized length).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use shoal_raft_store::state::{Availability, Node};
+use shoal_tls::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the request/response protocol; bumped on incompatible change.
@@ -43,16 +45,118 @@ pub enum Request {
     Version,
     /// Node identity, addresses and swarm state.
     Info,
+    /// `swarm init`.
+    SwarmInit(SwarmInitArgs),
+    /// `swarm join`.
+    SwarmJoin(SwarmJoinArgs),
+    /// `swarm join-token`.
+    JoinToken {
+        /// Which token.
+        role: Role,
+        /// Replace the secret first.
+        rotate: bool,
+    },
+    /// `swarm leave`.
+    SwarmLeave {
+        /// Leave even if it breaks quorum or erases the swarm.
+        force: bool,
+    },
+    /// `swarm ca --rotate`.
+    CaRotate,
+    /// `node ls`.
+    NodeList,
+    /// `node inspect`.
+    NodeInspect {
+        /// Node id, id prefix, host name or `self`.
+        node: String,
+    },
+    /// `node promote` / `node demote`.
+    NodeSetRole {
+        /// Nodes to change.
+        nodes: Vec<String>,
+        /// The new role.
+        role: Role,
+    },
+    /// `node update`.
+    NodeUpdate {
+        /// Node to change.
+        node: String,
+        /// New availability.
+        availability: Option<Availability>,
+    },
+    /// `node rm`.
+    NodeRemove {
+        /// Nodes to remove.
+        nodes: Vec<String>,
+        /// Remove even if the node is not down.
+        force: bool,
+    },
+}
+
+/// Arguments of `swarm init`, as typed (interfaces are resolved by the
+/// daemon, in its own network namespace).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInitArgs {
+    /// `<ip|iface>[:port]`.
+    pub advertise_addr: String,
+    /// `<ip|iface>`, default: the advertise address.
+    pub data_path_addr: Option<String>,
+    /// `<ip|iface>[:port]`, default 0.0.0.0:2377.
+    pub listen_addr: Option<String>,
+    /// Overlay subnet pools (CIDR).
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of allocated subnets.
+    pub default_addr_pool_mask_length: u8,
+    /// VXLAN UDP port.
+    pub data_path_port: u16,
+}
+
+/// Arguments of `swarm join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmJoinArgs {
+    /// `SWMTKN-1-...`.
+    pub token: String,
+    /// A manager's `host:port`.
+    pub remote: String,
+    /// `<ip|iface>[:port]`; default: the address that routes to the manager.
+    pub advertise_addr: Option<String>,
+    /// `<ip|iface>`.
+    pub data_path_addr: Option<String>,
+    /// `<ip|iface>[:port]`, default 0.0.0.0:2377.
+    pub listen_addr: Option<String>,
+}
+
+/// One row of `node ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// The stored node.
+    #[serde(flatten)]
+    pub node: Node,
+    /// Leader / Reachable / Unreachable for managers, empty for workers.
+    pub manager_status: String,
+    /// Whether this is the node answering.
+    pub is_self: bool,
 }
 
 /// Answers, one variant per request kind.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Response {
     /// Answer to [`Request::Version`].
     Version(VersionInfo),
     /// Answer to [`Request::Info`].
     Info(NodeInfo),
+    /// Free text for the user (init, join, leave, tokens...).
+    Message(String),
+    /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].
+    Nodes(Vec<NodeRow>),
+    /// Answer to [`Request::JoinToken`].
+    Token {
+        /// The token alone (`-q`).
+        token: String,
+        /// The full instructions.
+        message: String,
+    },
 }
 
 /// Version facts of one side (client or daemon).
@@ -96,17 +200,57 @@ pub struct NodeInfo {
 }
 
 /// Swarm part of [`NodeInfo`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SwarmInfo {
     /// `inactive`, `active`, ...
     pub state: SwarmState,
+    /// Cluster id when active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Role of this node when active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Control address of this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_addr: Option<String>,
+    /// Data-path address of this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_path_addr: Option<String>,
+    /// Manager addresses known to this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
+    /// Raft view when this node is a manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftInfo>,
+}
+
+/// A manager's view of Raft for `info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftInfo {
+    /// This manager's raft id.
+    pub id: u64,
+    /// Current leader's raft id, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Voters in the configuration.
+    pub voters: usize,
+    /// Voters this node can reach (itself included).
+    pub reachable: usize,
+    /// Index of the latest snapshot stored here.
+    pub snapshot_index: u64,
 }
 
 /// Whether the node is part of a swarm.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SwarmState {
     /// Not part of a swarm.
+    #[default]
     Inactive,
     /// Member of a swarm.
     Active,
@@ -141,9 +285,26 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The daemon failed to do what was asked.
     Internal,
+    /// The request is invalid in the current state (not a manager, already
+    /// in a swarm, bad flag value...).
+    Invalid,
+    /// The named object does not exist.
+    NotFound,
+    /// The cluster cannot commit writes now (no quorum, no leader).
+    Unavailable,
 }
 
 impl ApiError {
+    /// An [`ErrorCode::Invalid`] error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Invalid, message)
+    }
+
+    /// An [`ErrorCode::Internal`] error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Internal, message)
+    }
+
     /// Shorthand constructor.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {

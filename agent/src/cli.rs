@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::api::{NodeInfo, Request, Response, VersionInfo};
+use shoal_raft_store::state::Availability;
+use shoal_tls::Role;
+
+use crate::api::{NodeInfo, NodeRow, Request, Response, SwarmInitArgs, SwarmJoinArgs, VersionInfo};
 use crate::client::{self, ClientError};
 use crate::config::DEFAULT_SOCKET;
 
@@ -43,6 +46,122 @@ pub enum Command {
     Version,
     /// Show this node's id, addresses and swarm state.
     Info,
+    /// Manage the swarm (init, join, leave, tokens, CA).
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
+    /// Manage swarm nodes (run on a manager).
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+/// `shoal swarm ...`
+#[derive(Debug, Subcommand)]
+pub enum SwarmCmd {
+    /// Create a new swarm with this node as its first manager.
+    Init {
+        /// Address other nodes reach this node at: `<ip|interface>[:port]`.
+        #[arg(long)]
+        advertise_addr: String,
+        /// Address for VXLAN traffic: `<ip|interface>` [default: the advertise address].
+        #[arg(long)]
+        data_path_addr: Option<String>,
+        /// Address the manager listens on: `<ip|interface>[:port]` [default: 0.0.0.0:2377].
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// Address pool(s) overlay subnets are allocated from (CIDR; repeatable) [default: 10.0.0.0/8].
+        #[arg(long)]
+        default_addr_pool: Vec<String>,
+        /// Prefix length of subnets allocated from the pools.
+        #[arg(long, default_value_t = 24)]
+        default_addr_pool_mask_length: u8,
+        /// UDP port of the VXLAN data path.
+        #[arg(long, default_value_t = 4789)]
+        data_path_port: u16,
+    },
+    /// Join a swarm as a worker or manager (decided by the token).
+    Join {
+        /// Join token (SWMTKN-1-...).
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this node at: `<ip|interface>[:port]`
+        /// [default: the local address that routes to the manager].
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address for VXLAN traffic: `<ip|interface>` [default: the advertise address].
+        #[arg(long)]
+        data_path_addr: Option<String>,
+        /// Address a manager listens on: `<ip|interface>[:port]` [default: 0.0.0.0:2377].
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// A manager of the swarm: `HOST[:PORT]` (port 2377 by default).
+        remote: String,
+    },
+    /// Show (or rotate) the join token for workers or managers.
+    JoinToken {
+        /// Which token.
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// Replace the token's secret; the old token stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Leave the swarm.
+    Leave {
+        /// Leave even when this breaks quorum or erases the swarm (last manager).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Manage the root CA.
+    Ca {
+        /// Create a new root CA; nodes get new certificates, the old CA stays trusted meanwhile.
+        #[arg(long, required = true)]
+        rotate: bool,
+    },
+}
+
+/// `shoal node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List the nodes of the swarm.
+    Ls,
+    /// Show one or more nodes in detail (JSON).
+    Inspect {
+        /// Node id, id prefix, host name, or `self`.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make workers managers.
+    Promote {
+        /// Nodes to promote.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers.
+    Demote {
+        /// Nodes to demote.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<Availability>,
+        /// Node id, id prefix, host name, or `self`.
+        node: String,
+    },
+    /// Remove nodes from the swarm.
+    Rm {
+        /// Remove even if the node is not down.
+        #[arg(short, long)]
+        force: bool,
+        /// Nodes to remove.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 /// Flags of `shoal daemon`; each overrides the config file.
@@ -123,6 +242,175 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             }
             Ok(())
         }
+        Command::Swarm(cmd) => {
+            let (req, quiet) = swarm_request(cmd);
+            let resp = client::call(&cli.host, req).await?;
+            print_response(cli.format, resp, quiet);
+            Ok(())
+        }
+        Command::Node(cmd) => {
+            let (req, inspect) = match cmd {
+                NodeCmd::Ls => (Request::NodeList, false),
+                NodeCmd::Inspect { nodes } => {
+                    let mut all = Vec::new();
+                    for n in nodes {
+                        match client::call(&cli.host, Request::NodeInspect { node: n.clone() })
+                            .await?
+                        {
+                            Response::Nodes(rows) => all.extend(rows),
+                            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                        }
+                    }
+                    print_json(&all);
+                    return Ok(());
+                }
+                NodeCmd::Promote { nodes } => (
+                    Request::NodeSetRole {
+                        nodes: nodes.clone(),
+                        role: Role::Manager,
+                    },
+                    false,
+                ),
+                NodeCmd::Demote { nodes } => (
+                    Request::NodeSetRole {
+                        nodes: nodes.clone(),
+                        role: Role::Worker,
+                    },
+                    false,
+                ),
+                NodeCmd::Update { availability, node } => (
+                    Request::NodeUpdate {
+                        node: node.clone(),
+                        availability: *availability,
+                    },
+                    false,
+                ),
+                NodeCmd::Rm { force, nodes } => (
+                    Request::NodeRemove {
+                        nodes: nodes.clone(),
+                        force: *force,
+                    },
+                    false,
+                ),
+            };
+            let resp = client::call(&cli.host, req).await?;
+            print_response(cli.format, resp, inspect);
+            Ok(())
+        }
+    }
+}
+
+fn swarm_request(cmd: &SwarmCmd) -> (Request, bool) {
+    match cmd {
+        SwarmCmd::Init {
+            advertise_addr,
+            data_path_addr,
+            listen_addr,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
+        } => (
+            Request::SwarmInit(SwarmInitArgs {
+                advertise_addr: advertise_addr.clone(),
+                data_path_addr: data_path_addr.clone(),
+                listen_addr: listen_addr.clone(),
+                default_addr_pool: default_addr_pool.clone(),
+                default_addr_pool_mask_length: *default_addr_pool_mask_length,
+                data_path_port: *data_path_port,
+            }),
+            false,
+        ),
+        SwarmCmd::Join {
+            token,
+            advertise_addr,
+            data_path_addr,
+            listen_addr,
+            remote,
+        } => (
+            Request::SwarmJoin(SwarmJoinArgs {
+                token: token.clone(),
+                remote: remote.clone(),
+                advertise_addr: advertise_addr.clone(),
+                data_path_addr: data_path_addr.clone(),
+                listen_addr: listen_addr.clone(),
+            }),
+            false,
+        ),
+        SwarmCmd::JoinToken {
+            role,
+            rotate,
+            quiet,
+        } => (
+            Request::JoinToken {
+                role: if role == "manager" {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                },
+                rotate: *rotate,
+            },
+            *quiet,
+        ),
+        SwarmCmd::Leave { force } => (Request::SwarmLeave { force: *force }, false),
+        SwarmCmd::Ca { .. } => (Request::CaRotate, false),
+    }
+}
+
+fn print_response(format: Format, resp: Response, quiet: bool) {
+    match (format, resp) {
+        (Format::Json, Response::Message(m)) => print_json(&serde_json::json!({ "message": m })),
+        (Format::Json, Response::Token { token, .. }) => {
+            print_json(&serde_json::json!({ "token": token }))
+        }
+        (Format::Json, Response::Nodes(rows)) => print_json(&rows),
+        (Format::Json, other) => print_json(&other),
+        (Format::Table, Response::Message(m)) => println!("{}", m.trim_end()),
+        (Format::Table, Response::Token { token, message }) => {
+            if quiet {
+                println!("{token}");
+            } else {
+                println!("{}", message.trim_end());
+            }
+        }
+        (Format::Table, Response::Nodes(rows)) => print_nodes(&rows),
+        (Format::Table, other) => print_json(&other),
+    }
+}
+
+fn print_nodes(rows: &[NodeRow]) {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                format!("{}{}", r.node.id, if r.is_self { " *" } else { "" }),
+                r.node.hostname.clone(),
+                r.node.status.to_string(),
+                r.node.availability.to_string(),
+                r.manager_status.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"];
+    let mut widths = header.map(str::len);
+    for c in &cells {
+        for (w, v) in widths.iter_mut().zip(c) {
+            *w = (*w).max(v.len());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        let mut s = String::new();
+        for (i, (v, w)) in c.iter().zip(widths).enumerate() {
+            if i + 1 == c.len() {
+                s.push_str(v);
+            } else {
+                s.push_str(&format!("{v:<w$}   "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header);
+    for c in &cells {
+        line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
     }
 }
 
@@ -146,4 +434,31 @@ fn print_info(i: &NodeInfo) {
     println!("Data dir:       {}", i.data_dir);
     println!("Daemon version: {}", i.daemon_version);
     println!("Swarm:          {}", i.swarm.state);
+    if let Some(c) = &i.swarm.cluster_id {
+        println!(" Cluster ID:    {c}");
+    }
+    if let Some(r) = &i.swarm.role {
+        println!(" Role:          {r}");
+    }
+    if let Some(a) = &i.swarm.node_addr {
+        println!(" Node Address:  {a}");
+    }
+    if let Some(a) = &i.swarm.data_path_addr {
+        println!(" Data Path:     {a}");
+    }
+    if !i.swarm.managers.is_empty() {
+        println!(" Managers:      {}", i.swarm.managers.join(", "));
+    }
+    if let Some(r) = &i.swarm.raft {
+        println!(
+            " Raft:          id {} term {} leader {} commit {} applied {} ({} of {} managers reachable)",
+            r.id,
+            r.term,
+            r.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+            r.commit,
+            r.applied,
+            r.reachable,
+            r.voters
+        );
+    }
 }

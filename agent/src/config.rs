@@ -28,6 +28,43 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// `tracing` filter (e.g. `info`, `shoal=debug`); `RUST_LOG` wins.
     pub log_level: String,
+    /// Host name shown in `node ls` (default: the kernel's host name; the
+    /// lab sets one per namespace host, which share the kernel's).
+    pub hostname: Option<String>,
+    /// Raft timings of a manager.
+    pub raft: RaftSettings,
+    /// How often a node checks in with a manager (certificate, role,
+    /// manager list), in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// Raft timings; production defaults, tests shrink them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// Election timeout in ticks (randomised by raft-rs to [n, 2n)).
+    pub election_ticks: usize,
+    /// Leader heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log every this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot so slightly lagging followers catch
+    /// up from the log.
+    pub compact_keep: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            compact_keep: 1_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -37,6 +74,9 @@ impl Default for Config {
             socket: DEFAULT_SOCKET.into(),
             run_dir: DEFAULT_RUN_DIR.into(),
             log_level: "info".into(),
+            hostname: None,
+            raft: RaftSettings::default(),
+            heartbeat_ms: 5000,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::api::{
     ResponseFrame, SwarmInfo, SwarmState, VersionInfo, PROTOCOL_VERSION,
 };
 use crate::config::Config;
+use crate::swarm::Swarm;
 
 /// Name of the lock file inside the data dir.
 const LOCK_FILE: &str = "shoal.lock";
@@ -158,7 +159,15 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
 #[derive(Debug)]
 pub struct Daemon {
     config: Config,
-    node_id: String,
+    /// Local id while not in a swarm; the cluster's id for this node once
+    /// joined.
+    node_id: std::sync::Mutex<String>,
+    /// The active membership, if any.
+    swarm: tokio::sync::RwLock<Option<Arc<Swarm>>>,
+    /// Serialises init/join/leave.
+    membership_op: tokio::sync::Mutex<()>,
+    /// Given to the membership so it can ask to be restarted from disk.
+    restart: crate::swarm::RestartTx,
 }
 
 impl Daemon {
@@ -166,24 +175,148 @@ impl Daemon {
     pub async fn handle(&self, req: Request) -> Result<Response, ApiError> {
         match req {
             Request::Version => Ok(Response::Version(VersionInfo::current())),
-            Request::Info => Ok(Response::Info(self.info()?)),
+            Request::Info => Ok(Response::Info(self.info().await)),
+            Request::SwarmInit(args) => {
+                let _op = self.membership_op.lock().await;
+                self.check_inactive().await?;
+                let (swarm, msg) = Swarm::init(&self.config, self.restart.clone(), args).await?;
+                self.set_swarm(swarm).await;
+                Ok(Response::Message(msg))
+            }
+            Request::SwarmJoin(args) => {
+                let _op = self.membership_op.lock().await;
+                self.check_inactive().await?;
+                let (swarm, msg) = Swarm::join(&self.config, self.restart.clone(), args).await?;
+                self.set_swarm(swarm).await;
+                Ok(Response::Message(msg))
+            }
+            Request::SwarmLeave { force } => {
+                let _op = self.membership_op.lock().await;
+                let swarm = self.swarm().await?;
+                swarm.leave(force).await?;
+                drop(swarm);
+                let taken = self.swarm.write().await.take();
+                if let Some(s) = taken {
+                    s.shutdown().await;
+                }
+                crate::membership_file::wipe(&self.config.data_dir)
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                let id = new_node_id();
+                write_atomically(&self.config.data_dir.join(NODE_ID_FILE), id.as_bytes())
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                self.set_node_id(id);
+                Ok(Response::Message("Node left the swarm.".into()))
+            }
+            Request::JoinToken { role, rotate } => {
+                let (token, addr) = self.swarm().await?.join_token(role, rotate).await?;
+                let mut msg = String::new();
+                if rotate {
+                    msg.push_str(&format!("Successfully rotated {role} join token.\n\n"));
+                }
+                msg.push_str(&format!(
+                    "To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {addr}\n"
+                ));
+                Ok(Response::Token {
+                    token,
+                    message: msg,
+                })
+            }
+            Request::CaRotate => Ok(Response::Message(self.swarm().await?.ca_rotate().await?)),
+            Request::NodeList => Ok(Response::Nodes(self.swarm().await?.nodes(None).await?)),
+            Request::NodeInspect { node } => Ok(Response::Nodes(
+                self.swarm().await?.nodes(Some(node)).await?,
+            )),
+            Request::NodeSetRole { nodes, role } => {
+                let swarm = self.swarm().await?;
+                let mut out = Vec::new();
+                for n in nodes {
+                    out.push(swarm.node_set_role(&n, role).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+            Request::NodeUpdate { node, availability } => Ok(Response::Message(
+                self.swarm().await?.node_update(&node, availability).await?,
+            )),
+            Request::NodeRemove { nodes, force } => {
+                let swarm = self.swarm().await?;
+                let mut out = Vec::new();
+                for n in nodes {
+                    out.push(swarm.node_remove(&n, force).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
         }
     }
 
-    fn info(&self) -> Result<NodeInfo, ApiError> {
-        let hostname = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(NodeInfo {
-            node_id: self.node_id.clone(),
+    /// Stop the membership and start it again from what is on disk (after
+    /// a promotion or demotion).
+    async fn restart_swarm(&self) -> Result<()> {
+        let _op = self.membership_op.lock().await;
+        let taken = self.swarm.write().await.take();
+        if let Some(s) = taken {
+            s.shutdown().await;
+        }
+        if let Some((sf, identity)) = crate::membership_file::load(&self.config.data_dir)? {
+            let swarm = Swarm::resume(&self.config, self.restart.clone(), sf, identity).await?;
+            *self.swarm.write().await = Some(swarm);
+        }
+        Ok(())
+    }
+
+    async fn swarm(&self) -> Result<Arc<Swarm>, ApiError> {
+        self.swarm.read().await.clone().ok_or_else(|| {
+            ApiError::invalid(
+                "This node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first",
+            )
+        })
+    }
+
+    async fn check_inactive(&self) -> Result<(), ApiError> {
+        if self.swarm.read().await.is_some() {
+            return Err(ApiError::invalid(
+                "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn set_swarm(&self, swarm: Arc<Swarm>) {
+        self.set_node_id(swarm.node_id().to_string());
+        *self.swarm.write().await = Some(swarm);
+    }
+
+    fn set_node_id(&self, id: String) {
+        match self.node_id.lock() {
+            Ok(mut g) => *g = id,
+            Err(p) => *p.into_inner() = id,
+        }
+    }
+
+    async fn info(&self) -> NodeInfo {
+        let hostname = self.config.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let swarm = match self.swarm.read().await.as_ref() {
+            Some(s) => s.info(),
+            None => SwarmInfo {
+                state: SwarmState::Inactive,
+                ..Default::default()
+            },
+        };
+        let node_id = match self.node_id.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        NodeInfo {
+            node_id,
             hostname,
             addresses: local_ipv4_addrs(),
             data_dir: self.config.data_dir.display().to_string(),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
-            swarm: SwarmInfo {
-                state: SwarmState::Inactive,
-            },
-        })
+            swarm,
+        }
     }
 }
 
@@ -259,7 +392,17 @@ pub async fn run(config: Config) -> Result<()> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     std::fs::create_dir_all(&config.run_dir)
         .with_context(|| format!("run dir {} cannot be created", config.run_dir.display()))?;
-    let node_id = load_or_create_node_id(&config.data_dir)?;
+    shoal_tls::install_crypto_provider();
+    let mut node_id = load_or_create_node_id(&config.data_dir)?;
+    let (restart, mut restarts) = tokio::sync::mpsc::unbounded_channel();
+    let swarm = match crate::membership_file::load(&config.data_dir)? {
+        Some((sf, identity)) => {
+            info!(cluster = %sf.cluster_id, role = %sf.role, "resuming swarm membership");
+            node_id = sf.node_id.to_string();
+            Some(Swarm::resume(&config, restart.clone(), sf, identity).await?)
+        }
+        None => None,
+    };
     let listener = bind_socket(&config.socket).await?;
     let socket = config.socket.clone();
     info!(
@@ -269,7 +412,21 @@ pub async fn run(config: Config) -> Result<()> {
         lock = %lock.path().display(),
         "shoal daemon started"
     );
-    let daemon = Arc::new(Daemon { config, node_id });
+    let daemon = Arc::new(Daemon {
+        config,
+        node_id: std::sync::Mutex::new(node_id),
+        swarm: tokio::sync::RwLock::new(swarm),
+        membership_op: tokio::sync::Mutex::new(()),
+        restart,
+    });
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        while restarts.recv().await.is_some() {
+            if let Err(e) = d.restart_swarm().await {
+                tracing::error!("cannot restart the swarm membership: {e:#}");
+            }
+        }
+    });
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -287,6 +444,10 @@ pub async fn run(config: Config) -> Result<()> {
     }
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!("cannot remove socket {}: {e}", socket.display());
+    }
+    let swarm = daemon.swarm.write().await.take();
+    if let Some(s) = swarm {
+        s.shutdown().await;
     }
     drop(lock);
     Ok(())

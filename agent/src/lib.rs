@@ -2,8 +2,12 @@
 //! talks to it over a local unix socket. Later parts wire the replicated
 //! store, membership and the netdriver in here.
 
+pub mod addr;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod membership_file;
+pub mod rpc;
+pub mod swarm;

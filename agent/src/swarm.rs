@@ -1,0 +1,1490 @@
+//! Swarm membership of this node: `init`, `join`, restart from disk,
+//! `leave`, and (on managers) the Raft store, the TCP 2377 listener and the
+//! cluster commands (`node ls`, `node update`, join tokens...).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_raft_store::state::{
+    ApplyError, Availability, CaState, Cluster, Command, Node, NodeStatus, NodeUpdate, State,
+};
+use shoal_raft_store::{RaftConfig, RaftError, RaftNode, TlsTransport};
+use shoal_tls::{
+    ClusterCa, JoinSecret, JoinToken, NodeId, NodeIdentity, NodeKey, Role, DEFAULT_CERT_VALIDITY,
+    MANAGER_SERVER_NAME,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use crate::addr;
+use crate::api::{
+    self, ApiError, ErrorCode, NodeRow, RaftInfo, SwarmInfo, SwarmInitArgs, SwarmJoinArgs,
+    SwarmState,
+};
+use crate::config::Config;
+use crate::membership_file::{self, SwarmFile};
+use crate::rpc::{self, JoinRequest, JoinResponse, NodeRequest, NodeResponse};
+
+/// Default control port.
+pub const DEFAULT_PORT: u16 = 2377;
+/// How long a join waits for the manager to answer at each step.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake on 2377 may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unix milliseconds now (stamped into commands by the proposer, so `apply`
+/// stays deterministic).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn raft_config(config: &Config, raft_id: u64) -> RaftConfig {
+    RaftConfig {
+        id: raft_id,
+        data_dir: membership_file::swarm_dir(&config.data_dir),
+        tick: Duration::from_millis(config.raft.tick_ms),
+        election_ticks: config.raft.election_ticks,
+        heartbeat_ticks: config.raft.heartbeat_ticks,
+        snapshot_every: config.raft.snapshot_every,
+        compact_keep: config.raft.compact_keep,
+        ..RaftConfig::default()
+    }
+}
+
+fn new_raft_id() -> u64 {
+    use rand::Rng;
+    rand::rngs::OsRng.gen_range(1..=u64::MAX >> 1)
+}
+
+fn hostname(config: &Config) -> String {
+    config.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// Errors from the store as the user should read them.
+fn raft_err(e: RaftError) -> ApiError {
+    let code = match e {
+        RaftError::NoQuorum { .. } | RaftError::NoLeader(_) | RaftError::Timeout(_) => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn apply_err(e: ApplyError) -> ApiError {
+    let code = match e {
+        ApplyError::NoSuchNode(_) => ErrorCode::NotFound,
+        _ => ErrorCode::Invalid,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn not_manager() -> ApiError {
+    ApiError::invalid(
+        "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster \
+         state. Please run this command on a manager node or promote the current node to a manager.",
+    )
+}
+
+/// TLS material that changes on renewal, shared with the listener and the
+/// Raft transport.
+struct Tls {
+    server: RwLock<Arc<rustls::ServerConfig>>,
+    raft_client: watch::Sender<Arc<rustls::ClientConfig>>,
+    node_client: RwLock<Arc<rustls::ClientConfig>>,
+}
+
+impl Tls {
+    fn new(id: &NodeIdentity) -> Result<Tls> {
+        let (raft_client, _) = watch::channel(id.client_config(&[rpc::ALPN_RAFT])?);
+        Ok(Tls {
+            server: RwLock::new(id.server_config(&[
+                rpc::ALPN_RAFT,
+                rpc::ALPN_JOIN,
+                rpc::ALPN_NODE,
+            ])?),
+            raft_client,
+            node_client: RwLock::new(id.client_config(&[rpc::ALPN_NODE])?),
+        })
+    }
+}
+
+/// Asks the daemon to stop this membership and start it again from disk
+/// (after a promotion or demotion changed what the node runs).
+pub type RestartTx = tokio::sync::mpsc::UnboundedSender<()>;
+
+/// An active swarm membership.
+pub struct Swarm {
+    config: Config,
+    restart: RestartTx,
+    file: Mutex<SwarmFile>,
+    identity: RwLock<NodeIdentity>,
+    tls: Tls,
+    raft: Option<RaftNode<State>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm").finish_non_exhaustive()
+    }
+}
+
+impl Swarm {
+    /// `swarm init`: a new cluster with this node as its only manager.
+    pub async fn init(
+        config: &Config,
+        restart: RestartTx,
+        args: SwarmInitArgs,
+    ) -> Result<(Arc<Swarm>, String), ApiError> {
+        let listen = match &args.listen_addr {
+            Some(l) => addr::resolve_socket("--listen-addr", l, DEFAULT_PORT),
+            None => Ok(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                DEFAULT_PORT,
+            )),
+        }
+        .map_err(ApiError::invalid)?;
+        let advertise =
+            addr::resolve_socket("--advertise-addr", &args.advertise_addr, listen.port())
+                .map_err(ApiError::invalid)?;
+        addr::check_advertisable("--advertise-addr", advertise.ip()).map_err(ApiError::invalid)?;
+        let data_path = match &args.data_path_addr {
+            Some(d) => addr::resolve_ip("--data-path-addr", d).map_err(ApiError::invalid)?,
+            None => advertise.ip(),
+        };
+        addr::check_advertisable("--data-path-addr", data_path).map_err(ApiError::invalid)?;
+        let pools = if args.default_addr_pool.is_empty() {
+            vec!["10.0.0.0/8".to_string()]
+        } else {
+            args.default_addr_pool.clone()
+        };
+        for p in &pools {
+            let net: ipnet::Ipv4Net = p.parse().map_err(|e| {
+                ApiError::invalid(format!(
+                    "--default-addr-pool {p}: {e} (expected an IPv4 CIDR like 10.0.0.0/8)"
+                ))
+            })?;
+            if net.trunc() != net {
+                return Err(ApiError::invalid(format!(
+                    "--default-addr-pool {p}: host bits are set (did you mean {}?)",
+                    net.trunc()
+                )));
+            }
+            let mask = args.default_addr_pool_mask_length;
+            if mask < net.prefix_len() || mask > 29 {
+                return Err(ApiError::invalid(format!(
+                    "--default-addr-pool-mask-length {mask}: must be between the pool's prefix \
+                     length {} and 29",
+                    net.prefix_len()
+                )));
+            }
+        }
+        if args.data_path_port < 1024 {
+            return Err(ApiError::invalid(format!(
+                "--data-path-port {}: must be 1024-49151",
+                args.data_path_port
+            )));
+        }
+
+        let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+        let cluster_id = NodeId::generate().to_string();
+        let ca = ClusterCa::generate(&cluster_id).map_err(|e| internal(&e))?;
+        let node_id = NodeId::generate();
+        let key = NodeKey::generate().map_err(|e| internal(&e))?;
+        let csr = key.csr_der().map_err(|e| internal(&e))?;
+        let cert = ca
+            .sign_csr(&csr, &node_id, Role::Manager, DEFAULT_CERT_VALIDITY)
+            .map_err(|e| internal(&e))?;
+        let identity =
+            NodeIdentity::new(cert, key, vec![ca.cert_der()]).map_err(|e| internal(&e))?;
+        let raft_id = new_raft_id();
+        let now = now_ms();
+        let cluster = Cluster {
+            id: cluster_id.clone(),
+            created_at: now,
+            ca: CaState {
+                cert_pem: ca.cert_pem(),
+                key_pem: ca.key_pem(),
+                previous_roots: vec![],
+            },
+            worker_secret: JoinSecret::generate().as_str().to_string(),
+            manager_secret: JoinSecret::generate().as_str().to_string(),
+            default_addr_pools: pools,
+            default_addr_pool_mask_len: args.default_addr_pool_mask_length,
+            data_path_port: args.data_path_port,
+            heartbeat_period_ms: 5000,
+        };
+        let worker_token = JoinToken {
+            digest: ca.digest(),
+            secret: cluster.worker_secret.clone(),
+        };
+        let node = Node {
+            id: node_id.clone(),
+            hostname: hostname(config),
+            role: Role::Manager,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            addr: advertise,
+            data_path_addr: data_path,
+            raft_id: Some(raft_id),
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        let sf = SwarmFile {
+            cluster_id,
+            node_id: node_id.clone(),
+            role: Role::Manager,
+            raft_id: Some(raft_id),
+            addr: advertise,
+            listen_addr: listen,
+            data_path_addr: data_path,
+            managers: vec![(raft_id, advertise)],
+            raft_join_pending: false,
+        };
+        // Bind before writing anything, so a busy port fails cleanly.
+        let listener = bind(listen)
+            .await
+            .map_err(|e| internal(&format!("{e:#}")))?;
+        membership_file::save(&config.data_dir, &sf, &identity)
+            .map_err(|e| internal(&format!("{e:#}")))?;
+        let swarm = Swarm::start_with(
+            config.clone(),
+            restart,
+            sf,
+            identity,
+            Some(listener),
+            StartRaft::Bootstrap,
+        )
+        .await
+        .map_err(|e| {
+            let _ = membership_file::wipe(&config.data_dir);
+            internal(&format!("{e:#}"))
+        })?;
+        swarm
+            .propose(Command::InitCluster {
+                cluster: Box::new(cluster),
+                node,
+            })
+            .await?;
+        let msg = format!(
+            "Swarm initialized: current node ({node_id}) is now a manager.\n\n\
+             To add a worker to this swarm, run the following command:\n\n    \
+             shoal swarm join --token {worker_token} {advertise}\n\n\
+             To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
+        );
+        Ok((swarm, msg))
+    }
+
+    /// `swarm join`: ask a manager for a certificate, then run as worker or
+    /// manager.
+    pub async fn join(
+        config: &Config,
+        restart: RestartTx,
+        args: SwarmJoinArgs,
+    ) -> Result<(Arc<Swarm>, String), ApiError> {
+        let token: JoinToken = args
+            .token
+            .trim()
+            .parse()
+            .map_err(|e: shoal_tls::TokenError| ApiError::invalid(e.to_string()))?;
+        let remote = resolve_remote(&args.remote).await?;
+        let listen = match &args.listen_addr {
+            Some(l) => addr::resolve_socket("--listen-addr", l, DEFAULT_PORT),
+            None => Ok(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                DEFAULT_PORT,
+            )),
+        }
+        .map_err(ApiError::invalid)?;
+        let advertise = match &args.advertise_addr {
+            Some(a) => addr::resolve_socket("--advertise-addr", a, listen.port())
+                .map_err(ApiError::invalid)?,
+            None => SocketAddr::new(local_addr_towards(remote).await?, listen.port()),
+        };
+        addr::check_advertisable("--advertise-addr", advertise.ip()).map_err(ApiError::invalid)?;
+        let data_path = match &args.data_path_addr {
+            Some(d) => addr::resolve_ip("--data-path-addr", d).map_err(ApiError::invalid)?,
+            None => advertise.ip(),
+        };
+        let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+        let key = NodeKey::generate().map_err(|e| internal(&e))?;
+        let csr_der = key.csr_der().map_err(|e| internal(&e))?;
+        let req = JoinRequest {
+            secret: token.secret.clone(),
+            csr_der,
+            hostname: hostname(config),
+            addr: advertise,
+            data_path_addr: data_path,
+        };
+        let tls = shoal_tls::pinned_client_config(&token.digest, &[rpc::ALPN_JOIN])
+            .map_err(|e| internal(&e))?;
+        let resp: Result<JoinResponse, String> = call(tls, remote, &req).await?;
+        let resp = resp.map_err(ApiError::invalid)?;
+
+        let roots = resp
+            .roots_pem
+            .iter()
+            .map(|p| shoal_tls::certs_from_pem(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal(&e))?
+            .into_iter()
+            .flatten()
+            .collect();
+        let identity =
+            NodeIdentity::new(resp.cert_der.clone().into(), key, roots).map_err(|e| {
+                ApiError::internal(format!("the manager issued an unusable certificate: {e}"))
+            })?;
+        if identity.info.role != resp.role || identity.info.node_id != resp.node_id {
+            return Err(ApiError::internal(
+                "the manager issued a certificate for another node or role",
+            ));
+        }
+        let sf = SwarmFile {
+            cluster_id: resp.cluster_id.clone(),
+            node_id: resp.node_id.clone(),
+            role: resp.role,
+            raft_id: resp.raft_id,
+            addr: advertise,
+            listen_addr: listen,
+            data_path_addr: data_path,
+            managers: resp.managers.clone(),
+            raft_join_pending: false,
+        };
+        let listener = match resp.role {
+            Role::Manager => Some(
+                bind(listen)
+                    .await
+                    .map_err(|e| internal(&format!("{e:#}")))?,
+            ),
+            Role::Worker => None,
+        };
+        membership_file::save(&config.data_dir, &sf, &identity)
+            .map_err(|e| internal(&format!("{e:#}")))?;
+        let start = match resp.role {
+            Role::Manager => StartRaft::Join(resp.managers.clone()),
+            Role::Worker => StartRaft::None,
+        };
+        let swarm = Swarm::start_with(config.clone(), restart, sf, identity, listener, start)
+            .await
+            .map_err(|e| internal(&format!("{e:#}")))?;
+        let msg = format!("This node joined a swarm as a {}.", resp.role);
+        Ok((swarm, msg))
+    }
+
+    /// Resume the membership recorded in the data dir after a restart.
+    pub async fn resume(
+        config: &Config,
+        restart: RestartTx,
+        sf: SwarmFile,
+        identity: NodeIdentity,
+    ) -> Result<Arc<Swarm>> {
+        let (listener, start) = match sf.role {
+            Role::Manager => {
+                let rcfg = raft_config(config, sf.raft_id.unwrap_or(0));
+                if sf.raft_join_pending {
+                    // Promoted: the leader added us as a voter; start empty
+                    // and learn the log from it.
+                    (
+                        Some(bind(sf.listen_addr).await?),
+                        StartRaft::Join(sf.managers.clone()),
+                    )
+                } else if !RaftNode::<State>::exists(&rcfg.data_dir) {
+                    bail!(
+                        "{}: this node is a manager of swarm {} but its Raft log at {} is missing; \
+                         refusing to start an empty cluster (restore the data dir, or run \
+                         `shoal swarm leave --force` to forget the swarm)",
+                        membership_file::swarm_dir(&config.data_dir).display(),
+                        sf.cluster_id,
+                        rcfg.data_dir.display()
+                    );
+                } else {
+                    (Some(bind(sf.listen_addr).await?), StartRaft::Restart)
+                }
+            }
+            Role::Worker => (None, StartRaft::None),
+        };
+        Swarm::start_with(config.clone(), restart, sf, identity, listener, start).await
+    }
+
+    async fn start_with(
+        config: Config,
+        restart: RestartTx,
+        mut sf: SwarmFile,
+        identity: NodeIdentity,
+        listener: Option<TcpListener>,
+        start: StartRaft,
+    ) -> Result<Arc<Swarm>> {
+        let tls = Tls::new(&identity)?;
+        let raft = match (&start, sf.raft_id) {
+            (StartRaft::None, _) => None,
+            (_, None) => bail!("swarm.json: manager without a raft id"),
+            (start, Some(rid)) => {
+                let transport = TlsTransport::new(tls.raft_client.subscribe());
+                let rcfg = raft_config(&config, rid);
+                let node = match start {
+                    StartRaft::Bootstrap => {
+                        RaftNode::bootstrap(rcfg, sf.addr, State::default(), transport).await
+                    }
+                    StartRaft::Join(managers) => {
+                        use shoal_raft_store::Transport;
+                        for (id, a) in managers {
+                            transport.set_peer(*id, *a);
+                        }
+                        RaftNode::join(rcfg, State::default(), transport).await
+                    }
+                    StartRaft::Restart => {
+                        RaftNode::restart(rcfg, State::default(), transport).await
+                    }
+                    StartRaft::None => unreachable_none(),
+                };
+                let node = node.map_err(|e| anyhow!("{e}"))?;
+                if sf.raft_join_pending {
+                    sf.raft_join_pending = false;
+                    membership_file::save_file(&config.data_dir, &sf)?;
+                }
+                Some(node)
+            }
+        };
+        let is_worker = raft.is_none();
+        let swarm = Arc::new(Swarm {
+            config,
+            restart,
+            file: Mutex::new(sf),
+            identity: RwLock::new(identity),
+            tls,
+            raft,
+            tasks: Mutex::new(Vec::new()),
+        });
+        if let Some(l) = listener {
+            let task = tokio::spawn(serve_listener(l, Arc::downgrade(&swarm)));
+            swarm.add_task(task);
+        }
+        let task = if is_worker {
+            tokio::spawn(worker_loop(Arc::downgrade(&swarm)))
+        } else {
+            tokio::spawn(manager_loop(Arc::downgrade(&swarm)))
+        };
+        swarm.add_task(task);
+        Ok(swarm)
+    }
+
+    fn add_task(&self, t: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.push(t);
+        }
+    }
+
+    fn file(&self) -> SwarmFile {
+        match self.file.lock() {
+            Ok(f) => f.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> NodeId {
+        self.file().node_id
+    }
+
+    fn raft(&self) -> Result<&RaftNode<State>, ApiError> {
+        self.raft.as_ref().ok_or_else(not_manager)
+    }
+
+    /// Propose a command and wait until it is applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
+        self.raft()?
+            .propose(cmd)
+            .await
+            .map_err(raft_err)?
+            .map_err(apply_err)
+    }
+
+    /// A fresh (ReadIndex) read of the store.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let raft = self.raft()?;
+        raft.read_barrier().await.map_err(raft_err)?;
+        raft.read(f).await.map_err(raft_err)
+    }
+
+    /// The swarm part of `info`.
+    pub fn info(&self) -> SwarmInfo {
+        let sf = self.file();
+        let raft = self.raft.as_ref().map(|r| {
+            let st = r.status();
+            RaftInfo {
+                id: st.id,
+                leader: st.leader,
+                term: st.term,
+                commit: st.commit,
+                applied: st.applied,
+                voters: st.voters.len(),
+                reachable: st.voters.iter().filter(|v| v.reachable).count(),
+                snapshot_index: st.snapshot_index,
+            }
+        });
+        SwarmInfo {
+            state: SwarmState::Active,
+            cluster_id: Some(sf.cluster_id),
+            role: Some(sf.role),
+            node_addr: Some(sf.addr.to_string()),
+            data_path_addr: Some(sf.data_path_addr.to_string()),
+            managers: sf.managers.iter().map(|(_, a)| a.to_string()).collect(),
+            raft,
+        }
+    }
+
+    /// `node ls`, or `node inspect` of the nodes matching `filter`.
+    pub async fn nodes(&self, filter: Option<String>) -> Result<Vec<NodeRow>, ApiError> {
+        let raft = self.raft()?;
+        let status = raft.status();
+        let me = self.node_id();
+        let state_nodes = self
+            .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await?;
+        let nodes = match filter {
+            None => state_nodes,
+            Some(f) => vec![resolve_node(&state_nodes, &f, &me)?.clone()],
+        };
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let manager_status = match n.raft_id {
+                    None => String::new(),
+                    Some(rid) if status.leader == Some(rid) => "Leader".into(),
+                    Some(rid) if rid == status.id => "Reachable".into(),
+                    Some(rid) => {
+                        if status.voters.iter().any(|v| v.id == rid && v.reachable) {
+                            "Reachable".into()
+                        } else {
+                            "Unreachable".into()
+                        }
+                    }
+                };
+                NodeRow {
+                    is_self: n.id == me,
+                    node: n,
+                    manager_status,
+                }
+            })
+            .collect())
+    }
+
+    /// `node update --availability`.
+    pub async fn node_update(
+        &self,
+        node: &str,
+        availability: Option<Availability>,
+    ) -> Result<String, ApiError> {
+        let me = self.node_id();
+        let nodes = self
+            .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await?;
+        let id = resolve_node(&nodes, node, &me)?.id.clone();
+        self.propose(Command::UpdateNode {
+            id: id.clone(),
+            update: NodeUpdate {
+                availability,
+                ..Default::default()
+            },
+            at: now_ms(),
+        })
+        .await?;
+        Ok(id.to_string())
+    }
+
+    /// `node rm`.
+    pub async fn node_remove(&self, node: &str, force: bool) -> Result<String, ApiError> {
+        let me = self.node_id();
+        let nodes = self
+            .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await?;
+        let n = resolve_node(&nodes, node, &me)?.clone();
+        if n.role == Role::Manager {
+            return Err(ApiError::invalid(format!(
+                "node {} is a cluster manager and is a member of the raft cluster. It must be \
+                 demoted to worker before removal",
+                n.id
+            )));
+        }
+        if n.status != NodeStatus::Down && !force {
+            return Err(ApiError::invalid(format!(
+                "node {} is not down and can't be removed; use --force to remove it anyway",
+                n.id
+            )));
+        }
+        self.propose(Command::RemoveNode { id: n.id.clone() })
+            .await?;
+        Ok(n.id.to_string())
+    }
+
+    /// `node promote` / `node demote` of one node. Promotion adds the node
+    /// as a Raft voter; the node picks up its new role on its next
+    /// heartbeat.
+    pub async fn node_set_role(&self, node: &str, role: Role) -> Result<String, ApiError> {
+        let me = self.node_id();
+        let (nodes, status) = (
+            self.read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+                .await?,
+            self.raft()?.status(),
+        );
+        let n = resolve_node(&nodes, node, &me)?.clone();
+        if n.role == role {
+            return Ok(format!("Node {} is already a {role}.", n.id));
+        }
+        match role {
+            Role::Manager => {
+                let rid = new_raft_id();
+                self.propose(Command::UpdateNode {
+                    id: n.id.clone(),
+                    update: NodeUpdate {
+                        role: Some(Role::Manager),
+                        raft_id: Some(Some(rid)),
+                        ..Default::default()
+                    },
+                    at: now_ms(),
+                })
+                .await?;
+                self.raft()?
+                    .add_voter(rid, n.addr)
+                    .await
+                    .map_err(raft_err)?;
+                Ok(format!("Node {} promoted to a manager in the swarm.", n.id))
+            }
+            Role::Worker => {
+                let voters = status.voters.len();
+                let reachable = status.voters.iter().filter(|v| v.reachable).count();
+                if voters <= 1 {
+                    return Err(ApiError::invalid(format!(
+                        "node {} is the last manager of the swarm and cannot be demoted",
+                        n.id
+                    )));
+                }
+                check_quorum_after_removal(voters, reachable, n.raft_id, &status)?;
+                // The role change first, while the node still receives the
+                // log: seeing it, the node steps down by itself.
+                self.propose(Command::UpdateNode {
+                    id: n.id.clone(),
+                    update: NodeUpdate {
+                        role: Some(Role::Worker),
+                        ..Default::default()
+                    },
+                    at: now_ms(),
+                })
+                .await?;
+                if let Some(rid) = n.raft_id {
+                    self.raft()?.remove_voter(rid).await.map_err(raft_err)?;
+                }
+                self.propose(Command::UpdateNode {
+                    id: n.id.clone(),
+                    update: NodeUpdate {
+                        raft_id: Some(None),
+                        ..Default::default()
+                    },
+                    at: now_ms(),
+                })
+                .await?;
+                Ok(format!("Manager {} demoted in the swarm.", n.id))
+            }
+        }
+    }
+
+    /// `swarm join-token worker|manager [--rotate]`.
+    pub async fn join_token(&self, role: Role, rotate: bool) -> Result<(String, String), ApiError> {
+        if rotate {
+            self.propose(Command::SetJoinSecret {
+                role,
+                secret: JoinSecret::generate().as_str().to_string(),
+            })
+            .await?;
+        }
+        let cluster = self
+            .read(|s| s.cluster.clone())
+            .await?
+            .ok_or_else(|| ApiError::internal("the store holds no cluster"))?;
+        let ca_der = shoal_tls::certs_from_pem(&cluster.ca.cert_pem)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let digest = shoal_tls::CaDigest::of(ca_der.first().map(|c| c.as_ref()).unwrap_or(&[]));
+        let secret = match role {
+            Role::Worker => cluster.worker_secret,
+            Role::Manager => cluster.manager_secret,
+        };
+        let token = JoinToken { digest, secret }.to_string();
+        Ok((token, self.file().addr.to_string()))
+    }
+
+    /// `swarm ca --rotate`: a new root CA; the old one stays trusted until
+    /// every node has renewed.
+    pub async fn ca_rotate(&self) -> Result<String, ApiError> {
+        let cluster = self
+            .read(|s| s.cluster.clone())
+            .await?
+            .ok_or_else(|| ApiError::internal("the store holds no cluster"))?;
+        let new_ca =
+            ClusterCa::generate(&cluster.id).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut previous = vec![cluster.ca.cert_pem.clone()];
+        previous.extend(cluster.ca.previous_roots.iter().cloned());
+        previous.truncate(2);
+        self.propose(Command::SetCa {
+            ca: CaState {
+                cert_pem: new_ca.cert_pem(),
+                key_pem: new_ca.key_pem(),
+                previous_roots: previous,
+            },
+        })
+        .await?;
+        Ok(format!(
+            "Root CA rotated; new CA digest {}. Nodes renew their certificates on their next heartbeat.",
+            new_ca.digest()
+        ))
+    }
+
+    /// `swarm leave`: refuse when it would break quorum (unless forced),
+    /// leave the Raft group, then forget everything.
+    pub async fn leave(&self, force: bool) -> Result<(), ApiError> {
+        let me = self.node_id();
+        if let Some(raft) = &self.raft {
+            let st = raft.status();
+            let voters = st.voters.len();
+            let reachable = st.voters.iter().filter(|v| v.reachable).count();
+            if !force {
+                if voters <= 1 {
+                    return Err(ApiError::invalid(
+                        "You are attempting to leave the swarm on a node that is participating as a \
+                         manager. Removing the last manager erases all current state of the swarm. \
+                         Use `--force` to ignore this message.",
+                    ));
+                }
+                check_quorum_after_removal(voters, reachable, Some(st.id), &st)?;
+            }
+            if voters > 1 {
+                let removed = async {
+                    raft.remove_voter(st.id).await.map_err(raft_err)?;
+                    self.propose(Command::RemoveNode { id: me.clone() }).await
+                }
+                .await;
+                if let Err(e) = removed {
+                    if !force {
+                        return Err(e);
+                    }
+                    warn!("leaving without removing this manager from the raft group: {e}");
+                }
+            }
+        } else if let Err(e) = self.node_call(NodeRequest::Leave).await {
+            if !force {
+                return Err(ApiError::new(
+                    e.code,
+                    format!("{}; use --force to leave anyway", e.message),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop everything this membership runs (before wiping or exiting).
+    pub async fn shutdown(self: Arc<Self>) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+        match Arc::try_unwrap(self) {
+            Ok(mut s) => {
+                if let Some(r) = s.raft.take() {
+                    if let Err(e) = r.shutdown().await {
+                        warn!("raft shutdown: {e}");
+                    }
+                }
+            }
+            Err(_) => warn!("swarm still referenced at shutdown; raft log closed on exit"),
+        }
+    }
+
+    /// The data dir this membership lives in.
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Call a manager (trying each known one) over `shoal-node/1`.
+    async fn node_call(&self, req: NodeRequest) -> Result<NodeResponse, ApiError> {
+        let tls = match self.tls.node_client.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut last = ApiError::new(ErrorCode::Unavailable, "no manager known");
+        for (_, addr) in self.file().managers {
+            match call::<_, Result<NodeResponse, String>>(tls.clone(), addr, &req).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => return Err(ApiError::invalid(e)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    // ---- manager side of TCP 2377 ----
+
+    async fn handle_join(&self, req: JoinRequest) -> Result<JoinResponse, String> {
+        let raft = self.raft.as_ref().ok_or("this node is not a manager")?;
+        raft.read_barrier().await.map_err(|e| e.to_string())?;
+        let cluster = raft
+            .read(|s| s.cluster.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the swarm is not initialized")?;
+        let role = if secret_matches(&cluster.manager_secret, &req.secret) {
+            Role::Manager
+        } else if secret_matches(&cluster.worker_secret, &req.secret) {
+            Role::Worker
+        } else {
+            return Err(
+                "invalid join token: the secret matches neither this swarm's worker nor manager token"
+                    .into(),
+            );
+        };
+        addr::check_advertisable("advertise address", req.addr.ip())?;
+        let ca = ClusterCa::from_pem(&cluster.ca.cert_pem, &cluster.ca.key_pem)
+            .map_err(|e| e.to_string())?;
+        let node_id = NodeId::generate();
+        let cert = ca
+            .sign_csr(&req.csr_der, &node_id, role, DEFAULT_CERT_VALIDITY)
+            .map_err(|e| e.to_string())?;
+        let raft_id = (role == Role::Manager).then(new_raft_id);
+        let now = now_ms();
+        let node = Node {
+            id: node_id.clone(),
+            hostname: req.hostname.chars().take(64).collect(),
+            role,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            addr: req.addr,
+            data_path_addr: req.data_path_addr,
+            raft_id,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        self.propose(Command::AddNode { node })
+            .await
+            .map_err(|e| e.message)?;
+        if let Some(rid) = raft_id {
+            if let Err(e) = raft.add_voter(rid, req.addr).await {
+                let _ = self
+                    .propose(Command::RemoveNode {
+                        id: node_id.clone(),
+                    })
+                    .await;
+                return Err(format!("cannot add the new manager to the raft group: {e}"));
+            }
+        }
+        let managers = raft
+            .read(|s| {
+                s.managers()
+                    .filter_map(|n| n.raft_id.map(|r| (r, n.addr)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(node = %node_id, %role, addr = %req.addr, "node joined");
+        Ok(JoinResponse {
+            node_id,
+            role,
+            cert_der: cert.as_ref().to_vec(),
+            roots_pem: cluster.ca.trusted_roots(),
+            cluster_id: cluster.id,
+            raft_id,
+            managers,
+        })
+    }
+
+    async fn handle_node_request(
+        &self,
+        peer: &NodeId,
+        req: NodeRequest,
+    ) -> Result<NodeResponse, String> {
+        let raft = self.raft.as_ref().ok_or("this node is not a manager")?;
+        match req {
+            NodeRequest::Leave => {
+                self.propose(Command::UpdateNode {
+                    id: peer.clone(),
+                    update: NodeUpdate {
+                        status: Some(NodeStatus::Down),
+                        ..Default::default()
+                    },
+                    at: now_ms(),
+                })
+                .await
+                .map_err(|e| e.message)?;
+                Ok(NodeResponse::Ok)
+            }
+            NodeRequest::Renew { csr_der } => {
+                let (cluster, node) = raft
+                    .read({
+                        let peer = peer.clone();
+                        move |s| (s.cluster.clone(), s.nodes.get(&peer).cloned())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let cluster = cluster.ok_or("the swarm is not initialized")?;
+                let node = node.ok_or_else(|| format!("node {peer} is not part of this swarm"))?;
+                let ca = ClusterCa::from_pem(&cluster.ca.cert_pem, &cluster.ca.key_pem)
+                    .map_err(|e| e.to_string())?;
+                let cert = ca
+                    .sign_csr(&csr_der, peer, node.role, DEFAULT_CERT_VALIDITY)
+                    .map_err(|e| e.to_string())?;
+                Ok(NodeResponse::Cert {
+                    cert_der: cert.as_ref().to_vec(),
+                    roots_pem: cluster.ca.trusted_roots(),
+                })
+            }
+            NodeRequest::Heartbeat => {
+                let peer = peer.clone();
+                let (node, managers, roots) = raft
+                    .read(move |s| {
+                        (
+                            s.nodes.get(&peer).cloned(),
+                            s.managers()
+                                .filter_map(|n| n.raft_id.map(|r| (r, n.addr)))
+                                .collect::<Vec<_>>(),
+                            s.cluster.as_ref().map(|c| c.ca.trusted_roots()),
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let node = node.ok_or("this node is not part of the swarm (it was removed)")?;
+                Ok(NodeResponse::Heartbeat {
+                    node: Box::new(node),
+                    managers,
+                    roots_pem: roots.unwrap_or_default(),
+                })
+            }
+        }
+    }
+}
+
+/// Refuse an operation that removes voter `removing` when the remaining
+/// voters could not form a quorum.
+fn check_quorum_after_removal(
+    voters: usize,
+    reachable: usize,
+    removing: Option<u64>,
+    status: &shoal_raft_store::RaftStatus,
+) -> Result<(), ApiError> {
+    let removing_reachable = removing
+        .map(|r| r == status.id || status.voters.iter().any(|v| v.id == r && v.reachable))
+        .unwrap_or(false);
+    let remaining = voters - 1;
+    let remaining_reachable = reachable - usize::from(removing_reachable);
+    if remaining_reachable < remaining / 2 + 1 {
+        return Err(ApiError::invalid(format!(
+            "Removing this node leaves {remaining_reachable} managers out of {remaining}. Without a \
+             Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has \
+             lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to \
+             suppress this message."
+        )));
+    }
+    Ok(())
+}
+
+fn secret_matches(stored: &str, presented: &str) -> bool {
+    stored
+        .parse::<JoinSecret>()
+        .map(|s| s.matches(presented))
+        .unwrap_or(false)
+}
+
+enum StartRaft {
+    None,
+    Bootstrap,
+    Join(Vec<(u64, SocketAddr)>),
+    Restart,
+}
+
+fn unreachable_none() -> Result<RaftNode<State>, RaftError> {
+    Err(RaftError::Stopped)
+}
+
+/// Find a node by exact id, unique id prefix, host name, or `self`.
+fn resolve_node<'a>(nodes: &'a [Node], key: &str, me: &NodeId) -> Result<&'a Node, ApiError> {
+    let key = if key == "self" { me.as_str() } else { key };
+    if let Some(n) = nodes.iter().find(|n| n.id.as_str() == key) {
+        return Ok(n);
+    }
+    let by_prefix: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.id.as_str().starts_with(key))
+        .collect();
+    let by_name: Vec<_> = nodes.iter().filter(|n| n.hostname == key).collect();
+    match (by_prefix.as_slice(), by_name.as_slice()) {
+        ([n], _) if !key.is_empty() => Ok(n),
+        ([], [n]) => Ok(n),
+        ([], []) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("node {key} not found"),
+        )),
+        _ => Err(ApiError::invalid(format!(
+            "node {key} is ambiguous: more than one node matches"
+        ))),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--listen-addr)"))
+}
+
+async fn resolve_remote(remote: &str) -> Result<SocketAddr, ApiError> {
+    let with_port = if remote.parse::<SocketAddr>().is_ok()
+        || remote
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        remote.to_string()
+    } else {
+        format!("{remote}:{DEFAULT_PORT}")
+    };
+    let mut addrs = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .map_err(|e| ApiError::invalid(format!("manager address {remote}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ApiError::invalid(format!("manager address {remote}: no address")))
+}
+
+/// The local address the kernel would use to reach `remote`.
+async fn local_addr_towards(remote: SocketAddr) -> Result<IpAddr, ApiError> {
+    let sock = tokio::net::UdpSocket::bind(("0.0.0.0", 0))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    sock.connect(remote).await.map_err(|e| {
+        ApiError::invalid(format!(
+            "no route to manager {remote} ({e}); pass --advertise-addr"
+        ))
+    })?;
+    Ok(sock
+        .local_addr()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ip())
+}
+
+/// One request/response exchange with a manager over TLS on 2377.
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    tls: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    req: &Req,
+) -> Result<Resp, ApiError> {
+    let unavailable = |m: String| ApiError::new(ErrorCode::Unavailable, m);
+    let tcp = match tokio::time::timeout(JOIN_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(unavailable(format!(
+                "cannot reach manager at {addr}: timed out after {}s",
+                JOIN_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(unavailable(format!("cannot reach manager at {addr}: {e}"))),
+        Ok(Ok(s)) => s,
+    };
+    let name = rustls_pki_types::ServerName::try_from(MANAGER_SERVER_NAME)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut stream = match tokio::time::timeout(
+        JOIN_TIMEOUT,
+        TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    {
+        Err(_) => return Err(unavailable(format!("TLS handshake with {addr} timed out"))),
+        Ok(Err(e)) => return Err(tls_error(addr, &e)),
+        Ok(Ok(s)) => s,
+    };
+    api::write_frame(&mut stream, req)
+        .await
+        .map_err(|e| unavailable(format!("sending to manager at {addr}: {e}")))?;
+    match tokio::time::timeout(JOIN_TIMEOUT * 3, api::read_frame(&mut stream)).await {
+        Err(_) => Err(unavailable(format!(
+            "manager at {addr} did not answer in time"
+        ))),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(api::FrameError::Io(e))) => Err(tls_error(addr, &e)),
+        Ok(Err(e)) => Err(unavailable(format!("manager at {addr}: {e}"))),
+    }
+}
+
+fn tls_error(addr: SocketAddr, e: &std::io::Error) -> ApiError {
+    if let Some(inner) = e.get_ref() {
+        if shoal_tls::is_digest_mismatch(inner) {
+            return ApiError::invalid(format!(
+                "the manager at {addr} presented a CA that does not match the join token (digest \
+                 mismatch): the token belongs to another swarm"
+            ));
+        }
+    }
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("TLS with manager at {addr} failed: {e}"),
+    )
+}
+
+async fn serve_listener(listener: TcpListener, swarm: std::sync::Weak<Swarm>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("2377 accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(s) = swarm.upgrade() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(s, tcp).await {
+                debug!(%peer, "2377 connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn serve_conn(swarm: Arc<Swarm>, tcp: TcpStream) -> Result<()> {
+    let peer_addr = tcp.peer_addr().ok();
+    let cfg = match swarm.tls.server.read() {
+        Ok(c) => c.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake failed")?;
+    let (_, conn) = stream.get_ref();
+    let alpn = conn.alpn_protocol().map(|a| a.to_vec());
+    let peer = shoal_tls::peer_info(conn.peer_certificates());
+    match alpn.as_deref() {
+        Some(rpc::ALPN_RAFT) => {
+            let info = peer.context("raft connection without a client certificate")?;
+            if info.role != Role::Manager {
+                warn!(
+                    peer = ?peer_addr,
+                    node = %info.node_id,
+                    "rejected raft connection: the peer's certificate is a {} certificate, only managers speak raft",
+                    info.role
+                );
+                bail!("raft from a non-manager certificate");
+            }
+            let raft = swarm
+                .raft
+                .as_ref()
+                .context("raft connection to a non-manager")?;
+            raft.serve_peer(stream).await.map_err(|e| anyhow!("{e}"))
+        }
+        Some(rpc::ALPN_JOIN) => {
+            let req: JoinRequest = api::read_frame(&mut stream).await?;
+            let resp = swarm.handle_join(req).await;
+            if let Err(e) = &resp {
+                info!(peer = ?peer_addr, "join refused: {e}");
+            }
+            api::write_frame(&mut stream, &resp).await?;
+            Ok(())
+        }
+        Some(rpc::ALPN_NODE) => {
+            let info = peer.context("node call without a client certificate")?;
+            serve_node_calls(&swarm, &info.node_id, &mut stream).await
+        }
+        other => bail!("unknown ALPN {other:?}"),
+    }
+}
+
+async fn serve_node_calls<S: AsyncRead + AsyncWrite + Unpin>(
+    swarm: &Swarm,
+    peer: &NodeId,
+    stream: &mut S,
+) -> Result<()> {
+    loop {
+        let req: NodeRequest = match api::read_frame(stream).await {
+            Ok(r) => r,
+            Err(api::FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let resp = swarm.handle_node_request(peer, req).await;
+        api::write_frame(stream, &resp).await?;
+    }
+}
+
+/// How often a node checks its certificate and role.
+fn heartbeat_every(swarm: &Swarm) -> Duration {
+    Duration::from_millis(swarm.config.heartbeat_ms.max(100))
+}
+
+fn managers_of(st: &State) -> Vec<(u64, SocketAddr)> {
+    st.managers()
+        .filter_map(|n| n.raft_id.map(|r| (r, n.addr)))
+        .collect()
+}
+
+impl Swarm {
+    /// Persist a new manager list if it changed.
+    fn update_managers(&self, managers: Vec<(u64, SocketAddr)>) {
+        if managers.is_empty() {
+            return;
+        }
+        let changed = match self.file.lock() {
+            Ok(mut f) if f.managers != managers => {
+                f.managers = managers;
+                Some(f.clone())
+            }
+            _ => None,
+        };
+        if let Some(f) = changed {
+            if let Err(e) = membership_file::save_file(&self.config.data_dir, &f) {
+                warn!("cannot persist manager list: {e:#}");
+            }
+        }
+    }
+
+    fn identity(&self) -> NodeIdentity {
+        match self.identity.read() {
+            Ok(i) => i.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Whether our certificate must be replaced: role changed, CA rotated,
+    /// or close to expiry.
+    fn needs_new_cert(&self, role: Role, roots_pem: &[String]) -> bool {
+        let id = self.identity();
+        let current_root = roots_pem
+            .first()
+            .and_then(|p| shoal_tls::certs_from_pem(p).ok())
+            .and_then(|v| v.into_iter().next());
+        let rotated =
+            current_root.is_some_and(|r| id.roots.first() != Some(&r) || !issued_by(&id.cert, &r));
+        id.info.role != role || rotated || shoal_tls::needs_renewal(&id.info, SystemTime::now())
+    }
+
+    /// Install a new certificate (and roots): persist, then swap the TLS
+    /// configurations used by new connections.
+    fn install_identity(&self, id: NodeIdentity) -> Result<()> {
+        membership_file::save_identity(&self.config.data_dir, &id)?;
+        let server = id.server_config(&[rpc::ALPN_RAFT, rpc::ALPN_JOIN, rpc::ALPN_NODE])?;
+        let raft_client = id.client_config(&[rpc::ALPN_RAFT])?;
+        let node_client = id.client_config(&[rpc::ALPN_NODE])?;
+        if let Ok(mut s) = self.tls.server.write() {
+            *s = server;
+        }
+        if let Ok(mut c) = self.tls.node_client.write() {
+            *c = node_client;
+        }
+        self.tls.raft_client.send_replace(raft_client);
+        info!(role = %id.info.role, "installed a new node certificate");
+        if let Ok(mut i) = self.identity.write() {
+            *i = id;
+        }
+        Ok(())
+    }
+
+    /// A manager signs its own new certificate with the CA in the store.
+    fn renew_locally(&self, cluster: &Cluster, role: Role) -> Result<()> {
+        let ca = ClusterCa::from_pem(&cluster.ca.cert_pem, &cluster.ca.key_pem)?;
+        let key = NodeKey::generate()?;
+        let cert = ca.sign_csr(
+            &key.csr_der()?,
+            &self.node_id(),
+            role,
+            DEFAULT_CERT_VALIDITY,
+        )?;
+        let roots = roots_from_pem(&cluster.ca.trusted_roots())?;
+        self.install_identity(NodeIdentity::new(cert, key, roots)?)
+    }
+
+    /// A worker asks a manager for a new certificate.
+    async fn renew_remotely(&self) -> Result<()> {
+        let key = NodeKey::generate()?;
+        let resp = self
+            .node_call(NodeRequest::Renew {
+                csr_der: key.csr_der()?,
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let NodeResponse::Cert {
+            cert_der,
+            roots_pem,
+        } = resp
+        else {
+            bail!("unexpected answer to a renewal");
+        };
+        let id = NodeIdentity::new(cert_der.into(), key, roots_from_pem(&roots_pem)?)?;
+        self.install_identity(id)
+    }
+
+    /// Become a manager (promotion) or a worker (demotion) by restarting
+    /// the membership from disk with the new role.
+    fn change_role(&self, role: Role, raft_id: Option<u64>) -> Result<()> {
+        let f = match self.file.lock() {
+            Ok(mut f) => {
+                f.role = role;
+                f.raft_id = raft_id;
+                f.raft_join_pending = role == Role::Manager;
+                f.clone()
+            }
+            Err(_) => bail!("membership state lock poisoned"),
+        };
+        if role == Role::Worker {
+            // The Raft log of a demoted manager is stale the moment it
+            // leaves the group; a later promotion starts from the leader.
+            let dir = membership_file::swarm_dir(&self.config.data_dir).join("raft");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!("cannot remove {}: {e}", dir.display());
+                }
+            }
+        }
+        membership_file::save_file(&self.config.data_dir, &f)?;
+        info!(%role, "role changed: restarting the swarm membership");
+        let _ = self.restart.send(());
+        Ok(())
+    }
+}
+
+fn roots_from_pem(pems: &[String]) -> Result<Vec<shoal_tls::CertificateDer<'static>>> {
+    let mut out = Vec::new();
+    for p in pems {
+        out.extend(shoal_tls::certs_from_pem(p)?);
+    }
+    Ok(out)
+}
+
+/// Whether `cert` was issued by `root` (issuer name equals root subject).
+fn issued_by(cert: &[u8], root: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let (Ok((_, c)), Ok((_, r))) = (
+        x509_parser::certificate::X509Certificate::from_der(cert),
+        x509_parser::certificate::X509Certificate::from_der(root),
+    ) else {
+        return false;
+    };
+    c.issuer().as_raw() == r.subject().as_raw()
+}
+
+/// A manager keeps its persisted manager list in step with the store,
+/// renews its own certificate, and steps down when demoted.
+async fn manager_loop(swarm: std::sync::Weak<Swarm>) {
+    let Some(mut rx) = swarm
+        .upgrade()
+        .and_then(|s| s.raft.as_ref().map(|r| r.subscribe()))
+    else {
+        return;
+    };
+    let mut last_check = tokio::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        let every = match swarm.upgrade() {
+            Some(s) => heartbeat_every(&s),
+            None => return,
+        };
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Some(s) = swarm.upgrade() else { return };
+        let Some(raft) = s.raft.as_ref() else { return };
+        let me = s.node_id();
+        let Ok((managers, mine, cluster)) = raft
+            .read(move |st| {
+                (
+                    managers_of(st),
+                    st.nodes.get(&me).cloned(),
+                    st.cluster.clone(),
+                )
+            })
+            .await
+        else {
+            continue;
+        };
+        s.update_managers(managers);
+        let (Some(mine), Some(cluster)) = (mine, cluster) else {
+            continue;
+        };
+        if mine.role == Role::Worker {
+            if let Err(e) = s
+                .renew_locally(&cluster, Role::Worker)
+                .and_then(|_| s.change_role(Role::Worker, None))
+            {
+                warn!("cannot step down after demotion: {e:#}");
+            }
+            return;
+        }
+        if last_check.elapsed() >= every
+            && s.needs_new_cert(Role::Manager, &cluster.ca.trusted_roots())
+        {
+            last_check = tokio::time::Instant::now();
+            if let Err(e) = s.renew_locally(&cluster, Role::Manager) {
+                warn!("certificate renewal failed: {e:#}");
+            }
+        }
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A worker heartbeats a manager: it learns the manager list, renews its
+/// certificate (expiry, CA rotation) and notices promotion.
+async fn worker_loop(swarm: std::sync::Weak<Swarm>) {
+    loop {
+        let every = match swarm.upgrade() {
+            Some(s) => heartbeat_every(&s),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(s) = swarm.upgrade() else { return };
+        let (node, managers, roots_pem) = match s.node_call(NodeRequest::Heartbeat).await {
+            Ok(NodeResponse::Heartbeat {
+                node,
+                managers,
+                roots_pem,
+            }) => (node, managers, roots_pem),
+            Ok(_) => continue,
+            Err(e) => {
+                debug!("heartbeat: {e}");
+                continue;
+            }
+        };
+        s.update_managers(managers);
+        if s.needs_new_cert(node.role, &roots_pem) {
+            if let Err(e) = s.renew_remotely().await {
+                warn!("certificate renewal failed: {e:#}");
+                continue;
+            }
+        }
+        if node.role == Role::Manager && node.raft_id.is_some() {
+            if let Err(e) = s.change_role(Role::Manager, node.raft_id) {
+                warn!("cannot become a manager: {e:#}");
+            }
+            return;
+        }
+    }
+}
