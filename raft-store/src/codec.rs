@@ -215,6 +215,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // protobuf structs, built step by step
 mod tests {
     use super::*;
     use raft::eraftpb::{Entry, MessageType};
@@ -271,7 +272,10 @@ mod tests {
         f.extend_from_slice(&[1, 2, 3]);
         assert!(matches!(decode_frame(&f), Err(FrameError::TooLarge { .. })));
         let len = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert!(matches!(decode_frame(&len), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame(&len),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -343,11 +347,20 @@ mod tests {
         assert_eq!(read_frame(&mut r).await.unwrap().unwrap(), sample());
         assert!(read_frame(&mut r).await.unwrap().is_none());
         let mut r = &f[..f.len() - 1];
-        assert!(matches!(read_frame(&mut r).await, Err(FrameError::Truncated(_))));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(FrameError::Truncated(_))
+        ));
         let mut r = &f[..2];
-        assert!(matches!(read_frame(&mut r).await, Err(FrameError::Truncated(_))));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(FrameError::Truncated(_))
+        ));
         let huge = [0xffu8; 4];
         let mut r = &huge[..];
-        assert!(matches!(read_frame(&mut r).await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 }

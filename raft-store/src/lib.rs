@@ -22,6 +22,7 @@ pub mod codec;
 mod error;
 pub mod mem;
 mod node;
+pub mod state;
 pub mod storage;
 pub mod transport;
 

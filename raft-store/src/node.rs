@@ -163,7 +163,9 @@ fn decode_envelope(data: &[u8]) -> Result<(PeerMap, &[u8]), RaftError> {
     let mut b = [0u8; 4];
     b.copy_from_slice(len);
     let len = u32::from_be_bytes(b) as usize;
-    let peers = data.get(4..4 + len).ok_or_else(|| bad("truncated peer map"))?;
+    let peers = data
+        .get(4..4 + len)
+        .ok_or_else(|| bad("truncated peer map"))?;
     let peers = decode_peers(peers).map_err(|e| bad(&e))?;
     Ok((peers, data.get(4 + len..).unwrap_or_default()))
 }
@@ -394,7 +396,7 @@ impl<S: StateMachine> Core<S> {
         // Followers never talk to each other in raft; without pings a
         // follower of 5 managers would think 3 of them unreachable.
         let every = (self.cfg.election_ticks as u64 / 4).max(1);
-        if self.ticks % every == 0 {
+        if self.ticks.is_multiple_of(every) {
             let pings: Vec<Message> = self
                 .voters()
                 .into_iter()
@@ -418,7 +420,13 @@ impl<S: StateMachine> Core<S> {
             .map(|(s, _)| *s)
             .collect();
         if !expired.is_empty() {
-            tracing::debug!(raft_id = self.id, count = expired.len(), leader = self.leader(), applied = self.applied, "raft requests timed out");
+            tracing::debug!(
+                raft_id = self.id,
+                count = expired.len(),
+                leader = self.leader(),
+                applied = self.applied,
+                "raft requests timed out"
+            );
         }
         for s in expired {
             if let Some((w, _)) = self.pending.remove(&s) {
@@ -453,7 +461,8 @@ impl<S: StateMachine> Core<S> {
                 self.transport.remove_peer(*id);
             }
         }
-        self.transport.set_local(self.id, new.get(&self.id).copied());
+        self.transport
+            .set_local(self.id, new.get(&self.id).copied());
         for (id, addr) in new {
             if *id != self.id && old.get(id) != Some(addr) {
                 self.transport.set_peer(*id, *addr);
@@ -471,7 +480,12 @@ impl<S: StateMachine> Core<S> {
         self.node.mut_store().apply_snapshot(snap, peers.clone())?;
         self.set_peers(&old, &peers);
         self.applied = snap.get_metadata().index;
-        tracing::info!(raft_id = self.id, index = self.applied, pending = self.pending.len(), "installed raft snapshot");
+        tracing::info!(
+            raft_id = self.id,
+            index = self.applied,
+            pending = self.pending.len(),
+            "installed raft snapshot"
+        );
         Ok(())
     }
 
@@ -491,7 +505,9 @@ impl<S: StateMachine> Core<S> {
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), RaftError> {
-        let waiter = self.own_seq(&e.context).and_then(|s| self.pending.remove(&s));
+        let waiter = self
+            .own_seq(&e.context)
+            .and_then(|s| self.pending.remove(&s));
         let result = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
             ConfChangeV2::parse_from_bytes(&e.data)
                 .map_err(|err| RaftError::Codec(err.to_string()))
@@ -530,7 +546,10 @@ impl<S: StateMachine> Core<S> {
                         ConfChangeType::RemoveNode => {
                             peers.remove(&cc.node_id);
                             if cc.node_id == self.id {
-                                tracing::warn!(raft_id = self.id, "this manager was removed from the raft cluster");
+                                tracing::warn!(
+                                    raft_id = self.id,
+                                    "this manager was removed from the raft cluster"
+                                );
                             }
                         }
                     }
@@ -567,7 +586,9 @@ impl<S: StateMachine> Core<S> {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let waiter = self.own_seq(&e.context).and_then(|s| self.pending.remove(&s));
+                        let waiter = self
+                            .own_seq(&e.context)
+                            .and_then(|s| self.pending.remove(&s));
                         match bincode::serde::decode_from_slice::<S::Command, _>(&e.data, cfg) {
                             Ok((cmd, _)) => {
                                 let out = guard.apply(e.index, cmd);
@@ -632,7 +653,11 @@ impl<S: StateMachine> Core<S> {
         self.node
             .mut_store()
             .create_snapshot(applied, cs, data, keep)?;
-        tracing::debug!(raft_id = self.id, index = applied, "raft snapshot taken, log compacted");
+        tracing::debug!(
+            raft_id = self.id,
+            index = applied,
+            "raft snapshot taken, log compacted"
+        );
         Ok(())
     }
 
@@ -727,7 +752,12 @@ impl<S: StateMachine> Core<S> {
         }
     }
 
-    fn handle(&mut self, ev: Event<S::Output>, now: Instant, stop: &mut Option<oneshot::Sender<Result<(), RaftError>>>) {
+    fn handle(
+        &mut self,
+        ev: Event<S::Output>,
+        now: Instant,
+        stop: &mut Option<oneshot::Sender<Result<(), RaftError>>>,
+    ) {
         match ev {
             Event::Inbound(b) => self.on_inbound(b, now),
             Event::Request(r) => self.submit(r, now, now),
@@ -824,7 +854,9 @@ impl<S: StateMachine> Clone for RaftNode<S> {
 
 impl<S: StateMachine> std::fmt::Debug for RaftNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftNode").field("id", &self.inner.id).finish()
+        f.debug_struct("RaftNode")
+            .field("id", &self.inner.id)
+            .finish()
     }
 }
 

@@ -57,7 +57,10 @@ impl fmt::Debug for Cluster {
             .field("created_at", &self.created_at)
             .field("ca", &self.ca)
             .field("default_addr_pools", &self.default_addr_pools)
-            .field("default_addr_pool_mask_len", &self.default_addr_pool_mask_len)
+            .field(
+                "default_addr_pool_mask_len",
+                &self.default_addr_pool_mask_len,
+            )
             .field("data_path_port", &self.data_path_port)
             .finish_non_exhaustive()
     }
@@ -493,6 +496,8 @@ mod tests {
     #[test]
     fn debug_never_shows_secrets() {
         let dbg = format!("{:?}", cluster());
-        assert!(!dbg.contains("SECRET-KEY") && !dbg.contains("wsecret") && !dbg.contains("msecret"));
+        assert!(
+            !dbg.contains("SECRET-KEY") && !dbg.contains("wsecret") && !dbg.contains("msecret")
+        );
     }
 }

@@ -142,9 +142,10 @@ impl SledStorage {
             return Err(StoreError::AlreadyExists { path });
         }
         let db = open_db(&path)?;
-        let tree = db
-            .open_tree("raft")
-            .map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        let tree = db.open_tree("raft").map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let s = SledStorage {
             path,
             db,
@@ -194,7 +195,10 @@ impl SledStorage {
         let tree = db.open_tree("raft").map_err(io)?;
         let get = |key: &[u8]| -> Result<sled::IVec, StoreError> {
             tree.get(key)
-                .map_err(|source| StoreError::Io { path: path.clone(), source })?
+                .map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?
                 .ok_or_else(|| StoreError::Corrupt {
                     path: path.clone(),
                     reason: format!("record {} missing", String::from_utf8_lossy(key)),
@@ -214,8 +218,8 @@ impl SledStorage {
                 ))
             }
         }
-        let mut hard_state: HardState = decode_pb(&get(K_HARD_STATE)?, "hard state")
-            .map_err(corrupt)?;
+        let mut hard_state: HardState =
+            decode_pb(&get(K_HARD_STATE)?, "hard state").map_err(corrupt)?;
         let conf_state: ConfState =
             decode_pb(&get(K_CONF_STATE)?, "conf state").map_err(corrupt)?;
         let snap_meta: SnapshotMetadata =
@@ -252,14 +256,23 @@ impl SledStorage {
             }
             let expected = truncated_index + 1 + terms.len() as u64;
             if idx != expected {
-                return Err(corrupt(format!("log gap: expected entry {expected}, found {idx}")));
+                return Err(corrupt(format!(
+                    "log gap: expected entry {expected}, found {idx}"
+                )));
             }
-            let e: Entry = decode_pb(&v, "entry").map_err(|r| corrupt(format!("{r} at index {idx}")))?;
+            let e: Entry =
+                decode_pb(&v, "entry").map_err(|r| corrupt(format!("{r} at index {idx}")))?;
             if e.index != idx {
-                return Err(corrupt(format!("entry stored at {idx} says index {}", e.index)));
+                return Err(corrupt(format!(
+                    "entry stored at {idx} says index {}",
+                    e.index
+                )));
             }
             if e.term < last_term {
-                return Err(corrupt(format!("term goes back from {last_term} to {} at index {idx}", e.term)));
+                return Err(corrupt(format!(
+                    "term goes back from {last_term} to {} at index {idx}",
+                    e.term
+                )));
             }
             last_term = e.term;
             terms.push_back(e.term);
@@ -283,7 +296,12 @@ impl SledStorage {
                 u64::from_be_bytes(b)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => return Err(StoreError::File { path: wm_path, source }),
+            Err(source) => {
+                return Err(StoreError::File {
+                    path: wm_path,
+                    source,
+                })
+            }
         };
         if hard_state.commit < watermark {
             return Err(corrupt(format!(
@@ -325,9 +343,10 @@ impl SledStorage {
     /// Makes every write so far durable (one fsync). Called once per Ready,
     /// before messages that depend on it are sent and before proposals resolve.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        self.db.flush().map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         if self.watermark_at.elapsed() >= WATERMARK_EVERY {
             self.write_watermark()?;
         }
@@ -337,9 +356,10 @@ impl SledStorage {
     /// Flushes, then records the durable commit index in the watermark file
     /// (done at most once a second by [`SledStorage::flush`], and on close).
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        self.db.flush().map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         self.write_watermark()
     }
 
@@ -358,7 +378,10 @@ impl SledStorage {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|source| StoreError::File { path: path.clone(), source })?;
+        write().map_err(|source| StoreError::File {
+            path: path.clone(),
+            source,
+        })?;
         self.watermark = commit;
         Ok(())
     }
@@ -388,7 +411,10 @@ impl SledStorage {
         Ok(self
             .tree
             .get(K_SNAP_DATA)
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?
             .map(|v| v.to_vec())
             .unwrap_or_default())
     }
@@ -432,9 +458,10 @@ impl SledStorage {
     }
 
     fn apply(&self, b: sled::Batch) -> Result<(), StoreError> {
-        self.tree
-            .apply_batch(b)
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })
+        self.tree.apply_batch(b).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     fn invalid(&self, reason: String) -> StoreError {
@@ -466,8 +493,7 @@ impl SledStorage {
         for idx in first_new..=self.last() {
             b.remove(&entry_key(idx));
         }
-        let mut expected = first_new;
-        for e in ents {
+        for (expected, e) in (first_new..).zip(ents.iter()) {
             if e.index != expected {
                 return Err(self.invalid(format!(
                     "entries not contiguous: {} after {}",
@@ -475,7 +501,6 @@ impl SledStorage {
                     expected - 1
                 )));
             }
-            expected += 1;
             b.insert(&entry_key(e.index), self.pb(e)?);
         }
         self.apply(b)?;
@@ -489,7 +514,10 @@ impl SledStorage {
         let bytes = self.pb(hs)?;
         self.tree
             .insert(K_HARD_STATE, bytes)
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.hard_state = hs.clone();
         Ok(())
     }
@@ -575,10 +603,12 @@ impl SledStorage {
                 self.snap_meta.index
             )));
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(conf_state);
+        let meta = SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(conf_state).into(),
+            ..Default::default()
+        };
         let compact_to = index.saturating_sub(keep).max(self.truncated_index);
         let compact_term = self
             .term_of(compact_to)
@@ -654,7 +684,10 @@ fn decode_pb<M: PbMessage>(bytes: &[u8], what: &str) -> Result<M, String> {
 
 impl Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -676,7 +709,10 @@ impl Storage for SledStorage {
         let mut cut = false;
         for item in self.tree.range(entry_key(low)..entry_key(high)) {
             let (_, v) = item.map_err(|source| {
-                self.store_err(StoreError::Io { path: self.path.clone(), source })
+                self.store_err(StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
             })?;
             let e = Entry::parse_from_bytes(&v).map_err(|err| {
                 self.store_err(StoreError::Corrupt {
@@ -739,6 +775,7 @@ impl Storage for SledStorage {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // protobuf structs, built step by step
 mod tests {
     use super::*;
 
@@ -782,7 +819,9 @@ mod tests {
         assert!(!s.initial_state().unwrap().initialized());
         assert!(matches!(
             s.snapshot(0, 2),
-            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         ));
         drop(s);
         let err = SledStorage::create(dir.path()).unwrap_err();
@@ -817,13 +856,19 @@ mod tests {
         let mut s = SledStorage::create(dir.path()).unwrap();
         s.append(&ents(1..=10, 1)).unwrap();
         let one = u64::from(ent(1, 1).compute_size());
-        let got = s.entries(1, 11, one * 3, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(1, 11, one * 3, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 3);
         // Always at least one entry.
-        let got = s.entries(2, 11, 0, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(2, 11, 0, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].index, 2);
-        assert!(s.entries(1, 12, None, GetEntriesContext::empty(false)).is_err());
+        assert!(s
+            .entries(1, 12, None, GetEntriesContext::empty(false))
+            .is_err());
     }
 
     #[test]
@@ -838,7 +883,8 @@ mod tests {
         hs.term = 2;
         hs.commit = 8;
         s.set_hard_state(&hs).unwrap();
-        s.create_snapshot(8, cs.clone(), b"state@8".to_vec(), 2).unwrap();
+        s.create_snapshot(8, cs.clone(), b"state@8".to_vec(), 2)
+            .unwrap();
         // Compacted up to 8 - 2 = 6; the snapshot is at 8.
         assert_eq!(s.first_index().unwrap(), 7);
         assert_eq!(s.last_index().unwrap(), 10);
@@ -854,7 +900,9 @@ mod tests {
         // Not for a node outside the snapshot's configuration.
         assert!(matches!(
             s.snapshot(0, 7),
-            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         ));
         assert!(s.take_snapshot_wanted());
         assert_eq!(snap.get_metadata().term, 2);
@@ -863,7 +911,9 @@ mod tests {
         // A request for a newer snapshot than stored: temporarily unavailable.
         assert!(matches!(
             s.snapshot(9, 2),
-            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
         ));
         assert!(s.take_snapshot_wanted());
         // Compact further, up to the snapshot but not beyond it.

@@ -93,7 +93,9 @@ pub struct TlsTransport {
 impl std::fmt::Debug for TlsTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let peers: Vec<u64> = lock(&self.links).keys().copied().collect();
-        f.debug_struct("TlsTransport").field("peers", &peers).finish()
+        f.debug_struct("TlsTransport")
+            .field("peers", &peers)
+            .finish()
     }
 }
 
@@ -112,7 +114,9 @@ impl TlsTransport {
     ) -> Arc<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok();
         if runtime.is_none() {
-            tracing::error!("TlsTransport created outside a tokio runtime: raft messages will be dropped");
+            tracing::error!(
+                "TlsTransport created outside a tokio runtime: raft messages will be dropped"
+            );
         }
         Arc::new(TlsTransport {
             client_cfg,

@@ -1,5 +1,6 @@
 //! Whole clusters on the in-memory router: election, forwarding, failover,
 //! partitions, restarts, snapshots and membership changes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
 
 mod common;
 
@@ -21,7 +22,11 @@ async fn election_and_forwarded_propose() {
         .read(|kv| kv.map.get("k").cloned())
         .await
         .unwrap();
-    assert_eq!(seen.as_deref(), Some("v"), "the proposer reads its own write");
+    assert_eq!(
+        seen.as_deref(),
+        Some("v"),
+        "the proposer reads its own write"
+    );
     // Many writes from every node, in parallel.
     let mut tasks = Vec::new();
     for id in c.ids() {
@@ -52,7 +57,10 @@ async fn read_barrier_on_a_follower_sees_committed_writes() {
     let leader = c.wait_leader(&[1, 2, 3]).await;
     let follower = *c.ids().iter().find(|i| **i != leader).unwrap();
     for i in 0..10 {
-        c.node(leader).propose(put(format!("r{i}"), "1")).await.unwrap();
+        c.node(leader)
+            .propose(put(format!("r{i}"), "1"))
+            .await
+            .unwrap();
     }
     c.node(follower).read_barrier().await.unwrap();
     let n = c.node(follower).read(|kv| kv.map.len()).await.unwrap();
@@ -71,7 +79,10 @@ async fn killing_the_leader_elects_a_new_one() {
     let new = c.wait_leader(&rest).await;
     assert_ne!(new, old);
     for id in &rest {
-        c.node(*id).propose(put(format!("after{id}"), "1")).await.unwrap();
+        c.node(*id)
+            .propose(put(format!("after{id}"), "1"))
+            .await
+            .unwrap();
     }
     c.wait_converged(&rest).await;
     let s = c.state(rest[0]).await;
@@ -95,7 +106,11 @@ async fn minority_side_fails_fast_with_no_quorum() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let t = Instant::now();
     let err = c.node(lonely).propose(put("x", "y")).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_millis(100), "fails fast: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "fails fast: {:?}",
+        t.elapsed()
+    );
     match err {
         RaftError::NoQuorum { reachable, total } => {
             assert_eq!((reachable, total), (1, 3));
@@ -146,7 +161,10 @@ async fn restart_all_nodes_from_disk_keeps_state() {
     let mut c = Cluster::start(3).await;
     for i in 0..50 {
         let id = 1 + (i % 3);
-        c.node(id).propose(put(format!("k{i}"), format!("v{i}"))).await.unwrap();
+        c.node(id)
+            .propose(put(format!("k{i}"), format!("v{i}")))
+            .await
+            .unwrap();
     }
     c.wait_converged(&[1, 2, 3]).await;
     let before = c.state(1).await;
@@ -175,7 +193,10 @@ async fn restart_all_nodes_from_disk_keeps_state() {
     let err = RaftNode::bootstrap(cfg, addr(1), Kv::default(), c.router.endpoint(1))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("already holds a raft log"), "{err}");
+    assert!(
+        err.to_string().contains("already holds a raft log"),
+        "{err}"
+    );
     c.shutdown().await;
 }
 
@@ -187,7 +208,10 @@ async fn restart_of_missing_log_names_the_path() {
     let err = RaftNode::restart(cfg, Kv::default(), router.endpoint(1))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
 }
 
 fn small_snapshots(c: &mut shoal_raft_store::RaftConfig) {
@@ -201,17 +225,26 @@ async fn new_voter_catches_up_from_a_snapshot_then_is_removed() {
     c.start_n(3).await;
     let leader = c.wait_leader(&[1, 2, 3]).await;
     for i in 0..200 {
-        c.node(leader).propose(put(format!("k{i}"), format!("v{i}"))).await.unwrap();
+        c.node(leader)
+            .propose(put(format!("k{i}"), format!("v{i}")))
+            .await
+            .unwrap();
     }
     c.wait_converged(&[1, 2, 3]).await;
     assert!(c.node(leader).status().snapshot_index >= 150);
     c.add(4).await;
     c.wait_converged(&[1, 2, 3, 4]).await;
     let st4 = c.node(4).status();
-    assert!(st4.snapshot_index >= 150, "node 4 was installed from a snapshot: {st4:?}");
+    assert!(
+        st4.snapshot_index >= 150,
+        "node 4 was installed from a snapshot: {st4:?}"
+    );
     assert_eq!(st4.voters.len(), 4);
     // Addresses came with the snapshot and the conf change.
-    assert!(st4.voters.iter().all(|v| v.addr == Some(addr(v.id))), "{st4:?}");
+    assert!(
+        st4.voters.iter().all(|v| v.addr == Some(addr(v.id))),
+        "{st4:?}"
+    );
     assert_eq!(c.state(4).await, c.state(leader).await);
     // Node 4 takes writes, and is a full voter.
     c.node(4).propose(put("from4", "1")).await.unwrap();
@@ -240,7 +273,9 @@ async fn a_node_without_leader_fails_with_no_leader() {
     let mut cfg = test_config(9, dir.path());
     cfg.leader_wait = Duration::from_millis(300);
     let router = shoal_raft_store::mem::MemRouter::new();
-    let n = RaftNode::join(cfg, Kv::default(), router.endpoint(9)).await.unwrap();
+    let n = RaftNode::join(cfg, Kv::default(), router.endpoint(9))
+        .await
+        .unwrap();
     let t = Instant::now();
     let err = n.propose(put("a", "b")).await.unwrap_err();
     assert!(matches!(err, RaftError::NoLeader(_)), "{err:?}");
@@ -285,7 +320,9 @@ async fn throughput() {
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
                 while start.elapsed() < dur {
-                    n.propose(put(format!("p{p}"), format!("{done}"))).await.unwrap();
+                    n.propose(put(format!("p{p}"), format!("{done}")))
+                        .await
+                        .unwrap();
                     done += 1;
                 }
                 done

@@ -1,5 +1,6 @@
 //! TlsTransport over real mutual TLS on loopback: three managers, each with
 //! a listener that accepts TLS and hands the stream to `serve_peer`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
 
 mod common;
 
@@ -83,11 +84,15 @@ async fn listen(server: Arc<ServerConfig>) -> (std::net::SocketAddr, Slot) {
     let acceptor = TlsAcceptor::from(server);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let s = s.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN));
                 let node = s.lock().unwrap().clone();
                 if let Some(n) = node {
@@ -128,7 +133,10 @@ async fn three_managers_replicate_over_mutual_tls() {
     .unwrap();
     *slots[0].lock().unwrap() = Some(n1.clone());
     nodes.push(n1);
-    wait_for("node 1 leads", Duration::from_secs(5), || nodes[0].status().is_leader).await;
+    wait_for("node 1 leads", Duration::from_secs(5), || {
+        nodes[0].status().is_leader
+    })
+    .await;
     for i in 1..3usize {
         let id = i as u64 + 1;
         nodes[0].add_voter(id, addrs[i]).await.unwrap();
@@ -150,7 +158,8 @@ async fn three_managers_replicate_over_mutual_tls() {
     }
     wait_for("replication over TLS", Duration::from_secs(10), || {
         let s: Vec<_> = nodes.iter().map(|n| n.status()).collect();
-        s.iter().all(|x| x.applied == s[0].applied && x.voters.len() == 3)
+        s.iter()
+            .all(|x| x.applied == s[0].applied && x.voters.len() == 3)
     })
     .await;
     for n in &nodes {
@@ -176,16 +185,22 @@ async fn three_managers_replicate_over_mutual_tls() {
 async fn serve_peer_rejects_hostile_frames() {
     let dir = tempfile::tempdir().unwrap();
     let router = shoal_raft_store::mem::MemRouter::new();
-    let n = RaftNode::join(test_config(5, dir.path()), Kv::default(), router.endpoint(5))
-        .await
-        .unwrap();
+    let n = RaftNode::join(
+        test_config(5, dir.path()),
+        Kv::default(),
+        router.endpoint(5),
+    )
+    .await
+    .unwrap();
     for junk in [
-        vec![0xff, 0xff, 0xff, 0xff, 0, 0],  // 4 GiB frame announced
-        vec![0, 0, 0, 3, 1, 2, 3],           // bad version / truncated header
-        vec![0, 0, 0, 10, 1, 0, 0],          // cut mid-frame
+        vec![0xff, 0xff, 0xff, 0xff, 0, 0], // 4 GiB frame announced
+        vec![0, 0, 0, 3, 1, 2, 3],          // bad version / truncated header
+        vec![0, 0, 0, 10, 1, 0, 0],         // cut mid-frame
     ] {
         let (mut a, b) = tokio::io::duplex(1024);
-        tokio::io::AsyncWriteExt::write_all(&mut a, &junk).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut a, &junk)
+            .await
+            .unwrap();
         drop(a);
         let err = n.serve_peer(b).await.unwrap_err();
         assert!(matches!(err, RaftError::Frame(_)), "{err:?}");

@@ -1,6 +1,6 @@
 //! Shared test harness: a small KV state machine and a cluster of nodes on
 //! the in-memory router (in the manner of raft-rs's `harness/`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -196,11 +196,15 @@ impl Cluster {
 
     /// All listed nodes have applied the same index.
     pub async fn wait_converged(&self, ids: &[u64]) {
-        wait_for("applied indexes to converge", Duration::from_secs(10), || {
-            let s: Vec<_> = ids.iter().map(|i| self.nodes[i].status()).collect();
-            let a = s[0].applied;
-            a > 0 && s.iter().all(|x| x.applied == a && x.commit == a)
-        })
+        wait_for(
+            "applied indexes to converge",
+            Duration::from_secs(10),
+            || {
+                let s: Vec<_> = ids.iter().map(|i| self.nodes[i].status()).collect();
+                let a = s[0].applied;
+                a > 0 && s.iter().all(|x| x.applied == a && x.commit == a)
+            },
+        )
         .await;
     }
 
