@@ -126,6 +126,13 @@ enum Event<O> {
     Shutdown(oneshot::Sender<Result<(), RaftError>>),
 }
 
+/// An answer held until the status reflecting it has been published, so a
+/// caller whose proposal resolved sees `status().applied` include it.
+enum Done<O> {
+    Cmd(Reply<O>, O),
+    Unit(Reply<()>),
+}
+
 enum Waiter<O> {
     Cmd(Reply<O>),
     Unit(Reply<()>),
@@ -232,6 +239,7 @@ struct Core<S: StateMachine> {
     pending: HashMap<u64, (Waiter<S::Output>, Instant)>,
     waiting: VecDeque<(Request<S::Output>, Instant)>,
     read_waits: Vec<(u64, Reply<()>)>,
+    done: Vec<Done<S::Output>>,
     last_heard: HashMap<u64, Instant>,
     started: Instant,
     hinted: HashMap<u64, SocketAddr>,
@@ -496,7 +504,7 @@ impl<S: StateMachine> Core<S> {
             };
             if let Some((Waiter::Unit(reply), _)) = self.pending.remove(&seq) {
                 if rs.index <= self.applied {
-                    let _ = reply.send(Ok(()));
+                    self.done.push(Done::Unit(reply));
                 } else {
                     self.read_waits.push((rs.index, reply));
                 }
@@ -559,7 +567,7 @@ impl<S: StateMachine> Core<S> {
                 self.set_peers(&old, &peers);
                 self.node.mut_store().set_conf_state(cs, peers)?;
                 if let Some(Waiter::Unit(r)) = waiter.map(|(w, _)| w) {
-                    let _ = r.send(Ok(()));
+                    self.done.push(Done::Unit(r));
                 }
             }
             Err(err) => {
@@ -593,7 +601,7 @@ impl<S: StateMachine> Core<S> {
                             Ok((cmd, _)) => {
                                 let out = guard.apply(e.index, cmd);
                                 if let Some((Waiter::Cmd(r), _)) = waiter {
-                                    let _ = r.send(Ok(out));
+                                    self.done.push(Done::Cmd(r, out));
                                 }
                             }
                             Err(err) => {
@@ -625,8 +633,20 @@ impl<S: StateMachine> Core<S> {
             .into_iter()
             .partition(|(idx, _)| *idx <= applied);
         self.read_waits = keep;
-        for (_, r) in done {
-            let _ = r.send(Ok(()));
+        self.done
+            .extend(done.into_iter().map(|(_, r)| Done::Unit(r)));
+    }
+
+    fn send_replies(&mut self) {
+        for d in self.done.drain(..) {
+            match d {
+                Done::Cmd(r, out) => {
+                    let _ = r.send(Ok(out));
+                }
+                Done::Unit(r) => {
+                    let _ = r.send(Ok(()));
+                }
+            }
         }
     }
 
@@ -805,10 +825,12 @@ impl<S: StateMachine> Core<S> {
                 self.retry_waiting(now);
             }
             self.publish(now);
+            self.send_replies();
             if stop.is_some() {
                 break;
             }
         }
+        self.send_replies();
         self.fail_all();
         let flushed = self.node.mut_store().sync().map_err(RaftError::from);
         let mut st = self.status(Instant::now());
@@ -1015,6 +1037,7 @@ impl<S: StateMachine> RaftNode<S> {
             pending: HashMap::new(),
             waiting: VecDeque::new(),
             read_waits: Vec::new(),
+            done: Vec::new(),
             last_heard: HashMap::new(),
             started: Instant::now(),
             hinted: HashMap::new(),

@@ -99,7 +99,27 @@ impl std::fmt::Debug for SledStorage {
     }
 }
 
+/// Opens sled, waiting briefly for its file lock: after a `Db` is dropped,
+/// sled's IO threads may hold the lock for a few more milliseconds, which
+/// matters when a node restarts in-process on the same directory.
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open_db_once(path) {
+            Err(StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            }) if e.to_string().contains("could not acquire lock")
+                && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_db_once(path: &Path) -> Result<sled::Db, StoreError> {
     let cfg = sled::Config::new().path(path).flush_every_ms(None);
     // sled asserts on some damaged files; a damaged file is an error here.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || cfg.open())) {
