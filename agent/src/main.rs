@@ -41,6 +41,15 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(l) = args.log_level {
         config.log_level = l;
     }
+    // Absolute paths: they are shown to users and stored in the lab state.
+    for p in [
+        &mut config.data_dir,
+        &mut config.socket,
+        &mut config.run_dir,
+    ] {
+        *p = std::path::absolute(&*p)
+            .map_err(|e| anyhow::anyhow!("invalid path {}: {e}", p.display()))?;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.log_level))?;

@@ -535,6 +535,15 @@ impl Swarm {
         raft.read(f).await.map_err(raft_err)
     }
 
+    /// A local read of the applied state, for resolving names before a
+    /// write (the write itself is checked again when applied).
+    async fn read_local<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        self.raft()?.read(f).await.map_err(raft_err)
+    }
+
     /// The swarm part of `info`.
     pub fn info(&self) -> SwarmInfo {
         let sf = self.file();
@@ -606,7 +615,7 @@ impl Swarm {
     ) -> Result<String, ApiError> {
         let me = self.node_id();
         let nodes = self
-            .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .read_local(|s| s.nodes.values().cloned().collect::<Vec<_>>())
             .await?;
         let id = resolve_node(&nodes, node, &me)?.id.clone();
         self.propose(Command::UpdateNode {
@@ -809,22 +818,18 @@ impl Swarm {
         Ok(())
     }
 
-    /// Stop everything this membership runs (before wiping or exiting).
-    pub async fn shutdown(self: Arc<Self>) {
+    /// Stop everything this membership runs (before wiping or exiting):
+    /// its tasks and the Raft loop, whose log is flushed and closed.
+    pub async fn shutdown(&self) {
         if let Ok(tasks) = self.tasks.lock() {
             for t in tasks.iter() {
                 t.abort();
             }
         }
-        match Arc::try_unwrap(self) {
-            Ok(mut s) => {
-                if let Some(r) = s.raft.take() {
-                    if let Err(e) = r.shutdown().await {
-                        warn!("raft shutdown: {e}");
-                    }
-                }
+        if let Some(r) = &self.raft {
+            if let Err(e) = r.clone().shutdown().await {
+                warn!("raft shutdown: {e}");
             }
-            Err(_) => warn!("swarm still referenced at shutdown; raft log closed on exit"),
         }
     }
 
