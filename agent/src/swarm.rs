@@ -77,9 +77,11 @@ fn hostname(config: &Config) -> String {
 /// Errors from the store as the user should read them.
 fn raft_err(e: RaftError) -> ApiError {
     let code = match e {
-        RaftError::NoQuorum { .. } | RaftError::NoLeader(_) | RaftError::Timeout(_) => {
-            ErrorCode::Unavailable
-        }
+        RaftError::NoQuorum { .. }
+        | RaftError::NoLeader(_)
+        | RaftError::Timeout(_)
+        | RaftError::Dropped(_)
+        | RaftError::NotMember(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     };
     ApiError::new(code, e.to_string())

@@ -245,6 +245,10 @@ struct Core<S: StateMachine> {
     hinted: HashMap<u64, SocketAddr>,
     applied: u64,
     ticks: u64,
+    /// Leader seen at the previous tick, to notice leader changes.
+    last_leader: u64,
+    /// Leader each pending request was submitted under.
+    submitted_under: HashMap<u64, u64>,
 }
 
 const CTX_LEN: usize = 24;
@@ -326,7 +330,12 @@ impl<S: StateMachine> Core<S> {
         // joined) waits: its entry could otherwise commit inside the very
         // snapshot it is about to receive, and never be applied here.
         let member = self.is_member();
-        if self.leader() == raft::INVALID_ID || conf_busy || !member {
+        // A leader we have not heard from within an election timeout is
+        // probably dead: forwarding to it would only time out. Wait for
+        // the next one instead.
+        let leader = self.leader();
+        let leader_gone = leader != raft::INVALID_ID && !self.reachable(leader, now);
+        if leader == raft::INVALID_ID || leader_gone || conf_busy || !member {
             if now.saturating_duration_since(since) >= self.cfg.leader_wait {
                 if conf_busy {
                     req.fail(RaftError::Dropped(
@@ -345,6 +354,7 @@ impl<S: StateMachine> Core<S> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let ctx = self.ctx(seq);
+        self.submitted_under.insert(seq, leader);
         let deadline = now + self.cfg.propose_timeout;
         match req {
             Request::Propose { data, reply } => match self.node.propose(ctx, data) {
@@ -401,6 +411,39 @@ impl<S: StateMachine> Core<S> {
     fn on_tick(&mut self, now: Instant) {
         self.node.tick();
         self.ticks += 1;
+        let pending = &self.pending;
+        self.submitted_under
+            .retain(|seq, _| pending.contains_key(seq));
+        let leader = self.leader();
+        if leader != self.last_leader {
+            // Requests submitted under another leader went to (or through)
+            // it, and it may have lost them: answer now so callers can
+            // retry, instead of letting them wait for the timeout.
+            let stale: Vec<u64> = self
+                .submitted_under
+                .iter()
+                .filter(|(_, l)| **l != leader)
+                .map(|(seq, _)| *seq)
+                .collect();
+            if !stale.is_empty() {
+                tracing::debug!(
+                    raft_id = self.id,
+                    count = stale.len(),
+                    "leader changed: failing requests in flight"
+                );
+            }
+            for seq in stale {
+                self.submitted_under.remove(&seq);
+                if let Some((w, _)) = self.pending.remove(&seq) {
+                    w.fail(RaftError::Dropped(
+                        "the leader changed while the request was in flight; it may or may not \
+                         have been applied"
+                            .into(),
+                    ));
+                }
+            }
+            self.last_leader = leader;
+        }
         // Followers never talk to each other in raft; without pings a
         // follower of 5 managers would think 3 of them unreachable.
         let every = (self.cfg.election_ticks as u64 / 4).max(1);
@@ -1043,6 +1086,8 @@ impl<S: StateMachine> RaftNode<S> {
             hinted: HashMap::new(),
             applied,
             ticks: 0,
+            last_leader: raft::INVALID_ID,
+            submitted_under: HashMap::new(),
             cfg,
         };
         std::thread::Builder::new()
