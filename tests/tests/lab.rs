@@ -186,6 +186,18 @@ fn dropping_a_lab_removes_everything_it_created() {
         assert!(std::path::Path::new("/run/netns").join(ns).exists(), "{ns}");
     }
     assert!(state.dir.join("h1/daemon.log").exists());
+    // What a daemon does with the namespaces it creates: keep them by a
+    // bind mount under its run dir. Cleanup must unmount it to delete the dir.
+    let keep = state.dir.join("h1/run/kept-ns");
+    std::fs::write(&keep, b"").unwrap();
+    let ns_file = format!("/run/netns/{}", state.hosts[0].ns);
+    let st = Command::new("mount")
+        .arg("--bind")
+        .arg(&ns_file)
+        .arg(&keep)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bind mount of {ns_file}");
     drop(lab);
     assert_cleaned(&state);
 }

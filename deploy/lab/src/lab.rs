@@ -431,6 +431,19 @@ impl Lab {
         self.exec(host, &argv)
     }
 
+    /// Whether the host's daemon answers `shoal info` within `timeout`
+    /// (run from the root namespace on its socket; a paused daemon does not).
+    pub fn answers(&self, host: impl Into<HostId>, timeout: Duration) -> Result<bool, LabError> {
+        let (bin, socket) = {
+            let g = self.lock();
+            (
+                g.state.shoal_bin.clone(),
+                g.host(host.into())?.socket.clone(),
+            )
+        };
+        Ok(probe(&bin, &socket, timeout).is_ok())
+    }
+
     /// One ping (1 s reply timeout) from `from` to `to`'s underlay address.
     /// `Ok(false)` means no reply; an error means ping could not be run.
     pub fn ping(&self, from: impl Into<HostId>, to: impl Into<HostId>) -> Result<bool, LabError> {
@@ -631,7 +644,7 @@ impl Lab {
                     g.state.hosts[i - 1].socket.clone(),
                 );
                 drop(g);
-                match probe(&bin, &socket) {
+                match probe(&bin, &socket, PROBE_TIMEOUT) {
                     Ok(()) => {}
                     Err(e) => {
                         last.insert(i, e);
@@ -671,8 +684,9 @@ impl Drop for Lab {
     }
 }
 
-/// `shoal --host <socket> info`, bounded in time.
-fn probe(bin: &Path, socket: &Path) -> Result<(), String> {
+/// `shoal --host <socket> info`, bounded in time (a paused daemon accepts
+/// the connection and never answers).
+fn probe(bin: &Path, socket: &Path, timeout: Duration) -> Result<(), String> {
     if !socket.exists() {
         return Err(format!("{} does not exist yet", socket.display()));
     }
@@ -685,7 +699,7 @@ fn probe(bin: &Path, socket: &Path) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running {}: {e}", bin.display()))?;
-    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -693,7 +707,7 @@ fn probe(bin: &Path, socket: &Path) -> Result<(), String> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("`shoal info` took longer than {PROBE_TIMEOUT:?}"));
+                return Err(format!("`shoal info` took longer than {timeout:?}"));
             }
         }
     }
@@ -1067,6 +1081,7 @@ impl Inner {
         left.reverse();
         self.state.namespaces = left;
         if self.state.dir.exists() {
+            problems.extend(crate::mounts::unmount_under(&self.state.dir));
             if problems.is_empty() {
                 if let Err(e) = fs::remove_dir_all(&self.state.dir) {
                     problems.push(format!("removing {}: {e}", self.state.dir.display()));

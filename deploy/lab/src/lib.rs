@@ -24,6 +24,7 @@
 
 mod error;
 mod lab;
+mod mounts;
 pub mod names;
 mod plan;
 mod process;

@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -293,10 +294,7 @@ fn status(lab: &Lab) -> Result<()> {
     );
     for h in &st.hosts {
         let state = lab.daemon_state(h.index)?;
-        let answers = lab
-            .shoal(h.index, &["info"])
-            .map(|o| o.status.success())
-            .unwrap_or(false);
+        let answers = lab.answers(h.index, Duration::from_secs(2))?;
         let cut = if h.blocked.is_empty() {
             String::new()
         } else {

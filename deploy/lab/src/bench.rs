@@ -1,0 +1,266 @@
+//! Benchmarks against a fresh lab (`shoal-lab bench <name>`): programs that
+//! measure, not timed tests. Each prints a human summary and one JSON line,
+//! and appends the JSON line to `--out` when given.
+//!
+//! - `raft`: committed writes per second and commit latency (p50/p99)
+//!   through the daemon's local API (`node update`, which goes through
+//!   Raft), 3 managers, with 1, 64 and 256 concurrent proposers.
+//! - `failover`: kill -9 of the leader -> first successful write through a
+//!   surviving manager, over several trials.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal::api::{self, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
+use shoal_raft_store::state::Availability;
+use tokio::net::UnixStream;
+
+use crate::{Lab, LabError};
+
+/// A connection to one daemon's local API.
+struct Conn {
+    stream: UnixStream,
+}
+
+impl Conn {
+    async fn open(socket: &Path) -> Result<Conn, String> {
+        UnixStream::connect(socket)
+            .await
+            .map(|stream| Conn { stream })
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))
+    }
+
+    async fn call(&mut self, request: Request) -> Result<Response, String> {
+        let frame = RequestFrame {
+            version: PROTOCOL_VERSION,
+            request,
+        };
+        api::write_frame(&mut self.stream, &frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: ResponseFrame = api::read_frame(&mut self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        resp.result.map_err(|e| e.message)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, LabError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LabError::io("starting the benchmark runtime".to_string(), e))
+}
+
+fn emit(out: Option<&Path>, summary: &str, line: &Value) -> Result<(), LabError> {
+    println!("{summary}");
+    println!("{line}");
+    if let Some(p) = out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| LabError::io(format!("opening {}", p.display()), e))?;
+        writeln!(f, "{line}").map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Which host leads, from the managers' `info`.
+async fn leader_host(lab: &Lab, managers: &[usize]) -> Option<usize> {
+    let mut by_raft_id = std::collections::BTreeMap::new();
+    let mut leader = None;
+    for &h in managers {
+        let socket = lab.host(h).ok()?.socket;
+        let Ok(mut c) = Conn::open(&socket).await else { continue };
+        if let Ok(Response::Info(i)) = c.call(Request::Info).await {
+            if let Some(r) = i.swarm.raft {
+                by_raft_id.insert(r.id, h);
+                leader = leader.or(r.leader);
+            }
+        }
+    }
+    leader.and_then(|l| by_raft_id.get(&l).copied())
+}
+
+async fn wait_leader(lab: &Lab, managers: &[usize], timeout: Duration) -> Result<usize, LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(h) = leader_host(lab, managers).await {
+            return Ok(h);
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Bench(format!("no raft leader within {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn update(avail: Availability) -> Request {
+    Request::NodeUpdate {
+        node: "self".into(),
+        availability: Some(avail),
+    }
+}
+
+/// `bench raft`: 3 managers, proposers on the leader's API socket.
+pub fn raft(seconds: u64, out: Option<&Path>) -> Result<(), LabError> {
+    let lab = Lab::builder().nodes(3).start()?;
+    lab.init_swarm(3)?;
+    let rt = runtime()?;
+    let leader = rt.block_on(wait_leader(&lab, &[1, 2, 3], Duration::from_secs(10)))?;
+    let socket = lab.host(leader)?.socket;
+    let mut results = Vec::new();
+    for proposers in [1usize, 64, 256] {
+        let r = rt.block_on(run_proposers(&socket, proposers, Duration::from_secs(seconds)))?;
+        let summary = format!(
+            "raft: {proposers:>3} proposers -> {:>7.0} committed writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes, {} errors)",
+            r.rate, ms(r.p50), ms(r.p99), r.writes, r.errors
+        );
+        let line = json!({
+            "bench": "raft", "managers": 3, "proposers": proposers, "seconds": seconds,
+            "writes": r.writes, "errors": r.errors, "writes_per_sec": r.rate.round(),
+            "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+            "path": "shoal CLI API (unix socket) -> daemon -> raft propose -> commit + apply",
+        });
+        emit(out, &summary, &line)?;
+        results.push(line);
+    }
+    lab.down()
+}
+
+struct RunResult {
+    writes: u64,
+    errors: u64,
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn run_proposers(socket: &Path, n: usize, dur: Duration) -> Result<RunResult, LabError> {
+    // Warm up one connection first so the first samples are not setup.
+    let mut warm = Conn::open(socket).await.map_err(LabError::Bench)?;
+    for i in 0..20 {
+        let a = if i % 2 == 0 { Availability::Active } else { Availability::Pause };
+        warm.call(update(a)).await.map_err(LabError::Bench)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..n {
+        let socket: PathBuf = socket.to_owned();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let Ok(mut c) = Conn::open(&socket).await else { return (lat, 1) };
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let a = if i % 2 == 0 { Availability::Active } else { Availability::Pause };
+                i += 1;
+                let start = Instant::now();
+                match c.call(update(a)).await {
+                    Ok(_) => lat.push(start.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t
+            .await
+            .map_err(|e| LabError::Bench(format!("proposer task: {e}")))?;
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    Ok(RunResult {
+        writes: all.len() as u64,
+        errors,
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
+    })
+}
+
+/// `bench failover`: kill -9 the leader, time the first successful write
+/// through a surviving manager; restart, let it catch up; repeat.
+pub fn failover(trials: usize, out: Option<&Path>) -> Result<(), LabError> {
+    let lab = Lab::builder().nodes(3).start()?;
+    lab.init_swarm(3)?;
+    let rt = runtime()?;
+    let managers = [1usize, 2, 3];
+    let mut times = Vec::new();
+    for trial in 1..=trials {
+        let leader = rt.block_on(wait_leader(&lab, &managers, Duration::from_secs(10)))?;
+        let survivor = managers.iter().copied().find(|&h| h != leader).unwrap_or(1);
+        let socket = lab.host(survivor)?.socket;
+        // The survivor must be caught up and writing before the kill.
+        rt.block_on(async {
+            let mut c = Conn::open(&socket).await.map_err(LabError::Bench)?;
+            c.call(update(Availability::Active)).await.map_err(LabError::Bench)
+        })?;
+        let killed = Instant::now();
+        lab.kill(leader)?;
+        let took = rt.block_on(first_write(&socket, killed, Duration::from_secs(30)))?;
+        println!("failover trial {trial}: leader h{leader} killed -> write ok via h{survivor} in {:.0} ms", ms(took));
+        times.push(took);
+        lab.restart(leader)?;
+    }
+    let mut sorted = times.clone();
+    sorted.sort_unstable();
+    let median = percentile(&sorted, 0.5);
+    let summary = format!(
+        "failover: median {:.0} ms, min {:.0} ms, max {:.0} ms over {trials} trials (tick 50 ms, election timeout 10 ticks = 0.5-1 s randomised)",
+        ms(median),
+        ms(sorted[0]),
+        ms(sorted[sorted.len() - 1])
+    );
+    let line = json!({
+        "bench": "failover", "managers": 3, "trials": trials,
+        "ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
+        "median_ms": ms(median),
+        "tick_ms": 50, "election_ticks": 10,
+    });
+    emit(out, &summary, &line)?;
+    lab.down()
+}
+
+async fn first_write(socket: &Path, since: Instant, limit: Duration) -> Result<Duration, LabError> {
+    loop {
+        if since.elapsed() > limit {
+            return Err(LabError::Bench(format!("no successful write within {limit:?}")));
+        }
+        let attempt = async {
+            let mut c = Conn::open(socket).await?;
+            c.call(update(Availability::Active)).await
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            return Ok(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
