@@ -145,7 +145,7 @@ pub enum Response {
     /// Answer to [`Request::Version`].
     Version(VersionInfo),
     /// Answer to [`Request::Info`].
-    Info(NodeInfo),
+    Info(Box<NodeInfo>),
     /// Free text for the user (init, join, leave, tokens...).
     Message(String),
     /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].

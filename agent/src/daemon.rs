@@ -175,7 +175,7 @@ impl Daemon {
     pub async fn handle(&self, req: Request) -> Result<Response, ApiError> {
         match req {
             Request::Version => Ok(Response::Version(VersionInfo::current())),
-            Request::Info => Ok(Response::Info(self.info().await)),
+            Request::Info => Ok(Response::Info(Box::new(self.info().await))),
             Request::SwarmInit(args) => {
                 let _op = self.membership_op.lock().await;
                 self.check_inactive().await?;

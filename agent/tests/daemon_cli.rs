@@ -1,5 +1,6 @@
 //! The CLI and the daemon as real processes over a real unix socket (no
 //! namespaces needed, so these run without root).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
