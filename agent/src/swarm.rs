@@ -797,9 +797,11 @@ impl Swarm {
                 check_quorum_after_removal(voters, reachable, Some(st.id), &st)?;
             }
             if voters > 1 {
+                // The record first: once out of the voters this node can
+                // no longer propose.
                 let removed = async {
-                    raft.remove_voter(st.id).await.map_err(raft_err)?;
-                    self.propose(Command::RemoveNode { id: me.clone() }).await
+                    self.propose(Command::RemoveNode { id: me.clone() }).await?;
+                    raft.remove_voter(st.id).await.map_err(raft_err)
                 }
                 .await;
                 if let Err(e) = removed {

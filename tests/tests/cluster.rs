@@ -263,7 +263,7 @@ fn snapshot_reaches_a_new_manager() {
     // Snapshot every 100 entries and keep only 10 behind it, so a manager
     // joining after 300 writes must be sent the snapshot.
     let lab = lab(2, "[raft]\nsnapshot_every = 100\ncompact_keep = 10\n");
-    lab.init_swarm(1).unwrap();
+    lab.form_swarm(1, 1).unwrap();
     for i in 0..300 {
         let a = ["active", "pause", "drain"][i % 3];
         cli(&lab, 1, &["node", "update", "--availability", a, "h1"]).unwrap();
@@ -303,7 +303,7 @@ fn snapshot_reaches_a_new_manager() {
 #[test]
 fn bad_joins_are_refused_and_write_nothing() {
     let lab = lab(3, "");
-    lab.init_swarm(1).unwrap();
+    lab.form_swarm(1, 1).unwrap();
     let token = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
     let token = token.trim();
     let before = nodes_of(&lab, 1).unwrap();
@@ -367,7 +367,7 @@ fn bad_joins_are_refused_and_write_nothing() {
 #[test]
 fn join_token_rotation_invalidates_the_old_token() {
     let lab = lab(3, "");
-    lab.init_swarm(1).unwrap();
+    lab.form_swarm(1, 1).unwrap();
     let old = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
     let out = cli(&lab, 1, &["swarm", "join-token", "--rotate", "worker"]).unwrap();
     assert!(
@@ -394,6 +394,9 @@ fn leave_refuses_to_break_quorum_and_workers_leave() {
     let lab = lab(4, "");
     lab.init_swarm(3).unwrap();
     lab.kill(3).unwrap();
+    wait_until("h2 to see h3 unreachable", Duration::from_secs(10), || {
+        (info(&lab, 2)["swarm"]["raft"]["reachable"] == 2).then_some(())
+    });
     let e = cli(&lab, 2, &["swarm", "leave"]).unwrap_err();
     assert!(
         e.contains("Removing this node leaves 1 managers out of 2"),
@@ -427,7 +430,7 @@ fn leave_refuses_to_break_quorum_and_workers_leave() {
 #[test]
 fn promote_and_demote() {
     let lab = lab(3, "");
-    lab.init_swarm(1).unwrap();
+    lab.form_swarm(1, 1).unwrap();
     let token = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
     for h in [2, 3] {
         cli(

@@ -87,7 +87,7 @@ fn foreign_missing_and_worker_certificates_cannot_speak_raft() {
         .daemon_config("heartbeat_ms = 500\n")
         .start()
         .unwrap();
-    lab.init_swarm(1).unwrap();
+    lab.form_swarm(1, 1).unwrap();
     let h1 = lab.host(1).unwrap();
     let h2 = lab.host(2).unwrap();
     let addr = format!("{}:2377", h1.addr);

@@ -89,7 +89,9 @@ async fn leader_host(lab: &Lab, managers: &[usize]) -> Option<usize> {
     let mut leader = None;
     for &h in managers {
         let socket = lab.host(h).ok()?.socket;
-        let Ok(mut c) = Conn::open(&socket).await else { continue };
+        let Ok(mut c) = Conn::open(&socket).await else {
+            continue;
+        };
         if let Ok(Response::Info(i)) = c.call(Request::Info).await {
             if let Some(r) = i.swarm.raft {
                 by_raft_id.insert(r.id, h);
@@ -107,7 +109,9 @@ async fn wait_leader(lab: &Lab, managers: &[usize], timeout: Duration) -> Result
             return Ok(h);
         }
         if Instant::now() > deadline {
-            return Err(LabError::Bench(format!("no raft leader within {timeout:?}")));
+            return Err(LabError::Bench(format!(
+                "no raft leader within {timeout:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -129,7 +133,11 @@ pub fn raft(seconds: u64, out: Option<&Path>) -> Result<(), LabError> {
     let socket = lab.host(leader)?.socket;
     let mut results = Vec::new();
     for proposers in [1usize, 64, 256] {
-        let r = rt.block_on(run_proposers(&socket, proposers, Duration::from_secs(seconds)))?;
+        let r = rt.block_on(run_proposers(
+            &socket,
+            proposers,
+            Duration::from_secs(seconds),
+        ))?;
         let summary = format!(
             "raft: {proposers:>3} proposers -> {:>7.0} committed writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes, {} errors)",
             r.rate, ms(r.p50), ms(r.p99), r.writes, r.errors
@@ -158,7 +166,11 @@ async fn run_proposers(socket: &Path, n: usize, dur: Duration) -> Result<RunResu
     // Warm up one connection first so the first samples are not setup.
     let mut warm = Conn::open(socket).await.map_err(LabError::Bench)?;
     for i in 0..20 {
-        let a = if i % 2 == 0 { Availability::Active } else { Availability::Pause };
+        let a = if i % 2 == 0 {
+            Availability::Active
+        } else {
+            Availability::Pause
+        };
         warm.call(update(a)).await.map_err(LabError::Bench)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -169,10 +181,16 @@ async fn run_proposers(socket: &Path, n: usize, dur: Duration) -> Result<RunResu
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
-            let Ok(mut c) = Conn::open(&socket).await else { return (lat, 1) };
+            let Ok(mut c) = Conn::open(&socket).await else {
+                return (lat, 1);
+            };
             let mut i = t;
             while !stop.load(Ordering::Relaxed) {
-                let a = if i % 2 == 0 { Availability::Active } else { Availability::Pause };
+                let a = if i % 2 == 0 {
+                    Availability::Active
+                } else {
+                    Availability::Pause
+                };
                 i += 1;
                 let start = Instant::now();
                 match c.call(update(a)).await {
@@ -221,7 +239,9 @@ pub fn failover(trials: usize, out: Option<&Path>) -> Result<(), LabError> {
         // The survivor must be caught up and writing before the kill.
         rt.block_on(async {
             let mut c = Conn::open(&socket).await.map_err(LabError::Bench)?;
-            c.call(update(Availability::Active)).await.map_err(LabError::Bench)
+            c.call(update(Availability::Active))
+                .await
+                .map_err(LabError::Bench)
         })?;
         let killed = Instant::now();
         lab.kill(leader)?;
@@ -252,7 +272,9 @@ pub fn failover(trials: usize, out: Option<&Path>) -> Result<(), LabError> {
 async fn first_write(socket: &Path, since: Instant, limit: Duration) -> Result<Duration, LabError> {
     loop {
         if since.elapsed() > limit {
-            return Err(LabError::Bench(format!("no successful write within {limit:?}")));
+            return Err(LabError::Bench(format!(
+                "no successful write within {limit:?}"
+            )));
         }
         let attempt = async {
             let mut c = Conn::open(socket).await?;

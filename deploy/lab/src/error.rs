@@ -121,8 +121,11 @@ pub enum LabError {
     #[error("cleanup incomplete: {0}")]
     Cleanup(String),
     /// A feature that a later piece of work brings.
-    #[error("not available yet: {0}")]
-    NotYet(&'static str),
+    #[error("forming the swarm: {0}")]
+    Swarm(String),
+
+    #[error("benchmark: {0}")]
+    Bench(String),
 }
 
 impl LabError {

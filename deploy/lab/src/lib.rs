@@ -22,6 +22,7 @@
 //! [`Lab::down`]) removes exactly what the lab recorded in its
 //! [`LabState`], never anything found by pattern.
 
+pub mod bench;
 mod error;
 mod lab;
 mod mounts;

@@ -41,8 +41,8 @@ enum Cmd {
         /// Number of hosts (1..=250).
         #[arg(long, default_value_t = 5)]
         nodes: usize,
-        /// Managers for the swarm (recorded; swarm forming arrives with the
-        /// secure-cluster work).
+        /// Form a swarm with this many managers (h1..hM; the rest join as
+        /// workers). Without it the daemons run outside any swarm.
         #[arg(long)]
         managers: Option<usize>,
         /// Give each host a second network, eth1 10.77.1.N/24, for the data path.
@@ -83,6 +83,23 @@ enum Cmd {
     Heal,
     /// Remove labs under /run/shoal-lab whose owning process is gone.
     Gc,
+    /// Run a benchmark against a fresh lab; prints a summary and a JSON line.
+    Bench {
+        /// raft: committed writes/s and p50/p99 commit latency through the
+        /// daemon API, 3 managers, 1/64/256 proposers. failover: kill -9
+        /// leader -> first successful write, per trial.
+        #[arg(value_parser = ["raft", "failover"])]
+        name: String,
+        /// Seconds per proposer count (raft).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Trials (failover).
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Append the JSON line(s) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// A comma-separated host list, one CLI argument (clap would read a
@@ -161,6 +178,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("healed: all partitions removed");
         }
         Cmd::Gc => gc(&state_file)?,
+        Cmd::Bench {
+            name,
+            seconds,
+            trials,
+            out,
+        } => {
+            shoal_lab::preflight()?;
+            match name.as_str() {
+                "raft" => shoal_lab::bench::raft(seconds, out.as_deref())?,
+                _ => shoal_lab::bench::failover(trials, out.as_deref())?,
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -217,6 +246,12 @@ fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool)
             return Err(e.into());
         }
     };
+    if let Some(m) = managers {
+        if let Err(e) = lab.init_swarm(m) {
+            let _ = fs::remove_file(state_file);
+            return Err(e.into());
+        }
+    }
     let state = lab.detach()?;
     state.save(state_file)?;
     println!(
@@ -247,7 +282,7 @@ fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool)
         );
     }
     if let Some(m) = state.managers {
-        println!("managers: {m} recorded; swarm forming arrives with the secure-cluster work");
+        println!("swarm: h1..h{m} managers, the rest workers:  shoal-lab exec h1 -- shoal node ls");
     }
     println!("reach a host:  shoal-lab exec h2 -- shoal info");
     println!("logs:          {}/hN/daemon.log", state.dir.display());
