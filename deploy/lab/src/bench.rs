@@ -249,6 +249,7 @@ pub fn failover(trials: usize, out: Option<&Path>) -> Result<(), LabError> {
         println!("failover trial {trial}: leader h{leader} killed -> write ok via h{survivor} in {:.0} ms", ms(took));
         times.push(took);
         lab.restart(leader)?;
+        rt.block_on(wait_all_reachable(&lab, &managers, Duration::from_secs(20)))?;
     }
     let mut sorted = times.clone();
     sorted.sort_unstable();
@@ -267,6 +268,38 @@ pub fn failover(trials: usize, out: Option<&Path>) -> Result<(), LabError> {
     });
     emit(out, &summary, &line)?;
     lab.down()
+}
+
+/// Every manager sees every manager (after a restart), so the next trial
+/// starts from a whole cluster.
+async fn wait_all_reachable(
+    lab: &Lab,
+    managers: &[usize],
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    'outer: loop {
+        if Instant::now() > deadline {
+            return Err(LabError::Bench(format!(
+                "managers did not all see each other within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for &h in managers {
+            let socket = lab.host(h)?.socket;
+            let Ok(mut c) = Conn::open(&socket).await else {
+                continue 'outer;
+            };
+            let Ok(Response::Info(i)) = c.call(Request::Info).await else {
+                continue 'outer;
+            };
+            match i.swarm.raft {
+                Some(r) if r.reachable == managers.len() && r.leader.is_some() => {}
+                _ => continue 'outer,
+            }
+        }
+        return Ok(());
+    }
 }
 
 async fn first_write(socket: &Path, since: Instant, limit: Duration) -> Result<Duration, LabError> {
