@@ -63,6 +63,8 @@ pub enum Request {
     },
     /// `swarm ca --rotate`.
     CaRotate,
+    /// `swarm rotate-keys`.
+    RotateKeys,
     /// `node ls`.
     NodeList,
     /// `node inspect`.
@@ -109,6 +111,12 @@ pub struct SwarmInitArgs {
     pub default_addr_pool_mask_length: u8,
     /// VXLAN UDP port.
     pub data_path_port: u16,
+    /// Node heartbeat period (ms); default: the daemon's `heartbeat_ms`.
+    #[serde(default)]
+    pub dispatcher_heartbeat_ms: Option<u64>,
+    /// Gossip key rotation interval (ms); default 12 h.
+    #[serde(default)]
+    pub key_rotation_interval_ms: Option<u64>,
 }
 
 /// Arguments of `swarm join`.
@@ -222,6 +230,21 @@ pub struct SwarmInfo {
     /// Raft view when this node is a manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftInfo>,
+    /// Manager this node's session is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_manager: Option<String>,
+    /// Gossip key ring held by this node (ids only, never key material).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyInfo>,
+}
+
+/// A gossip key as `info` shows it: identity only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key id.
+    pub id: u32,
+    /// Lamport time (ring order).
+    pub lamport: u64,
 }
 
 /// A manager's view of Raft for `info`.

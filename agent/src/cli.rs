@@ -77,6 +77,12 @@ pub enum SwarmCmd {
         /// UDP port of the VXLAN data path.
         #[arg(long, default_value_t = 4789)]
         data_path_port: u16,
+        /// Node heartbeat period, e.g. 5s or 500ms [default: the daemon's heartbeat_ms, 5s].
+        #[arg(long, value_parser = parse_duration_ms)]
+        dispatcher_heartbeat: Option<u64>,
+        /// Gossip key rotation interval, e.g. 12h or 2s [default: 12h].
+        #[arg(long, value_parser = parse_duration_ms)]
+        key_rotation_interval: Option<u64>,
     },
     /// Join a swarm as a worker or manager (decided by the token).
     Join {
@@ -114,6 +120,8 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Add a new gossip encryption key now (the ring keeps the 3 newest).
+    RotateKeys,
     /// Manage the root CA.
     Ca {
         /// Create a new root CA; nodes get new certificates, the old CA stays trusted meanwhile.
@@ -309,8 +317,12 @@ fn swarm_request(cmd: &SwarmCmd) -> (Request, bool) {
             default_addr_pool,
             default_addr_pool_mask_length,
             data_path_port,
+            dispatcher_heartbeat,
+            key_rotation_interval,
         } => (
             Request::SwarmInit(SwarmInitArgs {
+                dispatcher_heartbeat_ms: *dispatcher_heartbeat,
+                key_rotation_interval_ms: *key_rotation_interval,
                 advertise_addr: advertise_addr.clone(),
                 data_path_addr: data_path_addr.clone(),
                 listen_addr: listen_addr.clone(),
@@ -353,6 +365,7 @@ fn swarm_request(cmd: &SwarmCmd) -> (Request, bool) {
         ),
         SwarmCmd::Leave { force } => (Request::SwarmLeave { force: *force }, false),
         SwarmCmd::Ca { .. } => (Request::CaRotate, false),
+        SwarmCmd::RotateKeys => (Request::RotateKeys, false),
     }
 }
 
@@ -460,5 +473,47 @@ fn print_info(i: &NodeInfo) {
             r.reachable,
             r.voters
         );
+    }
+}
+
+/// Parse `500ms`, `5s`, `2m`, `12h` (or plain milliseconds) into
+/// milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m, 12h"))?;
+    let mult = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be ms, s, m or h"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("invalid duration {s:?}: must be positive and not absurdly large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("5s"), Ok(5000));
+        assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert!(parse_duration_ms("5x").is_err());
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("s").is_err());
+        assert!(parse_duration_ms("99999999999999999999h").is_err());
     }
 }

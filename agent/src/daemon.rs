@@ -222,6 +222,7 @@ impl Daemon {
                 })
             }
             Request::CaRotate => Ok(Response::Message(self.swarm().await?.ca_rotate().await?)),
+            Request::RotateKeys => Ok(Response::Message(self.swarm().await?.rotate_keys().await?)),
             Request::NodeList => Ok(Response::Nodes(self.swarm().await?.nodes(None).await?)),
             Request::NodeInspect { node } => Ok(Response::Nodes(
                 self.swarm().await?.nodes(Some(node)).await?,

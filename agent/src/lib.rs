@@ -10,4 +10,5 @@ pub mod config;
 pub mod daemon;
 pub mod membership_file;
 pub mod rpc;
+pub mod session;
 pub mod swarm;

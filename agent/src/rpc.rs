@@ -12,7 +12,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use shoal_raft_store::state::Node;
 use shoal_tls::{NodeId, Role};
 
 /// ALPN of Raft streams.
@@ -67,8 +66,6 @@ pub enum NodeRequest {
         /// CSR (DER).
         csr_der: Vec<u8>,
     },
-    /// Liveness plus "what does the cluster say about me".
-    Heartbeat,
 }
 
 /// Answers to [`NodeRequest`].
@@ -80,15 +77,6 @@ pub enum NodeResponse {
     Cert {
         /// Certificate (DER).
         cert_der: Vec<u8>,
-        /// Trusted roots (PEM).
-        roots_pem: Vec<String>,
-    },
-    /// The node's own record and the current managers.
-    Heartbeat {
-        /// The node as stored.
-        node: Box<Node>,
-        /// Manager control addresses (raft id, address).
-        managers: Vec<(u64, SocketAddr)>,
         /// Trusted roots (PEM).
         roots_pem: Vec<String>,
     },

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_raft_store::state::{
-    ApplyError, Availability, CaState, Cluster, Command, Node, NodeStatus, NodeUpdate, State,
+    ApplyError, Availability, CaState, Cluster, Command, GossipKey, Node, NodeStatus, NodeUpdate,
+    State,
 };
 use shoal_raft_store::{RaftConfig, RaftError, RaftNode, TlsTransport};
 use shoal_tls::{
@@ -31,6 +32,7 @@ use crate::api::{
 use crate::config::Config;
 use crate::membership_file::{self, SwarmFile};
 use crate::rpc::{self, JoinRequest, JoinResponse, NodeRequest, NodeResponse};
+use crate::session;
 
 /// Default control port.
 pub const DEFAULT_PORT: u16 = 2377;
@@ -138,6 +140,27 @@ pub struct Swarm {
     tls: Tls,
     raft: Option<RaftNode<State>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Leader's record of node heartbeats.
+    liveness: session::Liveness,
+    /// QUIC endpoint of the session server (managers).
+    quic: Option<quinn::Endpoint>,
+    /// This node's side of the session.
+    session: Arc<session::Client>,
+    /// Gossip key ring as last assigned.
+    keys: RwLock<Vec<GossipKey>>,
+    /// Heartbeat period as last assigned.
+    heartbeat: Mutex<Duration>,
+    /// A certificate renewal is running (do not start another).
+    renewing: std::sync::atomic::AtomicBool,
+}
+
+impl session::SessionHost for Swarm {
+    fn raft(&self) -> Option<&RaftNode<State>> {
+        self.raft.as_ref()
+    }
+    fn liveness(&self) -> &session::Liveness {
+        &self.liveness
+    }
 }
 
 impl Drop for Swarm {
@@ -239,7 +262,14 @@ impl Swarm {
             default_addr_pools: pools,
             default_addr_pool_mask_len: args.default_addr_pool_mask_length,
             data_path_port: args.data_path_port,
-            heartbeat_period_ms: 5000,
+            heartbeat_period_ms: args
+                .dispatcher_heartbeat_ms
+                .unwrap_or(config.heartbeat_ms)
+                .max(100),
+            key_rotation_ms: args
+                .key_rotation_interval_ms
+                .unwrap_or(12 * 3600 * 1000)
+                .max(100),
         };
         let worker_token = JoinToken {
             digest: ca.digest(),
@@ -473,7 +503,15 @@ impl Swarm {
                 Some(node)
             }
         };
-        let is_worker = raft.is_none();
+        let quic = match (&raft, &listener) {
+            (Some(_), Some(_)) => Some(
+                session::server_endpoint(&identity, sf.listen_addr)
+                    .with_context(|| format!("cannot listen on UDP {}", sf.listen_addr))?,
+            ),
+            _ => None,
+        };
+        let me = sf.node_id.clone();
+        let heartbeat = Duration::from_millis(config.heartbeat_ms.max(50));
         let swarm = Arc::new(Swarm {
             config,
             restart,
@@ -482,17 +520,24 @@ impl Swarm {
             tls,
             raft,
             tasks: Mutex::new(Vec::new()),
+            liveness: session::Liveness::default(),
+            quic,
+            session: Arc::new(session::Client::new()?),
+            keys: RwLock::new(Vec::new()),
+            heartbeat: Mutex::new(heartbeat),
+            renewing: std::sync::atomic::AtomicBool::new(false),
         });
+        let weak = Arc::downgrade(&swarm);
         if let Some(l) = listener {
-            let task = tokio::spawn(serve_listener(l, Arc::downgrade(&swarm)));
-            swarm.add_task(task);
+            swarm.add_task(tokio::spawn(serve_listener(l, weak.clone())));
         }
-        let task = if is_worker {
-            tokio::spawn(worker_loop(Arc::downgrade(&swarm)))
-        } else {
-            tokio::spawn(manager_loop(Arc::downgrade(&swarm)))
-        };
-        swarm.add_task(task);
+        if let Some(ep) = &swarm.quic {
+            swarm.add_task(tokio::spawn(session::serve(ep.clone(), weak.clone())));
+            swarm.add_task(tokio::spawn(session::watch_liveness(weak.clone(), me)));
+            swarm.add_task(tokio::spawn(key_manager(weak.clone())));
+            swarm.add_task(tokio::spawn(manager_loop(weak.clone())));
+        }
+        swarm.add_task(tokio::spawn(session_loop(weak)));
         Ok(swarm)
     }
 
@@ -562,7 +607,19 @@ impl Swarm {
                 snapshot_index: st.snapshot_index,
             }
         });
+        let keys = match self.keys.read() {
+            Ok(k) => k
+                .iter()
+                .map(|k| api::KeyInfo {
+                    id: k.id,
+                    lamport: k.lamport,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         SwarmInfo {
+            session_manager: self.session.connected().map(|a| a.to_string()),
+            keys,
             state: SwarmState::Active,
             cluster_id: Some(sf.cluster_id),
             role: Some(sf.role),
@@ -830,6 +887,9 @@ impl Swarm {
                 t.abort();
             }
         }
+        if let Some(ep) = &self.quic {
+            ep.close(0u32.into(), b"shutdown");
+        }
         if let Some(r) = &self.raft {
             if let Err(e) = r.clone().shutdown().await {
                 warn!("raft shutdown: {e}");
@@ -972,27 +1032,6 @@ impl Swarm {
                 Ok(NodeResponse::Cert {
                     cert_der: cert.as_ref().to_vec(),
                     roots_pem: cluster.ca.trusted_roots(),
-                })
-            }
-            NodeRequest::Heartbeat => {
-                let peer = peer.clone();
-                let (node, managers, roots) = raft
-                    .read(move |s| {
-                        (
-                            s.nodes.get(&peer).cloned(),
-                            s.managers()
-                                .filter_map(|n| n.raft_id.map(|r| (r, n.addr)))
-                                .collect::<Vec<_>>(),
-                            s.cluster.as_ref().map(|c| c.ca.trusted_roots()),
-                        )
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let node = node.ok_or("this node is not part of the swarm (it was removed)")?;
-                Ok(NodeResponse::Heartbeat {
-                    node: Box::new(node),
-                    managers,
-                    roots_pem: roots.unwrap_or_default(),
                 })
             }
         }
@@ -1310,6 +1349,9 @@ impl Swarm {
             *c = node_client;
         }
         self.tls.raft_client.send_replace(raft_client);
+        if let Some(ep) = &self.quic {
+            ep.set_server_config(Some(session::server_config(&id)?));
+        }
         info!(role = %id.info.role, "installed a new node certificate");
         if let Ok(mut i) = self.identity.write() {
             *i = id;
@@ -1460,40 +1502,160 @@ async fn manager_loop(swarm: std::sync::Weak<Swarm>) {
     }
 }
 
-/// A worker heartbeats a manager: it learns the manager list, renews its
-/// certificate (expiry, CA rotation) and notices promotion.
-async fn worker_loop(swarm: std::sync::Weak<Swarm>) {
-    loop {
-        let every = match swarm.upgrade() {
-            Some(s) => heartbeat_every(&s),
-            None => return,
-        };
-        tokio::time::sleep(every).await;
-        let Some(s) = swarm.upgrade() else { return };
-        let (node, managers, roots_pem) = match s.node_call(NodeRequest::Heartbeat).await {
-            Ok(NodeResponse::Heartbeat {
-                node,
-                managers,
-                roots_pem,
-            }) => (node, managers, roots_pem),
-            Ok(_) => continue,
-            Err(e) => {
-                debug!("heartbeat: {e}");
-                continue;
-            }
-        };
-        s.update_managers(managers);
-        if s.needs_new_cert(node.role, &roots_pem) {
-            if let Err(e) = s.renew_remotely().await {
-                warn!("certificate renewal failed: {e:#}");
-                continue;
+impl Swarm {
+    /// Take in what the leader assigned: manager list, key ring; on a
+    /// worker also certificate renewal and promotion.
+    fn apply_assignments(self: &Arc<Self>, a: session::Assignments) {
+        self.update_managers(a.managers.clone());
+        if let Ok(mut k) = self.keys.write() {
+            if *k != a.keys {
+                info!(keys = ?a.keys, "gossip key ring updated");
+                *k = a.keys.clone();
             }
         }
-        if node.role == Role::Manager && node.raft_id.is_some() {
-            if let Err(e) = s.change_role(Role::Manager, node.raft_id) {
+        if self.raft.is_some() {
+            return; // managers follow the store directly (manager_loop)
+        }
+        let Some(node) = a.node else { return };
+        use std::sync::atomic::Ordering;
+        if self.needs_new_cert(node.role, &a.roots_pem)
+            && !self.renewing.swap(true, Ordering::SeqCst)
+        {
+            let s = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = s.renew_remotely().await {
+                    warn!("certificate renewal failed: {e:#}");
+                }
+                s.renewing.store(false, Ordering::SeqCst);
+            });
+            return;
+        }
+        if node.role == Role::Manager
+            && node.raft_id.is_some()
+            && self.identity().info.role == Role::Manager
+        {
+            if let Err(e) = self.change_role(Role::Manager, node.raft_id) {
                 warn!("cannot become a manager: {e:#}");
             }
-            return;
+        }
+    }
+
+    /// `swarm rotate-keys`: a new gossip key now.
+    pub async fn rotate_keys(&self) -> Result<String, ApiError> {
+        let key = new_gossip_key();
+        let id = key.id;
+        self.propose(Command::AddKey { key }).await?;
+        Ok(format!(
+            "Added gossip key {id}; the ring keeps the 3 newest."
+        ))
+    }
+}
+
+fn new_gossip_key() -> GossipKey {
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    GossipKey {
+        id: rand::rngs::OsRng.next_u32(),
+        lamport: 0,
+        key,
+    }
+}
+
+/// Every node keeps one session with the leader (see `session`), failing
+/// over across the known managers with capped backoff.
+async fn session_loop(swarm: std::sync::Weak<Swarm>) {
+    let report = session::probe_kernel();
+    let mut redirect: Option<SocketAddr> = None;
+    let mut turn = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = swarm.upgrade() else { return };
+        let target = match redirect.take() {
+            Some(t) => t,
+            None => {
+                let managers = s.file().managers;
+                if managers.is_empty() {
+                    drop(s);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                turn = turn.wrapping_add(1);
+                managers[turn % managers.len()].1
+            }
+        };
+        let identity = s.identity();
+        let client = s.session.clone();
+        drop(s);
+        let w = swarm.clone();
+        let apply = move |a: session::Assignments| {
+            if let Some(s) = w.upgrade() {
+                s.apply_assignments(a);
+            }
+        };
+        let heartbeat = match swarm.upgrade() {
+            Some(s) => s,
+            None => return,
+        };
+        let result = client
+            .run_once(&identity, target, &report, &heartbeat.heartbeat, &apply)
+            .await;
+        drop(heartbeat);
+        client.connected.lock().map(|mut c| *c = None).ok();
+        match result {
+            Ok(Some(to)) => {
+                debug!(from = %target, %to, "session redirected to the leader");
+                redirect = Some(to);
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => debug!(manager = %target, "session: {e:#}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// On the leader: a new gossip key every `key_rotation_ms` (and one at
+/// once if the ring is empty). A new leader waits a full interval.
+async fn key_manager(swarm: std::sync::Weak<Swarm>) {
+    let mut leader_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(s) = swarm.upgrade() else { return };
+        let Some(raft) = s.raft.clone() else { return };
+        drop(s);
+        if !raft.status().is_leader {
+            leader_since = None;
+            continue;
+        }
+        let Ok((interval, empty)) = raft
+            .read(|st| {
+                (
+                    st.cluster.as_ref().map(|c| c.key_rotation_ms),
+                    st.keys.is_empty(),
+                )
+            })
+            .await
+        else {
+            continue;
+        };
+        let Some(interval) = interval else { continue };
+        let since = *leader_since.get_or_insert_with(tokio::time::Instant::now);
+        if empty || since.elapsed() >= Duration::from_millis(interval.max(100)) {
+            match raft
+                .propose(Command::AddKey {
+                    key: new_gossip_key(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    info!("gossip key rotated");
+                    leader_since = Some(tokio::time::Instant::now());
+                }
+                Err(e) => warn!("key rotation failed: {e}"),
+            }
         }
     }
 }

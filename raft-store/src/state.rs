@@ -24,6 +24,32 @@ pub struct State {
     pub nodes: BTreeMap<NodeId, Node>,
     /// Raft index of the last applied command; object versions come from it.
     pub index: u64,
+    /// Gossip encryption keys, newest (highest Lamport time) first, at most
+    /// [`KEYS_KEPT`].
+    pub keys: Vec<GossipKey>,
+}
+
+/// How many gossip keys the ring keeps (newest encrypts, all decrypt).
+pub const KEYS_KEPT: usize = 3;
+
+/// One 256-bit gossip key. Never printed: `Debug` shows only id and time.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey {
+    /// Key id carried in every gossip packet header.
+    pub id: u32,
+    /// Lamport time of its creation (orders the ring).
+    pub lamport: u64,
+    /// The key material.
+    pub key: [u8; 32],
+}
+
+impl fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GossipKey")
+            .field("id", &self.id)
+            .field("lamport", &self.lamport)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Cluster-wide settings and secrets.
@@ -47,6 +73,8 @@ pub struct Cluster {
     pub data_path_port: u16,
     /// Node heartbeat period in milliseconds.
     pub heartbeat_period_ms: u64,
+    /// Gossip key rotation interval in milliseconds.
+    pub key_rotation_ms: u64,
 }
 
 impl fmt::Debug for Cluster {
@@ -62,6 +90,8 @@ impl fmt::Debug for Cluster {
                 &self.default_addr_pool_mask_len,
             )
             .field("data_path_port", &self.data_path_port)
+            .field("heartbeat_period_ms", &self.heartbeat_period_ms)
+            .field("key_rotation_ms", &self.key_rotation_ms)
             .finish_non_exhaustive()
     }
 }
@@ -237,6 +267,12 @@ pub enum Command {
         /// The new CA state.
         ca: CaState,
     },
+    /// The key manager (or `swarm rotate-keys`) adds a gossip key; the
+    /// oldest beyond [`KEYS_KEPT`] is dropped.
+    AddKey {
+        /// Key material and id; its Lamport time is assigned in apply.
+        key: GossipKey,
+    },
 }
 
 /// Why a command was rejected by `apply` (it is still in the log; it just
@@ -336,6 +372,14 @@ impl State {
                     c.ca = ca;
                 }
             }
+            Command::AddKey { mut key } => {
+                // Lamport: one past the newest, so the ring order is the same
+                // on every manager whatever the proposer's clock says.
+                key.lamport = self.keys.first().map(|k| k.lamport + 1).unwrap_or(1);
+                self.keys.retain(|k| k.id != key.id);
+                self.keys.insert(0, key);
+                self.keys.truncate(KEYS_KEPT);
+            }
         }
         Ok(())
     }
@@ -402,6 +446,7 @@ mod tests {
             default_addr_pool_mask_len: 24,
             data_path_port: 4789,
             heartbeat_period_ms: 5000,
+            key_rotation_ms: 12 * 3600 * 1000,
         }
     }
 
@@ -491,6 +536,37 @@ mod tests {
         assert_eq!(s, t);
         assert!(t.restore(&snap[..snap.len() / 2]).is_err());
         assert!(t.restore(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn key_ring_keeps_three_newest_in_lamport_order() {
+        let mut s = State::default();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: node(Some(1)),
+            },
+        )
+        .unwrap();
+        for id in 1..=5u32 {
+            s.apply_command(
+                1 + u64::from(id),
+                Command::AddKey {
+                    key: GossipKey {
+                        id,
+                        lamport: 0,
+                        key: [id as u8; 32],
+                    },
+                },
+            )
+            .unwrap();
+        }
+        let ids: Vec<u32> = s.keys.iter().map(|k| k.id).collect();
+        assert_eq!(ids, vec![5, 4, 3]);
+        let lamports: Vec<u64> = s.keys.iter().map(|k| k.lamport).collect();
+        assert_eq!(lamports, vec![5, 4, 3]);
+        assert!(!format!("{:?}", s.keys[0]).contains("key:"));
     }
 
     #[test]

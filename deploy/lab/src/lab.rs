@@ -590,6 +590,17 @@ impl Lab {
     /// advertises eth0 (and eth1 as data path when the lab has one).
     /// Returns once every manager sees all managers as reachable voters.
     pub fn form_swarm(&self, members: usize, managers: usize) -> Result<(), LabError> {
+        self.form_swarm_with(members, managers, &[])
+    }
+
+    /// [`Lab::form_swarm`] with extra `shoal swarm init` flags, e.g.
+    /// `["--key-rotation-interval", "2s"]`.
+    pub fn form_swarm_with(
+        &self,
+        members: usize,
+        managers: usize,
+        init_args: &[&str],
+    ) -> Result<(), LabError> {
         let n = members;
         if n > self.len() {
             return Err(LabError::Swarm(format!(
@@ -621,6 +632,7 @@ impl Lab {
         };
         let mut init = vec!["swarm", "init"];
         init.extend(&addr_args);
+        init.extend(init_args);
         run(1, &init)?;
         let worker = run(1, &["swarm", "join-token", "-q", "worker"])?;
         let manager = run(1, &["swarm", "join-token", "-q", "manager"])?;
