@@ -2,3 +2,34 @@
 //! 7946, encrypts every packet with AES-256-GCM under the cluster key ring, and
 //! replicates the peer table and the per-network endpoint tables that the
 //! netdriver turns into kernel state.
+//!
+//! Layout, from the wire up:
+//! - [`crypto`]: the key ring and the sealed packet format (every UDP
+//!   datagram and every TCP frame).
+//! - `codec`: bounded decoders for table entries and sync frames.
+//! - `store`: the replicated tables (owner, Lamport/HLC version, tombstones)
+//!   and the digest-first push/pull anti-entropy.
+//! - [`node`]: the sans-IO core: foca + store, driven with explicit time; it
+//!   returns datagrams, timers and events for a driver to execute.
+//! - [`Gossip`]: the thin tokio driver (sockets, timers, TCP sync).
+//! - [`sim`]: a deterministic simulation of many nodes over a fake network.
+
+mod codec;
+mod config;
+pub mod crypto;
+mod driver;
+mod endpoint;
+mod ident;
+pub mod node;
+pub mod sim;
+mod store;
+mod types;
+
+pub use config::GossipConfig;
+pub use crypto::KeyRing;
+pub use driver::{Gossip, Metrics};
+pub use endpoint::EndpointRecord;
+pub use types::{
+    Entry, Event, GossipError, MemberInfo, MemberState, MemberView, MAX_KEY_LEN, MAX_NODE_ID_LEN,
+    MAX_TABLE_LEN, MAX_VALUE_LEN,
+};

@@ -1,0 +1,374 @@
+//! The sans-IO core of one gossip member: foca (SWIM) plus the replicated
+//! tables. It never touches a socket, a clock or the OS RNG: callers pass
+//! the wall-clock time in milliseconds (for versions and tombstones), feed it
+//! datagrams, fired timers and sync frames, and execute the [`Output`]s it
+//! returns. The tokio driver and the simulation both drive this same type.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec};
+use rand10::rngs::SmallRng;
+use rand10::{RngExt, SeedableRng};
+
+use crate::codec::{CodecError, Frame, WireEntry};
+pub use crate::ident::Ident;
+use crate::store::{key_hash, Store, Verdict};
+pub use crate::store::SyncSession;
+use crate::types::{
+    check_len, Entry, Event, GossipError, MemberInfo, MemberState, MemberView, MAX_KEY_LEN,
+    MAX_NODE_ID_LEN, MAX_TABLE_LEN, MAX_VALUE_LEN,
+};
+use crate::GossipConfig;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A foca timer the driver must hand back after the delay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTimer(foca::Timer<Ident>);
+
+/// Something the driver must do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send this plaintext datagram (seal it first) to `to`.
+    Send {
+        /// Destination gossip address.
+        to: SocketAddr,
+        /// Plaintext, at most `max_packet - SEAL_OVERHEAD` bytes.
+        data: Bytes,
+    },
+    /// Call [`Node::handle_timer`] with `timer` after `after`.
+    Schedule {
+        /// Delay.
+        after: Duration,
+        /// The timer to hand back.
+        timer: NodeTimer,
+    },
+    /// Tell subscribers.
+    Event(Event),
+}
+
+/// Broadcast key: a newer update of the same entry replaces the older one
+/// still waiting in foca's backlog.
+#[derive(Debug)]
+pub(crate) struct ItemKey(u64);
+
+impl Invalidates for ItemKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// foca's custom-broadcast hook: applies table updates and says which are news.
+pub(crate) struct Handler {
+    store: Arc<Mutex<Store>>,
+}
+
+impl BroadcastHandler<Ident> for Handler {
+    type Key = ItemKey;
+    type Error = CodecError;
+
+    fn receive_item(&mut self, data: &[u8], sender: Option<&Ident>) -> Result<Option<ItemKey>, CodecError> {
+        let e = WireEntry::from_item(data)?;
+        let key = ItemKey(key_hash(&e.table, &e.key));
+        if sender.is_none() {
+            // Our own write (already applied by the node): always news.
+            return Ok(Some(key));
+        }
+        let mut s = lock(&self.store);
+        match s.apply_remote(e) {
+            Verdict::New => {
+                s.news += 1;
+                Ok(Some(key))
+            }
+            Verdict::Old | Verdict::Rejected => Ok(None),
+        }
+    }
+}
+
+type Swim = Foca<Ident, PostcardCodec, SmallRng, Handler>;
+
+/// One gossip member's protocol state.
+pub struct Node {
+    foca: Swim,
+    rt: AccumulatingRuntime<Ident>,
+    store: Arc<Mutex<Store>>,
+    rng: SmallRng,
+    joined: bool,
+    out: Vec<Output>,
+}
+
+impl Node {
+    /// A member `info` in its `generation`-th life (use the start time in ms
+    /// so restarts grow it), with all randomness derived from `seed`.
+    pub fn new(cfg: &GossipConfig, info: MemberInfo, generation: u64, seed: u64) -> Result<Self, GossipError> {
+        cfg.validate()?;
+        check_len("node id", info.node_id.as_bytes(), MAX_NODE_ID_LEN)?;
+        if info.node_id.is_empty() {
+            return Err(GossipError::Config("node id is empty".into()));
+        }
+        let store = Arc::new(Mutex::new(Store::new(
+            info.node_id.clone(),
+            generation,
+            cfg.tombstone_ttl.as_millis().min(u128::from(u64::MAX)) as u64,
+        )));
+        let foca = Foca::with_custom_broadcast(
+            Ident::new(info, generation),
+            cfg.to_foca(),
+            SmallRng::seed_from_u64(seed),
+            PostcardCodec,
+            Handler {
+                store: store.clone(),
+            },
+        );
+        Ok(Node {
+            foca,
+            rt: AccumulatingRuntime::new(),
+            store,
+            rng: SmallRng::seed_from_u64(seed ^ 0x5eed),
+            joined: false,
+            out: Vec::new(),
+        })
+    }
+
+    /// Current identity (the generation grows on rejoin).
+    pub fn identity(&self) -> &Ident {
+        self.foca.identity()
+    }
+
+    /// True once at least one other member answered.
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// Takes what the driver must do now.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn set_now(&self, now_ms: u64) {
+        lock(&self.store).now_ms = now_ms;
+    }
+
+    /// Asks the member at `addr` (a seed) to let us in.
+    pub fn announce(&mut self, now_ms: u64, addr: SocketAddr) {
+        self.set_now(now_ms);
+        if let Err(e) = self.foca.announce(Ident::seed(addr), &mut self.rt) {
+            tracing::debug!(%addr, error = %e, "announce failed");
+        }
+        self.settle();
+    }
+
+    /// A datagram arrived (already opened). Errors mean a malformed packet.
+    pub fn handle_data(&mut self, now_ms: u64, data: &[u8]) -> Result<(), GossipError> {
+        self.set_now(now_ms);
+        let r = self.foca.handle_data(data, &mut self.rt);
+        self.settle();
+        r.map_err(|e| GossipError::Swim(e.to_string()))
+    }
+
+    /// A timer scheduled through [`Output::Schedule`] fired.
+    pub fn handle_timer(&mut self, now_ms: u64, timer: NodeTimer) {
+        self.set_now(now_ms);
+        if let Err(e) = self.foca.handle_timer(timer.0, &mut self.rt) {
+            tracing::debug!(error = %e, "timer");
+        }
+        self.settle();
+    }
+
+    /// Writes an entry owned by this node and pushes it at once.
+    pub fn put(&mut self, now_ms: u64, table: &str, key: &str, value: Vec<u8>) -> Result<(), GossipError> {
+        check_len("table name", table.as_bytes(), MAX_TABLE_LEN)?;
+        check_len("key", key.as_bytes(), MAX_KEY_LEN)?;
+        check_len("value", &value, MAX_VALUE_LEN)?;
+        self.set_now(now_ms);
+        let e = lock(&self.store).put(table, key, value);
+        self.push(&e.to_item());
+        Ok(())
+    }
+
+    /// Deletes an entry owned by this node (no-op for others' or missing ones).
+    pub fn delete(&mut self, now_ms: u64, table: &str, key: &str) {
+        self.set_now(now_ms);
+        let e = lock(&self.store).delete(table, key);
+        if let Some(e) = e {
+            self.push(&e.to_item());
+        }
+    }
+
+    fn push(&mut self, item: &[u8]) {
+        if let Err(e) = self.foca.add_broadcast(item) {
+            tracing::warn!(error = %e, "broadcast refused");
+        }
+        if let Err(e) = self.foca.broadcast(&mut self.rt) {
+            tracing::debug!(error = %e, "broadcast");
+        }
+        self.settle();
+    }
+
+    /// Announces our departure; the node should be dropped afterwards.
+    pub fn leave(&mut self) {
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::debug!(error = %e, "leave");
+        }
+        self.settle();
+    }
+
+    /// Drops expired tombstones; returns how many.
+    pub fn reap(&mut self, now_ms: u64) -> usize {
+        let mut s = lock(&self.store);
+        s.now_ms = now_ms;
+        s.reap()
+    }
+
+    /// A random active member to run anti-entropy with.
+    pub fn pick_sync_peer(&mut self) -> Option<SocketAddr> {
+        let n = self.foca.num_members();
+        if n == 0 {
+            return None;
+        }
+        let i = self.rng.random_range(0..n);
+        self.foca.iter_members().nth(i).map(|m| m.id().gossip_addr)
+    }
+
+    /// Opens an anti-entropy exchange: the session and the first frame.
+    pub fn sync_open(&mut self) -> (SyncSession, Vec<u8>) {
+        let (s, f) = lock(&self.store).sync_open();
+        (s, f.encode())
+    }
+
+    /// The answering side of an exchange.
+    pub fn sync_accept(&self) -> SyncSession {
+        SyncSession::responder()
+    }
+
+    /// One received frame (raw, unpacked) of an exchange; returns frames to send.
+    pub fn sync_frame(&mut self, now_ms: u64, s: &mut SyncSession, frame: &[u8]) -> Result<Vec<Vec<u8>>, GossipError> {
+        let f = Frame::decode(frame).map_err(|e| GossipError::Swim(format!("sync frame: {e}")))?;
+        let out = {
+            let mut st = lock(&self.store);
+            st.now_ms = now_ms;
+            st.sync_step(s, f)
+        };
+        self.settle();
+        let out = out.map_err(|e| GossipError::Swim(format!("sync frame: {e}")))?;
+        Ok(out.iter().map(Frame::encode).collect())
+    }
+
+    /// Live entries of `table`, sorted by key.
+    pub fn entries(&self, table: &str) -> Vec<Entry> {
+        lock(&self.store).entries(table)
+    }
+
+    /// Tables with at least one live entry.
+    pub fn tables(&self) -> Vec<String> {
+        lock(&self.store).tables()
+    }
+
+    /// Live entries in all tables.
+    pub fn live_entries(&self) -> usize {
+        lock(&self.store).live_count()
+    }
+
+    /// The local membership view, self included.
+    pub fn members(&self) -> Vec<MemberView> {
+        let me = self.foca.identity();
+        let mut v = vec![MemberView {
+            info: me.info(),
+            state: MemberState::Alive,
+            incarnation: me.generation,
+        }];
+        for m in self.foca.iter_membership_state() {
+            v.push(MemberView {
+                info: m.id().info(),
+                state: match m.state() {
+                    foca::State::Alive => MemberState::Alive,
+                    foca::State::Suspect => MemberState::Suspect,
+                    foca::State::Down => MemberState::Down,
+                },
+                incarnation: m.id().generation,
+            });
+        }
+        v
+    }
+
+    /// Active members other than us.
+    pub fn num_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Runs the consequences of the last call until nothing is left:
+    /// membership notifications into the store, re-announcements and
+    /// immediate pushes of news, then hands sends/timers/events to `out`.
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            while let Some(n) = self.rt.to_notify() {
+                self.notified(n);
+            }
+            let (outbox, news) = {
+                let mut s = lock(&self.store);
+                (std::mem::take(&mut s.outbox), std::mem::take(&mut s.news))
+            };
+            if outbox.is_empty() && news == 0 {
+                break;
+            }
+            for item in &outbox {
+                if let Err(e) = self.foca.add_broadcast(item) {
+                    tracing::warn!(error = %e, "re-announce refused");
+                }
+            }
+            // Push news on at once instead of waiting for the next gossip round.
+            if let Err(e) = self.foca.broadcast(&mut self.rt) {
+                tracing::debug!(error = %e, "broadcast");
+            }
+        }
+        while let Some((to, data)) = self.rt.to_send() {
+            self.out.push(Output::Send {
+                to: to.gossip_addr,
+                data,
+            });
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.out.push(Output::Schedule {
+                after,
+                timer: NodeTimer(timer),
+            });
+        }
+        let events = std::mem::take(&mut lock(&self.store).events);
+        self.out.extend(events.into_iter().map(Output::Event));
+    }
+
+    fn notified(&mut self, n: OwnedNotification<Ident>) {
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                lock(&self.store).member_up(&id.node_id, id.generation);
+                self.out.push(Output::Event(Event::MemberUp(id.info())));
+            }
+            OwnedNotification::MemberDown(id) => {
+                lock(&self.store).member_down(&id.node_id, id.generation);
+                self.out.push(Output::Event(Event::MemberDown(id.info())));
+            }
+            OwnedNotification::Rename(old, new) => {
+                let mut s = lock(&self.store);
+                if old.node_id != new.node_id {
+                    s.member_down(&old.node_id, old.generation);
+                }
+                s.member_up(&new.node_id, new.generation);
+                drop(s);
+                self.out.push(Output::Event(Event::MemberUp(new.info())));
+            }
+            OwnedNotification::Rejoin(me) => {
+                tracing::info!(generation = me.generation, "declared down by the cluster; rejoined");
+                lock(&self.store).rejoin(me.generation);
+            }
+            OwnedNotification::Active => self.joined = true,
+            OwnedNotification::Idle | OwnedNotification::Defunct => self.joined = false,
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+}
