@@ -60,6 +60,9 @@ pub struct JoinResponse {
 pub enum NodeRequest {
     /// The node leaves the swarm: mark it down.
     Leave,
+    /// A promoted node (holding a manager certificate) asks to be added
+    /// to the Raft group.
+    JoinRaft,
     /// A new certificate for the node's key (renewal, CA rotation, role
     /// change).
     Renew {
@@ -71,6 +74,13 @@ pub enum NodeRequest {
 /// Answers to [`NodeRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeResponse {
+    /// Added to the Raft group.
+    Raft {
+        /// The node's raft id.
+        raft_id: u64,
+        /// Managers (raft id, control address), the node itself included.
+        managers: Vec<(u64, SocketAddr)>,
+    },
     /// Done.
     Ok,
     /// A renewed certificate.

@@ -408,6 +408,7 @@ impl Client {
         // The stream exists for the peer only once something is sent.
         api::write_frame(&mut send, &ToManager::Heartbeat(report.clone())).await?;
         let mut first = true;
+        let mut last: Option<Assignments> = None;
         let mut next_beat = tokio::time::Instant::now();
         loop {
             let period = heartbeat
@@ -430,6 +431,7 @@ impl Client {
                             if let Ok(mut p) = heartbeat.lock() {
                                 *p = Duration::from_millis(a.heartbeat_ms.max(50));
                             }
+                            last = Some((*a).clone());
                             apply(*a);
                         }
                     }
@@ -437,6 +439,11 @@ impl Client {
                 _ = tokio::time::sleep_until(next_beat + period) => {
                     next_beat = tokio::time::Instant::now();
                     api::write_frame(&mut send, &ToManager::Heartbeat(report.clone())).await?;
+                    // Re-apply, so a step that failed (renewal, raft join)
+                    // is retried without waiting for a change.
+                    if let Some(a) = &last {
+                        apply(a.clone());
+                    }
                 }
             }
         }

@@ -730,21 +730,19 @@ impl Swarm {
         }
         match role {
             Role::Manager => {
-                let rid = new_raft_id();
+                // Only the desired role here: the node itself asks to join
+                // the Raft group (JoinRaft) once it holds a manager
+                // certificate, so the group never counts a voter that is
+                // not running yet.
                 self.propose(Command::UpdateNode {
                     id: n.id.clone(),
                     update: NodeUpdate {
                         role: Some(Role::Manager),
-                        raft_id: Some(Some(rid)),
                         ..Default::default()
                     },
                     at: now_ms(),
                 })
                 .await?;
-                self.raft()?
-                    .add_voter(rid, n.addr)
-                    .await
-                    .map_err(raft_err)?;
                 Ok(format!("Node {} promoted to a manager in the swarm.", n.id))
             }
             Role::Worker => {
@@ -1013,6 +1011,40 @@ impl Swarm {
                 .await
                 .map_err(|e| e.message)?;
                 Ok(NodeResponse::Ok)
+            }
+            NodeRequest::JoinRaft => {
+                let peer2 = peer.clone();
+                let node = raft
+                    .read(move |s| s.nodes.get(&peer2).cloned())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("node {peer} is not part of this swarm"))?;
+                if node.role != Role::Manager {
+                    return Err(format!("node {peer} is not a manager (promote it first)"));
+                }
+                let raft_id = match node.raft_id {
+                    Some(r) if raft.status().voters.iter().any(|v| v.id == r) => r,
+                    _ => {
+                        let rid = new_raft_id();
+                        self.propose(Command::UpdateNode {
+                            id: peer.clone(),
+                            update: NodeUpdate {
+                                raft_id: Some(Some(rid)),
+                                ..Default::default()
+                            },
+                            at: now_ms(),
+                        })
+                        .await
+                        .map_err(|e| e.message)?;
+                        raft.add_voter(rid, node.addr)
+                            .await
+                            .map_err(|e| format!("cannot add {peer} to the raft group: {e}"))?;
+                        rid
+                    }
+                };
+                let managers = raft.read(managers_of).await.map_err(|e| e.to_string())?;
+                info!(node = %peer, raft_id, "promoted node joined the raft group");
+                Ok(NodeResponse::Raft { raft_id, managers })
             }
             NodeRequest::Renew { csr_der } => {
                 let (cluster, node) = raft
@@ -1395,11 +1427,19 @@ impl Swarm {
 
     /// Become a manager (promotion) or a worker (demotion) by restarting
     /// the membership from disk with the new role.
-    fn change_role(&self, role: Role, raft_id: Option<u64>) -> Result<()> {
+    fn change_role(
+        &self,
+        role: Role,
+        raft_id: Option<u64>,
+        managers: Option<Vec<(u64, SocketAddr)>>,
+    ) -> Result<()> {
         let f = match self.file.lock() {
             Ok(mut f) => {
                 f.role = role;
                 f.raft_id = raft_id;
+                if let Some(m) = managers {
+                    f.managers = m;
+                }
                 f.raft_join_pending = role == Role::Manager;
                 f.clone()
             }
@@ -1483,7 +1523,7 @@ async fn manager_loop(swarm: std::sync::Weak<Swarm>) {
         if mine.role == Role::Worker {
             if let Err(e) = s
                 .renew_locally(&cluster, Role::Worker)
-                .and_then(|_| s.change_role(Role::Worker, None))
+                .and_then(|_| s.change_role(Role::Worker, None, None))
             {
                 warn!("cannot step down after demotion: {e:#}");
             }
@@ -1518,26 +1558,35 @@ impl Swarm {
         }
         let Some(node) = a.node else { return };
         use std::sync::atomic::Ordering;
-        if self.needs_new_cert(node.role, &a.roots_pem)
-            && !self.renewing.swap(true, Ordering::SeqCst)
-        {
-            let s = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = s.renew_remotely().await {
-                    warn!("certificate renewal failed: {e:#}");
-                }
-                s.renewing.store(false, Ordering::SeqCst);
-            });
+        let needs_cert = self.needs_new_cert(node.role, &a.roots_pem);
+        let promoted = node.role == Role::Manager;
+        if !(needs_cert || promoted) || self.renewing.swap(true, Ordering::SeqCst) {
             return;
         }
-        if node.role == Role::Manager
-            && node.raft_id.is_some()
-            && self.identity().info.role == Role::Manager
-        {
-            if let Err(e) = self.change_role(Role::Manager, node.raft_id) {
-                warn!("cannot become a manager: {e:#}");
+        let s = self.clone();
+        tokio::spawn(async move {
+            if needs_cert {
+                if let Err(e) = s.renew_remotely().await {
+                    warn!("certificate renewal failed: {e:#}");
+                    s.renewing.store(false, Ordering::SeqCst);
+                    return;
+                }
             }
-        }
+            // Promoted and now holding a manager certificate: join Raft.
+            if promoted && s.identity().info.role == Role::Manager {
+                match s.node_call(NodeRequest::JoinRaft).await {
+                    Ok(NodeResponse::Raft { raft_id, managers }) => {
+                        if let Err(e) = s.change_role(Role::Manager, Some(raft_id), Some(managers))
+                        {
+                            warn!("cannot become a manager: {e:#}");
+                        }
+                    }
+                    Ok(_) => warn!("unexpected answer to a raft join"),
+                    Err(e) => warn!("cannot join the raft group: {e}"),
+                }
+            }
+            s.renewing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// `swarm rotate-keys`: a new gossip key now.

@@ -86,9 +86,11 @@ fn killed_worker_goes_down_and_comes_back_ready() {
     let (_, took) = wait_until("h3 down", Duration::from_secs(10), || {
         (statuses(&lab, 1)["h3"] == "down").then_some(())
     });
-    // 3 heartbeats (1.5 s) + the leader's check interval + slack.
+    // 3 heartbeats (1.5 s) + the leader's check interval (0.25 s) + slack
+    // for a loaded 2-core CI machine running other labs in parallel.
+    eprintln!("h3 marked down {took:?} after the kill");
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(6),
         "h3 marked down after {took:?}"
     );
     assert_eq!(
