@@ -127,7 +127,7 @@ impl GossipConfig {
             num_members: one,
         });
         c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-            frequency: self.anti_entropy_interval.mul_f64(2.1),
+            frequency: (self.anti_entropy_interval / 3).max(Duration::from_secs(1)),
             num_members: NonZeroUsize::new(2).unwrap_or(one),
         });
         c.periodic_gossip = Some(foca::PeriodicParams {

@@ -99,6 +99,8 @@ pub struct Node {
     store: Arc<Mutex<Store>>,
     rng: SmallRng,
     joined: bool,
+    /// `broadcast()` calls that spend an update's whole retransmit budget.
+    push_rounds: usize,
     out: Vec<Output>,
 }
 
@@ -131,6 +133,7 @@ impl Node {
             store,
             rng: SmallRng::seed_from_u64(seed ^ 0x5eed),
             joined: false,
+            push_rounds: usize::from(cfg.max_transmissions()).div_ceil(cfg.indirect_probes.max(1)),
             out: Vec::new(),
         })
     }
@@ -204,8 +207,38 @@ impl Node {
         if let Err(e) = self.foca.add_broadcast(item) {
             tracing::warn!(error = %e, "broadcast refused");
         }
-        if let Err(e) = self.foca.broadcast(&mut self.rt) {
-            tracing::debug!(error = %e, "broadcast");
+        self.push_now();
+        self.settle();
+    }
+
+    /// Sends pending updates at once, spending their whole retransmit budget
+    /// (`max_transmissions` sends, `indirect_probes` members per round) now
+    /// rather than over the next gossip rounds: a push to f random members
+    /// misses about e^-f of the cluster, so a single round of 3 would leave
+    /// ~5 % waiting for the periodic gossip.
+    fn push_now(&mut self) {
+        for _ in 0..self.push_rounds {
+            if self.foca.custom_broadcast_backlog() == 0 {
+                break;
+            }
+            if let Err(e) = self.foca.broadcast(&mut self.rt) {
+                tracing::debug!(error = %e, "broadcast");
+                break;
+            }
+        }
+    }
+
+    /// Adds members we already know of without announcing to them: the
+    /// simulation starts from a formed cluster this way (and a restart could
+    /// restore a saved view).
+    pub fn add_members(&mut self, ids: Vec<Ident>) {
+        let me = self.foca.identity().gossip_addr;
+        let members = ids
+            .into_iter()
+            .filter(|i| i.gossip_addr != me)
+            .map(foca::Member::alive);
+        if let Err(e) = self.foca.apply_many(members, false, &mut self.rt) {
+            tracing::debug!(error = %e, "add members");
         }
         self.settle();
     }
@@ -322,9 +355,7 @@ impl Node {
                 }
             }
             // Push news on at once instead of waiting for the next gossip round.
-            if let Err(e) = self.foca.broadcast(&mut self.rt) {
-                tracing::debug!(error = %e, "broadcast");
-            }
+            self.push_now();
         }
         while let Some((to, data)) = self.rt.to_send() {
             self.out.push(Output::Send {

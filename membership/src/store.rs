@@ -17,7 +17,13 @@
 //!   (responder has none) or digests; the initiator pushes what it has newer
 //!   and asks for what it lacks. Never a full dump of both sides.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+/// Deterministic iteration order (the simulation replays by seed).
+type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+type DetSet<K> = HashSet<K, BuildHasherDefault<DefaultHasher>>;
 
 use crate::codec::{CodecError, Digest, Frame, WireEntry, MAX_BUCKETS};
 use crate::types::{Entry, Event};
@@ -139,8 +145,8 @@ pub(crate) struct Store {
     clock: u64,
     pub(crate) now_ms: u64,
     tombstone_ttl_ms: u64,
-    entries: HashMap<u64, Rec>,
-    by_table: BTreeMap<String, HashSet<u64>>,
+    entries: DetMap<u64, Rec>,
+    by_table: BTreeMap<String, DetSet<u64>>,
     owners: HashMap<String, OwnerState>,
     live: usize,
     /// Changes for the agent, drained by the node.
@@ -159,7 +165,7 @@ impl Store {
             clock: 0,
             now_ms: 0,
             tombstone_ttl_ms,
-            entries: HashMap::new(),
+            entries: DetMap::default(),
             by_table: BTreeMap::new(),
             owners: HashMap::new(),
             live: 0,
