@@ -7,6 +7,9 @@
 //!   Raft), 3 managers, with 1, 64 and 256 concurrent proposers.
 //! - `failover`: kill -9 of the leader -> first successful write through a
 //!   surviving manager, over several trials.
+//! - `session`: 20 hosts (3 managers): store change (a new gossip key) ->
+//!   every node holds it through its QUIC session, p50/p99; and the
+//!   leader's CPU per node heartbeat.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,4 +321,107 @@ async fn first_write(socket: &Path, since: Instant, limit: Duration) -> Result<D
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The first key id a node holds, from `info`.
+async fn newest_key(socket: &Path) -> Option<u32> {
+    let mut c = Conn::open(socket).await.ok()?;
+    match c.call(Request::Info).await {
+        Ok(Response::Info(i)) => i.swarm.keys.first().map(|k| k.id),
+        _ => None,
+    }
+}
+
+fn proc_cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `bench session`.
+pub fn session(nodes: usize, trials: usize, out: Option<&Path>) -> Result<(), LabError> {
+    let heartbeat_ms = 1000u64;
+    let lab = Lab::builder()
+        .nodes(nodes)
+        .daemon_config(&format!("heartbeat_ms = {heartbeat_ms}\n"))
+        .start()?;
+    lab.init_swarm(3)?;
+    let rt = runtime()?;
+    let leader = rt.block_on(wait_leader(&lab, &[1, 2, 3], Duration::from_secs(10)))?;
+    let sockets: Vec<PathBuf> = (1..=nodes)
+        .map(|h| lab.host(h).map(|h| h.socket))
+        .collect::<Result<_, _>>()?;
+    let leader_socket = lab.host(leader)?.socket;
+    let mut times = Vec::new();
+    for _ in 0..trials {
+        let took = rt.block_on(async {
+            let mut c = Conn::open(&leader_socket).await.map_err(LabError::Bench)?;
+            let start = Instant::now();
+            let Response::Message(msg) =
+                c.call(Request::RotateKeys).await.map_err(LabError::Bench)?
+            else {
+                return Err(LabError::Bench("unexpected answer to rotate-keys".into()));
+            };
+            let id: u32 = msg
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches(';').parse().ok())
+                .ok_or_else(|| LabError::Bench(format!("no key id in {msg:?}")))?;
+            // Poll every node in parallel until it holds the new key.
+            let mut tasks = Vec::new();
+            for s in &sockets {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while Instant::now() < deadline {
+                        if newest_key(&s).await == Some(id) {
+                            return Some(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    None
+                }));
+            }
+            let mut last = start;
+            for t in tasks {
+                let at = t
+                    .await
+                    .map_err(|e| LabError::Bench(e.to_string()))?
+                    .ok_or_else(|| LabError::Bench("a node never got the new key".into()))?;
+                last = last.max(at);
+            }
+            Ok(last - start)
+        })?;
+        times.push(took);
+    }
+    times.sort_unstable();
+    // Leader CPU over an idle window, per heartbeat received.
+    let pid = lab
+        .host(leader)?
+        .daemon
+        .map(|d| d.pid)
+        .ok_or_else(|| LabError::Bench("leader has no daemon pid".into()))?;
+    let window = Duration::from_secs(10);
+    let t0 = proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    std::thread::sleep(window);
+    let t1 = proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    let tick_ms = 1000.0 / 100.0; // USER_HZ
+    let cpu_ms = (t1.saturating_sub(t0)) as f64 * tick_ms;
+    let beats = (nodes as f64) * window.as_secs_f64() * 1000.0 / heartbeat_ms as f64;
+    let summary = format!(
+        "session: {nodes} nodes, store change -> all nodes assigned: p50 {:.1} ms, p99 {:.1} ms over {trials} changes; leader CPU {:.1} ms/s idle = {:.3} ms per heartbeat (upper bound: includes raft ticks), heartbeat {heartbeat_ms} ms",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        cpu_ms / window.as_secs_f64(),
+        cpu_ms / beats
+    );
+    let line = json!({
+        "bench": "session", "nodes": nodes, "managers": 3, "trials": trials,
+        "assign_p50_ms": ms(percentile(&times, 0.5)), "assign_p99_ms": ms(percentile(&times, 0.99)),
+        "leader_cpu_ms_per_s": cpu_ms / window.as_secs_f64(),
+        "leader_cpu_ms_per_heartbeat": cpu_ms / beats, "heartbeat_ms": heartbeat_ms,
+    });
+    emit(out, &summary, &line)?;
+    lab.down()
 }

@@ -88,7 +88,9 @@ enum Cmd {
         /// raft: committed writes/s and p50/p99 commit latency through the
         /// daemon API, 3 managers, 1/64/256 proposers. failover: kill -9
         /// leader -> first successful write, per trial.
-        #[arg(value_parser = ["raft", "failover"])]
+        /// session: 20 hosts, store change -> every node assigned (p50/p99),
+        /// leader CPU per heartbeat.
+        #[arg(value_parser = ["raft", "failover", "session"])]
         name: String,
         /// Seconds per proposer count (raft).
         #[arg(long, default_value_t = 5)]
@@ -187,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             shoal_lab::preflight()?;
             match name.as_str() {
                 "raft" => shoal_lab::bench::raft(seconds, out.as_deref())?,
+                "session" => shoal_lab::bench::session(20, trials.max(20), out.as_deref())?,
                 _ => shoal_lab::bench::failover(trials, out.as_deref())?,
             }
         }
