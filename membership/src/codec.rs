@@ -267,10 +267,7 @@ impl Frame {
             }
             Frame::Entries(es) => {
                 w.u8(F_ENTRIES);
-                w.varint(es.len() as u64);
-                for e in es {
-                    e.write(&mut w);
-                }
+                write_columns(&mut w, es);
             }
             Frame::Digests(bs) => {
                 w.u8(F_DIGESTS);
@@ -320,14 +317,7 @@ impl Frame {
                 }
                 Frame::Summary { buckets }
             }
-            F_ENTRIES => {
-                let n = r.count(8)?;
-                let mut es = Vec::new();
-                for _ in 0..n {
-                    es.push(WireEntry::read(&mut r)?);
-                }
-                Frame::Entries(es)
-            }
+            F_ENTRIES => Frame::Entries(read_columns(&mut r)?),
             F_DIGESTS => {
                 let n = r.count(2)?;
                 let mut bs = Vec::new();
@@ -368,6 +358,85 @@ impl Frame {
         r.finish()?;
         Ok(f)
     }
+}
+
+/// Entries grouped by (table, owner, generation), each group stored column
+/// by column (keys, version deltas, flags, values): names are sent once per
+/// group and similar bytes sit together, which is what makes a compressed
+/// full sync small.
+fn write_columns(w: &mut Writer, es: &[WireEntry]) {
+    let mut sorted: Vec<&WireEntry> = es.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.table, &a.owner, a.gen, a.version).cmp(&(&b.table, &b.owner, b.gen, b.version))
+    });
+    let groups: Vec<&[&WireEntry]> = sorted
+        .chunk_by(|a, b| a.table == b.table && a.owner == b.owner && a.gen == b.gen)
+        .collect();
+    w.varint(groups.len() as u64);
+    for g in groups {
+        let Some(first) = g.first() else { continue };
+        w.bytes(first.table.as_bytes());
+        w.bytes(first.owner.as_bytes());
+        w.varint(first.gen);
+        w.varint(g.len() as u64);
+        for e in g {
+            w.bytes(e.key.as_bytes());
+        }
+        let mut prev = 0u64;
+        for e in g {
+            w.varint(e.version - prev);
+            prev = e.version;
+        }
+        for e in g {
+            w.u8(u8::from(e.deleted));
+        }
+        for e in g {
+            w.bytes(&e.value);
+        }
+    }
+}
+
+fn read_columns(r: &mut Reader<'_>) -> Result<Vec<WireEntry>, CodecError> {
+    let ngroups = r.count(5)?;
+    let mut out = Vec::new();
+    for _ in 0..ngroups {
+        let table = r.string(MAX_TABLE_LEN, "table")?;
+        let owner = r.string(MAX_NODE_ID_LEN, "owner")?;
+        let gen = r.varint()?;
+        // Each entry takes at least 4 bytes (key len, version, flag, value len).
+        let n = r.count(4)?;
+        let start = out.len();
+        for _ in 0..n {
+            out.push(WireEntry {
+                table: table.clone(),
+                key: r.string(MAX_KEY_LEN, "key")?,
+                owner: owner.clone(),
+                gen,
+                version: 0,
+                deleted: false,
+                value: Vec::new(),
+            });
+        }
+        let mut prev = 0u64;
+        for e in &mut out[start..] {
+            prev = prev.checked_add(r.varint()?).ok_or(CodecError::Invalid("version"))?;
+            e.version = prev;
+        }
+        for e in &mut out[start..] {
+            e.deleted = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(CodecError::Invalid("deleted flag")),
+            };
+        }
+        for e in &mut out[start..] {
+            e.value = r.bytes(MAX_VALUE_LEN, "value")?.to_vec();
+            if e.deleted && !e.value.is_empty() {
+                return Err(CodecError::Invalid("tombstone with a value"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn bucket(r: &mut Reader<'_>) -> Result<u32, CodecError> {

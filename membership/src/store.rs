@@ -145,7 +145,7 @@ pub(crate) struct Store {
     clock: u64,
     pub(crate) now_ms: u64,
     tombstone_ttl_ms: u64,
-    entries: DetMap<u64, Rec>,
+    pub(crate) entries: DetMap<u64, Rec>,
     by_table: BTreeMap<String, DetSet<u64>>,
     owners: HashMap<String, OwnerState>,
     live: usize,
