@@ -419,7 +419,9 @@ fn read_columns(r: &mut Reader<'_>) -> Result<Vec<WireEntry>, CodecError> {
         }
         let mut prev = 0u64;
         for e in &mut out[start..] {
-            prev = prev.checked_add(r.varint()?).ok_or(CodecError::Invalid("version"))?;
+            prev = prev
+                .checked_add(r.varint()?)
+                .ok_or(CodecError::Invalid("version"))?;
             e.version = prev;
         }
         for e in &mut out[start..] {
@@ -551,7 +553,11 @@ mod tests {
                         p[bit / 8] ^= 1 << (bit % 8);
                     }
                 }
-                2 => p = (0..rng.random_range(0..1500)).map(|_| rng.next_u32() as u8).collect(),
+                2 => {
+                    p = (0..rng.random_range(0..1500))
+                        .map(|_| rng.next_u32() as u8)
+                        .collect()
+                }
                 _ => {
                     // Huge claimed lengths / counts.
                     p.truncate(1);

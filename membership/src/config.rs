@@ -114,12 +114,12 @@ impl GossipConfig {
         let mut c = foca::Config::simple();
         c.probe_period = self.probe_period;
         c.probe_rtt = self.probe_timeout;
-        c.num_indirect_probes = NonZeroUsize::new(self.indirect_probes).unwrap_or(NonZeroUsize::MIN);
+        c.num_indirect_probes =
+            NonZeroUsize::new(self.indirect_probes).unwrap_or(NonZeroUsize::MIN);
         c.max_transmissions = NonZeroU8::new(self.max_transmissions()).unwrap_or(NonZeroU8::MIN);
         c.suspect_to_down_after = self.suspicion_timeout();
         c.remove_down_after = Some(Duration::from_secs(15 * 60));
-        c.max_packet_size =
-            NonZeroUsize::new(self.foca_packet_size()).unwrap_or(NonZeroUsize::MIN);
+        c.max_packet_size = NonZeroUsize::new(self.foca_packet_size()).unwrap_or(NonZeroUsize::MIN);
         c.notify_down_members = true;
         let one = NonZeroUsize::MIN;
         c.periodic_announce = Some(foca::PeriodicParams {

@@ -122,7 +122,8 @@ impl KeyRing {
             if out.iter().any(|k| k.id == id) {
                 return Err(KeyRingError::DuplicateId(id));
             }
-            let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyRingError::BadKey(id))?;
+            let unbound =
+                UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyRingError::BadKey(id))?;
             out.push(Key {
                 id,
                 key: LessSafeKey::new(unbound),
@@ -188,7 +189,11 @@ impl KeyRing {
         let mut buf = body.to_vec();
         let plain = key
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut buf,
+            )
             .map_err(|_| OpenError::Auth)?;
         let n = plain.len();
         buf.truncate(n);
@@ -252,7 +257,10 @@ mod tests {
         let from_old = old.seal(Channel::Udp, b"x").unwrap();
         assert_eq!(rotated.open(Channel::Udp, &from_old).unwrap(), b"x");
         let from_new = rotated.seal(Channel::Udp, b"y").unwrap();
-        assert_eq!(old.open(Channel::Udp, &from_new), Err(OpenError::UnknownKey(2)));
+        assert_eq!(
+            old.open(Channel::Udp, &from_new),
+            Err(OpenError::UnknownKey(2))
+        );
         // Same id, different key bytes: authentication fails.
         let impostor = ring(1, 3);
         let forged = impostor.seal(Channel::Udp, b"z").unwrap();

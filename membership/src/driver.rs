@@ -3,8 +3,8 @@
 //! with the key ring, and publishes events. All protocol decisions are in
 //! [`crate::node`]; this file only moves bytes and time.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,9 @@ pub struct Gossip {
 
 impl std::fmt::Debug for Gossip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gossip").field("bind", &self.inner.cfg.bind).finish()
+        f.debug_struct("Gossip")
+            .field("bind", &self.inner.cfg.bind)
+            .finish()
     }
 }
 
@@ -329,7 +331,9 @@ impl Inner {
                     }
                     if sock.try_send_to(&sealed, to).is_ok() {
                         self.c.udp_sent.fetch_add(1, Relaxed);
-                        self.c.udp_bytes_sent.fetch_add(sealed.len() as u64, Relaxed);
+                        self.c
+                            .udp_bytes_sent
+                            .fetch_add(sealed.len() as u64, Relaxed);
                         self.c.max_datagram.fetch_max(sealed.len() as u64, Relaxed);
                     }
                 }
@@ -435,14 +439,17 @@ async fn periodic_loop(inner: Arc<Inner>, seeds: Vec<SocketAddr>) {
     loop {
         let now = Instant::now();
         let joined = lock(&inner.node).is_joined();
-        if !joined && !seeds.is_empty() && last_announce.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+        if !joined
+            && !seeds.is_empty()
+            && last_announce.is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
             last_announce = Some(now);
             for s in &seeds {
                 inner.with_node(|node| node.announce(now_ms(), *s));
             }
         }
         let due = now - last_sync >= inner.cfg.anti_entropy_interval;
-        if (joined && !was_joined) || (joined && due) {
+        if joined && (!was_joined || due) {
             last_sync = now;
             let peer = lock(&inner.node).pick_sync_peer();
             if let Some(peer) = peer {
@@ -480,7 +487,8 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         tokio::spawn(async move {
             let _permit = permit;
             let session = lock(&inner.node).sync_accept();
-            let r = tokio::time::timeout(SYNC_TIMEOUT, exchange(&inner, stream, session, None)).await;
+            let r =
+                tokio::time::timeout(SYNC_TIMEOUT, exchange(&inner, stream, session, None)).await;
             match r {
                 Ok(Ok(())) => {
                     inner.c.syncs.fetch_add(1, Relaxed);
@@ -555,7 +563,9 @@ async fn exchange(
 
 async fn write_frame(inner: &Inner, stream: &mut TcpStream, raw: &[u8]) -> Result<(), String> {
     let ring = lock(&inner.ring).clone();
-    let sealed = ring.seal(Channel::Tcp, &pack(raw)).map_err(|e| e.to_string())?;
+    let sealed = ring
+        .seal(Channel::Tcp, &pack(raw))
+        .map_err(|e| e.to_string())?;
     if sealed.len() > MAX_FRAME {
         return Err(format!("frame of {} bytes over the limit", sealed.len()));
     }
@@ -563,13 +573,23 @@ async fn write_frame(inner: &Inner, stream: &mut TcpStream, raw: &[u8]) -> Resul
     stream.write_all(&len).await.map_err(|e| e.to_string())?;
     stream.write_all(&sealed).await.map_err(|e| e.to_string())?;
     inner.c.tcp_sent.fetch_add(1, Relaxed);
-    inner.c.tcp_bytes_sent.fetch_add(4 + sealed.len() as u64, Relaxed);
+    inner
+        .c
+        .tcp_bytes_sent
+        .fetch_add(4 + sealed.len() as u64, Relaxed);
     Ok(())
 }
 
-async fn read_frame(inner: &Inner, stream: &mut TcpStream, received: &mut u64) -> Result<Vec<u8>, String> {
+async fn read_frame(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    received: &mut u64,
+) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
     let len = u32::from_be_bytes(len) as usize;
     // Checked before allocating.
     if len > MAX_FRAME {
@@ -580,7 +600,10 @@ async fn read_frame(inner: &Inner, stream: &mut TcpStream, received: &mut u64) -
         return Err("sync exchange too large".into());
     }
     let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
     inner.c.tcp_recv.fetch_add(1, Relaxed);
     inner.c.tcp_bytes_recv.fetch_add(4 + len as u64, Relaxed);
     let ring = lock(&inner.ring).clone();

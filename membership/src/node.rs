@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec};
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
+};
 use rand10::rngs::SmallRng;
 use rand10::{RngExt, SeedableRng};
 
 use crate::codec::{CodecError, Frame, WireEntry};
 pub use crate::ident::Ident;
-use crate::store::{key_hash, Store, Verdict};
 pub use crate::store::SyncSession;
+use crate::store::{key_hash, Store, Verdict};
 use crate::types::{
     check_len, Entry, Event, GossipError, MemberInfo, MemberState, MemberView, MAX_KEY_LEN,
     MAX_NODE_ID_LEN, MAX_TABLE_LEN, MAX_VALUE_LEN,
@@ -72,7 +74,11 @@ impl BroadcastHandler<Ident> for Handler {
     type Key = ItemKey;
     type Error = CodecError;
 
-    fn receive_item(&mut self, data: &[u8], sender: Option<&Ident>) -> Result<Option<ItemKey>, CodecError> {
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&Ident>,
+    ) -> Result<Option<ItemKey>, CodecError> {
         let e = WireEntry::from_item(data)?;
         let key = ItemKey(key_hash(&e.table, &e.key));
         if sender.is_none() {
@@ -107,7 +113,12 @@ pub struct Node {
 impl Node {
     /// A member `info` in its `generation`-th life (use the start time in ms
     /// so restarts grow it), with all randomness derived from `seed`.
-    pub fn new(cfg: &GossipConfig, info: MemberInfo, generation: u64, seed: u64) -> Result<Self, GossipError> {
+    pub fn new(
+        cfg: &GossipConfig,
+        info: MemberInfo,
+        generation: u64,
+        seed: u64,
+    ) -> Result<Self, GossipError> {
         cfg.validate()?;
         check_len("node id", info.node_id.as_bytes(), MAX_NODE_ID_LEN)?;
         if info.node_id.is_empty() {
@@ -184,7 +195,13 @@ impl Node {
     }
 
     /// Writes an entry owned by this node and pushes it at once.
-    pub fn put(&mut self, now_ms: u64, table: &str, key: &str, value: Vec<u8>) -> Result<(), GossipError> {
+    pub fn put(
+        &mut self,
+        now_ms: u64,
+        table: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), GossipError> {
         check_len("table name", table.as_bytes(), MAX_TABLE_LEN)?;
         check_len("key", key.as_bytes(), MAX_KEY_LEN)?;
         check_len("value", &value, MAX_VALUE_LEN)?;
@@ -280,7 +297,12 @@ impl Node {
     }
 
     /// One received frame (raw, unpacked) of an exchange; returns frames to send.
-    pub fn sync_frame(&mut self, now_ms: u64, s: &mut SyncSession, frame: &[u8]) -> Result<Vec<Vec<u8>>, GossipError> {
+    pub fn sync_frame(
+        &mut self,
+        now_ms: u64,
+        s: &mut SyncSession,
+        frame: &[u8],
+    ) -> Result<Vec<Vec<u8>>, GossipError> {
         let f = Frame::decode(frame).map_err(|e| GossipError::Swim(format!("sync frame: {e}")))?;
         let out = {
             let mut st = lock(&self.store);
@@ -393,7 +415,10 @@ impl Node {
                 self.out.push(Output::Event(Event::MemberUp(new.info())));
             }
             OwnedNotification::Rejoin(me) => {
-                tracing::info!(generation = me.generation, "declared down by the cluster; rejoined");
+                tracing::info!(
+                    generation = me.generation,
+                    "declared down by the cluster; rejoined"
+                );
                 lock(&self.store).rejoin(me.generation);
             }
             OwnedNotification::Active => self.joined = true,
@@ -452,7 +477,15 @@ mod tests {
         let now = 1_700_000_100_000u64;
         let mut a = node(1);
         let mut b = node(2);
-        let hex = |n: u64| format!("{:016x}{:016x}{:016x}{:016x}", n, n.wrapping_mul(0x9e3779b97f4a7c15), n ^ 0xdead_beef_cafe_f00d, n.wrapping_mul(31).rotate_left(17) ^ 0x1234_5678_9abc_def0);
+        let hex = |n: u64| {
+            format!(
+                "{:016x}{:016x}{:016x}{:016x}",
+                n,
+                n.wrapping_mul(0x9e3779b97f4a7c15),
+                n ^ 0xdead_beef_cafe_f00d,
+                n.wrapping_mul(31).rotate_left(17) ^ 0x1234_5678_9abc_def0
+            )
+        };
         let ids25 = |p: &str, n: u64| {
             let h = n.wrapping_add(1).wrapping_mul(0x2545f4914f6cdd1d);
             format!("{p}{:016x}{:016x}", h, h.rotate_left(29) ^ 0x9e37_79b9)[..25].to_string()

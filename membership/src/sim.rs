@@ -220,7 +220,9 @@ impl Sim {
                     self.traffic.udp_packets += 1;
                     self.traffic.udp_bytes += len as u64;
                     self.traffic.max_datagram = self.traffic.max_datagram.max(len);
-                    let Some(&j) = self.addrs.get(&to) else { continue };
+                    let Some(&j) = self.addrs.get(&to) else {
+                        continue;
+                    };
                     let lost = self.rng.random_bool(self.cfg.loss.clamp(0.0, 1.0));
                     let lo = self.cfg.delay_min.as_micros() as u64;
                     let hi = (self.cfg.delay_max.as_micros() as u64).max(lo + 1);
@@ -250,7 +252,9 @@ impl Sim {
             }
             self.queue.pop();
             self.now_us = at;
-            let Some(ev) = self.evs.remove(&seq) else { continue };
+            let Some(ev) = self.evs.remove(&seq) else {
+                continue;
+            };
             self.step(ev);
         }
         self.now_us = self.now_us.max(end);
@@ -258,7 +262,11 @@ impl Sim {
 
     /// Runs until `done` holds (checked every 10 ms of simulated time) or
     /// `limit` passes; returns the time it first held.
-    pub fn run_while(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> Option<Duration> {
+    pub fn run_while(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
         let stop = self.now() + limit;
         while self.now() < stop {
             if done(self) {
@@ -292,8 +300,12 @@ impl Sim {
                     return;
                 }
                 self.nodes[node].reap(now);
-                let Some(peer) = self.nodes[node].pick_sync_peer() else { return };
-                let Some(&j) = self.addrs.get(&peer) else { return };
+                let Some(peer) = self.nodes[node].pick_sync_peer() else {
+                    return;
+                };
+                let Some(&j) = self.addrs.get(&peer) else {
+                    return;
+                };
                 if self.reachable(node, j) {
                     self.sync_pair(node, j);
                 }
@@ -422,7 +434,9 @@ pub fn run_sim_with(cfg: SimConfig) -> SimReport {
     let need = ((members - 1) as f64 * 0.9999).ceil() as usize;
     let count = |s: &Sim| {
         (0..members)
-            .filter(|&i| i != writer && !s.node(i).entries("ep/sim").iter().all(|e| e.key != "probe"))
+            .filter(|&i| {
+                i != writer && !s.node(i).entries("ep/sim").iter().all(|e| e.key != "probe")
+            })
             .count()
     };
     let _ = sim.run_while(Duration::from_secs(60), |s| count(s) >= need);
@@ -437,7 +451,10 @@ pub fn run_sim_with(cfg: SimConfig) -> SimReport {
         .filter_map(|(_, t)| t.map(|t| t - t0))
         .collect();
     seen.sort();
-    let t9999 = seen.get(need.saturating_sub(1)).copied().filter(|_| seen.len() >= need);
+    let t9999 = seen
+        .get(need.saturating_sub(1))
+        .copied()
+        .filter(|_| seen.len() >= need);
     let tall = seen.last().copied().filter(|_| seen.len() >= members - 1);
     let p50 = seen.get(seen.len() / 2).copied();
     let reached = count(&sim);
@@ -448,7 +465,10 @@ pub fn run_sim_with(cfg: SimConfig) -> SimReport {
     let victim_id = node_id(victim);
     let gone_everywhere = |s: &Sim| {
         (0..members).filter(|&i| s.is_alive(i)).all(|i| {
-            s.node(i).entries("ep/sim").iter().all(|e| e.key != "victim")
+            s.node(i)
+                .entries("ep/sim")
+                .iter()
+                .all(|e| e.key != "victim")
                 && s.node(i)
                     .members()
                     .iter()
@@ -460,7 +480,9 @@ pub fn run_sim_with(cfg: SimConfig) -> SimReport {
     let first_down = sim
         .log
         .iter()
-        .filter(|(t, _, e)| *t >= log_from && matches!(e, Event::MemberDown(m) if m.node_id == victim_id))
+        .filter(|(t, _, e)| {
+            *t >= log_from && matches!(e, Event::MemberDown(m) if m.node_id == victim_id)
+        })
         .map(|(t, _, _)| Duration::from_micros(*t) - t1)
         .next();
     let false_positives = sim
@@ -506,8 +528,16 @@ mod tests {
         println!("sim 200 members, seed {s}: {r:#?}");
         assert_eq!(r.reached, 199, "entry must reach every member");
         assert_eq!(r.false_positives, 0);
-        assert!(r.propagation_9999.is_some_and(|t| t < Duration::from_secs(1)), "{r:?}");
-        assert!(r.failure_detection_all.is_some_and(|t| t < Duration::from_secs(10)), "{r:?}");
+        assert!(
+            r.propagation_9999
+                .is_some_and(|t| t < Duration::from_secs(1)),
+            "{r:?}"
+        );
+        assert!(
+            r.failure_detection_all
+                .is_some_and(|t| t < Duration::from_secs(10)),
+            "{r:?}"
+        );
         assert!(r.max_datagram <= 1400);
         // Replay: same seed, same report.
         assert_eq!(run_sim(200, 0.01, s), r);
@@ -535,7 +565,10 @@ mod tests {
         assert!(sim.node(0).entries("ep/n").iter().all(|e| e.key != "e30"));
         sim.heal();
         let want: Vec<String> = {
-            let mut v: Vec<String> = (0..40).filter(|&i| i != 4).map(|i| format!("e{i}")).collect();
+            let mut v: Vec<String> = (0..40)
+                .filter(|&i| i != 4)
+                .map(|i| format!("e{i}"))
+                .collect();
             v.push("left".into());
             v.push("right".into());
             v.sort();
@@ -543,7 +576,12 @@ mod tests {
         };
         let t = sim.run_while(Duration::from_secs(120), |s| {
             (0..40).all(|i| {
-                s.node(i).entries("ep/n").iter().map(|e| e.key.clone()).collect::<Vec<_>>() == want
+                s.node(i)
+                    .entries("ep/n")
+                    .iter()
+                    .map(|e| e.key.clone())
+                    .collect::<Vec<_>>()
+                    == want
             })
         });
         assert!(t.is_some(), "tables did not converge after heal");
@@ -557,7 +595,10 @@ mod big {
     #[test]
     #[ignore = "slow in debug builds; run with --release"]
     fn sim_1000_members_one_percent_loss() {
-        let seed = std::env::var("SHOAL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+        let seed = std::env::var("SHOAL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
         let t = std::time::Instant::now();
         let r = super::run_sim(1000, 0.01, seed);
         println!("sim 1000 members (wall {:?}): {r:#?}", t.elapsed());

@@ -109,7 +109,10 @@ impl Rec {
         (self.version, &self.owner, self.gen, self.deleted)
     }
     fn tag(&self) -> u32 {
-        let h = fnv(self.owner.as_bytes(), self.gen ^ u64::from(self.deleted) << 63);
+        let h = fnv(
+            self.owner.as_bytes(),
+            self.gen ^ u64::from(self.deleted) << 63,
+        );
         (mix(h) >> 32) as u32
     }
     fn fingerprint(&self, hash: u64) -> u64 {
@@ -205,7 +208,10 @@ impl Store {
             (true, true) => self.live = self.live.saturating_sub(1),
             _ => {}
         }
-        self.by_table.entry(rec.table.clone()).or_default().insert(hash);
+        self.by_table
+            .entry(rec.table.clone())
+            .or_default()
+            .insert(hash);
         self.entries.insert(hash, rec);
     }
 
@@ -417,7 +423,10 @@ impl Store {
     pub(crate) fn tables(&self) -> Vec<String> {
         self.by_table
             .iter()
-            .filter(|(_, hs)| hs.iter().any(|h| self.entries.get(h).is_some_and(|r| !r.deleted)))
+            .filter(|(_, hs)| {
+                hs.iter()
+                    .any(|h| self.entries.get(h).is_some_and(|r| !r.deleted))
+            })
             .map(|(t, _)| t.clone())
             .collect()
     }
@@ -560,7 +569,9 @@ impl Store {
                         return Err(CodecError::Invalid("bucket out of range"));
                     };
                     for h in list {
-                        let Some(r) = self.entries.get(h) else { continue };
+                        let Some(r) = self.entries.get(h) else {
+                            continue;
+                        };
                         match theirs.get(h) {
                             None => push.push(*h),
                             Some(d) if r.version > d.version => push.push(*h),
@@ -672,8 +683,18 @@ mod tests {
     }
 
     fn same(a: &Store, b: &Store) -> bool {
-        let ka: Vec<_> = a.entries.iter().map(|(h, r)| (*h, r.order().0, r.deleted)).collect::<HashSet<_>>().into_iter().collect();
-        let kb: HashSet<_> = b.entries.iter().map(|(h, r)| (*h, r.order().0, r.deleted)).collect();
+        let ka: Vec<_> = a
+            .entries
+            .iter()
+            .map(|(h, r)| (*h, r.order().0, r.deleted))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let kb: HashSet<_> = b
+            .entries
+            .iter()
+            .map(|(h, r)| (*h, r.order().0, r.deleted))
+            .collect();
         ka.len() == kb.len() && ka.iter().all(|x| kb.contains(x))
     }
 
