@@ -13,6 +13,34 @@
 //!   returns datagrams, timers and events for a driver to execute.
 //! - [`Gossip`]: the thin tokio driver (sockets, timers, TCP sync).
 //! - [`sim`]: a deterministic simulation of many nodes over a fake network.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shoal_membership::GossipError> {
+//! use shoal_membership::{EndpointRecord, Gossip, GossipConfig, KeyRing, MemberInfo};
+//! let bind = "10.0.0.2:7946".parse().unwrap();
+//! let me = MemberInfo {
+//!     node_id: "k2x9".into(),
+//!     gossip_addr: bind,
+//!     advertise_addr: bind.ip(),
+//!     data_path_addr: bind.ip(),
+//! };
+//! let ring = KeyRing::new(vec![(1, [7u8; 32])])?;
+//! let gossip = Gossip::start(GossipConfig::lan(bind), me, ring, vec!["10.0.0.1:7946".parse().unwrap()]).await?;
+//! let rec = EndpointRecord {
+//!     network: "n1".into(),
+//!     ip: "10.0.9.2".parse().unwrap(),
+//!     mac: [2, 0x42, 10, 0, 9, 2],
+//!     vtep: "10.0.0.2".parse().unwrap(),
+//!     owner: "k2x9".into(),
+//! };
+//! gossip.put(&EndpointRecord::table("n1"), "ep-1", rec.encode());
+//! let mut events = gossip.subscribe(); // EntryChanged, MemberUp, MemberDown
+//! # let _ = events.recv().await;
+//! gossip.leave().await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod codec;
 mod config;

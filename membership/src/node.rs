@@ -469,6 +469,68 @@ mod tests {
         bytes
     }
 
+    /// Hostile plaintext (as from a key holder gone bad) and replays never
+    /// panic the core; replays change nothing.
+    #[test]
+    fn hostile_and_replayed_datagrams() {
+        use rand10::{Rng, RngExt, SeedableRng};
+        let mut a = node(1);
+        let mut b = node(2);
+        a.add_members(vec![b.identity().clone()]);
+        b.add_members(vec![a.identity().clone()]);
+        a.put(1_700_000_000_000, "ep/x", "k", vec![1; 100]).unwrap();
+        let mut captured: Vec<Bytes> = Vec::new();
+        for o in a.drain() {
+            if let Output::Send { data, .. } = o {
+                captured.push(data);
+            }
+        }
+        assert!(!captured.is_empty());
+        for d in &captured {
+            let _ = b.handle_data(1_700_000_000_001, d);
+        }
+        assert_eq!(b.entries("ep/x").len(), 1);
+        b.drain();
+        // Replays: nothing new happens.
+        for _ in 0..50 {
+            for d in &captured {
+                let _ = b.handle_data(1_700_000_000_002, d);
+            }
+        }
+        let events: Vec<_> = b
+            .drain()
+            .into_iter()
+            .filter(|o| matches!(o, Output::Event(_)))
+            .collect();
+        assert!(events.is_empty(), "{events:?}");
+        let mut rng = SmallRng::seed_from_u64(99);
+        for i in 0..20_000 {
+            let mut p = captured[i % captured.len()].to_vec();
+            match i % 5 {
+                0 => p.truncate(rng.random_range(0..p.len())),
+                1 => {
+                    for _ in 0..rng.random_range(1..5) {
+                        let bit = rng.random_range(0..p.len() * 8);
+                        p[bit / 8] ^= 1 << (bit % 8);
+                    }
+                }
+                2 => {
+                    p = (0..rng.random_range(0..1400))
+                        .map(|_| rng.next_u32() as u8)
+                        .collect()
+                }
+                3 => p.extend((0..rng.random_range(1..3000)).map(|_| 0xffu8)),
+                _ => {
+                    let at = rng.random_range(0..p.len());
+                    p[at..].iter_mut().for_each(|x| *x = 0xff);
+                }
+            }
+            let _ = b.handle_data(1_700_000_000_003, &p);
+            b.drain();
+        }
+        assert!(b.entries("ep/x").len() <= 1);
+    }
+
     /// 100,000 endpoint entries (64-hex endpoint ids, 25-char network and
     /// node ids as Docker uses, 100 networks, 20 owners) synced to an empty
     /// node, then an in-sync round and a 1 % difference round.
