@@ -230,6 +230,12 @@ pub struct SwarmInfo {
     /// Raft view when this node is a manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftInfo>,
+    /// Digest of the root CA that issued this node's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_digest: Option<String>,
+    /// Number of root CAs this node trusts (2 during a rotation).
+    #[serde(default)]
+    pub trusted_roots: usize,
     /// Manager this node's session is connected to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_manager: Option<String>,

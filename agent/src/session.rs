@@ -33,6 +33,10 @@ pub struct NodeReport {
     pub vxlan: bool,
     /// The kernel has IPsec ESP (xfrm + esp4) for encrypted overlays.
     pub esp: bool,
+    /// Digest of the root CA that issued the node's certificate (the leader
+    /// ends a CA rotation once every live node reports the new one).
+    #[serde(default)]
+    pub ca_digest: String,
 }
 
 /// What the leader wants a node to have.
@@ -390,7 +394,7 @@ impl Client {
         &self,
         identity: &NodeIdentity,
         addr: SocketAddr,
-        report: &NodeReport,
+        report: &(dyn Fn() -> NodeReport + Send + Sync),
         heartbeat: &Mutex<Duration>,
         apply: &(dyn Fn(Assignments) + Send + Sync),
     ) -> anyhow::Result<Option<SocketAddr>> {
@@ -406,7 +410,7 @@ impl Client {
         .map_err(|_| anyhow::anyhow!("session to {addr}: timed out"))??;
         let (mut send, mut recv) = conn.open_bi().await?;
         // The stream exists for the peer only once something is sent.
-        api::write_frame(&mut send, &ToManager::Heartbeat(report.clone())).await?;
+        api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
         let mut first = true;
         let mut last: Option<Assignments> = None;
         let mut next_beat = tokio::time::Instant::now();
@@ -438,7 +442,7 @@ impl Client {
                 }
                 _ = tokio::time::sleep_until(next_beat + period) => {
                     next_beat = tokio::time::Instant::now();
-                    api::write_frame(&mut send, &ToManager::Heartbeat(report.clone())).await?;
+                    api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
                     // Re-apply, so a step that failed (renewal, raft join)
                     // is retried without waiting for a change.
                     if let Some(a) = &last {
@@ -461,5 +465,6 @@ pub fn probe_kernel() -> NodeReport {
     NodeReport {
         vxlan: has("vxlan"),
         esp: has("esp4"),
+        ca_digest: String::new(),
     }
 }

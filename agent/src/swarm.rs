@@ -618,6 +618,8 @@ impl Swarm {
             Err(_) => Vec::new(),
         };
         SwarmInfo {
+            ca_digest: self.issuer_digest(),
+            trusted_roots: self.identity().roots.len(),
             session_manager: self.session.connected().map(|a| a.to_string()),
             keys,
             state: SwarmState::Active,
@@ -814,8 +816,8 @@ impl Swarm {
             .read(|s| s.cluster.clone())
             .await?
             .ok_or_else(|| ApiError::internal("the store holds no cluster"))?;
-        let new_ca =
-            ClusterCa::generate(&cluster.id).map_err(|e| ApiError::internal(e.to_string()))?;
+        let new_ca = ClusterCa::generate(&format!("{}-{}", cluster.id, now_ms()))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let mut previous = vec![cluster.ca.cert_pem.clone()];
         previous.extend(cluster.ca.previous_roots.iter().cloned());
         previous.truncate(2);
@@ -1367,6 +1369,28 @@ impl Swarm {
         id.info.role != role || rotated || shoal_tls::needs_renewal(&id.info, SystemTime::now())
     }
 
+    /// Trust exactly the roots the cluster lists (after a CA rotation ends
+    /// the old root is dropped), keeping the current certificate.
+    fn refresh_roots(&self, roots_pem: &[String]) {
+        let Ok(roots) = roots_from_pem(roots_pem) else {
+            return;
+        };
+        let id = self.identity();
+        if roots.is_empty() || roots == id.roots {
+            return;
+        }
+        match NodeIdentity::new(id.cert.clone(), id.key.clone(), roots) {
+            Ok(new) => {
+                if let Err(e) = self.install_identity(new) {
+                    warn!("cannot install the new trusted roots: {e:#}");
+                }
+            }
+            // The certificate does not chain to the new roots yet: the
+            // renewal that follows fixes that.
+            Err(e) => debug!("trusted roots not updated yet: {e}"),
+        }
+    }
+
     /// Install a new certificate (and roots): persist, then swap the TLS
     /// configurations used by new connections.
     fn install_identity(&self, id: NodeIdentity) -> Result<()> {
@@ -1470,7 +1494,8 @@ fn roots_from_pem(pems: &[String]) -> Result<Vec<shoal_tls::CertificateDer<'stat
     Ok(out)
 }
 
-/// Whether `cert` was issued by `root` (issuer name equals root subject).
+/// Whether `cert` was issued by `root` (issuer name equals root subject;
+/// every root CA of a cluster gets a distinct name, see `ca_rotate`).
 fn issued_by(cert: &[u8], root: &[u8]) -> bool {
     use x509_parser::prelude::FromDer;
     let (Ok((_, c)), Ok((_, r))) = (
@@ -1529,6 +1554,7 @@ async fn manager_loop(swarm: std::sync::Weak<Swarm>) {
             }
             return;
         }
+        s.refresh_roots(&cluster.ca.trusted_roots());
         if last_check.elapsed() >= every
             && s.needs_new_cert(Role::Manager, &cluster.ca.trusted_roots())
         {
@@ -1556,6 +1582,7 @@ impl Swarm {
         if self.raft.is_some() {
             return; // managers follow the store directly (manager_loop)
         }
+        self.refresh_roots(&a.roots_pem);
         let Some(node) = a.node else { return };
         use std::sync::atomic::Ordering;
         let needs_cert = self.needs_new_cert(node.role, &a.roots_pem);
@@ -1589,6 +1616,15 @@ impl Swarm {
         });
     }
 
+    /// Digest of the root that issued this node's certificate.
+    fn issuer_digest(&self) -> Option<String> {
+        let id = self.identity();
+        id.roots
+            .iter()
+            .find(|r| issued_by(&id.cert, r))
+            .map(|r| shoal_tls::CaDigest::of(r).to_string())
+    }
+
     /// `swarm rotate-keys`: a new gossip key now.
     pub async fn rotate_keys(&self) -> Result<String, ApiError> {
         let key = new_gossip_key();
@@ -1597,6 +1633,54 @@ impl Swarm {
         Ok(format!(
             "Added gossip key {id}; the ring keeps the 3 newest."
         ))
+    }
+}
+
+impl Swarm {
+    /// On the leader: once every node that is not down reports a
+    /// certificate from the current root, stop trusting the old roots.
+    async fn finish_ca_rotation(&self, raft: &RaftNode<State>) {
+        let Ok(Some((ca, nodes))) = raft
+            .read(|st| {
+                st.cluster
+                    .as_ref()
+                    .map(|c| (c.ca.clone(), st.nodes.values().cloned().collect::<Vec<_>>()))
+            })
+            .await
+        else {
+            return;
+        };
+        if ca.previous_roots.is_empty() {
+            return;
+        }
+        let Some(current) = shoal_tls::certs_from_pem(&ca.cert_pem)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        else {
+            return;
+        };
+        let digest = shoal_tls::CaDigest::of(&current).to_string();
+        let done = nodes
+            .iter()
+            .filter(|n| n.status != NodeStatus::Down)
+            .all(|n| {
+                self.liveness
+                    .report(&n.id)
+                    .is_some_and(|r| r.ca_digest == digest)
+            });
+        if !done {
+            return;
+        }
+        let finished = CaState {
+            previous_roots: Vec::new(),
+            ..ca
+        };
+        match self.propose(Command::SetCa { ca: finished }).await {
+            Ok(()) => {
+                info!("root CA rotation complete: every node holds a certificate from the new root")
+            }
+            Err(e) => warn!("cannot complete the CA rotation: {e}"),
+        }
     }
 }
 
@@ -1614,7 +1698,15 @@ fn new_gossip_key() -> GossipKey {
 /// Every node keeps one session with the leader (see `session`), failing
 /// over across the known managers with capped backoff.
 async fn session_loop(swarm: std::sync::Weak<Swarm>) {
-    let report = session::probe_kernel();
+    let kernel = session::probe_kernel();
+    let w = swarm.clone();
+    let report = move || {
+        let mut r = kernel.clone();
+        if let Some(s) = w.upgrade() {
+            r.ca_digest = s.issuer_digest().unwrap_or_default();
+        }
+        r
+    };
     let mut redirect: Option<SocketAddr> = None;
     let mut turn = 0usize;
     let mut backoff = Duration::from_millis(100);
@@ -1691,6 +1783,9 @@ async fn key_manager(swarm: std::sync::Weak<Swarm>) {
             continue;
         };
         let Some(interval) = interval else { continue };
+        if let Some(s) = swarm.upgrade() {
+            s.finish_ca_rotation(&raft).await;
+        }
         let since = *leader_since.get_or_insert_with(tokio::time::Instant::now);
         if empty || since.elapsed() >= Duration::from_millis(interval.max(100)) {
             match raft

@@ -510,3 +510,62 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn ca_rotation_reissues_every_node_then_drops_the_old_root() {
+    let lab = lab(4, "");
+    lab.form_swarm(3, 1).unwrap();
+    let old_token = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
+    let old = info(&lab, 1)["swarm"]["ca_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cli(&lab, 1, &["swarm", "ca", "--rotate"]).unwrap();
+    assert!(out.contains("Root CA rotated"), "{out}");
+    // Every node gets a certificate from the new root; then the old root is
+    // no longer trusted anywhere.
+    wait_until(
+        "every node re-issued and trusting only the new root",
+        Duration::from_secs(20),
+        || {
+            let digests: Vec<Value> = (1..=3).map(|h| info(&lab, h)["swarm"].clone()).collect();
+            let first = digests[0]["ca_digest"].as_str()?.to_string();
+            (first != old
+                && digests
+                    .iter()
+                    .all(|d| d["ca_digest"] == first.as_str() && d["trusted_roots"] == 1))
+            .then_some(())
+        },
+    );
+    // The old token names a CA nobody presents any more.
+    let e = cli(
+        &lab,
+        4,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            old_token.trim(),
+            "10.77.0.1:2377",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("does not match the join token"), "{e}");
+    let new_token = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
+    cli(
+        &lab,
+        4,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            new_token.trim(),
+            "10.77.0.1:2377",
+        ],
+    )
+    .unwrap();
+    wait_until("4 ready nodes", Duration::from_secs(10), || {
+        let n = nodes_of(&lab, 1).ok()?;
+        (n.len() == 4 && n.values().all(|v| v["status"] == "ready")).then_some(())
+    });
+}
