@@ -65,6 +65,31 @@ pub enum Request {
     CaRotate,
     /// `swarm rotate-keys`.
     RotateKeys,
+    /// `gossip members`.
+    GossipMembers,
+    /// `gossip tables`.
+    GossipTables {
+        /// Only this table (`ep/<network>` for a network's endpoints).
+        table: Option<String>,
+    },
+    /// `gossip put` (debugging): write an entry owned by this node.
+    GossipPut {
+        /// Table name.
+        table: String,
+        /// Key.
+        key: String,
+        /// Value (text).
+        value: String,
+    },
+    /// `gossip rm` (debugging): delete an entry owned by this node.
+    GossipDelete {
+        /// Table name.
+        table: String,
+        /// Key.
+        key: String,
+    },
+    /// `gossip metrics`.
+    GossipMetrics,
     /// `node ls`.
     NodeList,
     /// `node inspect`.
@@ -144,6 +169,10 @@ pub struct NodeRow {
     pub manager_status: String,
     /// Whether this is the node answering.
     pub is_self: bool,
+    /// alive / suspect / down as this node's gossip sees it (empty before
+    /// gossip runs).
+    #[serde(default)]
+    pub gossip: String,
 }
 
 /// Answers, one variant per request kind.
@@ -158,6 +187,12 @@ pub enum Response {
     Message(String),
     /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].
     Nodes(Vec<NodeRow>),
+    /// Gossip members.
+    Members(Vec<shoal_membership::MemberView>),
+    /// Gossip table entries.
+    Entries(Vec<GossipEntry>),
+    /// Gossip counters.
+    Metrics(serde_json::Value),
     /// Answer to [`Request::JoinToken`].
     Token {
         /// The token alone (`-q`).
@@ -442,4 +477,20 @@ mod tests {
         let r: Result<RequestFrame, _> = read_frame(&mut b).await;
         assert!(matches!(r, Err(FrameError::Malformed(_))));
     }
+}
+
+/// A gossip table entry for display: the value as text when it is UTF-8,
+/// decoded for endpoint tables, hex otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GossipEntry {
+    /// Table name.
+    pub table: String,
+    /// Key.
+    pub key: String,
+    /// Owner node id.
+    pub owner: String,
+    /// Version (hybrid Lamport clock).
+    pub version: u64,
+    /// Value for display.
+    pub value: String,
 }

@@ -52,6 +52,44 @@ pub enum Command {
     /// Manage swarm nodes (run on a manager).
     #[command(subcommand)]
     Node(NodeCmd),
+    /// This node's view of SWIM gossip (members, replicated tables).
+    #[command(subcommand)]
+    Gossip(GossipCmd),
+}
+
+/// `shoal gossip ...`
+#[derive(Debug, Subcommand)]
+pub enum GossipCmd {
+    /// Members as this node sees them: id, addresses, alive/suspect/down.
+    Members,
+    /// Replicated table entries held here.
+    Tables {
+        /// Only the endpoint table of this network (`ep/<network>`).
+        #[arg(long, conflicts_with = "table")]
+        network: Option<String>,
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Write an entry owned by this node (debugging; tables are normally
+    /// written by the agent).
+    Put {
+        /// Table.
+        table: String,
+        /// Key.
+        key: String,
+        /// Value (text).
+        value: String,
+    },
+    /// Delete an entry owned by this node (debugging).
+    Rm {
+        /// Table.
+        table: String,
+        /// Key.
+        key: String,
+    },
+    /// Gossip counters: packets, bytes, decrypt failures, syncs.
+    Metrics,
 }
 
 /// `shoal swarm ...`
@@ -256,6 +294,30 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             print_response(cli.format, resp, quiet);
             Ok(())
         }
+        Command::Gossip(cmd) => {
+            let req = match cmd {
+                GossipCmd::Members => Request::GossipMembers,
+                GossipCmd::Tables { network, table } => Request::GossipTables {
+                    table: network
+                        .as_ref()
+                        .map(|n| shoal_membership::EndpointRecord::table(n))
+                        .or_else(|| table.clone()),
+                },
+                GossipCmd::Put { table, key, value } => Request::GossipPut {
+                    table: table.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                GossipCmd::Rm { table, key } => Request::GossipDelete {
+                    table: table.clone(),
+                    key: key.clone(),
+                },
+                GossipCmd::Metrics => Request::GossipMetrics,
+            };
+            let resp = client::call(&cli.host, req).await?;
+            print_response(cli.format, resp, false);
+            Ok(())
+        }
         Command::Node(cmd) => {
             let (req, inspect) = match cmd {
                 NodeCmd::Ls => (Request::NodeList, false),
@@ -376,6 +438,43 @@ fn print_response(format: Format, resp: Response, quiet: bool) {
             print_json(&serde_json::json!({ "token": token }))
         }
         (Format::Json, Response::Nodes(rows)) => print_json(&rows),
+        (Format::Json, Response::Members(m)) => print_json(&m),
+        (Format::Json, Response::Entries(e)) => print_json(&e),
+        (Format::Json, Response::Metrics(m)) => print_json(&m),
+        (Format::Table, Response::Members(m)) => print_table(
+            &[
+                "NODE ID",
+                "GOSSIP ADDRESS",
+                "DATA PATH",
+                "STATE",
+                "INCARNATION",
+            ],
+            m.iter()
+                .map(|v| {
+                    vec![
+                        v.info.node_id.clone(),
+                        v.info.gossip_addr.to_string(),
+                        v.info.data_path_addr.to_string(),
+                        format!("{:?}", v.state).to_lowercase(),
+                        v.incarnation.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Table, Response::Entries(e)) => print_table(
+            &["TABLE", "KEY", "OWNER", "VERSION", "VALUE"],
+            e.iter()
+                .map(|x| {
+                    vec![
+                        x.table.clone(),
+                        x.key.clone(),
+                        x.owner.clone(),
+                        x.version.to_string(),
+                        x.value.clone(),
+                    ]
+                })
+                .collect(),
+        ),
         (Format::Json, other) => print_json(&other),
         (Format::Table, Response::Message(m)) => println!("{}", m.trim_end()),
         (Format::Table, Response::Token { token, message }) => {
@@ -391,39 +490,52 @@ fn print_response(format: Format, resp: Response, quiet: bool) {
 }
 
 fn print_nodes(rows: &[NodeRow]) {
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                format!("{}{}", r.node.id, if r.is_self { " *" } else { "" }),
-                r.node.hostname.clone(),
-                r.node.status.to_string(),
-                r.node.availability.to_string(),
-                r.manager_status.clone(),
-            ]
-        })
-        .collect();
-    let header = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"];
-    let mut widths = header.map(str::len);
-    for c in &cells {
-        for (w, v) in widths.iter_mut().zip(c) {
+    print_table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "GOSSIP",
+        ],
+        rows.iter()
+            .map(|r| {
+                vec![
+                    format!("{}{}", r.node.id, if r.is_self { " *" } else { "" }),
+                    r.node.hostname.clone(),
+                    r.node.status.to_string(),
+                    r.node.availability.to_string(),
+                    r.manager_status.clone(),
+                    r.gossip.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// Print aligned columns, docker style (three spaces between columns).
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, v) in widths.iter_mut().zip(r) {
             *w = (*w).max(v.len());
         }
     }
-    let line = |c: [&str; 5]| {
+    let line = |cells: Vec<&str>| {
         let mut s = String::new();
-        for (i, (v, w)) in c.iter().zip(widths).enumerate() {
-            if i + 1 == c.len() {
+        for (i, (v, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
                 s.push_str(v);
             } else {
-                s.push_str(&format!("{v:<w$}   "));
+                s.push_str(&format!("{v:<w$}   ", w = *w));
             }
         }
         println!("{}", s.trim_end());
     };
-    line(header);
-    for c in &cells {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
     }
 }
 

@@ -36,6 +36,11 @@ pub struct Config {
     /// How often a node checks in with a manager (certificate, role,
     /// manager list), in milliseconds.
     pub heartbeat_ms: u64,
+    /// Gossip (SWIM) port, UDP and TCP, on the advertise address.
+    pub gossip_port: u16,
+    /// Gossip timings: `lan` (production: failure detected in ~3 s) or
+    /// `fast` (tests).
+    pub gossip_profile: String,
 }
 
 /// Raft timings; production defaults, tests shrink them.
@@ -77,6 +82,8 @@ impl Default for Config {
             hostname: None,
             raft: RaftSettings::default(),
             heartbeat_ms: 5000,
+            gossip_port: 7946,
+            gossip_profile: "lan".into(),
         }
     }
 }

@@ -223,6 +223,42 @@ impl Daemon {
             }
             Request::CaRotate => Ok(Response::Message(self.swarm().await?.ca_rotate().await?)),
             Request::RotateKeys => Ok(Response::Message(self.swarm().await?.rotate_keys().await?)),
+            Request::GossipMembers => Ok(Response::Members(self.gossip().await?.members())),
+            Request::GossipTables { table } => {
+                let g = self.gossip().await?;
+                let tables = match table {
+                    Some(t) => vec![t],
+                    None => g.tables(),
+                };
+                let mut out = Vec::new();
+                for t in tables {
+                    for e in g.entries(&t) {
+                        out.push(crate::api::GossipEntry {
+                            value: display_value(&e.table, &e.value),
+                            table: e.table,
+                            key: e.key,
+                            owner: e.owner,
+                            version: e.version,
+                        });
+                    }
+                }
+                Ok(Response::Entries(out))
+            }
+            Request::GossipPut { table, key, value } => {
+                self.gossip()
+                    .await?
+                    .try_put(&table, &key, value.into_bytes())
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+                Ok(Response::Message(format!("{table}/{key}")))
+            }
+            Request::GossipDelete { table, key } => {
+                self.gossip().await?.delete(&table, &key);
+                Ok(Response::Message(format!("{table}/{key}")))
+            }
+            Request::GossipMetrics => Ok(Response::Metrics(
+                serde_json::to_value(self.gossip().await?.metrics())
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            )),
             Request::NodeList => Ok(Response::Nodes(self.swarm().await?.nodes(None).await?)),
             Request::NodeInspect { node } => Ok(Response::Nodes(
                 self.swarm().await?.nodes(Some(node)).await?,
@@ -262,6 +298,15 @@ impl Daemon {
             *self.swarm.write().await = Some(swarm);
         }
         Ok(())
+    }
+
+    async fn gossip(&self) -> Result<shoal_membership::Gossip, ApiError> {
+        self.swarm().await?.gossip().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "gossip is not running yet on this node (it starts once the node's session delivers the key ring)",
+            )
+        })
     }
 
     async fn swarm(&self) -> Result<Arc<Swarm>, ApiError> {
@@ -452,4 +497,18 @@ pub async fn run(config: Config) -> Result<()> {
     }
     drop(lock);
     Ok(())
+}
+
+/// A gossip value for people: endpoint records decoded, UTF-8 as text,
+/// anything else as hex.
+fn display_value(table: &str, value: &[u8]) -> String {
+    if table.starts_with("ep/") {
+        if let Ok(r) = shoal_membership::EndpointRecord::decode(value) {
+            return format!("{:?}", r);
+        }
+    }
+    match std::str::from_utf8(value) {
+        Ok(s) => s.to_string(),
+        Err(_) => value.iter().map(|b| format!("{b:02x}")).collect(),
+    }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod gossip;
 pub mod membership_file;
 pub mod rpc;
 pub mod session;

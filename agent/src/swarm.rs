@@ -152,6 +152,10 @@ pub struct Swarm {
     heartbeat: Mutex<Duration>,
     /// A certificate renewal is running (do not start another).
     renewing: std::sync::atomic::AtomicBool,
+    /// SWIM gossip, once the key ring is known.
+    gossip: RwLock<Option<shoal_membership::Gossip>>,
+    /// Gossip is being started (do not start twice).
+    gossip_starting: std::sync::atomic::AtomicBool,
 }
 
 impl session::SessionHost for Swarm {
@@ -526,6 +530,8 @@ impl Swarm {
             keys: RwLock::new(Vec::new()),
             heartbeat: Mutex::new(heartbeat),
             renewing: std::sync::atomic::AtomicBool::new(false),
+            gossip: RwLock::new(None),
+            gossip_starting: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&swarm);
         if let Some(l) = listener {
@@ -640,6 +646,7 @@ impl Swarm {
         let state_nodes = self
             .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
             .await?;
+        let gossip_view = self.gossip().map(|g| g.members()).unwrap_or_default();
         let nodes = match filter {
             None => state_nodes,
             Some(f) => vec![resolve_node(&state_nodes, &f, &me)?.clone()],
@@ -659,7 +666,13 @@ impl Swarm {
                         }
                     }
                 };
+                let gossip = gossip_view
+                    .iter()
+                    .find(|m| m.info.node_id == n.id.as_str())
+                    .map(|m| format!("{:?}", m.state).to_lowercase())
+                    .unwrap_or_default();
                 NodeRow {
+                    gossip,
                     is_self: n.id == me,
                     node: n,
                     manager_status,
@@ -889,6 +902,12 @@ impl Swarm {
         }
         if let Some(ep) = &self.quic {
             ep.close(0u32.into(), b"shutdown");
+        }
+        let gossip = self.gossip.write().ok().and_then(|mut g| g.take());
+        if let Some(g) = gossip {
+            if let Err(e) = g.leave().await {
+                warn!("gossip leave: {e}");
+            }
         }
         if let Some(r) = &self.raft {
             if let Err(e) = r.clone().shutdown().await {
@@ -1577,8 +1596,14 @@ impl Swarm {
             if *k != a.keys {
                 info!(keys = ?a.keys, "gossip key ring updated");
                 *k = a.keys.clone();
+                if let Some(ring) = crate::gossip::key_ring(&a.keys) {
+                    if let Some(g) = self.gossip() {
+                        g.set_key_ring(ring);
+                    }
+                }
             }
         }
+        self.ensure_gossip(&a.keys);
         if self.raft.is_some() {
             return; // managers follow the store directly (manager_loop)
         }
@@ -1613,6 +1638,47 @@ impl Swarm {
                 }
             }
             s.renewing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// The running gossip agent, if started.
+    pub fn gossip(&self) -> Option<shoal_membership::Gossip> {
+        self.gossip.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Start gossip once the key ring is known.
+    fn ensure_gossip(self: &Arc<Self>, keys: &[GossipKey]) {
+        use std::sync::atomic::Ordering;
+        if keys.is_empty()
+            || self.gossip().is_some()
+            || self.gossip_starting.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let s = self.clone();
+        let keys = keys.to_vec();
+        tokio::spawn(async move {
+            let f = s.file();
+            let managers: Vec<SocketAddr> = f.managers.iter().map(|(_, a)| *a).collect();
+            match crate::gossip::start(
+                &s.config,
+                f.node_id.as_str(),
+                f.addr.ip(),
+                f.data_path_addr,
+                &managers,
+                &keys,
+            )
+            .await
+            {
+                Ok(g) => {
+                    info!(port = s.config.gossip_port, "gossip started");
+                    if let Ok(mut slot) = s.gossip.write() {
+                        *slot = Some(g);
+                    }
+                }
+                Err(e) => warn!("cannot start gossip: {e:#}"),
+            }
+            s.gossip_starting.store(false, Ordering::SeqCst);
         });
     }
 
