@@ -1,0 +1,111 @@
+//! The one error type of the netdriver. Every variant names the object it is
+//! about (network id, namespace path, device, entry) so that an operator
+//! reading `shoal network inspect` or a daemon log knows what to look at.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while turning desired networks into kernel
+/// state. Variants carry the network id / path / device / entry concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The network id cannot be used as a file name under `<run_dir>/netns`.
+    #[error("network id {id:?} cannot name a namespace file: {reason}")]
+    InvalidNetworkId {
+        /// The offending id.
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The network spec is inconsistent (VNI out of range, gateway outside
+    /// the subnet, impossible MTU, ...).
+    #[error("network {network}: invalid spec: {reason}")]
+    InvalidSpec {
+        /// Network id.
+        network: String,
+        /// What is wrong and what the valid range is.
+        reason: String,
+    },
+    /// The same network id appears twice in one `Desired`.
+    #[error("network {network}: listed twice in the desired state")]
+    DuplicateNetwork {
+        /// Network id.
+        network: String,
+    },
+    /// An operation named a network this driver has no namespace for.
+    #[error("network {network}: no namespace for it on this node (reconcile it first)")]
+    UnknownNetwork {
+        /// Network id.
+        network: String,
+    },
+    /// A file-system operation on a namespace file or the run dir failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// File or directory concerned.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A namespace syscall (unshare, setns, mount, umount) failed.
+    #[error("namespace {path}: {op}: {source}")]
+    Namespace {
+        /// Bind-mount path of the namespace.
+        path: PathBuf,
+        /// Which syscall.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The helper thread that works inside a namespace died or could not be
+    /// started.
+    #[error("namespace {path}: helper thread failed: {reason}")]
+    Thread {
+        /// Bind-mount path of the namespace.
+        path: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+    /// A netlink request failed.
+    #[error("network {network}: {what}: {source}")]
+    Netlink {
+        /// Network id (or `daemon` for the daemon's own namespace, or the
+        /// workload namespace path).
+        network: String,
+        /// The request, naming the device or entry (`add fdb 02:..:.. dst 10.0.0.2 on vx0`).
+        what: String,
+        /// The netlink error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Several entry requests of one batch failed; the first is kept.
+    #[error("network {network}: {failed} entry requests failed, first: {first}")]
+    Entries {
+        /// Network id.
+        network: String,
+        /// How many requests failed.
+        failed: usize,
+        /// The first failure.
+        #[source]
+        first: Box<NetError>,
+    },
+    /// A device that should exist does not.
+    #[error("network {network}: device {device} not found")]
+    DeviceMissing {
+        /// Network id (or namespace path).
+        network: String,
+        /// Device name.
+        device: String,
+    },
+    /// Reconcile handled every network but some failed; the first is kept.
+    #[error("{failed} networks failed to reconcile, first: {first}")]
+    Networks {
+        /// How many networks failed.
+        failed: usize,
+        /// The first failure.
+        #[source]
+        first: Box<NetError>,
+    },
+}
