@@ -90,8 +90,13 @@ enum Cmd {
         /// leader -> first successful write, per trial.
         /// session: 20 hosts, store change -> every node assigned (p50/p99),
         /// leader CPU per heartbeat.
-        #[arg(value_parser = ["raft", "failover", "session"])]
+        /// propagation / failure / gossip-bandwidth: SWIM gossip on 20 hosts;
+        /// sim: 1,000 simulated members in one process (--seed).
+        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim"])]
         name: String,
+        /// Seed (sim).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Seconds per proposer count (raft).
         #[arg(long, default_value_t = 5)]
         seconds: u64,
@@ -185,11 +190,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             trials,
             out,
+            seed,
         } => {
             shoal_lab::preflight()?;
             match name.as_str() {
                 "raft" => shoal_lab::bench::raft(seconds, out.as_deref())?,
                 "session" => shoal_lab::bench::session(20, trials.max(20), out.as_deref())?,
+                "propagation" => shoal_lab::bench::propagation(20, 50, out.as_deref())?,
+                "failure" => shoal_lab::bench::failure(20, out.as_deref())?,
+                "gossip-bandwidth" => shoal_lab::bench::bandwidth(20, out.as_deref())?,
+                "sim" => shoal_lab::bench::sim(1000, seed, out.as_deref())?,
                 _ => shoal_lab::bench::failover(trials, out.as_deref())?,
             }
         }
