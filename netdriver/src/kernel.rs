@@ -175,6 +175,11 @@ async fn bridge_addrs(h: &Handle, index: u32) -> Result<Vec<AddressMessage>, rtn
 fn neigh_dst(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        // In AF_BRIDGE (FDB) messages the crate cannot know the
+        // destination's family and leaves the raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+        }
         _ => None,
     })
 }
@@ -219,19 +224,21 @@ pub(crate) async fn dump(network: &str, h: &Handle) -> Result<KernelState, NetEr
     let Some(vx) = k.vxlan.as_ref().map(|v| v.index) else {
         return Ok(k);
     };
-    let fdb = h
+    // One dump at a time per socket: a second concurrent dump gets EBUSY.
+    let fdb: Result<Vec<NeighbourMessage>, _> = h
         .neighbours()
         .get()
         .set_address_family(AddressFamily::Bridge)
         .execute()
-        .try_collect::<Vec<_>>();
-    let neigh = h
+        .try_collect()
+        .await;
+    let neigh: Result<Vec<NeighbourMessage>, _> = h
         .neighbours()
         .get()
         .set_address_family(AddressFamily::Inet)
         .execute()
-        .try_collect::<Vec<_>>();
-    let (fdb, neigh) = futures::join!(fdb, neigh);
+        .try_collect()
+        .await;
     for m in fdb.map_err(nl(network, "dump fdb"))? {
         // VXLAN remote entries carry a destination; the bridge's own entries
         // for the port (its MAC, learned MACs) carry NDA_MASTER and none.
