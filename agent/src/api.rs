@@ -90,6 +90,20 @@ pub enum Request {
     },
     /// `gossip metrics`.
     GossipMetrics,
+    /// `network create`.
+    NetworkCreate(shoal_raft_store::network::NetworkSpec),
+    /// `network ls`.
+    NetworkList,
+    /// `network inspect`.
+    NetworkInspect {
+        /// Names, ids or id prefixes.
+        networks: Vec<String>,
+    },
+    /// `network rm`.
+    NetworkRemove {
+        /// Names, ids or id prefixes.
+        networks: Vec<String>,
+    },
     /// `node ls`.
     NodeList,
     /// `node inspect`.
@@ -187,6 +201,8 @@ pub enum Response {
     Message(String),
     /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].
     Nodes(Vec<NodeRow>),
+    /// Networks (ls / inspect), docker-like documents.
+    Networks(Vec<serde_json::Value>),
     /// Gossip members.
     Members(Vec<shoal_membership::MemberView>),
     /// Gossip table entries.

@@ -55,6 +55,119 @@ pub enum Command {
     /// This node's view of SWIM gossip (members, replicated tables).
     #[command(subcommand)]
     Gossip(GossipCmd),
+    /// Manage overlay networks (run on a manager).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+}
+
+/// `shoal network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create an overlay network.
+    Create {
+        /// Driver (only `overlay`).
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form [default: allocated from the default address pools].
+        #[arg(long)]
+        subnet: Option<ipnet::Ipv4Net>,
+        /// Gateway [default: the subnet's first address].
+        #[arg(long)]
+        gateway: Option<std::net::Ipv4Addr>,
+        /// Let standalone workloads (`shoal run`) attach.
+        #[arg(long)]
+        attachable: bool,
+        /// Make it the routing-mesh network (only one can exist).
+        #[arg(long)]
+        ingress: bool,
+        /// No egress from the network.
+        #[arg(long)]
+        internal: bool,
+        /// Driver options: `encrypted`, `com.docker.network.driver.mtu=N`.
+        #[arg(short, long)]
+        opt: Vec<String>,
+        /// Labels `key=value`.
+        #[arg(long)]
+        label: Vec<String>,
+        /// Network name.
+        name: String,
+    },
+    /// List networks.
+    Ls,
+    /// Show networks in detail (JSON).
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks (refused while endpoints are attached).
+    Rm {
+        /// Names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// Build a network spec from `network create` flags.
+fn network_spec(cmd: &NetworkCmd) -> Result<shoal_raft_store::network::NetworkSpec, ClientError> {
+    let NetworkCmd::Create {
+        driver,
+        subnet,
+        gateway,
+        attachable,
+        ingress,
+        internal,
+        opt,
+        label,
+        name,
+    } = cmd
+    else {
+        return Err(ClientError::Unexpected("not network create".into()));
+    };
+    let bad = |m: String| ClientError::Api(crate::api::ApiError::invalid(m));
+    if driver != "overlay" {
+        return Err(bad(format!(
+            "network driver {driver:?} is not supported: use -d overlay"
+        )));
+    }
+    let mut spec = shoal_raft_store::network::NetworkSpec {
+        name: name.clone(),
+        subnet: *subnet,
+        gateway: *gateway,
+        attachable: *attachable,
+        ingress: *ingress,
+        internal: *internal,
+        ..Default::default()
+    };
+    for o in opt {
+        match o.split_once('=') {
+            None if o == "encrypted" => spec.encrypted = true,
+            Some(("encrypted", v)) if v.is_empty() || v == "true" => spec.encrypted = true,
+            Some(("com.docker.network.driver.mtu", v)) => {
+                let mtu: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|m| (576..=9000).contains(m))
+                    .ok_or_else(|| {
+                        bad(format!("--opt {o}: MTU must be a number from 576 to 9000"))
+                    })?;
+                spec.mtu = Some(mtu);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "--opt {o}: unknown option (known: encrypted, com.docker.network.driver.mtu=N)"
+                )))
+            }
+        }
+    }
+    for l in label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(bad(format!("--label {l:?}: expected key=value")));
+        }
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(spec)
 }
 
 /// `shoal gossip ...`
@@ -292,6 +405,39 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             let (req, quiet) = swarm_request(cmd);
             let resp = client::call(&cli.host, req).await?;
             print_response(cli.format, resp, quiet);
+            Ok(())
+        }
+        Command::Network(cmd) => {
+            let req = match cmd {
+                NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),
+                NetworkCmd::Ls => Request::NetworkList,
+                NetworkCmd::Inspect { networks } => Request::NetworkInspect {
+                    networks: networks.clone(),
+                },
+                NetworkCmd::Rm { networks } => Request::NetworkRemove {
+                    networks: networks.clone(),
+                },
+            };
+            let inspect = matches!(cmd, NetworkCmd::Inspect { .. });
+            match client::call(&cli.host, req).await? {
+                Response::Networks(docs) if inspect || cli.format == Format::Json => {
+                    print_json(&docs)
+                }
+                Response::Networks(docs) => print_table(
+                    &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+                    docs.iter()
+                        .map(|d| {
+                            vec![
+                                d["Id"].as_str().unwrap_or("").chars().take(12).collect(),
+                                d["Name"].as_str().unwrap_or("").to_string(),
+                                d["Driver"].as_str().unwrap_or("").to_string(),
+                                d["Scope"].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+                other => print_response(cli.format, other, false),
+            }
             Ok(())
         }
         Command::Gossip(cmd) => {

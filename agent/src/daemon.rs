@@ -223,6 +223,23 @@ impl Daemon {
             }
             Request::CaRotate => Ok(Response::Message(self.swarm().await?.ca_rotate().await?)),
             Request::RotateKeys => Ok(Response::Message(self.swarm().await?.rotate_keys().await?)),
+            Request::NetworkCreate(spec) => Ok(Response::Message(
+                self.swarm().await?.network_create(spec).await?,
+            )),
+            Request::NetworkList => {
+                Ok(Response::Networks(self.swarm().await?.networks(&[]).await?))
+            }
+            Request::NetworkInspect { networks } => Ok(Response::Networks(
+                self.swarm().await?.networks(&networks).await?,
+            )),
+            Request::NetworkRemove { networks } => {
+                let swarm = self.swarm().await?;
+                let mut out = Vec::new();
+                for n in networks {
+                    out.push(swarm.network_remove(&n).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
             Request::GossipMembers => Ok(Response::Members(self.gossip().await?.members())),
             Request::GossipTables { table } => {
                 let g = self.gossip().await?;

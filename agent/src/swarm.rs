@@ -328,6 +328,18 @@ impl Swarm {
                 node,
             })
             .await?;
+        // Like docker: the routing-mesh network exists from the start.
+        swarm
+            .propose(Command::CreateNetwork {
+                spec: shoal_raft_store::network::NetworkSpec {
+                    id: NodeId::generate().to_string(),
+                    name: "ingress".into(),
+                    ingress: true,
+                    ..Default::default()
+                },
+                at: now_ms(),
+            })
+            .await?;
         let msg = format!(
             "Swarm initialized: current node ({node_id}) is now a manager.\n\n\
              To add a worker to this swarm, run the following command:\n\n    \
@@ -679,6 +691,50 @@ impl Swarm {
                 }
             })
             .collect())
+    }
+
+    /// `network create`: allocation happens in Raft apply.
+    pub async fn network_create(
+        &self,
+        mut spec: shoal_raft_store::network::NetworkSpec,
+    ) -> Result<String, ApiError> {
+        self.raft()?;
+        spec.id = NodeId::generate().to_string();
+        let id = spec.id.clone();
+        self.propose(Command::CreateNetwork { spec, at: now_ms() })
+            .await?;
+        Ok(id)
+    }
+
+    /// `network rm`.
+    pub async fn network_remove(&self, network: &str) -> Result<String, ApiError> {
+        self.propose(Command::RemoveNetwork {
+            network: network.to_string(),
+        })
+        .await?;
+        Ok(network.to_string())
+    }
+
+    /// `network ls` (no names) / `network inspect NAME...`: docker-like
+    /// documents, with the data-path addresses of nodes that have
+    /// endpoints as peers.
+    pub async fn networks(&self, names: &[String]) -> Result<Vec<serde_json::Value>, ApiError> {
+        let (nets, nodes) = self.read(|s| (s.networks.clone(), s.nodes.clone())).await?;
+        let selected: Vec<_> = if names.is_empty() {
+            nets.values().cloned().collect()
+        } else {
+            names
+                .iter()
+                .map(|k| {
+                    shoal_raft_store::network::find(&nets, k)
+                        .cloned()
+                        .ok_or_else(|| {
+                            ApiError::new(ErrorCode::NotFound, format!("network {k} not found"))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(selected.iter().map(|n| network_doc(n, &nodes)).collect())
     }
 
     /// `node update --availability`.
@@ -1089,6 +1145,63 @@ impl Swarm {
             }
         }
     }
+}
+
+/// A network as `network inspect` shows it (docker's field names).
+fn network_doc(
+    n: &shoal_raft_store::network::Network,
+    nodes: &std::collections::BTreeMap<NodeId, Node>,
+) -> serde_json::Value {
+    let mut options = serde_json::Map::new();
+    options.insert(
+        "com.docker.network.driver.overlay.vxlanid_list".into(),
+        n.vni.to_string().into(),
+    );
+    if n.encrypted {
+        options.insert("encrypted".into(), "".into());
+    }
+    if let Some(m) = n.mtu {
+        options.insert("com.docker.network.driver.mtu".into(), m.to_string().into());
+    }
+    let containers: serde_json::Map<String, serde_json::Value> = n
+        .endpoints
+        .values()
+        .map(|e| {
+            (
+                e.id.clone(),
+                serde_json::json!({
+                    "Name": e.name,
+                    "Node": e.node,
+                    "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix_len()),
+                    "MacAddress": e.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                }),
+            )
+        })
+        .collect();
+    let mut peer_nodes: Vec<&str> = n.endpoints.values().map(|e| e.node.as_str()).collect();
+    peer_nodes.sort_unstable();
+    peer_nodes.dedup();
+    let peers: Vec<serde_json::Value> = peer_nodes
+        .iter()
+        .filter_map(|id| nodes.values().find(|x| x.id.as_str() == *id))
+        .map(|x| serde_json::json!({"Name": x.hostname, "IP": x.data_path_addr.to_string()}))
+        .collect();
+    serde_json::json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created_at,
+        "Scope": "swarm",
+        "Driver": n.driver,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()}]},
+        "Internal": n.internal,
+        "Attachable": n.attachable,
+        "Ingress": n.ingress,
+        "Options": options,
+        "Labels": n.labels,
+        "Containers": containers,
+        "Peers": peers,
+        "Version": n.version,
+    })
 }
 
 /// Refuse an operation that removes voter `removing` when the remaining

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub mod codec;
 mod error;
 pub mod mem;
+pub mod network;
 mod node;
 pub mod state;
 pub mod storage;

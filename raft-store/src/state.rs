@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use shoal_tls::{NodeId, Role};
 
+use crate::network::{self, Network, NetworkError, NetworkSpec};
 use crate::StateMachine;
 
 /// Everything the managers agree on.
@@ -27,6 +28,8 @@ pub struct State {
     /// Gossip encryption keys, newest (highest Lamport time) first, at most
     /// [`KEYS_KEPT`].
     pub keys: Vec<GossipKey>,
+    /// Overlay networks by id.
+    pub networks: BTreeMap<String, Network>,
 }
 
 /// How many gossip keys the ring keeps (newest encrypts, all decrypt).
@@ -273,6 +276,38 @@ pub enum Command {
         /// Key material and id; its Lamport time is assigned in apply.
         key: GossipKey,
     },
+    /// `network create` (subnet, gateway, VNI allocated here).
+    CreateNetwork {
+        /// What was asked.
+        spec: NetworkSpec,
+        /// Unix ms.
+        at: u64,
+    },
+    /// `network rm` (refused while endpoints are attached).
+    RemoveNetwork {
+        /// Id, name or id prefix.
+        network: String,
+    },
+    /// A workload joins a network (address and MAC allocated here).
+    AttachEndpoint {
+        /// Id, name or id prefix of the network.
+        network: String,
+        /// Endpoint id chosen by the proposer.
+        id: String,
+        /// Workload name.
+        name: String,
+        /// Node the workload runs on.
+        node: String,
+        /// Address asked for (`--ip`).
+        ip: Option<std::net::Ipv4Addr>,
+    },
+    /// A workload leaves a network.
+    DetachEndpoint {
+        /// Network id.
+        network: String,
+        /// Endpoint id.
+        id: String,
+    },
 }
 
 /// Why a command was rejected by `apply` (it is still in the log; it just
@@ -294,6 +329,9 @@ pub enum ApplyError {
     /// Two nodes would share a raft id.
     #[error("raft id {0} is already used by node {1}")]
     RaftIdInUse(u64, NodeId),
+    /// A network command was refused.
+    #[error("{0}")]
+    Network(#[from] NetworkError),
 }
 
 /// The result of applying one command.
@@ -379,6 +417,42 @@ impl State {
                 self.keys.retain(|k| k.id != key.id);
                 self.keys.insert(0, key);
                 self.keys.truncate(KEYS_KEPT);
+            }
+            Command::CreateNetwork { spec, at } => {
+                let (pools, mask) = match self.cluster.as_ref() {
+                    Some(c) => (
+                        c.default_addr_pools
+                            .iter()
+                            .filter_map(|p| p.parse().ok())
+                            .collect::<Vec<_>>(),
+                        c.default_addr_pool_mask_len,
+                    ),
+                    None => (Vec::new(), 24),
+                };
+                network::create(&mut self.networks, spec, &pools, mask, at, index)?;
+            }
+            Command::RemoveNetwork { network: key } => {
+                network::remove(&mut self.networks, &key)?;
+            }
+            Command::AttachEndpoint {
+                network: key,
+                id,
+                name,
+                node,
+                ip,
+            } => {
+                let nid = network::find(&self.networks, &key)
+                    .map(|n| n.id.clone())
+                    .ok_or_else(|| NetworkError::NotFound(key.clone()))?;
+                if let Some(net) = self.networks.get_mut(&nid) {
+                    network::attach(net, id, name, node, ip, index)?;
+                }
+            }
+            Command::DetachEndpoint { network: key, id } => {
+                if let Some(net) = self.networks.get_mut(&key) {
+                    net.endpoints.remove(&id);
+                    net.version = index;
+                }
             }
         }
         Ok(())
