@@ -239,6 +239,7 @@ impl Driver {
             network: &d.id,
             ns_path: &path,
             net: &conn.handle,
+            raw: &conn.raw,
             own: &self.own.handle,
         };
         kernel::apply(&target, &ops, applied).await

@@ -80,6 +80,17 @@ pub enum NetError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// The kernel refused one FDB or neighbour request.
+    #[error("network {network}: {what}: {source}")]
+    Entry {
+        /// Network id.
+        network: String,
+        /// The request (`add fdb 02:..:.. dst 10.0.0.2 on vx0`).
+        what: String,
+        /// The errno the kernel answered.
+        #[source]
+        source: std::io::Error,
+    },
     /// Several entry requests of one batch failed; the first is kept.
     #[error("network {network}: {failed} entry requests failed, first: {first}")]
     Entries {

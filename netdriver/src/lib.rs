@@ -16,6 +16,7 @@
 //! (the lab), and a restarted daemon adopts them and converges without
 //! recreating anything.
 
+mod batch;
 mod bench;
 mod driver;
 mod error;

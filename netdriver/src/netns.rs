@@ -11,20 +11,30 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use tokio::task::JoinHandle;
 
+use crate::batch::RawSock;
 use crate::NetError;
 
-/// A netlink connection bound to one namespace. Dropping it stops the
-/// connection task, which closes the socket and releases the socket's
-/// reference on the namespace (needed for the namespace to go away).
+/// Netlink sockets bound to one namespace: an rtnetlink connection for
+/// dumps and structural requests, and two raw sockets for batched entry
+/// programming (FDB on one, neighbours on the other, in parallel: the
+/// kernel does a request's work in the sending thread, so two sockets on
+/// two blocking threads use two cores). Dropping it stops the connection
+/// task and closes the sockets, releasing their references on the
+/// namespace (needed for the namespace to go away).
 pub(crate) struct NsConn {
     pub(crate) handle: rtnetlink::Handle,
+    pub(crate) raw: [Raw; 2],
     task: JoinHandle<()>,
 }
+
+/// A raw batch socket shared with the blocking thread that drives it.
+pub(crate) type Raw = Arc<Mutex<RawSock>>;
 
 impl Drop for NsConn {
     fn drop(&mut self) {
@@ -35,6 +45,7 @@ impl Drop for NsConn {
 type ConnParts = (
     rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
     rtnetlink::Handle,
+    [RawSock; 2],
 );
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> NetError + 'a {
@@ -110,13 +121,18 @@ async fn on_helper_thread<T: Send + 'static>(
 fn new_connection_here(path: &Path) -> Result<ConnParts, NetError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(io_err(path, "open netlink socket"))?;
-    Ok((conn, handle))
+    let raw = [
+        RawSock::open().map_err(io_err(path, "open netlink socket"))?,
+        RawSock::open().map_err(io_err(path, "open netlink socket"))?,
+    ];
+    Ok((conn, handle, raw))
 }
 
 fn spawn_conn(parts: ConnParts) -> NsConn {
-    let (conn, handle) = parts;
+    let (conn, handle, [a, b]) = parts;
     NsConn {
         handle,
+        raw: [Arc::new(Mutex::new(a)), Arc::new(Mutex::new(b))],
         task: tokio::spawn(conn),
     }
 }

@@ -182,8 +182,14 @@ fn two_hosts_ping_over_vxlan() {
             .await
             .unwrap();
     });
-    sh(&ha, "ip link set lo up; ip addr add 10.88.0.1/24 dev ul0; ip link set ul0 up");
-    sh(&hb, "ip link set lo up; ip addr add 10.88.0.2/24 dev ul1; ip link set ul1 up");
+    sh(
+        &ha,
+        "ip link set lo up; ip addr add 10.88.0.1/24 dev ul0; ip link set ul0 up",
+    );
+    sh(
+        &hb,
+        "ip link set lo up; ip addr add 10.88.0.2/24 dev ul1; ip link set ul1 up",
+    );
 
     let (mac_a, mac_b) = ([0x02, 0x42, 10, 99, 0, 2], [0x02, 0x42, 10, 99, 0, 3]);
     let (ip_a, ip_b) = (Ipv4Addr::new(10, 99, 0, 2), Ipv4Addr::new(10, 99, 0, 3));
@@ -191,19 +197,51 @@ fn two_hosts_ping_over_vxlan() {
     let (vtep_a, vtep_b) = (Ipv4Addr::new(10, 88, 0, 1), Ipv4Addr::new(10, 88, 0, 2));
     let mut sides = Vec::new();
     for (host, run, wl, local, ip, m, remote) in [
-        (&ha, lab.run_dir("a"), &wa, vtep_a, ip_a, mac_a, RemoteEndpoint { ip: ip_b, mac: mac_b, vtep: vtep_b }),
-        (&hb, lab.run_dir("b"), &wb, vtep_b, ip_b, mac_b, RemoteEndpoint { ip: ip_a, mac: mac_a, vtep: vtep_a }),
+        (
+            &ha,
+            lab.run_dir("a"),
+            &wa,
+            vtep_a,
+            ip_a,
+            mac_a,
+            RemoteEndpoint {
+                ip: ip_b,
+                mac: mac_b,
+                vtep: vtep_b,
+            },
+        ),
+        (
+            &hb,
+            lab.run_dir("b"),
+            &wb,
+            vtep_b,
+            ip_b,
+            mac_b,
+            RemoteEndpoint {
+                ip: ip_a,
+                mac: mac_a,
+                vtep: vtep_a,
+            },
+        ),
     ] {
         let (run2, wl2) = (run.clone(), wl.clone());
         let host_veth = in_ns(host, move || async move {
             let mut d = Driver::new(&run2).await.unwrap();
             // The agent passes the whole endpoint table, local one included.
-            let local_ep = RemoteEndpoint { ip, mac: m, vtep: local };
+            let local_ep = RemoteEndpoint {
+                ip,
+                mac: m,
+                vtep: local,
+            };
             let desired = Desired {
                 networks: vec![(spec("ovl", local, None), vec![local_ep, remote])],
             };
             let r = d.reconcile(&desired).await.unwrap();
-            assert_eq!((r.networks_created, r.fdb_added, r.neigh_added), (1, 1, 1), "{r:?}");
+            assert_eq!(
+                (r.networks_created, r.fdb_added, r.neigh_added),
+                (1, 1, 1),
+                "{r:?}"
+            );
             d.attach("ovl", &wl2, format!("{ip}/16").parse().unwrap(), m, gw)
                 .await
                 .unwrap()
@@ -216,12 +254,21 @@ fn two_hosts_ping_over_vxlan() {
     let (_, link) = nsenter(&netns_a, &["ip", "-o", "link", "show", "vx0"]);
     assert!(link.contains("mtu 1450"), "{link}");
     let (_, eth0) = nsenter(&wa, &["ip", "-o", "link", "show", "eth0"]);
-    assert!(eth0.contains("mtu 1450") && eth0.contains("02:42:0a:63:00:02"), "{eth0}");
+    assert!(
+        eth0.contains("mtu 1450") && eth0.contains("02:42:0a:63:00:02"),
+        "{eth0}"
+    );
     // The VXLAN socket (UDP 4789 = 0x12B5) is in the host namespace, not the overlay one.
     let (_, udp_host) = nsenter(&ha, &["cat", "/proc/net/udp"]);
-    assert!(udp_host.contains(":12B5"), "no VXLAN socket in the host ns:\n{udp_host}");
+    assert!(
+        udp_host.contains(":12B5"),
+        "no VXLAN socket in the host ns:\n{udp_host}"
+    );
     let (_, udp_ovl) = nsenter(&netns_a, &["cat", "/proc/net/udp"]);
-    assert!(!udp_ovl.contains(":12B5"), "VXLAN socket in the overlay ns:\n{udp_ovl}");
+    assert!(
+        !udp_ovl.contains(":12B5"),
+        "VXLAN socket in the overlay ns:\n{udp_ovl}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -269,12 +316,21 @@ fn reconcile_is_idempotent_against_the_kernel() {
         assert!(d.networks().is_empty());
 
         let all = eps(1000);
-        let desired = Desired { networks: vec![(spec("net1", local, Some(1400)), all.clone())] };
+        let desired = Desired {
+            networks: vec![(spec("net1", local, Some(1400)), all.clone())],
+        };
         let r = d.reconcile(&desired).await.unwrap();
-        assert_eq!((r.networks_created, r.fdb_added, r.neigh_added), (1, 1000, 1000), "{r:?}");
+        assert_eq!(
+            (r.networks_created, r.fdb_added, r.neigh_added),
+            (1, 1000, 1000),
+            "{r:?}"
+        );
         let r = d.reconcile(&desired).await.unwrap();
         assert!(r.is_noop(), "second reconcile not a no-op: {r:?}");
-        assert_eq!(d.diff(&desired).await.unwrap(), vec![("net1".to_string(), vec![])]);
+        assert_eq!(
+            d.diff(&desired).await.unwrap(),
+            vec![("net1".to_string(), vec![])]
+        );
 
         // MTU from the spec is on the links.
         for dev in ["vx0", "br0"] {
@@ -282,27 +338,58 @@ fn reconcile_is_idempotent_against_the_kernel() {
             assert!(l.contains("mtu 1400"), "{l}");
         }
         let (_, l) = nsenter(&netns, &["ip", "-d", "-o", "link", "show", "vx0"]);
-        assert!(l.contains("vxlan id 4242") && l.contains("local 10.77.0.1") && l.contains("nolearning") && l.contains("proxy"), "{l}");
-        assert_eq!(count_lines(&netns, &["bridge", "fdb", "show", "dev", "vx0"], " dst "), 1000);
-        assert_eq!(count_lines(&netns, &["ip", "neigh", "show", "dev", "vx0"], "PERMANENT"), 1000);
+        assert!(
+            l.contains("vxlan id 4242")
+                && l.contains("local 10.77.0.1")
+                && l.contains("nolearning")
+                && l.contains("proxy"),
+            "{l}"
+        );
+        assert_eq!(
+            count_lines(&netns, &["bridge", "fdb", "show", "dev", "vx0"], " dst "),
+            1000
+        );
+        assert_eq!(
+            count_lines(&netns, &["ip", "neigh", "show", "dev", "vx0"], "PERMANENT"),
+            1000
+        );
 
         // Hand-deleted FDB and neighbour entries come back, nothing else moves.
         let victim = all[17];
         let m = victim.mac;
-        let mac_s = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
-        sh(&netns, &format!("bridge fdb del {mac_s} dev vx0 dst {} self", victim.vtep));
+        let mac_s = format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+        sh(
+            &netns,
+            &format!("bridge fdb del {mac_s} dev vx0 dst {} self", victim.vtep),
+        );
         sh(&netns, &format!("ip neigh del {} dev vx0", all[400].ip));
         let diff = d.diff(&desired).await.unwrap();
         assert_eq!(diff[0].1.len(), 2, "{diff:?}");
         assert!(diff[0].1.iter().any(|l| l.contains(&mac_s)), "{diff:?}");
         let r = d.reconcile(&desired).await.unwrap();
         assert_eq!(
-            (r.fdb_added, r.neigh_added, r.fdb_removed, r.neigh_removed, r.fdb_replaced, r.links_changed),
+            (
+                r.fdb_added,
+                r.neigh_added,
+                r.fdb_removed,
+                r.neigh_removed,
+                r.fdb_replaced,
+                r.links_changed
+            ),
             (1, 1, 0, 0, 0, 0),
             "{r:?}"
         );
         let (_, fdb) = nsenter(&netns, &["bridge", "fdb", "show", "dev", "vx0"]);
-        assert!(fdb.lines().any(|l| l.contains(&mac_s) && l.contains(&victim.vtep.to_string()) && l.contains("self") && l.contains("permanent")), "{fdb}");
+        assert!(
+            fdb.lines().any(|l| l.contains(&mac_s)
+                && l.contains(&victim.vtep.to_string())
+                && l.contains("self")
+                && l.contains("permanent")),
+            "{fdb}"
+        );
 
         // Restart: a new driver adopts the namespace and has nothing to do.
         drop(d);
@@ -310,17 +397,29 @@ fn reconcile_is_idempotent_against_the_kernel() {
         assert_eq!(d.networks(), vec!["net1".to_string()]);
         let r = d.reconcile(&desired).await.unwrap();
         assert!(r.is_noop(), "restart did not converge silently: {r:?}");
-        assert_eq!(count_lines(&netns, &["bridge", "fdb", "show", "dev", "vx0"], " dst "), 1000);
+        assert_eq!(
+            count_lines(&netns, &["bridge", "fdb", "show", "dev", "vx0"], " dst "),
+            1000
+        );
 
         // Churn: 100 leave, 10 move to another VTEP, MTU changes.
         let mut changed: Vec<RemoteEndpoint> = all[100..].to_vec();
         for e in changed.iter_mut().take(10) {
             e.vtep = Ipv4Addr::new(198, 18, 1, 1);
         }
-        let desired2 = Desired { networks: vec![(spec("net1", local, Some(1300)), changed)] };
+        let desired2 = Desired {
+            networks: vec![(spec("net1", local, Some(1300)), changed)],
+        };
         let r = d.reconcile(&desired2).await.unwrap();
         assert_eq!(
-            (r.fdb_removed, r.neigh_removed, r.fdb_replaced, r.fdb_added, r.neigh_added, r.links_changed),
+            (
+                r.fdb_removed,
+                r.neigh_removed,
+                r.fdb_replaced,
+                r.fdb_added,
+                r.neigh_added,
+                r.links_changed
+            ),
             (100, 100, 10, 0, 0, 2),
             "{r:?}"
         );
@@ -350,15 +449,26 @@ fn bad_specs_name_the_network_and_leave_others_alone() {
         bad.gateway = Ipv4Addr::new(192, 168, 1, 1);
         let mut other = spec("good", local, None);
         other.vni = 4243;
-        let desired = Desired { networks: vec![(bad, vec![]), (other, eps(3))] };
+        let desired = Desired {
+            networks: vec![(bad, vec![]), (other, eps(3))],
+        };
         let e = d.reconcile(&desired).await.unwrap_err();
         assert!(e.to_string().contains("network bad"), "{e}");
         assert_eq!(d.networks(), vec!["good".to_string()]);
         // Default MTU without an interface holding the local VTEP: 1450.
-        let (_, l) = nsenter(&run.join("netns/good"), &["ip", "-o", "link", "show", "vx0"]);
+        let (_, l) = nsenter(
+            &run.join("netns/good"),
+            &["ip", "-o", "link", "show", "vx0"],
+        );
         assert!(l.contains("mtu 1450"), "{l}");
         let e = d
-            .attach("nope", Path::new("/nonexistent"), "10.99.0.9/16".parse().unwrap(), mac(1, 1), Ipv4Addr::new(10, 99, 0, 1))
+            .attach(
+                "nope",
+                Path::new("/nonexistent"),
+                "10.99.0.9/16".parse().unwrap(),
+                mac(1, 1),
+                Ipv4Addr::new(10, 99, 0, 1),
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
@@ -372,9 +482,14 @@ fn bench_reconcile_small() {
     let host = lab.ns("bench");
     let run = lab.run_dir("bench");
     let run2 = run.clone();
-    let r = in_ns(&host, move || async move { bench_reconcile(&run2, 1000).await.unwrap() });
+    let r = in_ns(&host, move || async move {
+        bench_reconcile(&run2, 1000).await.unwrap()
+    });
     assert_eq!(r.entries, 2000);
-    assert!(std::fs::read_dir(run.join("netns")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(run.join("netns"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 /// `cargo test -p shoal-netdriver --release -- --ignored bench_reconcile_10k --nocapture`
@@ -384,7 +499,9 @@ fn bench_reconcile_10k() {
     let lab = Lab::new();
     let host = lab.ns("bench");
     let run = lab.run_dir("bench");
-    let r = in_ns(&host, move || async move { bench_reconcile(&run, 10_000).await.unwrap() });
+    let r = in_ns(&host, move || async move {
+        bench_reconcile(&run, 10_000).await.unwrap()
+    });
     println!(
         "bench reconcile: {} endpoints, {} entries: add {:.0} entries/s ({:.3} s), delete {:.0} entries/s ({:.3} s)",
         r.endpoints, r.entries, r.add_per_sec, r.add_secs, r.del_per_sec, r.del_secs
