@@ -211,6 +211,16 @@ impl Driver {
         applied: &mut Applied,
     ) -> Result<(), NetError> {
         let path = self.netns_path(&d.id);
+        if self.networks.contains_key(&d.id) && !path.exists() {
+            // Someone removed the bind mount: our sockets keep a namespace
+            // nobody else can reach. Start over with a fresh one.
+            // Delete its vx0 through our socket first: the VNI stays taken
+            // in the daemon's namespace until that device is gone.
+            warn!(network = %d.id, "namespace file vanished; recreating the network");
+            if let Some(old) = self.networks.remove(&d.id) {
+                let _ = kernel::delete_link(&d.id, &old.handle, VXLAN).await;
+            }
+        }
         let kernel = match self.networks.get(&d.id) {
             Some(conn) => kernel::dump(&d.id, &conn.handle).await?,
             None => KernelState::default(),

@@ -33,6 +33,10 @@ const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
 const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
 const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
 
+/// How many times (100 ms apart) VXLAN creation is retried while the VNI
+/// is still taken by a device being torn down.
+const VXLAN_EEXIST_RETRIES: u32 = 30;
+
 /// Counter making the daemon-side temporary VXLAN names unique.
 static TMP_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -524,20 +528,36 @@ async fn create_vxlan(
     let tmp = format!("shv{vni:06x}{seq:04x}");
     let what =
         format!("create {tmp} (vni {vni} local {local} dstport {port}) in the daemon namespace");
-    t.own
-        .link()
-        .add(
-            LinkVxlan::new(&tmp, vni)
-                .local(local)
-                .port(port)
-                .learning(false)
-                .proxy(true)
-                .mtu(mtu)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(t.network, what))?;
+    // EEXIST: a device with this VNI is still registered in the daemon's
+    // namespace, typically in a namespace the kernel is still tearing down
+    // (that is asynchronous). Wait a little for it to go.
+    let mut tries = 0;
+    loop {
+        let r = t
+            .own
+            .link()
+            .add(
+                LinkVxlan::new(&tmp, vni)
+                    .local(local)
+                    .port(port)
+                    .learning(false)
+                    .proxy(true)
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await;
+        match r {
+            Err(e) if errno(&e) == Some(EEXIST) && tries < VXLAN_EEXIST_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            r => {
+                r.map_err(nl(t.network, what))?;
+                break;
+            }
+        }
+    }
     let moved = async {
         let idx = index_of("daemon", t.own, &tmp).await?;
         let f = std::fs::File::open(t.ns_path).map_err(|source| NetError::Io {

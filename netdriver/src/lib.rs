@@ -15,6 +15,33 @@
 //! `<run_dir>/netns/<network id>` so that many daemons can share one kernel
 //! (the lab), and a restarted daemon adopts them and converges without
 //! recreating anything.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), shoal_netdriver::NetError> {
+//! use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
+//! let mut driver = Driver::new("/run/shoal".as_ref()).await?;
+//! let spec = NetworkSpec {
+//!     id: "k2x9net".into(),
+//!     vni: 4097,
+//!     subnet: "10.0.9.0/24".parse().unwrap(),
+//!     gateway: "10.0.9.1".parse().unwrap(),
+//!     mtu: None,
+//!     local_vtep: "192.168.56.11".parse().unwrap(),
+//!     port: 4789,
+//! };
+//! let peer = RemoteEndpoint {
+//!     ip: "10.0.9.3".parse().unwrap(),
+//!     mac: [0x02, 0x42, 0x0a, 0x00, 0x09, 0x03],
+//!     vtep: "192.168.56.12".parse().unwrap(),
+//! };
+//! let report = driver
+//!     .reconcile(&Desired { networks: vec![(spec, vec![peer])] })
+//!     .await?;
+//! assert!(driver.reconcile(&Desired::default()).await?.networks_removed <= 1);
+//! # let _ = report; Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 mod batch;
 mod bench;

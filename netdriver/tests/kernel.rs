@@ -472,6 +472,18 @@ fn bad_specs_name_the_network_and_leave_others_alone() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        // A namespace unmounted behind the driver's back is rebuilt.
+        remove_netns(&run.join("netns/good")).unwrap();
+        let only_good = Desired {
+            networks: desired.networks[1..].to_vec(),
+        };
+        let r = d.reconcile(&only_good).await.unwrap();
+        assert_eq!(
+            (r.networks_created, r.fdb_added, r.neigh_added),
+            (1, 3, 3),
+            "{r:?}"
+        );
+        assert!(d.reconcile(&only_good).await.unwrap().is_noop());
         d.reconcile(&Desired::default()).await.unwrap();
     });
 }
