@@ -99,6 +99,24 @@ pub enum Request {
         /// Names, ids or id prefixes.
         networks: Vec<String>,
     },
+    /// `shoal run`: a workload attached to an overlay network.
+    Run {
+        /// Network name or id (must be attachable).
+        network: String,
+        /// Workload name.
+        name: Option<String>,
+        /// Address in the network.
+        ip: Option<std::net::Ipv4Addr>,
+        /// Command and arguments.
+        argv: Vec<String>,
+    },
+    /// `shoal ps`.
+    Ps,
+    /// `shoal stop`.
+    Stop {
+        /// Workload id, id prefix or name.
+        workload: String,
+    },
     /// `network rm`.
     NetworkRemove {
         /// Names, ids or id prefixes.
@@ -201,6 +219,8 @@ pub enum Response {
     Message(String),
     /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].
     Nodes(Vec<NodeRow>),
+    /// Workloads on this node.
+    Workloads(Vec<crate::overlay::Workload>),
     /// Networks (ls / inspect), docker-like documents.
     Networks(Vec<serde_json::Value>),
     /// Gossip members.

@@ -58,6 +58,29 @@ pub enum Command {
     /// Manage overlay networks (run on a manager).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Run a process on this node in its own network namespace, attached
+    /// to an attachable overlay network: `shoal run --network app -- CMD`.
+    Run {
+        /// Network name or id (created with --attachable).
+        #[arg(long)]
+        network: String,
+        /// Workload name [default: its id].
+        #[arg(long)]
+        name: Option<String>,
+        /// Address in the network [default: the lowest free one].
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// List the workloads running on this node.
+    Ps,
+    /// Stop a workload on this node (SIGTERM); its endpoint is removed.
+    Stop {
+        /// Workload id, id prefix or name.
+        workload: String,
+    },
 }
 
 /// `shoal network ...`
@@ -407,6 +430,48 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             print_response(cli.format, resp, quiet);
             Ok(())
         }
+        Command::Run {
+            network,
+            name,
+            ip,
+            argv,
+        } => {
+            let resp = client::call(
+                &cli.host,
+                Request::Run {
+                    network: network.clone(),
+                    name: name.clone(),
+                    ip: *ip,
+                    argv: argv.clone(),
+                },
+            )
+            .await?;
+            match (cli.format, resp) {
+                (Format::Table, Response::Workloads(w)) => {
+                    for w in w {
+                        println!("{}", w.id);
+                    }
+                }
+                (f, r) => print_response(f, r, false),
+            }
+            Ok(())
+        }
+        Command::Ps => {
+            let resp = client::call(&cli.host, Request::Ps).await?;
+            print_response(cli.format, resp, false);
+            Ok(())
+        }
+        Command::Stop { workload } => {
+            let resp = client::call(
+                &cli.host,
+                Request::Stop {
+                    workload: workload.clone(),
+                },
+            )
+            .await?;
+            print_response(cli.format, resp, false);
+            Ok(())
+        }
         Command::Network(cmd) => {
             let req = match cmd {
                 NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),
@@ -585,6 +650,22 @@ fn print_response(format: Format, resp: Response, quiet: bool) {
         }
         (Format::Json, Response::Nodes(rows)) => print_json(&rows),
         (Format::Json, Response::Members(m)) => print_json(&m),
+        (Format::Json, Response::Workloads(w)) => print_json(&w),
+        (Format::Table, Response::Workloads(w)) => print_table(
+            &["ID", "NAME", "NETWORK", "IP", "PID", "COMMAND"],
+            w.iter()
+                .map(|w| {
+                    vec![
+                        w.id.chars().take(12).collect(),
+                        w.name.clone(),
+                        w.network.name.clone(),
+                        w.endpoint.ip.to_string(),
+                        w.pid.to_string(),
+                        w.argv.join(" "),
+                    ]
+                })
+                .collect(),
+        ),
         (Format::Json, Response::Entries(e)) => print_json(&e),
         (Format::Json, Response::Metrics(m)) => print_json(&m),
         (Format::Table, Response::Members(m)) => print_table(

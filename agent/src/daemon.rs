@@ -226,6 +226,18 @@ impl Daemon {
             Request::NetworkCreate(spec) => Ok(Response::Message(
                 self.swarm().await?.network_create(spec).await?,
             )),
+            Request::Run {
+                network,
+                name,
+                ip,
+                argv,
+            } => Ok(Response::Workloads(vec![
+                self.swarm().await?.run(&network, name, ip, argv).await?,
+            ])),
+            Request::Ps => Ok(Response::Workloads(self.swarm().await?.overlay.list())),
+            Request::Stop { workload } => {
+                Ok(Response::Message(self.swarm().await?.stop(&workload)?))
+            }
             Request::NetworkList => {
                 Ok(Response::Networks(self.swarm().await?.networks(&[]).await?))
             }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod gossip;
 pub mod membership_file;
+pub mod overlay;
 pub mod rpc;
 pub mod session;
 pub mod swarm;

@@ -63,6 +63,23 @@ pub enum NodeRequest {
     /// A promoted node (holding a manager certificate) asks to be added
     /// to the Raft group.
     JoinRaft,
+    /// `shoal run` on this node: allocate an endpoint on an attachable
+    /// network.
+    Attach {
+        /// Network name or id.
+        network: String,
+        /// Workload name.
+        name: String,
+        /// Address asked for.
+        ip: Option<std::net::Ipv4Addr>,
+    },
+    /// A workload of this node ended: free its endpoint.
+    Detach {
+        /// Network id.
+        network: String,
+        /// Endpoint id.
+        endpoint: String,
+    },
     /// A new certificate for the node's key (renewal, CA rotation, role
     /// change).
     Renew {
@@ -74,6 +91,13 @@ pub enum NodeRequest {
 /// Answers to [`NodeRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeResponse {
+    /// An endpoint was allocated.
+    Attached {
+        /// The network.
+        network: Box<shoal_raft_store::network::Network>,
+        /// The endpoint.
+        endpoint: shoal_raft_store::network::Endpoint,
+    },
     /// Added to the Raft group.
     Raft {
         /// The node's raft id.

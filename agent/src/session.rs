@@ -54,6 +54,9 @@ pub struct Assignments {
     pub keys: Vec<GossipKey>,
     /// Heartbeat period the leader expects, in milliseconds.
     pub heartbeat_ms: u64,
+    /// VXLAN UDP port of the cluster.
+    #[serde(default)]
+    pub data_path_port: u16,
 }
 
 impl std::fmt::Debug for Assignments {
@@ -80,6 +83,7 @@ impl Assignments {
             roots_pem: cluster.map(|c| c.ca.trusted_roots()).unwrap_or_default(),
             keys: state.keys.clone(),
             heartbeat_ms: cluster.map(|c| c.heartbeat_period_ms).unwrap_or(5000),
+            data_path_port: cluster.map(|c| c.data_path_port).unwrap_or(4789),
         }
     }
 
@@ -90,6 +94,7 @@ impl Assignments {
             && self.roots_pem == other.roots_pem
             && self.keys == other.keys
             && self.heartbeat_ms == other.heartbeat_ms
+            && self.data_path_port == other.data_path_port
     }
 }
 

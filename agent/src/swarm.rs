@@ -156,6 +156,10 @@ pub struct Swarm {
     gossip: RwLock<Option<shoal_membership::Gossip>>,
     /// Gossip is being started (do not start twice).
     gossip_starting: std::sync::atomic::AtomicBool,
+    /// Workloads and the netdriver.
+    pub overlay: crate::overlay::Overlay,
+    /// VXLAN port of the cluster, as last assigned.
+    data_path_port: std::sync::atomic::AtomicU16,
 }
 
 impl session::SessionHost for Swarm {
@@ -528,6 +532,7 @@ impl Swarm {
         };
         let me = sf.node_id.clone();
         let heartbeat = Duration::from_millis(config.heartbeat_ms.max(50));
+        let config_run_dir = config.run_dir.clone();
         let swarm = Arc::new(Swarm {
             config,
             restart,
@@ -544,6 +549,8 @@ impl Swarm {
             renewing: std::sync::atomic::AtomicBool::new(false),
             gossip: RwLock::new(None),
             gossip_starting: std::sync::atomic::AtomicBool::new(false),
+            overlay: crate::overlay::Overlay::new(&config_run_dir),
+            data_path_port: std::sync::atomic::AtomicU16::new(4789),
         });
         let weak = Arc::downgrade(&swarm);
         if let Some(l) = listener {
@@ -555,6 +562,7 @@ impl Swarm {
             swarm.add_task(tokio::spawn(key_manager(weak.clone())));
             swarm.add_task(tokio::spawn(manager_loop(weak.clone())));
         }
+        swarm.add_task(tokio::spawn(overlay_loop(weak.clone())));
         swarm.add_task(tokio::spawn(session_loop(weak)));
         Ok(swarm)
     }
@@ -704,6 +712,156 @@ impl Swarm {
         self.propose(Command::CreateNetwork { spec, at: now_ms() })
             .await?;
         Ok(id)
+    }
+
+    /// Allocate an endpoint for a workload of `node` on an attachable
+    /// network (manager side).
+    async fn allocate_endpoint(
+        &self,
+        network: &str,
+        name: String,
+        node: String,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> Result<
+        (
+            shoal_raft_store::network::Network,
+            shoal_raft_store::network::Endpoint,
+        ),
+        ApiError,
+    > {
+        let key = network.to_string();
+        let net = self
+            .read(move |s| shoal_raft_store::network::find(&s.networks, &key).cloned())
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("network {network} not found"))
+            })?;
+        if !net.attachable {
+            return Err(ApiError::invalid(format!(
+                "network {} is not attachable: create it with --attachable to run standalone workloads on it",
+                net.name
+            )));
+        }
+        let id = NodeId::generate().to_string();
+        self.propose(Command::AttachEndpoint {
+            network: net.id.clone(),
+            id: id.clone(),
+            name,
+            node,
+            ip,
+        })
+        .await?;
+        let nid = net.id.clone();
+        let net = self
+            .read_local(move |s| s.networks.get(&nid).cloned())
+            .await?
+            .ok_or_else(|| ApiError::internal("network vanished"))?;
+        let ep = net
+            .endpoints
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("endpoint vanished"))?;
+        Ok((net, ep))
+    }
+
+    /// `shoal run`: allocate an endpoint (through a manager when this node
+    /// is a worker), then start the workload here.
+    pub async fn run(
+        &self,
+        network: &str,
+        name: Option<String>,
+        ip: Option<std::net::Ipv4Addr>,
+        argv: Vec<String>,
+    ) -> Result<crate::overlay::Workload, ApiError> {
+        if argv.is_empty() {
+            return Err(ApiError::invalid(
+                "shoal run: no command given (shoal run --network NET -- CMD ...)",
+            ));
+        }
+        let sf = self.file();
+        let IpAddr::V4(vtep) = sf.data_path_addr else {
+            return Err(ApiError::invalid(
+                "overlay networks need an IPv4 data-path address",
+            ));
+        };
+        let me = sf.node_id.to_string();
+        let name = name.unwrap_or_default();
+        let (net, ep) = if self.raft.is_some() {
+            self.allocate_endpoint(network, name.clone(), me.clone(), ip)
+                .await?
+        } else {
+            match self
+                .node_call(NodeRequest::Attach {
+                    network: network.to_string(),
+                    name: name.clone(),
+                    ip,
+                })
+                .await?
+            {
+                NodeResponse::Attached { network, endpoint } => (*network, endpoint),
+                _ => return Err(ApiError::internal("unexpected answer to attach")),
+            }
+        };
+        let name = if name.is_empty() {
+            ep.id.chars().take(12).collect()
+        } else {
+            name
+        };
+        let port = self
+            .data_path_port
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let gossip = self.gossip();
+        match self
+            .overlay
+            .start(
+                net.clone(),
+                ep.clone(),
+                name,
+                argv,
+                &me,
+                vtep,
+                port,
+                gossip.as_ref(),
+            )
+            .await
+        {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                let _ = self.release_endpoint(&net.id, &ep.id).await;
+                Err(ApiError::internal(format!(
+                    "cannot start the workload: {e:#}"
+                )))
+            }
+        }
+    }
+
+    /// Free an endpoint in the store.
+    async fn release_endpoint(&self, network: &str, endpoint: &str) -> Result<(), ApiError> {
+        if self.raft.is_some() {
+            self.propose(Command::DetachEndpoint {
+                network: network.to_string(),
+                id: endpoint.to_string(),
+            })
+            .await
+        } else {
+            self.node_call(NodeRequest::Detach {
+                network: network.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .await
+            .map(|_| ())
+        }
+    }
+
+    /// `shoal stop`: SIGTERM the workload; the overlay loop cleans up.
+    pub fn stop(&self, key: &str) -> Result<String, ApiError> {
+        let w = self.overlay.find(key).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("workload {key} not found"))
+        })?;
+        let pid = nix::unistd::Pid::from_raw(w.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.overlay.kick.notify_one();
+        Ok(w.id)
     }
 
     /// `network rm`.
@@ -1084,6 +1242,25 @@ impl Swarm {
                         ..Default::default()
                     },
                     at: now_ms(),
+                })
+                .await
+                .map_err(|e| e.message)?;
+                Ok(NodeResponse::Ok)
+            }
+            NodeRequest::Attach { network, name, ip } => {
+                let (network, endpoint) = self
+                    .allocate_endpoint(&network, name, peer.to_string(), ip)
+                    .await
+                    .map_err(|e| e.message)?;
+                Ok(NodeResponse::Attached {
+                    network: Box::new(network),
+                    endpoint,
+                })
+            }
+            NodeRequest::Detach { network, endpoint } => {
+                self.propose(Command::DetachEndpoint {
+                    network,
+                    id: endpoint,
                 })
                 .await
                 .map_err(|e| e.message)?;
@@ -1705,6 +1882,10 @@ impl Swarm {
     /// worker also certificate renewal and promotion.
     fn apply_assignments(self: &Arc<Self>, a: session::Assignments) {
         self.update_managers(a.managers.clone());
+        if a.data_path_port != 0 {
+            self.data_path_port
+                .store(a.data_path_port, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut k) = self.keys.write() {
             if *k != a.keys {
                 info!(keys = ?a.keys, "gossip key ring updated");
@@ -1934,6 +2115,63 @@ async fn session_loop(swarm: std::sync::Weak<Swarm>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Keep workloads and the kernel in step: clean up exited workloads (and
+/// free their endpoints), then reconcile — on a timer, when kicked, and on
+/// every endpoint-table change from gossip.
+async fn overlay_loop(swarm: std::sync::Weak<Swarm>) {
+    let mut events: Option<tokio::sync::broadcast::Receiver<shoal_membership::Event>> = None;
+    loop {
+        let Some(s) = swarm.upgrade() else { return };
+        if events.is_none() {
+            events = s.gossip().map(|g| g.subscribe());
+        }
+        for id in s.overlay.exited() {
+            let gossip = s.gossip();
+            if let Some(w) = s.overlay.cleanup(&id, gossip.as_ref()).await {
+                if let Err(e) = s.release_endpoint(&w.network.id, &w.id).await {
+                    warn!(workload = %w.id, "cannot free the endpoint: {}", e.message);
+                }
+            }
+        }
+        let sf = s.file();
+        if let IpAddr::V4(vtep) = sf.data_path_addr {
+            let port = s.data_path_port.load(std::sync::atomic::Ordering::Relaxed);
+            let gossip = s.gossip();
+            if let Err(e) = s
+                .overlay
+                .reconcile(sf.node_id.as_str(), vtep, port, gossip.as_ref())
+                .await
+            {
+                warn!("overlay reconcile: {e:#}");
+            }
+        }
+        let kicked = async {
+            match events.as_mut() {
+                Some(rx) => loop {
+                    match rx.recv().await {
+                        Ok(shoal_membership::Event::EntryChanged(e))
+                            if e.table.starts_with("ep/") =>
+                        {
+                            return
+                        }
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                },
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let s2 = s.clone();
+        drop(s);
+        tokio::select! {
+            _ = kicked => {}
+            _ = s2.overlay.kick.notified() => {}
+            _ = tokio::time::sleep(crate::overlay::RECONCILE_EVERY) => {}
+        }
     }
 }
 
