@@ -719,3 +719,35 @@ pub fn sim(members: usize, seed: u64, out: Option<&Path>) -> Result<(), LabError
     let line = json!({"bench": "sim", "report": serde_json::to_value(&r).unwrap_or(Value::Null)});
     emit(out, &summary, &line)
 }
+
+/// `bench reconcile`: program `n` remote endpoints (FDB + neighbour each)
+/// into one overlay network namespace and remove them, inside a lab host
+/// (the netdriver works in the caller's network namespace).
+pub fn reconcile(n: usize, out: Option<&Path>) -> Result<(), LabError> {
+    let lab = Lab::builder().nodes(1).start()?;
+    let host = lab.host(1)?;
+    let run_dir = host.run_dir.join("bench-reconcile");
+    let ns = PathBuf::from("/run/netns").join(&host.ns);
+    let report = std::thread::spawn(move || -> Result<shoal_netdriver::BenchReport, String> {
+        let f = std::fs::File::open(&ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(shoal_netdriver::bench_reconcile(&run_dir, n))
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| LabError::Bench("benchmark thread panicked".into()))?
+    .map_err(LabError::Bench)?;
+    let summary = format!(
+        "reconcile: {n} remote endpoints ({} FDB + neighbour entries): add {:.0} entries/s ({:.3} s), delete {:.0} entries/s ({:.3} s) (target >= 80,000/s; one `bridge`/`ip` process per entry: ~800/s)",
+        report.entries, report.add_per_sec, report.add_secs, report.del_per_sec, report.del_secs
+    );
+    let line = json!({"bench": "reconcile", "endpoints": n, "entries": report.entries,
+        "add_per_sec": report.add_per_sec.round(), "del_per_sec": report.del_per_sec.round(),
+        "add_secs": report.add_secs, "del_secs": report.del_secs, "peer": "shell driver (ip/bridge per entry): ~800/s"});
+    emit(out, &summary, &line)?;
+    lab.down()
+}

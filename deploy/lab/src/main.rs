@@ -92,7 +92,8 @@ enum Cmd {
         /// leader CPU per heartbeat.
         /// propagation / failure / gossip-bandwidth: SWIM gossip on 20 hosts;
         /// sim: 1,000 simulated members in one process (--seed).
-        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim"])]
+        /// reconcile: 10,000 remote endpoints into one network namespace.
+        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim", "reconcile"])]
         name: String,
         /// Seed (sim).
         #[arg(long, default_value_t = 1)]
@@ -200,6 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "failure" => shoal_lab::bench::failure(20, out.as_deref())?,
                 "gossip-bandwidth" => shoal_lab::bench::bandwidth(20, out.as_deref())?,
                 "sim" => shoal_lab::bench::sim(1000, seed, out.as_deref())?,
+                "reconcile" => shoal_lab::bench::reconcile(10_000, out.as_deref())?,
                 _ => shoal_lab::bench::failover(trials, out.as_deref())?,
             }
         }
