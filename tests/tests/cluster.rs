@@ -65,6 +65,7 @@ fn nodes_of(lab: &Lab, host: usize) -> Result<BTreeMap<String, Value>, String> {
             let o = r.as_object_mut().unwrap();
             o.remove("manager_status");
             o.remove("is_self");
+            o.remove("gossip");
             (id, r)
         })
         .collect())
