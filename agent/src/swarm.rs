@@ -1065,7 +1065,6 @@ impl Swarm {
     /// `swarm leave`: refuse when it would break quorum (unless forced),
     /// leave the Raft group, then forget everything.
     pub async fn leave(&self, force: bool) -> Result<(), ApiError> {
-        let me = self.node_id();
         if let Some(raft) = &self.raft {
             let st = raft.status();
             let voters = st.voters.len();
@@ -1081,13 +1080,11 @@ impl Swarm {
                 check_quorum_after_removal(voters, reachable, Some(st.id), &st)?;
             }
             if voters > 1 {
-                // The record first: once out of the voters this node can
-                // no longer propose.
-                let removed = async {
-                    self.propose(Command::RemoveNode { id: me.clone() }).await?;
-                    raft.remove_voter(st.id).await.map_err(raft_err)
-                }
-                .await;
+                // Another manager removes us: a node removing itself from
+                // the group may never learn that its removal committed.
+                let removed = self
+                    .node_call_excluding(NodeRequest::Leave, Some(self.file().addr))
+                    .await;
                 if let Err(e) = removed {
                     if !force {
                         return Err(e);
@@ -1137,12 +1134,24 @@ impl Swarm {
 
     /// Call a manager (trying each known one) over `shoal-node/1`.
     async fn node_call(&self, req: NodeRequest) -> Result<NodeResponse, ApiError> {
+        self.node_call_excluding(req, None).await
+    }
+
+    /// [`Swarm::node_call`], skipping the manager at `exclude`.
+    async fn node_call_excluding(
+        &self,
+        req: NodeRequest,
+        exclude: Option<SocketAddr>,
+    ) -> Result<NodeResponse, ApiError> {
         let tls = match self.tls.node_client.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let mut last = ApiError::new(ErrorCode::Unavailable, "no manager known");
+        let mut last = ApiError::new(ErrorCode::Unavailable, "no other manager reachable");
         for (_, addr) in self.file().managers {
+            if Some(addr) == exclude {
+                continue;
+            }
             match call::<_, Result<NodeResponse, String>>(tls.clone(), addr, &req).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) => return Err(ApiError::invalid(e)),
@@ -1235,6 +1244,22 @@ impl Swarm {
         let raft = self.raft.as_ref().ok_or("this node is not a manager")?;
         match req {
             NodeRequest::Leave => {
+                let p2 = peer.clone();
+                let raft_id = raft
+                    .read(move |s| s.nodes.get(&p2).and_then(|n| n.raft_id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(rid) = raft_id {
+                    // A manager leaves: out of the store, then out of the
+                    // Raft group (done here, where the outcome is seen).
+                    self.propose(Command::RemoveNode { id: peer.clone() })
+                        .await
+                        .map_err(|e| e.message)?;
+                    raft.remove_voter(rid)
+                        .await
+                        .map_err(|e| format!("cannot remove {peer} from the raft group: {e}"))?;
+                    return Ok(NodeResponse::Ok);
+                }
                 self.propose(Command::UpdateNode {
                     id: peer.clone(),
                     update: NodeUpdate {

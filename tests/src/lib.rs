@@ -34,16 +34,60 @@ pub fn start(builder: LabBuilder) -> Lab {
         .unwrap_or_else(|e| panic!("cannot start a lab: {e}\n({NEEDS})"))
 }
 
-/// Polls `cond` every 50 ms until it holds; fails the test after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
+/// Polls `f` every 50 ms until it yields a value; fails the test after
+/// `timeout`. Returns the value and how long it took.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
         assert!(
-            Instant::now() < deadline,
+            start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `timeout`.
+/// Returns how long it took.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    wait_until(what, timeout, || cond().then_some(())).1
+}
+
+/// Runs the shoal CLI on `host`: `Ok(stdout)` on success, `Err(stderr)`
+/// otherwise (tests assert on the error text users see).
+pub fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
+    let out = lab.shoal(host, args).expect("run the shoal CLI");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace `ns` (a lab
+/// host's), with its own tokio runtime: a test client that reaches the
+/// host's addresses.
+pub fn in_netns<T: Send>(ns: &str, f: impl std::future::Future<Output = T> + Send) -> T {
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the netns");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f)
+        })
+        .join()
+        .expect("netns thread")
+    })
 }
 
 /// `shoal --format json info` on `host`, parsed; fails the test when the

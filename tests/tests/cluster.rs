@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::{DaemonState, Lab};
+use shoal_tests::{cli, info, wait_until};
 
 /// Fast timings so failure tests finish quickly: 50 ms ticks (the default),
 /// election timeout 0.5–1 s, 500 ms node heartbeats.
@@ -19,37 +20,6 @@ fn lab(nodes: usize, extra: &str) -> Lab {
         .daemon_config(&format!("{FAST}{extra}"))
         .start()
         .unwrap_or_else(|e| panic!("lab: {e}"))
-}
-
-/// Run the CLI; Ok(stdout) on success, Err(stderr) otherwise.
-fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
-    let out = lab.shoal(host, args).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
-    let mut a = vec!["--format", "json"];
-    a.extend_from_slice(args);
-    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("h{host} {args:?}: {e}"));
-    serde_json::from_str(&out).unwrap()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The node records as a manager sees them (fields every manager must agree
@@ -69,10 +39,6 @@ fn nodes_of(lab: &Lab, host: usize) -> Result<BTreeMap<String, Value>, String> {
             (id, r)
         })
         .collect())
-}
-
-fn info(lab: &Lab, host: usize) -> Value {
-    json(lab, host, &["info"])
 }
 
 /// Host index of the current leader, as seen by `from`.
@@ -134,7 +100,7 @@ fn leader_kill_new_leader_and_catch_up() {
     let lab = lab(3, "");
     lab.init_swarm(3).unwrap();
     let managers = [1, 2, 3];
-    let old = wait_until("a leader", Duration::from_secs(10), || {
+    let (old, _) = wait_until("a leader", Duration::from_secs(10), || {
         leader_host(&lab, &managers)
     });
     lab.kill(old).unwrap();
@@ -144,7 +110,7 @@ fn leader_kill_new_leader_and_catch_up() {
     ));
     let rest: Vec<usize> = managers.iter().copied().filter(|&h| h != old).collect();
     let killed_at = Instant::now();
-    let new = wait_until("a new leader", Duration::from_secs(10), || {
+    let (new, _) = wait_until("a new leader", Duration::from_secs(10), || {
         leader_host(&lab, &rest).filter(|&h| h != old)
     });
     let elected = killed_at.elapsed();
@@ -181,7 +147,7 @@ fn quorum_loss_fails_fast_and_recovers() {
     lab.kill(2).unwrap();
     lab.kill(3).unwrap();
     // Let h1 notice (one election timeout) that the others are gone.
-    let err = wait_until(
+    let (err, _) = wait_until(
         "writes to fail with no quorum",
         Duration::from_secs(10),
         || {
@@ -407,7 +373,7 @@ fn leave_refuses_to_break_quorum_and_workers_leave() {
     // A worker leaves; managers see it down and it can be removed.
     cli(&lab, 4, &["swarm", "leave"]).unwrap();
     assert_eq!(info(&lab, 4)["swarm"]["state"], "inactive");
-    let id = wait_until("h4 down", Duration::from_secs(10), || {
+    let (id, _) = wait_until("h4 down", Duration::from_secs(10), || {
         let n = nodes_of(&lab, 1).ok()?;
         n.values()
             .find(|v| v["hostname"] == "h4" && v["status"] == "down")

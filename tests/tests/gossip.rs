@@ -4,21 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
+use shoal_tests::{cli, wait_for};
 
 const CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fast\"\n";
-
-fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
-    let out = lab.shoal(host, args).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn json(lab: &Lab, host: usize, args: &[&str]) -> Option<Value> {
     let mut a = vec!["--format", "json"];
@@ -54,18 +46,6 @@ fn alive(lab: &Lab, host: usize) -> usize {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
-
 #[test]
 fn entries_spread_vanish_with_their_owner_and_converge_after_a_partition() {
     let n = 10;
@@ -75,7 +55,7 @@ fn entries_spread_vanish_with_their_owner_and_converge_after_a_partition() {
         .start()
         .unwrap();
     lab.init_swarm(3).unwrap();
-    wait_until(
+    wait_for(
         "every node sees 10 alive members",
         Duration::from_secs(30),
         || (1..=n).all(|h| alive(&lab, h) == n),
@@ -89,7 +69,7 @@ fn entries_spread_vanish_with_their_owner_and_converge_after_a_partition() {
 
     let key = ("t1".to_string(), "k1".to_string());
     cli(&lab, 3, &["gossip", "put", "t1", "k1", "hello"]).unwrap();
-    let took = wait_until("the entry on every host", Duration::from_secs(5), || {
+    let took = wait_for("the entry on every host", Duration::from_secs(5), || {
         (1..=n).all(|h| {
             table(&lab, h).is_some_and(|t| t.get(&key).map(String::as_str) == Some("hello"))
         })
@@ -97,18 +77,18 @@ fn entries_spread_vanish_with_their_owner_and_converge_after_a_partition() {
     eprintln!("entry on all {n} hosts after {took:?}");
 
     cli(&lab, 3, &["gossip", "rm", "t1", "k1"]).unwrap();
-    wait_until("the deletion everywhere", Duration::from_secs(5), || {
+    wait_for("the deletion everywhere", Duration::from_secs(5), || {
         (1..=n).all(|h| table(&lab, h).is_some_and(|t| !t.contains_key(&key)))
     });
 
     cli(&lab, 3, &["gossip", "put", "t1", "k3", "owned-by-h3"]).unwrap();
     let k3 = ("t1".to_string(), "k3".to_string());
-    wait_until("h3's entry everywhere", Duration::from_secs(5), || {
+    wait_for("h3's entry everywhere", Duration::from_secs(5), || {
         (1..=n).all(|h| table(&lab, h).is_some_and(|t| t.contains_key(&k3)))
     });
     lab.kill(3).unwrap();
     let others: Vec<usize> = (1..=n).filter(|h| *h != 3).collect();
-    let took = wait_until(
+    let took = wait_for(
         "h3's entries gone from every other host",
         Duration::from_secs(10),
         || {
@@ -128,7 +108,7 @@ fn entries_spread_vanish_with_their_owner_and_converge_after_a_partition() {
     cli(&lab, 6, &["gossip", "put", "side", "b", "from-h6"]).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     lab.heal().unwrap();
-    let took = wait_until(
+    let took = wait_for(
         "equal tables everywhere after the heal",
         Duration::from_secs(60),
         || {

@@ -4,15 +4,7 @@
 
 use serde_json::Value;
 use shoal_lab::Lab;
-
-fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
-    let out = lab.shoal(host, args).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+use shoal_tests::cli;
 
 fn inspect(lab: &Lab, host: usize, net: &str) -> Value {
     let v: Value =

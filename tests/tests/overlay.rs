@@ -4,21 +4,13 @@
 //! entry comes back. Needs root, iproute2 and the built `shoal` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
+use shoal_tests::{cli, wait_for};
 
 const CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fast\"\n";
-
-fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
-    let out = lab.shoal(host, args).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
     let out = lab.exec(host, argv).unwrap();
@@ -26,18 +18,6 @@ fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn workload(lab: &Lab, host: usize) -> Value {
@@ -101,7 +81,7 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     .unwrap_err();
     assert!(e.contains("not attachable"), "{e}");
     // Gossip must run before endpoints can be published.
-    wait_until("gossip everywhere", Duration::from_secs(20), || {
+    wait_for("gossip everywhere", Duration::from_secs(20), || {
         (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
     });
 
@@ -142,7 +122,7 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     let ns1 = format!("--net={}", w1["netns"].as_str().unwrap());
     let ns3 = format!("--net={}", w3["netns"].as_str().unwrap());
 
-    let took = wait_until(
+    let took = wait_for(
         "w1 pings w3 over the overlay",
         Duration::from_secs(20),
         || exec(&lab, 1, &["nsenter", &ns1, "ping", "-c1", "-W1", &ip3]).0,
@@ -194,7 +174,7 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     );
     // (The reconciler may restore it before we even look again.)
     assert!(ok, "{out}");
-    wait_until("the FDB entry restored", Duration::from_secs(10), || {
+    wait_for("the FDB entry restored", Duration::from_secs(10), || {
         fdb(&lab, 1, &net_id).contains(&mac3)
     });
 
@@ -205,7 +185,7 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
         nix::unistd::Pid::from_raw(pid3),
         nix::sys::signal::Signal::SIGKILL,
     );
-    let took = wait_until(
+    let took = wait_for(
         "h3's endpoint gone from h1's FDB",
         Duration::from_secs(15),
         || !fdb(&lab, 1, &net_id).contains(&mac3),
@@ -221,7 +201,7 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
         .run_dir
         .join("overlay/netns")
         .join(&net_id);
-    wait_until(
+    wait_for(
         "h1's app namespace removed",
         Duration::from_secs(10),
         || !h1ns.exists(),

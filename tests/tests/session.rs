@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
+use shoal_tests::{cli, in_netns, info, wait_until};
 
 /// Heartbeat 500 ms: a node is Down after 3 missed beats (1.5 s).
 const FAST: &str = "heartbeat_ms = 500\n";
@@ -19,19 +20,6 @@ fn lab(nodes: usize) -> Lab {
         .daemon_config(FAST)
         .start()
         .unwrap()
-}
-
-fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
-    let out = lab.shoal(host, args).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn info(lab: &Lab, host: usize) -> Value {
-    serde_json::from_str(&cli(lab, host, &["--format", "json", "info"]).unwrap()).unwrap()
 }
 
 /// hostname -> status, as manager `host` sees it.
@@ -48,20 +36,6 @@ fn statuses(lab: &Lab, host: usize) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn key_ids(v: &Value) -> Vec<u64> {
@@ -174,23 +148,6 @@ fn key_rotation_reaches_every_node() {
     assert!(!inspect.contains("key\""), "{inspect}");
     let log = std::fs::read_to_string(lab.host(1).unwrap().log).unwrap();
     assert!(!log.contains("key: ["), "key material in the log");
-}
-
-/// Run a future on a thread inside namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl std::future::Future<Output = T> + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f)
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 /// Try to open a session and read the first message.

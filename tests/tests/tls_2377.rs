@@ -9,29 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_lab::Lab;
+use shoal_tests::in_netns;
 use shoal_tls::{ClusterCa, NodeId, NodeIdentity, NodeKey, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const RAFT: &[u8] = b"shoal-raft/1";
-
-/// Run `f` on a thread inside namespace `ns` with its own tokio runtime.
-fn in_netns<T: Send>(ns: &str, f: impl std::future::Future<Output = T> + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f)
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// Connect with `cfg`, send one raft frame (a vote request with a huge term,
 /// which would disrupt the cluster if accepted), and report whether the
