@@ -802,6 +802,16 @@ impl Swarm {
                 _ => return Err(ApiError::internal("unexpected answer to attach")),
             }
         };
+        if net.encrypted {
+            // Fail closed: IPsec for overlays is not implemented (and this
+            // kernel class has no ESP); never carry the traffic in clear.
+            let _ = self.release_endpoint(&net.id, &ep.id).await;
+            return Err(ApiError::invalid(format!(
+                "network {} is encrypted (--opt encrypted) but this node cannot encrypt overlay \
+                 traffic (no IPsec ESP support here): refusing to attach rather than send plaintext",
+                net.name
+            )));
+        }
         let name = if name.is_empty() {
             ep.id.chars().take(12).collect()
         } else {

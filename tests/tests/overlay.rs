@@ -80,6 +80,36 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     )
     .unwrap_err();
     assert!(e.contains("not attachable"), "{e}");
+    // Encrypted overlays fail closed: no plaintext, no endpoint left behind.
+    cli(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--opt",
+            "encrypted",
+            "secret",
+        ],
+    )
+    .unwrap();
+    let e = cli(
+        &lab,
+        2,
+        &["run", "--network", "secret", "--", "sleep", "600"],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("refusing to attach rather than send plaintext"),
+        "{e}"
+    );
+    let insp: Value =
+        serde_json::from_str(&cli(&lab, 1, &["network", "inspect", "secret"]).unwrap()).unwrap();
+    assert!(
+        insp[0]["Containers"].as_object().unwrap().is_empty(),
+        "{insp}"
+    );
     // Gossip must run before endpoints can be published.
     wait_for("gossip everywhere", Duration::from_secs(20), || {
         (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
