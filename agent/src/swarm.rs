@@ -598,6 +598,16 @@ impl Swarm {
             .map_err(apply_err)
     }
 
+    /// Change a node's record (stamped with the time now).
+    async fn update_node(&self, id: &NodeId, update: NodeUpdate) -> Result<(), ApiError> {
+        self.propose(Command::UpdateNode {
+            id: id.clone(),
+            update,
+            at: now_ms(),
+        })
+        .await
+    }
+
     /// A fresh (ReadIndex) read of the store.
     pub async fn read<R: Send + 'static>(
         &self,
@@ -916,14 +926,13 @@ impl Swarm {
             .read_local(|s| s.nodes.values().cloned().collect::<Vec<_>>())
             .await?;
         let id = resolve_node(&nodes, node, &me)?.id.clone();
-        self.propose(Command::UpdateNode {
-            id: id.clone(),
-            update: NodeUpdate {
+        self.update_node(
+            &id,
+            NodeUpdate {
                 availability,
                 ..Default::default()
             },
-            at: now_ms(),
-        })
+        )
         .await?;
         Ok(id.to_string())
     }
@@ -973,14 +982,13 @@ impl Swarm {
                 // the Raft group (JoinRaft) once it holds a manager
                 // certificate, so the group never counts a voter that is
                 // not running yet.
-                self.propose(Command::UpdateNode {
-                    id: n.id.clone(),
-                    update: NodeUpdate {
+                self.update_node(
+                    &n.id,
+                    NodeUpdate {
                         role: Some(Role::Manager),
                         ..Default::default()
                     },
-                    at: now_ms(),
-                })
+                )
                 .await?;
                 Ok(format!("Node {} promoted to a manager in the swarm.", n.id))
             }
@@ -996,26 +1004,24 @@ impl Swarm {
                 check_quorum_after_removal(voters, reachable, n.raft_id, &status)?;
                 // The role change first, while the node still receives the
                 // log: seeing it, the node steps down by itself.
-                self.propose(Command::UpdateNode {
-                    id: n.id.clone(),
-                    update: NodeUpdate {
+                self.update_node(
+                    &n.id,
+                    NodeUpdate {
                         role: Some(Role::Worker),
                         ..Default::default()
                     },
-                    at: now_ms(),
-                })
+                )
                 .await?;
                 if let Some(rid) = n.raft_id {
                     self.raft()?.remove_voter(rid).await.map_err(raft_err)?;
                 }
-                self.propose(Command::UpdateNode {
-                    id: n.id.clone(),
-                    update: NodeUpdate {
+                self.update_node(
+                    &n.id,
+                    NodeUpdate {
                         raft_id: Some(None),
                         ..Default::default()
                     },
-                    at: now_ms(),
-                })
+                )
                 .await?;
                 Ok(format!("Manager {} demoted in the swarm.", n.id))
             }
@@ -1270,14 +1276,13 @@ impl Swarm {
                         .map_err(|e| format!("cannot remove {peer} from the raft group: {e}"))?;
                     return Ok(NodeResponse::Ok);
                 }
-                self.propose(Command::UpdateNode {
-                    id: peer.clone(),
-                    update: NodeUpdate {
+                self.update_node(
+                    peer,
+                    NodeUpdate {
                         status: Some(NodeStatus::Down),
                         ..Default::default()
                     },
-                    at: now_ms(),
-                })
+                )
                 .await
                 .map_err(|e| e.message)?;
                 Ok(NodeResponse::Ok)
@@ -1315,14 +1320,13 @@ impl Swarm {
                     Some(r) if raft.status().voters.iter().any(|v| v.id == r) => r,
                     _ => {
                         let rid = new_raft_id();
-                        self.propose(Command::UpdateNode {
-                            id: peer.clone(),
-                            update: NodeUpdate {
+                        self.update_node(
+                            peer,
+                            NodeUpdate {
                                 raft_id: Some(Some(rid)),
                                 ..Default::default()
                             },
-                            at: now_ms(),
-                        })
+                        )
                         .await
                         .map_err(|e| e.message)?;
                         raft.add_voter(rid, node.addr)
