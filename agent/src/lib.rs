@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod notify;
 pub mod overlay;
 pub mod rpc;
+pub mod scheduler;
 pub mod session;
 pub mod swarm;

@@ -23,6 +23,7 @@ mod error;
 pub mod mem;
 pub mod network;
 mod node;
+pub mod service;
 pub mod state;
 pub mod storage;
 pub mod transport;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use shoal_tls::{NodeId, Role};
 
 use crate::network::{self, Network, NetworkError, NetworkSpec};
+use crate::service::{self, Service, ServiceError, ServiceSpec, Task, TaskState};
 use crate::StateMachine;
 
 /// Everything the managers agree on.
@@ -30,6 +31,10 @@ pub struct State {
     pub keys: Vec<GossipKey>,
     /// Overlay networks by id.
     pub networks: BTreeMap<String, Network>,
+    /// Services by id.
+    pub services: BTreeMap<String, Service>,
+    /// Tasks by id.
+    pub tasks: BTreeMap<String, Task>,
 }
 
 /// How many gossip keys the ring keeps (newest encrypts, all decrypt).
@@ -308,6 +313,72 @@ pub enum Command {
         /// Endpoint id.
         id: String,
     },
+    /// `service create` (VIPs allocated here).
+    CreateService {
+        /// Id chosen by the proposer.
+        id: String,
+        /// What was asked.
+        spec: ServiceSpec,
+        /// Unix ms.
+        at: u64,
+    },
+    /// `service update` / `service scale`.
+    UpdateService {
+        /// Id, name or id prefix.
+        service: String,
+        /// The whole new spec.
+        spec: ServiceSpec,
+        /// Unix ms.
+        at: u64,
+    },
+    /// `service rm`: the service goes, its tasks are told to shut down.
+    RemoveService {
+        /// Id, name or id prefix.
+        service: String,
+        /// Unix ms.
+        at: u64,
+    },
+    /// The scheduler places a new task (endpoints allocated here).
+    CreateTask {
+        /// Id chosen by the scheduler.
+        id: String,
+        /// Service id.
+        service: String,
+        /// Slot.
+        slot: u64,
+        /// Node.
+        node: String,
+        /// Unix ms.
+        at: u64,
+    },
+    /// The scheduler wants a task stopped (`Shutdown`).
+    SetTaskDesired {
+        /// Task id.
+        id: String,
+        /// New desired state.
+        desired: TaskState,
+        /// Unix ms.
+        at: u64,
+    },
+    /// A node (or the scheduler, for a dead node) reports a task's state.
+    /// States only move forward; a terminal state frees the endpoints.
+    TaskStatus {
+        /// Task id.
+        id: String,
+        /// New state.
+        state: TaskState,
+        /// Exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Why.
+        message: String,
+        /// Unix ms.
+        at: u64,
+    },
+    /// The scheduler forgets an ended task (history beyond the limit).
+    RemoveTask {
+        /// Task id.
+        id: String,
+    },
 }
 
 /// Why a command was rejected by `apply` (it is still in the log; it just
@@ -332,6 +403,9 @@ pub enum ApplyError {
     /// A network command was refused.
     #[error("{0}")]
     Network(#[from] NetworkError),
+    /// A service command was refused.
+    #[error("{0}")]
+    Service(#[from] ServiceError),
 }
 
 /// The result of applying one command.
@@ -396,6 +470,15 @@ impl State {
                 if self.nodes.remove(&id).is_none() {
                     return Err(ApplyError::NoSuchNode(id));
                 }
+                // Its endpoints (workloads, ingress sandbox) go with it; its
+                // tasks are rescheduled by the scheduler.
+                for net in self.networks.values_mut() {
+                    let before = net.endpoints.len();
+                    net.endpoints.retain(|_, e| e.node != id.as_str());
+                    if net.endpoints.len() != before {
+                        net.version = index;
+                    }
+                }
             }
             Command::SetJoinSecret { role, secret } => {
                 if let Some(c) = self.cluster.as_mut() {
@@ -452,6 +535,149 @@ impl State {
                 if let Some(net) = self.networks.get_mut(&key) {
                     net.endpoints.remove(&id);
                     net.version = index;
+                }
+            }
+            Command::CreateService { id, spec, at } => {
+                if self.services.contains_key(&id) {
+                    return Err(ServiceError::NameInUse(spec.name).into());
+                }
+                let spec = service::check_spec(&self.services, &self.networks, spec, None)?;
+                let mut svc = Service {
+                    id: id.clone(),
+                    spec,
+                    vips: BTreeMap::new(),
+                    spec_version: index,
+                    created_at: at,
+                    updated_at: at,
+                    version: index,
+                };
+                service::sync_vips(&mut svc, &mut self.networks, index)?;
+                self.services.insert(id, svc);
+            }
+            Command::UpdateService {
+                service: key,
+                spec,
+                at,
+            } => {
+                let mut svc = service::find(&self.services, &key)
+                    .cloned()
+                    .ok_or_else(|| ServiceError::NotFound(key.clone()))?;
+                let spec =
+                    service::check_spec(&self.services, &self.networks, spec, Some(&svc.id))?;
+                let mut same = spec.clone();
+                same.replicas = svc.spec.replicas;
+                if same != svc.spec {
+                    svc.spec_version = index;
+                }
+                svc.spec = spec;
+                svc.updated_at = at;
+                svc.version = index;
+                service::sync_vips(&mut svc, &mut self.networks, index)?;
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Command::RemoveService { service: key, at } => {
+                let svc = service::find(&self.services, &key)
+                    .cloned()
+                    .ok_or_else(|| ServiceError::NotFound(key.clone()))?;
+                service::free_vips(&svc, &mut self.networks, index);
+                self.services.remove(&svc.id);
+                for t in self.tasks.values_mut().filter(|t| t.service == svc.id) {
+                    if t.desired != TaskState::Shutdown {
+                        t.desired = TaskState::Shutdown;
+                        t.updated_at = at;
+                        t.version = index;
+                    }
+                }
+            }
+            Command::CreateTask {
+                id,
+                service: sid,
+                slot,
+                node,
+                at,
+            } => {
+                if self.tasks.contains_key(&id) {
+                    return Err(ServiceError::TaskExists(id).into());
+                }
+                let svc = self
+                    .services
+                    .get(&sid)
+                    .ok_or_else(|| ServiceError::NotFound(sid.clone()))?;
+                if !self.nodes.keys().any(|n| n.as_str() == node) {
+                    return Err(ApplyError::NoSuchNode(
+                        node.parse()
+                            .map_err(|_| ServiceError::NotFound(node.clone()))?,
+                    ));
+                }
+                let ingress = self.networks.values().find(|n| n.ingress).cloned();
+                let nets = svc.task_networks(ingress.as_ref());
+                let name = format!("{}.{}.{}", svc.spec.name, slot, id);
+                let (service_name, spec_version) = (svc.spec.name.clone(), svc.spec_version);
+                let endpoints = service::allocate_endpoints(
+                    &id,
+                    &name,
+                    &node,
+                    &nets,
+                    &mut self.networks,
+                    index,
+                )?;
+                self.tasks.insert(
+                    id.clone(),
+                    Task {
+                        id,
+                        service: sid,
+                        service_name,
+                        slot,
+                        node,
+                        desired: TaskState::Running,
+                        state: TaskState::Assigned,
+                        exit_code: None,
+                        message: "assigned".into(),
+                        endpoints,
+                        spec_version,
+                        created_at: at,
+                        updated_at: at,
+                        version: index,
+                    },
+                );
+            }
+            Command::SetTaskDesired { id, desired, at } => {
+                let t = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or_else(|| ServiceError::NoSuchTask(id.clone()))?;
+                t.desired = desired;
+                t.updated_at = at;
+                t.version = index;
+            }
+            Command::TaskStatus {
+                id,
+                state,
+                exit_code,
+                message,
+                at,
+            } => {
+                let t = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or_else(|| ServiceError::NoSuchTask(id.clone()))?;
+                // Forward only: a late report never revives an ended task.
+                if t.state.is_terminal() || state <= t.state {
+                    return Ok(());
+                }
+                t.state = state;
+                t.exit_code = exit_code.or(t.exit_code);
+                t.message = message;
+                t.updated_at = at;
+                t.version = index;
+                if state.is_terminal() {
+                    let (tid, eps) = (t.id.clone(), t.endpoints.clone());
+                    service::free_endpoints(&tid, &eps, &mut self.networks, index);
+                }
+            }
+            Command::RemoveTask { id } => {
+                if let Some(t) = self.tasks.remove(&id) {
+                    service::free_endpoints(&t.id, &t.endpoints, &mut self.networks, index);
                 }
             }
         }

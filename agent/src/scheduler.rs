@@ -1,0 +1,539 @@
+//! The scheduler (runs on the leader): compares services with their tasks
+//! and proposes the commands that close the gap.
+//!
+//! [`plan`] is pure: the store plus the time in, commands out. The loop in
+//! `swarm.rs` runs it on every store change (and every second), proposes
+//! what it returns, and runs it again; commands are level-triggered, so a
+//! lost proposal or a leader change only delays convergence.
+//!
+//! Rules (Docker's, for replicated services):
+//! - every slot `1..=replicas` has one live task (desired `Running`, not
+//!   ended, on a node that is not `Down`); a missing one is created on the
+//!   node with the fewest tasks of the service, then the fewest tasks in
+//!   all (spread), among `Ready` + `Active` nodes;
+//! - a task on a `Down` or removed node is marked `Orphaned`; one on a
+//!   drained node, above the replica count, or from an older spec is told
+//!   to shut down (and replaced where its slot still exists);
+//! - an ended task is replaced according to the restart condition, not
+//!   sooner than [`RESTART_DELAY_MS`] after it ended;
+//! - ended tasks are kept as history ([`TASK_HISTORY`] per slot) and then
+//!   removed; tasks of a removed service are removed once ended.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_raft_store::service::{PublishMode, RestartCondition, Service, Task, TaskState};
+use shoal_raft_store::state::{Availability, Command, NodeStatus, State};
+
+/// Minimum time between a task ending and its replacement starting.
+pub const RESTART_DELAY_MS: u64 = 1000;
+/// Ended tasks kept per slot (for `service ps`).
+pub const TASK_HISTORY: usize = 3;
+
+fn live(t: &Task, state: &State) -> bool {
+    t.desired == TaskState::Running
+        && !t.state.is_terminal()
+        && state
+            .nodes
+            .values()
+            .any(|n| n.id.as_str() == t.node && n.status != NodeStatus::Down)
+}
+
+/// Whether an ended task's slot gets a new task: always after a stop or
+/// a lost node, else as the restart condition says.
+fn restarts(svc: &Service, t: &Task) -> bool {
+    if matches!(t.state, TaskState::Shutdown | TaskState::Orphaned) {
+        return true;
+    }
+    match svc.spec.restart_condition {
+        RestartCondition::Any => true,
+        RestartCondition::OnFailure => t.state != TaskState::Complete,
+        RestartCondition::None => false,
+    }
+}
+
+/// What the scheduler proposes now. `new_id` makes task ids.
+pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<Command> {
+    let mut out = Vec::new();
+    let node_ok = |id: &str| {
+        state
+            .nodes
+            .values()
+            .find(|n| n.id.as_str() == id)
+            .map(|n| (n.status, n.availability))
+    };
+    // 1. Tasks that must stop or are lost.
+    for t in state.tasks.values() {
+        if t.state.is_terminal() {
+            if t.desired != TaskState::Shutdown {
+                out.push(Command::SetTaskDesired {
+                    id: t.id.clone(),
+                    desired: TaskState::Shutdown,
+                    at: now,
+                });
+            }
+            continue;
+        }
+        let svc = state.services.get(&t.service);
+        match node_ok(&t.node) {
+            None | Some((NodeStatus::Down, _)) => {
+                out.push(Command::TaskStatus {
+                    id: t.id.clone(),
+                    state: TaskState::Orphaned,
+                    exit_code: None,
+                    message: "node is down".into(),
+                    at: now,
+                });
+                continue;
+            }
+            Some((_, Availability::Drain)) if t.desired == TaskState::Running => {
+                out.push(shutdown(t, now));
+                continue;
+            }
+            _ => {}
+        }
+        if t.desired != TaskState::Running {
+            continue;
+        }
+        match svc {
+            None => out.push(shutdown(t, now)),
+            Some(s) if t.slot > s.spec.replicas || t.spec_version < s.spec_version => {
+                out.push(shutdown(t, now))
+            }
+            Some(_) => {}
+        }
+    }
+    // Load per node, counting only tasks that will keep running.
+    let stopping: BTreeSet<String> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetTaskDesired { id, .. } | Command::TaskStatus { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let running = |t: &&Task| live(t, state) && !stopping.contains(&t.id);
+    let running_ref = |t: &&&Task| running(*t);
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in state.tasks.values().filter(running) {
+        *load.entry(t.node.as_str()).or_default() += 1;
+    }
+    // 2. Slots without a live task.
+    for svc in state.services.values() {
+        let mine: Vec<&Task> = state
+            .tasks
+            .values()
+            .filter(|t| t.service == svc.id)
+            .collect();
+        let mut svc_load: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in mine.iter().filter(running_ref) {
+            *svc_load.entry(t.node.as_str()).or_default() += 1;
+        }
+        let host_ports: Vec<u16> = svc
+            .spec
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host)
+            .map(|p| p.published)
+            .collect();
+        for slot in 1..=svc.spec.replicas {
+            let in_slot: Vec<&&Task> = mine.iter().filter(|t| t.slot == slot).collect();
+            if in_slot.iter().any(|t| running(t)) {
+                continue;
+            }
+            // A task of this slot still running (stopping for an update, or
+            // not yet reported): wait for it to end first.
+            if in_slot
+                .iter()
+                .any(|t| !t.state.is_terminal() && !stopping.contains(&t.id) && live(t, state))
+            {
+                continue;
+            }
+            let last = in_slot.iter().max_by_key(|t| (t.created_at, t.id.clone()));
+            if let Some(last) = last {
+                let ended = last.state.is_terminal() && last.spec_version >= svc.spec_version;
+                if ended && !restarts(svc, last) {
+                    continue; // slot is done
+                }
+                let crashed = matches!(
+                    last.state,
+                    TaskState::Failed | TaskState::Complete | TaskState::Rejected
+                );
+                if ended && crashed && now < last.updated_at + RESTART_DELAY_MS {
+                    continue;
+                }
+            }
+            let candidate = state
+                .nodes
+                .values()
+                .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+                .filter(|n| {
+                    // Host-mode ports: one task per node.
+                    host_ports.is_empty() || svc_load.get(n.id.as_str()).copied().unwrap_or(0) == 0
+                })
+                .min_by_key(|n| {
+                    (
+                        svc_load.get(n.id.as_str()).copied().unwrap_or(0),
+                        load.get(n.id.as_str()).copied().unwrap_or(0),
+                        n.id.as_str().to_string(),
+                    )
+                });
+            let Some(node) = candidate else {
+                continue; // no suitable node: the slot waits
+            };
+            let nid = node.id.as_str();
+            *svc_load.entry(nid).or_default() += 1;
+            *load.entry(nid).or_default() += 1;
+            out.push(Command::CreateTask {
+                id: new_id(),
+                service: svc.id.clone(),
+                slot,
+                node: nid.to_string(),
+                at: now,
+            });
+        }
+    }
+    // 3. History: drop ended tasks beyond the limit (all of them for a
+    // service that is gone).
+    let mut by_slot: BTreeMap<(&str, u64), Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        if t.state.is_terminal() && t.desired == TaskState::Shutdown {
+            by_slot
+                .entry((t.service.as_str(), t.slot))
+                .or_default()
+                .push(t);
+        }
+    }
+    for ((sid, _), mut ended) in by_slot {
+        let keep = if state.services.contains_key(sid) {
+            TASK_HISTORY
+        } else {
+            0
+        };
+        ended.sort_by_key(|t| std::cmp::Reverse((t.created_at, t.id.clone())));
+        for t in ended.into_iter().skip(keep) {
+            out.push(Command::RemoveTask { id: t.id.clone() });
+        }
+    }
+    out
+}
+
+fn shutdown(t: &Task, now: u64) -> Command {
+    Command::SetTaskDesired {
+        id: t.id.clone(),
+        desired: TaskState::Shutdown,
+        at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_raft_store::service::{EndpointMode, ServiceSpec};
+    use shoal_raft_store::state::{CaState, Cluster, Node};
+    use shoal_tls::{NodeId, Role};
+
+    fn cluster() -> Cluster {
+        Cluster {
+            id: "c".into(),
+            created_at: 0,
+            ca: CaState {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                previous_roots: vec![],
+            },
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            default_addr_pools: vec!["10.0.0.0/8".into()],
+            default_addr_pool_mask_len: 24,
+            data_path_port: 4789,
+            heartbeat_period_ms: 1000,
+            key_rotation_ms: 1000,
+        }
+    }
+
+    fn node() -> Node {
+        Node {
+            id: NodeId::generate(),
+            hostname: "h".into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            addr: "10.0.0.1:2377".parse().unwrap(),
+            data_path_addr: "10.0.0.1".parse().unwrap(),
+            raft_id: None,
+            created_at: 0,
+            updated_at: 0,
+            version: 0,
+        }
+    }
+
+    struct World {
+        state: State,
+        index: u64,
+        ids: u64,
+        now: u64,
+    }
+
+    impl World {
+        fn new(nodes: usize) -> World {
+            let mut state = State::default();
+            let mut first = node();
+            first.role = Role::Manager;
+            state
+                .apply_command(
+                    1,
+                    Command::InitCluster {
+                        cluster: Box::new(cluster()),
+                        node: first,
+                    },
+                )
+                .unwrap();
+            let mut w = World {
+                state,
+                index: 1,
+                ids: 0,
+                now: 10_000,
+            };
+            for _ in 1..nodes {
+                w.apply(Command::AddNode { node: node() });
+            }
+            w.apply(Command::CreateNetwork {
+                spec: shoal_raft_store::network::NetworkSpec {
+                    id: "net1".into(),
+                    name: "app".into(),
+                    ..Default::default()
+                },
+                at: 0,
+            });
+            w
+        }
+        fn apply(&mut self, c: Command) {
+            self.index += 1;
+            self.state.apply_command(self.index, c).unwrap();
+        }
+        /// Run the scheduler to a fixed point, the nodes reporting every
+        /// assigned task as running and every stopped one as shut down.
+        fn settle(&mut self) {
+            for _ in 0..20 {
+                let mut ids = self.ids;
+                let cmds = plan(&self.state, self.now, &mut || {
+                    ids += 1;
+                    format!("t{ids:03}")
+                });
+                self.ids = ids;
+                let mut changed = !cmds.is_empty();
+                for c in cmds {
+                    self.apply(c);
+                }
+                let reports: Vec<Command> = self
+                    .state
+                    .tasks
+                    .values()
+                    .filter(|t| !t.state.is_terminal())
+                    .filter(|t| self.node(&t.node).status != NodeStatus::Down)
+                    .filter_map(|t| {
+                        let to = if t.desired == TaskState::Shutdown {
+                            TaskState::Shutdown
+                        } else if t.state != TaskState::Running {
+                            TaskState::Running
+                        } else {
+                            return None;
+                        };
+                        Some(Command::TaskStatus {
+                            id: t.id.clone(),
+                            state: to,
+                            exit_code: None,
+                            message: String::new(),
+                            at: self.now,
+                        })
+                    })
+                    .collect();
+                changed |= !reports.is_empty();
+                for c in reports {
+                    self.apply(c);
+                }
+                self.now += 2000;
+                if !changed {
+                    return;
+                }
+            }
+            panic!("scheduler did not settle");
+        }
+        fn node(&self, id: &str) -> &Node {
+            self.state
+                .nodes
+                .values()
+                .find(|n| n.id.as_str() == id)
+                .unwrap()
+        }
+        fn running_per_node(&self) -> Vec<usize> {
+            self.state
+                .nodes
+                .keys()
+                .map(|n| {
+                    self.state
+                        .tasks
+                        .values()
+                        .filter(|t| t.node == n.as_str() && t.state == TaskState::Running)
+                        .count()
+                })
+                .collect()
+        }
+        fn create(&mut self, replicas: u64) {
+            self.apply(Command::CreateService {
+                id: "svc1".into(),
+                spec: ServiceSpec {
+                    name: "web".into(),
+                    replicas,
+                    networks: vec!["app".into()],
+                    ports: vec![],
+                    endpoint_mode: EndpointMode::Vip,
+                    env: vec![],
+                    restart_condition: RestartCondition::Any,
+                    command: vec!["sleep".into(), "1000".into()],
+                    labels: Default::default(),
+                },
+                at: 0,
+            });
+        }
+    }
+
+    #[test]
+    fn spreads_and_scales() {
+        let mut w = World::new(3);
+        w.create(6);
+        w.settle();
+        assert_eq!(w.running_per_node(), vec![2, 2, 2]);
+        // Every task has an address on the service network, all distinct.
+        let ips: BTreeSet<_> = w
+            .state
+            .tasks
+            .values()
+            .map(|t| t.endpoints["net1"].ip)
+            .collect();
+        assert_eq!(ips.len(), 6);
+        assert!(w.state.services["svc1"].vips.contains_key("net1"));
+        let mut spec = w.state.services["svc1"].spec.clone();
+        spec.replicas = 2;
+        w.apply(Command::UpdateService {
+            service: "web".into(),
+            spec,
+            at: 0,
+        });
+        w.settle();
+        let mut per = w.running_per_node();
+        per.sort();
+        assert_eq!(per.iter().sum::<usize>(), 2);
+        // Ended tasks freed their addresses: 2 tasks + VIP + nothing else.
+        assert_eq!(w.state.networks["net1"].endpoints.len(), 3);
+    }
+
+    #[test]
+    fn down_node_tasks_are_replaced_and_drain_moves_tasks() {
+        let mut w = World::new(3);
+        w.create(3);
+        w.settle();
+        let victim = w.state.nodes.keys().nth(1).unwrap().clone();
+        w.apply(Command::UpdateNode {
+            id: victim.clone(),
+            update: shoal_raft_store::state::NodeUpdate {
+                status: Some(NodeStatus::Down),
+                ..Default::default()
+            },
+            at: 0,
+        });
+        w.settle();
+        let per = w.running_per_node();
+        assert_eq!(per.iter().sum::<usize>(), 3);
+        assert!(w
+            .state
+            .tasks
+            .values()
+            .any(|t| t.node == victim.as_str() && t.state == TaskState::Orphaned));
+        let drained = w.state.nodes.keys().next().unwrap().clone();
+        w.apply(Command::UpdateNode {
+            id: drained.clone(),
+            update: shoal_raft_store::state::NodeUpdate {
+                availability: Some(Availability::Drain),
+                ..Default::default()
+            },
+            at: 0,
+        });
+        w.settle();
+        assert_eq!(w.running_per_node()[0], 0);
+        assert_eq!(w.running_per_node().iter().sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn restart_policy_and_history() {
+        let mut w = World::new(1);
+        w.create(1);
+        w.settle();
+        for round in 0..5 {
+            let t = w
+                .state
+                .tasks
+                .values()
+                .find(|t| t.state == TaskState::Running)
+                .unwrap()
+                .id
+                .clone();
+            w.apply(Command::TaskStatus {
+                id: t,
+                state: TaskState::Failed,
+                exit_code: Some(1),
+                message: "exit 1".into(),
+                at: w.now,
+            });
+            // Not replaced before the restart delay.
+            let early = plan(&w.state, w.now, &mut || "x".into());
+            assert!(
+                !early
+                    .iter()
+                    .any(|c| matches!(c, Command::CreateTask { .. })),
+                "round {round}: {early:?}"
+            );
+            w.settle();
+        }
+        let tasks = w.state.tasks.len();
+        assert_eq!(tasks, TASK_HISTORY + 1, "history kept, older removed");
+        // Remove: everything goes once ended.
+        w.apply(Command::RemoveService {
+            service: "web".into(),
+            at: 0,
+        });
+        w.settle();
+        assert!(w.state.tasks.is_empty());
+        assert_eq!(w.state.networks["net1"].endpoints.len(), 0);
+    }
+
+    #[test]
+    fn restart_none_leaves_completed_slot() {
+        let mut w = World::new(2);
+        w.create(1);
+        let mut spec = w.state.services["svc1"].spec.clone();
+        spec.restart_condition = RestartCondition::None;
+        w.apply(Command::UpdateService {
+            service: "web".into(),
+            spec,
+            at: 0,
+        });
+        w.settle();
+        let t = w
+            .state
+            .tasks
+            .values()
+            .find(|t| t.state == TaskState::Running)
+            .unwrap()
+            .id
+            .clone();
+        w.apply(Command::TaskStatus {
+            id: t,
+            state: TaskState::Complete,
+            exit_code: Some(0),
+            message: String::new(),
+            at: w.now,
+        });
+        w.settle();
+        assert_eq!(w.running_per_node().iter().sum::<usize>(), 0);
+    }
+}

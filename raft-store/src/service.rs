@@ -1,0 +1,648 @@
+//! Services and tasks in the replicated store, and their allocation.
+//!
+//! A service is a desired state (`replicas` copies of a command, attached
+//! to some overlay networks, maybe publishing ports); tasks are its
+//! instances, each placed on one node by the scheduler on the leader. As
+//! with networks, everything that must agree across managers is decided
+//! here in apply: service VIPs (one address per network, in `vip` mode)
+//! and task endpoints (IP and MAC per network) are allocated from the
+//! networks' address space, and freed when a task ends or a service goes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::{self, Endpoint, Network, NetworkError};
+
+/// `tcp` or `udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a published port is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Routing mesh: on every node, balanced over all tasks.
+    Ingress,
+    /// Only on the nodes running a task, to that task.
+    Host,
+}
+
+impl fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        })
+    }
+}
+
+/// How clients reach the service's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced over the tasks.
+    Vip,
+    /// DNS round robin over the task addresses, no VIP.
+    Dnsrr,
+}
+
+impl fmt::Display for EndpointMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        })
+    }
+}
+
+impl FromStr for EndpointMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vip" => Ok(EndpointMode::Vip),
+            "dnsrr" => Ok(EndpointMode::Dnsrr),
+            _ => Err(format!(
+                "invalid endpoint mode {s:?}: expected vip or dnsrr"
+            )),
+        }
+    }
+}
+
+/// When a task that ended is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Whatever the exit.
+    Any,
+    /// Only after a non-zero exit (or a failure to start).
+    OnFailure,
+    /// Never.
+    None,
+}
+
+impl fmt::Display for RestartCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartCondition::Any => "any",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::None => "none",
+        })
+    }
+}
+
+impl FromStr for RestartCondition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(RestartCondition::Any),
+            "on-failure" => Ok(RestartCondition::OnFailure),
+            "none" => Ok(RestartCondition::None),
+            _ => Err(format!(
+                "invalid restart condition {s:?}: expected any, on-failure or none"
+            )),
+        }
+    }
+}
+
+/// One `--publish`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port inside the task.
+    pub target: u16,
+    /// Port on the nodes.
+    pub published: u16,
+    /// Ingress (routing mesh) or host.
+    pub mode: PublishMode,
+}
+
+impl fmt::Display for PortConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)?;
+        if self.mode == PublishMode::Host {
+            f.write_str(" (host)")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for PortConfig {
+    type Err = String;
+    /// Docker's two syntaxes: `8080:80[/udp]` and
+    /// `published=8080,target=80[,protocol=udp][,mode=host]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid publish {s:?}: {why}");
+        let port = |v: &str, what: &str| -> Result<u16, String> {
+            match v.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(p),
+                _ => Err(bad(&format!(
+                    "{what} port {v:?} is not a number in 1-65535"
+                ))),
+            }
+        };
+        let proto = |v: &str| match v {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(bad(&format!("protocol {v:?}: expected tcp or udp"))),
+        };
+        if s.contains('=') {
+            let (mut published, mut target) = (None, None);
+            let (mut protocol, mut mode) = (Protocol::Tcp, PublishMode::Ingress);
+            for kv in s.split(',') {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("{kv:?} is not key=value")))?;
+                match k {
+                    "published" => published = Some(port(v, "published")?),
+                    "target" => target = Some(port(v, "target")?),
+                    "protocol" => protocol = proto(v)?,
+                    "mode" => {
+                        mode = match v {
+                            "ingress" => PublishMode::Ingress,
+                            "host" => PublishMode::Host,
+                            _ => return Err(bad(&format!("mode {v:?}: expected ingress or host"))),
+                        }
+                    }
+                    _ => return Err(bad(&format!("unknown key {k:?}"))),
+                }
+            }
+            let target = target.ok_or_else(|| bad("target= is required"))?;
+            let published = published.ok_or_else(|| bad("published= is required"))?;
+            return Ok(PortConfig {
+                protocol,
+                target,
+                published,
+                mode,
+            });
+        }
+        let (ports, protocol) = match s.split_once('/') {
+            Some((p, pr)) => (p, proto(pr)?),
+            None => (s, Protocol::Tcp),
+        };
+        let (published, target) = ports
+            .split_once(':')
+            .ok_or_else(|| bad("expected PUBLISHED:TARGET[/PROTOCOL]"))?;
+        Ok(PortConfig {
+            protocol,
+            target: port(target, "target")?,
+            published: port(published, "published")?,
+            mode: PublishMode::Ingress,
+        })
+    }
+}
+
+/// What `service create` / `service update` ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub name: String,
+    /// Number of tasks.
+    pub replicas: u64,
+    /// Networks (ids once stored; names or id prefixes as asked).
+    pub networks: Vec<String>,
+    /// Published ports.
+    pub ports: Vec<PortConfig>,
+    /// VIP or DNS round robin.
+    pub endpoint_mode: EndpointMode,
+    /// `K=V` environment of the tasks.
+    pub env: Vec<String>,
+    /// Restart policy.
+    pub restart_condition: RestartCondition,
+    /// The command each task runs.
+    pub command: Vec<String>,
+    /// `--label k=v`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Id chosen by the proposer.
+    pub id: String,
+    /// The spec, with network keys resolved to ids.
+    pub spec: ServiceSpec,
+    /// Virtual IP per network id (`vip` mode only).
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Bumped when tasks must be replaced (anything but `replicas`).
+    pub spec_version: u64,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms.
+    pub updated_at: u64,
+    /// Raft index of the last change.
+    pub version: u64,
+}
+
+impl Service {
+    /// Networks the tasks join: the service's own, plus the ingress network
+    /// when a port is published through the routing mesh.
+    pub fn task_networks(&self, ingress: Option<&Network>) -> Vec<String> {
+        let mut nets = self.spec.networks.clone();
+        if let Some(i) = ingress {
+            if self
+                .spec
+                .ports
+                .iter()
+                .any(|p| p.mode == PublishMode::Ingress)
+                && !nets.contains(&i.id)
+            {
+                nets.push(i.id.clone());
+            }
+        }
+        nets
+    }
+}
+
+/// Task lifecycle (Docker's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the scheduler.
+    New,
+    /// Placed on a node, sent to it.
+    Assigned,
+    /// The node is starting it.
+    Starting,
+    /// The process runs.
+    Running,
+    /// Exited with 0.
+    Complete,
+    /// Stopped on request.
+    Shutdown,
+    /// Exited non-zero, or could not start.
+    Failed,
+    /// The node refused it (e.g. fail-closed network).
+    Rejected,
+    /// Its node went down; it is given up.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Whether the task has ended (it never runs again).
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TaskState::New => "New",
+            TaskState::Assigned => "Assigned",
+            TaskState::Starting => "Starting",
+            TaskState::Running => "Running",
+            TaskState::Complete => "Complete",
+            TaskState::Shutdown => "Shutdown",
+            TaskState::Failed => "Failed",
+            TaskState::Rejected => "Rejected",
+            TaskState::Orphaned => "Orphaned",
+        })
+    }
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Id chosen by the scheduler.
+    pub id: String,
+    /// Service id.
+    pub service: String,
+    /// Service name (for display and DNS once the service is gone).
+    pub service_name: String,
+    /// Replica slot, 1-based.
+    pub slot: u64,
+    /// Node it is placed on.
+    pub node: String,
+    /// What the scheduler wants: `Running` or `Shutdown`.
+    pub desired: TaskState,
+    /// What the node reported.
+    pub state: TaskState,
+    /// Exit code once it exited.
+    pub exit_code: Option<i32>,
+    /// Why it is in its state (errors).
+    pub message: String,
+    /// Its endpoints, by network id (freed in the networks once terminal).
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// The service's `spec_version` it was created from.
+    pub spec_version: u64,
+    /// Unix ms.
+    pub created_at: u64,
+    /// Unix ms of the last state change.
+    pub updated_at: u64,
+    /// Raft index of the last change.
+    pub version: u64,
+}
+
+impl Task {
+    /// `web.2` as Docker names tasks.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.service_name, self.slot)
+    }
+}
+
+/// Why a service command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServiceError {
+    /// Names are unique.
+    #[error("service with name {0} already exists")]
+    NameInUse(String),
+    /// Docker's name rules (also a DNS label).
+    #[error("invalid service name {0:?}: use 1-63 letters, digits and '-', starting with a letter or digit")]
+    BadName(String),
+    /// Unknown service.
+    #[error("service {0} not found")]
+    NotFound(String),
+    /// A port published twice.
+    #[error("port {port}/{protocol} is already in use by service {service}")]
+    PortInUse {
+        /// Port.
+        port: u16,
+        /// Protocol.
+        protocol: Protocol,
+        /// The service that has it.
+        service: String,
+    },
+    /// Ingress publishing without an ingress network.
+    #[error("cannot publish port {0} in ingress mode: no ingress network exists")]
+    NoIngress(u16),
+    /// No command.
+    #[error("a service needs a command")]
+    NoCommand,
+    /// A network problem (unknown network, full, …).
+    #[error("{0}")]
+    Network(#[from] NetworkError),
+    /// Unknown task.
+    #[error("task {0} not found")]
+    NoSuchTask(String),
+    /// Task id in use.
+    #[error("task {0} already exists")]
+    TaskExists(String),
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !n.starts_with('-')
+}
+
+/// Resolve the spec's network keys to ids, check names and ports, and
+/// return the spec to store.
+pub fn check_spec(
+    services: &BTreeMap<String, Service>,
+    nets: &BTreeMap<String, Network>,
+    mut spec: ServiceSpec,
+    own_id: Option<&str>,
+) -> Result<ServiceSpec, ServiceError> {
+    if !valid_name(&spec.name) {
+        return Err(ServiceError::BadName(spec.name));
+    }
+    if spec.command.is_empty() {
+        return Err(ServiceError::NoCommand);
+    }
+    if let Some(s) = services
+        .values()
+        .find(|s| s.spec.name == spec.name && Some(s.id.as_str()) != own_id)
+    {
+        return Err(ServiceError::NameInUse(s.spec.name.clone()));
+    }
+    let mut ids = Vec::new();
+    for key in &spec.networks {
+        let n = network::find(nets, key).ok_or_else(|| NetworkError::NotFound(key.clone()))?;
+        if !ids.contains(&n.id) {
+            ids.push(n.id.clone());
+        }
+    }
+    spec.networks = ids;
+    for (i, p) in spec.ports.iter().enumerate() {
+        let clash = |q: &PortConfig| q.published == p.published && q.protocol == p.protocol;
+        if spec.ports[..i].iter().any(clash) {
+            return Err(ServiceError::PortInUse {
+                port: p.published,
+                protocol: p.protocol,
+                service: spec.name.clone(),
+            });
+        }
+        if let Some(s) = services
+            .values()
+            .filter(|s| Some(s.id.as_str()) != own_id)
+            .find(|s| s.spec.ports.iter().any(clash))
+        {
+            return Err(ServiceError::PortInUse {
+                port: p.published,
+                protocol: p.protocol,
+                service: s.spec.name.clone(),
+            });
+        }
+        if p.mode == PublishMode::Ingress && !nets.values().any(|n| n.ingress) {
+            return Err(ServiceError::NoIngress(p.published));
+        }
+    }
+    Ok(spec)
+}
+
+fn vip_endpoint_id(service: &str) -> String {
+    format!("vip-{service}")
+}
+
+/// Allocate (or keep) the VIPs of `svc` on the networks its tasks join,
+/// and free those it left. All-or-nothing: on error nothing changed.
+pub fn sync_vips(
+    svc: &mut Service,
+    nets: &mut BTreeMap<String, Network>,
+    index: u64,
+) -> Result<(), ServiceError> {
+    let ingress = nets.values().find(|n| n.ingress).cloned();
+    let want: Vec<String> = if svc.spec.endpoint_mode == EndpointMode::Vip {
+        svc.task_networks(ingress.as_ref())
+    } else {
+        Vec::new()
+    };
+    let eid = vip_endpoint_id(&svc.id);
+    let mut added = Vec::new();
+    for nid in &want {
+        if svc.vips.contains_key(nid) {
+            continue;
+        }
+        let Some(net) = nets.get_mut(nid) else {
+            continue;
+        };
+        match network::attach(
+            net,
+            eid.clone(),
+            format!("{}-vip", svc.spec.name),
+            String::new(),
+            None,
+            index,
+        ) {
+            Ok(ep) => added.push((nid.clone(), ep.ip)),
+            Err(e) => {
+                for (n, _) in &added {
+                    if let Some(net) = nets.get_mut(n) {
+                        net.endpoints.remove(&eid);
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    svc.vips.extend(added);
+    let gone: Vec<String> = svc
+        .vips
+        .keys()
+        .filter(|n| !want.contains(n))
+        .cloned()
+        .collect();
+    for nid in gone {
+        svc.vips.remove(&nid);
+        if let Some(net) = nets.get_mut(&nid) {
+            net.endpoints.remove(&eid);
+            net.version = index;
+        }
+    }
+    Ok(())
+}
+
+/// Free every VIP of a service being removed.
+pub fn free_vips(svc: &Service, nets: &mut BTreeMap<String, Network>, index: u64) {
+    let eid = vip_endpoint_id(&svc.id);
+    for nid in svc.vips.keys() {
+        if let Some(net) = nets.get_mut(nid) {
+            net.endpoints.remove(&eid);
+            net.version = index;
+        }
+    }
+}
+
+/// Allocate a new task's endpoints on `networks` (all or nothing).
+pub fn allocate_endpoints(
+    task_id: &str,
+    name: &str,
+    node: &str,
+    networks: &[String],
+    nets: &mut BTreeMap<String, Network>,
+    index: u64,
+) -> Result<BTreeMap<String, Endpoint>, ServiceError> {
+    let mut out = BTreeMap::new();
+    for nid in networks {
+        let Some(net) = nets.get_mut(nid) else {
+            free_endpoints(task_id, &out, nets, index);
+            return Err(NetworkError::NotFound(nid.clone()).into());
+        };
+        match network::attach(
+            net,
+            task_id.to_string(),
+            name.to_string(),
+            node.to_string(),
+            None,
+            index,
+        ) {
+            Ok(ep) => {
+                out.insert(nid.clone(), ep);
+            }
+            Err(e) => {
+                free_endpoints(task_id, &out, nets, index);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Release a task's endpoints in the networks (idempotent).
+pub fn free_endpoints(
+    task_id: &str,
+    eps: &BTreeMap<String, Endpoint>,
+    nets: &mut BTreeMap<String, Network>,
+    index: u64,
+) {
+    for nid in eps.keys() {
+        if let Some(net) = nets.get_mut(nid) {
+            if net.endpoints.remove(task_id).is_some() {
+                net.version = index;
+            }
+        }
+    }
+}
+
+/// Find a service by exact id, exact name, or unique id prefix.
+pub fn find<'a>(services: &'a BTreeMap<String, Service>, key: &str) -> Option<&'a Service> {
+    services
+        .get(key)
+        .or_else(|| services.values().find(|s| s.spec.name == key))
+        .or_else(|| {
+            let mut m = services
+                .values()
+                .filter(|s| !key.is_empty() && s.id.starts_with(key));
+            match (m.next(), m.next()) {
+                (Some(s), None) => Some(s),
+                _ => None,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_syntaxes() {
+        let p: PortConfig = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8080, 80, Protocol::Tcp)
+        );
+        assert_eq!(p.mode, PublishMode::Ingress);
+        let p: PortConfig = "53:5353/udp".parse().unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (53, 5353, Protocol::Udp)
+        );
+        let p: PortConfig = "published=8080,target=80,protocol=udp,mode=host"
+            .parse()
+            .unwrap();
+        assert_eq!((p.published, p.target), (8080, 80));
+        assert_eq!((p.protocol, p.mode), (Protocol::Udp, PublishMode::Host));
+        for bad in [
+            "8080",
+            "x:80",
+            "8080:0",
+            "8080:80/sctp",
+            "published=1",
+            "published=1,target=2,mode=mesh",
+            "target=80,foo=1",
+            "70000:80",
+        ] {
+            let e = bad.parse::<PortConfig>().unwrap_err();
+            assert!(e.starts_with("invalid publish"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn states_order() {
+        assert!(!TaskState::Running.is_terminal());
+        assert!(TaskState::Complete.is_terminal());
+        assert!(TaskState::Orphaned.is_terminal());
+        assert!(TaskState::New < TaskState::Running);
+    }
+}
