@@ -544,11 +544,14 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_bad_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("shoal-gwstate-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(STATE_FILE);
-        let mut s = State::default();
-        s.subnet = Some(DEFAULT_GW_SUBNET);
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("no temp dir")
+        };
+        let path = dir.path().join(STATE_FILE);
+        let mut s = State {
+            subnet: Some(DEFAULT_GW_SUBNET),
+            ..State::default()
+        };
         s.leases
             .insert("task1".to_string(), Ipv4Addr::new(172, 18, 0, 2));
         assert!(save_state(&path, &s).is_ok());
@@ -560,6 +563,5 @@ mod tests {
             Err(NetError::State { path: p, .. }) => assert_eq!(p, path),
             other => panic!("expected a State error, got {other:?}"),
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
