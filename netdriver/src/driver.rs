@@ -269,12 +269,8 @@ impl Driver {
         Ok(())
     }
 
-    /// Attach a workload: create a veth pair, one end into the network
-    /// namespace on `br0`, the other moved into `workload_netns` (a
-    /// namespace bind-mount path) as `eth0` with `ip/prefix`, MAC `mac`, the
-    /// network's MTU, and a default route via `gateway`. Returns the
-    /// host-side device name (needed for [`Driver::detach`]). A leftover
-    /// pair for the same MAC (a workload that died) is replaced.
+    /// Attach a workload as `eth0` with the default route via `gateway`:
+    /// [`Driver::attach_as`] with `"eth0"` and `default_route = true`.
     pub async fn attach(
         &mut self,
         network_id: &str,
@@ -283,6 +279,32 @@ impl Driver {
         mac: [u8; 6],
         gateway: Ipv4Addr,
     ) -> Result<String, NetError> {
+        self.attach_as(network_id, workload_netns, "eth0", ip, mac, gateway, true)
+            .await
+    }
+
+    /// Attach a workload: create a veth pair, one end into the network
+    /// namespace on `br0`, the other moved into `workload_netns` (a
+    /// namespace bind-mount path) as `ifname` with `ip/prefix`, MAC `mac`
+    /// and the network's MTU; `lo` is brought up too (the task's DNS
+    /// resolver listens on 127.0.0.11). A task on several networks gets
+    /// `eth0`, `eth1`, … and the default route (via `gateway`) only where
+    /// `default_route` is set: on none of its overlays when it also has a
+    /// [`crate::GwBridge`] attachment, which takes the default route.
+    /// Returns the host-side device name (needed for [`Driver::detach`]). A
+    /// leftover pair for the same MAC (a workload that died) is replaced.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach_as(
+        &mut self,
+        network_id: &str,
+        workload_netns: &Path,
+        ifname: &str,
+        ip: Ipv4Net,
+        mac: [u8; 6],
+        gateway: Ipv4Addr,
+        default_route: bool,
+    ) -> Result<String, NetError> {
+        check_ifname(ifname)?;
         let conn = self
             .networks
             .get(network_id)
@@ -295,12 +317,14 @@ impl Driver {
             &conn.handle,
             workload_netns,
             &workload.handle,
+            ifname,
             ip,
             mac,
             gateway,
+            default_route,
         )
         .await?;
-        info!(network = %network_id, %ip, host_veth = %host, "workload attached");
+        info!(network = %network_id, %ip, ifname, default_route, host_veth = %host, "workload attached");
         Ok(host)
     }
 
@@ -348,5 +372,46 @@ impl Driver {
             }
         }
         Ok(out)
+    }
+}
+
+/// Refuse interface names the kernel would refuse, with a clearer error
+/// than EINVAL from the rename: 1 to 15 bytes, no `/`, no whitespace, not
+/// `.` or `..`.
+pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
+    let reason = if name.is_empty() || name.len() > 15 {
+        Some("must be 1 to 15 bytes long")
+    } else if name == "." || name == ".." {
+        Some("is reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("must not contain '/', ':' or whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(NetError::InvalidName {
+            kind: "interface name",
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_ifname;
+
+    #[test]
+    fn interface_names() {
+        for ok in ["eth0", "eth1", "gw0", "abcdefghijklmno"] {
+            assert!(check_ifname(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "abcdefghijklmnop", "a/b", "a b", ".", "..", "eth0:1"] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
     }
 }

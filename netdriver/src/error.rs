@@ -119,4 +119,47 @@ pub enum NetError {
         #[source]
         first: Box<NetError>,
     },
+    /// A name given by the caller cannot be used (interface name too long,
+    /// nftables table name with characters nft would misparse, ...).
+    #[error("invalid {kind} {name:?}: {reason}")]
+    InvalidName {
+        /// What the name is for (`interface name`, `nftables table`).
+        kind: &'static str,
+        /// The offending name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// `nft` (or `nsenter`, to run it in a namespace) is not installed.
+    #[error("{program} not found: install nftables (and util-linux for nsenter); needed for service load balancing and egress NAT")]
+    NftMissing {
+        /// The program that could not be run.
+        program: &'static str,
+    },
+    /// `nft` ran and refused the request; its stderr says why.
+    #[error("nft in {netns}: {what}: {stderr}")]
+    Nft {
+        /// Namespace path, or `daemon` for the daemon's own namespace.
+        netns: String,
+        /// What was asked (`replace table ip shoal-vip`).
+        what: String,
+        /// nft's error output (or its exit status when silent).
+        stderr: String,
+    },
+    /// Every address of an address pool is taken.
+    #[error("{pool}: no free address in {subnet}")]
+    PoolExhausted {
+        /// Which pool (`shoal_gwbridge`).
+        pool: String,
+        /// The subnet that is full.
+        subnet: ipnet::Ipv4Net,
+    },
+    /// A state file under the run dir could not be parsed or written.
+    #[error("{path}: {reason} (delete the file to start over)")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -622,17 +622,20 @@ pub(crate) fn veth_names(mac: Mac) -> (String, String) {
 }
 
 /// Create the workload's veth pair: host end on `br0`, peer moved into the
-/// workload namespace as `eth0` with the MAC and MTU, then configured there
-/// (address, up, default route) through `workload`.
+/// workload namespace as `ifname` with the MAC and MTU, then configured
+/// there (`lo` and `ifname` up, address, and the default route via
+/// `gateway` when `default_route`) through `workload`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn attach(
     network: &str,
     net: &Handle,
     workload_path: &Path,
     workload: &Handle,
+    ifname: &str,
     ip: Ipv4Net,
     mac: Mac,
     gateway: Ipv4Addr,
+    default_route: bool,
 ) -> Result<String, NetError> {
     let (host, peer) = veth_names(mac);
     // A leftover pair for the same MAC belongs to a workload that is gone.
@@ -667,7 +670,7 @@ pub(crate) async fn attach(
             .set(
                 LinkUnspec::new_with_index(pi)
                     .setns_by_fd(f.as_raw_fd())
-                    .name("eth0")
+                    .name(ifname)
                     .address(mac.to_vec())
                     .mtu(mtu)
                     .build(),
@@ -677,7 +680,7 @@ pub(crate) async fn attach(
             .map_err(nl(
                 network,
                 format!(
-                    "move {peer} into {} as eth0 (mac {})",
+                    "move {peer} into {} as {ifname} (mac {})",
                     workload_path.display(),
                     MacDisplay(mac)
                 ),
@@ -696,7 +699,7 @@ pub(crate) async fn attach(
             .map_err(nl(network, format!("attach {host} to {BRIDGE}")))?;
         let wname = workload_path.display().to_string();
         let wl = |what: String| nl(&wname, what);
-        for dev in ["lo", "eth0"] {
+        for dev in ["lo", ifname] {
             let i = index_of(&wname, workload, dev).await?;
             workload
                 .link()
@@ -705,7 +708,7 @@ pub(crate) async fn attach(
                 .await
                 .map_err(wl(format!("set {dev} up")))?;
         }
-        let e0 = index_of(&wname, workload, "eth0").await?;
+        let e0 = index_of(&wname, workload, ifname).await?;
         match workload
             .address()
             .add(e0, IpAddr::V4(ip.addr()), ip.prefix_len())
@@ -713,15 +716,17 @@ pub(crate) async fn attach(
             .await
         {
             Err(e) if errno(&e) == Some(EEXIST) => {}
-            r => r.map_err(wl(format!("add address {ip} on eth0")))?,
+            r => r.map_err(wl(format!("add address {ip} on {ifname}")))?,
         }
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(e0)
-            .build();
-        match workload.route().add(route).execute().await {
-            Err(e) if errno(&e) == Some(EEXIST) => {}
-            r => r.map_err(wl(format!("add default route via {gateway}")))?,
+        if default_route {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(e0)
+                .build();
+            match workload.route().add(route).execute().await {
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                r => r.map_err(wl(format!("add default route via {gateway} dev {ifname}")))?,
+            }
         }
         Ok::<(), NetError>(())
     }

@@ -47,8 +47,10 @@ mod batch;
 mod bench;
 mod driver;
 mod error;
+mod gwbridge;
 mod kernel;
 mod netns;
+pub mod nft;
 pub mod plan;
 
 use std::net::Ipv4Addr;
@@ -57,7 +59,11 @@ use std::time::Duration;
 pub use bench::{bench_reconcile, BenchReport};
 pub use driver::Driver;
 pub use error::NetError;
+pub use gwbridge::{
+    gw_veth_names, GwAttachment, GwBridge, DEFAULT_GW_SUBNET, GWBRIDGE, GW_IFNAME, GW_TABLE,
+};
 pub use netns::{create_netns, remove_netns};
+pub use nft::{Backend, PortRule, Proto, VipRule};
 
 /// Default VXLAN UDP port (IANA), the `--data-path-port` default.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
