@@ -658,8 +658,16 @@ fn print_response(format: Format, resp: Response, quiet: bool) {
                     vec![
                         w.id.chars().take(12).collect(),
                         w.name.clone(),
-                        w.network.name.clone(),
-                        w.endpoint.ip.to_string(),
+                        w.attachments
+                            .iter()
+                            .map(|a| a.network.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        w.attachments
+                            .iter()
+                            .map(|a| a.endpoint.ip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
                         w.pid.to_string(),
                         w.argv.join(" "),
                     ]

@@ -17,36 +17,91 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_membership::{EndpointRecord, Gossip};
+use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
 use shoal_raft_store::network::{Endpoint, Network};
 use tracing::{info, warn};
 
-/// A workload this node runs.
+/// One network a workload is attached to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Workload {
-    /// Endpoint id (also the workload id).
-    pub id: String,
-    /// Name given with `--name` (or the id).
-    pub name: String,
+pub struct Attachment {
     /// The network as allocated in the store.
     pub network: Network,
-    /// Its endpoint (IP, MAC).
+    /// The endpoint (IP, MAC).
     pub endpoint: Endpoint,
+    /// Host side of the veth (inside the network namespace).
+    pub host_veth: String,
+    /// Device name inside the workload (`eth0`, `eth1`, ...).
+    pub ifname: String,
+}
+
+/// A workload this node runs: a `shoal run` process, a service task, or
+/// the routing-mesh sandbox (no process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workload {
+    /// Workload id (the endpoint id of `shoal run`, the task id of a task).
+    pub id: String,
+    /// Name given with `--name` (or the id); `web.1` for tasks.
+    pub name: String,
+    /// Its networks, the first one is `eth0`.
+    pub attachments: Vec<Attachment>,
+    /// The first network (what `shoal ps` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// The endpoint on the first network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Address on `shoal_gwbridge` (egress), if any.
+    #[serde(default)]
+    pub gw_ip: Option<Ipv4Addr>,
     /// Its network namespace (bind mount under the run dir).
     pub netns: PathBuf,
-    /// Host side of its veth (inside the network namespace).
-    pub host_veth: String,
-    /// Process id of the workload.
+    /// Process id of the workload; 0 for a sandbox without a process.
     pub pid: u32,
     /// The command.
     pub argv: Vec<String>,
+    /// The service task it is, if any.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+impl Workload {
+    /// Address on network `nid`, if attached.
+    pub fn ip_on(&self, nid: &str) -> Option<Ipv4Addr> {
+        self.attachments
+            .iter()
+            .find(|a| a.network.id == nid)
+            .map(|a| a.endpoint.ip)
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct StartSpec {
+    /// Workload id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Networks and endpoints, in device order.
+    pub networks: Vec<(Network, Endpoint)>,
+    /// Command; empty for a sandbox (no process).
+    pub argv: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Host name (own UTS namespace) and resolv.conf (own mount namespace).
+    pub sandbox: Option<(String, PathBuf)>,
+    /// The service task it is.
+    pub task: Option<String>,
 }
 
 /// Workloads and the netdriver of this node.
 pub struct Overlay {
     run_dir: PathBuf,
     driver: tokio::sync::Mutex<Option<Driver>>,
+    gw: tokio::sync::Mutex<Option<GwBridge>>,
     workloads: Mutex<BTreeMap<String, Workload>>,
+    /// Exit codes of children that ended (by pid).
+    exits: std::sync::Arc<Mutex<BTreeMap<u32, i32>>>,
     /// Wakes the reconciler.
     pub kick: tokio::sync::Notify,
 }
@@ -63,7 +118,9 @@ impl Overlay {
         let overlay = Overlay {
             run_dir: run_dir.to_owned(),
             driver: tokio::sync::Mutex::new(None),
+            gw: tokio::sync::Mutex::new(None),
             workloads: Mutex::new(BTreeMap::new()),
+            exits: Default::default(),
             kick: tokio::sync::Notify::new(),
         };
         // Adopt workloads that survived a daemon restart.
@@ -71,13 +128,16 @@ impl Overlay {
             for e in dir.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "json") {
-                    if let Some(w) = std::fs::read(&p)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Workload>(&b).ok())
+                    match std::fs::read(&p)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| Ok(serde_json::from_slice::<Workload>(&b)?))
                     {
-                        if let Ok(mut m) = overlay.workloads.lock() {
-                            m.insert(w.id.clone(), w);
+                        Ok(w) => {
+                            if let Ok(mut m) = overlay.workloads.lock() {
+                                m.insert(w.id.clone(), w);
+                            }
                         }
+                        Err(e) => warn!(path = %p.display(), "ignoring unreadable workload record: {e:#}"),
                     }
                 }
             }
@@ -95,6 +155,11 @@ impl Overlay {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// A workload by exact id.
+    pub fn get(&self, id: &str) -> Option<Workload> {
+        self.workloads.lock().ok()?.get(id).cloned()
     }
 
     /// Find a workload by id, id prefix or name.
@@ -126,91 +191,209 @@ impl Overlay {
         }
     }
 
-    /// Start a workload: its namespace, a veth into the network (which is
-    /// created first), the process itself, and its gossip record.
-    #[allow(clippy::too_many_arguments)]
+    /// Run `f` with the egress bridge (created on first use).
+    pub async fn with_gw<R>(
+        &self,
+        f: impl AsyncFnOnce(&mut GwBridge) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let mut guard = self.gw.lock().await;
+        if guard.is_none() {
+            *guard = Some(GwBridge::ensure(&self.run_dir, DEFAULT_GW_SUBNET).await?);
+        }
+        match guard.as_mut() {
+            Some(g) => f(g).await,
+            None => anyhow::bail!("gwbridge unavailable"),
+        }
+    }
+
+    /// Path of a workload's namespace.
+    pub fn netns_of(&self, id: &str) -> PathBuf {
+        self.dir().join(id)
+    }
+
+    /// Start a workload: its namespace, a veth into each network (created
+    /// first), one into `shoal_gwbridge` unless every network is
+    /// `--internal`, the process itself, and its gossip records. On error
+    /// everything made so far is removed again.
     pub async fn start(
         &self,
-        network: Network,
-        endpoint: Endpoint,
-        name: String,
-        argv: Vec<String>,
+        spec: StartSpec,
         me: &str,
         vtep: Ipv4Addr,
         port: u16,
         gossip: Option<&Gossip>,
     ) -> anyhow::Result<Workload> {
-        let id = endpoint.id.clone();
+        let id = spec.id.clone();
         std::fs::create_dir_all(self.dir())?;
-        let netns = self.dir().join(&id);
-        // The network must exist in the kernel before a veth can join it.
-        let mut nets = self.desired_networks();
-        if !nets.iter().any(|n| n.id == network.id) {
-            nets.push(network.clone());
-        }
-        let desired = desired(&nets, vtep, port, gossip, me);
-        let prefix = network.subnet.prefix_len();
-        let (ip, mac, gw) = (endpoint.ip, endpoint.mac, network.gateway);
-        let netns2 = netns.clone();
-        let nid = network.id.clone();
-        let host_veth = self
-            .with_driver(async move |d: &mut Driver| {
-                d.reconcile(&desired).await?;
-                shoal_netdriver::create_netns(&netns2)?;
-                let ipnet = ipnet::Ipv4Net::new(ip, prefix)?;
-                Ok(d.attach(&nid, &netns2, ipnet, mac, gw).await?)
-            })
-            .await?;
-        let log = std::fs::File::create(self.dir().join(format!("{id}.log")))?;
-        let child = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .arg("--")
-            .args(&argv)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let w = Workload {
+        let netns = self.netns_of(&id);
+        let mut w = Workload {
             id: id.clone(),
-            name,
-            network,
-            endpoint,
-            netns,
-            host_veth,
-            pid: child.id(),
-            argv,
+            name: spec.name.clone(),
+            attachments: Vec::new(),
+            network: spec.networks.first().map(|(n, _)| n.clone()),
+            endpoint: spec.networks.first().map(|(_, e)| e.clone()),
+            gw_ip: None,
+            netns: netns.clone(),
+            pid: 0,
+            argv: spec.argv.clone(),
+            task: spec.task.clone(),
         };
-        std::fs::write(
-            self.dir().join(format!("{id}.json")),
-            serde_json::to_vec_pretty(&w)?,
-        )?;
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.clone(), w.clone());
         }
-        if let Some(g) = gossip {
-            publish(g, &w, me, vtep);
+        match self.start_inner(&mut w, &spec, me, vtep, port, gossip).await {
+            Ok(()) => {
+                if let Ok(mut m) = self.workloads.lock() {
+                    m.insert(id.clone(), w.clone());
+                }
+                self.kick.notify_one();
+                Ok(w)
+            }
+            Err(e) => {
+                if let Ok(mut m) = self.workloads.lock() {
+                    m.insert(id.clone(), w.clone());
+                }
+                if w.pid != 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(w.pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                self.cleanup(&id, gossip).await;
+                Err(e)
+            }
         }
-        // Reap the child when it exits (the exit watcher cleans up).
+    }
+
+    async fn start_inner(
+        &self,
+        w: &mut Workload,
+        spec: &StartSpec,
+        me: &str,
+        vtep: Ipv4Addr,
+        port: u16,
+        gossip: Option<&Gossip>,
+    ) -> anyhow::Result<()> {
+        // The networks must exist in the kernel before veths can join them.
+        let mut nets = self.desired_networks();
+        for (n, _) in &spec.networks {
+            if !nets.iter().any(|x| x.id == n.id) {
+                nets.push(n.clone());
+            }
+        }
+        let desired = desired(&nets, vtep, port, gossip, me);
+        shoal_netdriver::create_netns(&w.netns)?;
+        let egress = spec.networks.iter().any(|(n, _)| !n.internal);
+        let ns = w.netns.clone();
+        let wanted = spec.networks.clone();
+        let attachments = self
+            .with_driver(async move |d: &mut Driver| {
+                d.reconcile(&desired).await?;
+                let mut out = Vec::new();
+                for (i, (net, ep)) in wanted.into_iter().enumerate() {
+                    let ifname = format!("eth{i}");
+                    let ipnet = ipnet::Ipv4Net::new(ep.ip, net.subnet.prefix_len())?;
+                    // With egress the default route goes via the gwbridge;
+                    // an internal-only workload has none (as in Docker).
+                    let host_veth = d
+                        .attach_as(&net.id, &ns, &ifname, ipnet, ep.mac, net.gateway, false)
+                        .await?;
+                    out.push(Attachment {
+                        network: net,
+                        endpoint: ep,
+                        host_veth,
+                        ifname,
+                    });
+                }
+                Ok(out)
+            })
+            .await;
+        match attachments {
+            Ok(a) => w.attachments = a,
+            Err(e) => return Err(e),
+        }
+        if egress {
+            let (ns, key) = (w.netns.clone(), w.id.clone());
+            let gw = self
+                .with_gw(async move |g: &mut GwBridge| Ok(g.attach(&ns, &key).await?))
+                .await?;
+            w.gw_ip = Some(gw.ip.addr());
+        }
+        if let Some(g) = gossip {
+            publish(g, w, me, vtep);
+        }
+        if !spec.argv.is_empty() {
+            w.pid = self.spawn(w, spec)?;
+        }
+        std::fs::write(
+            self.dir().join(format!("{}.json", w.id)),
+            serde_json::to_vec_pretty(&w)?,
+        )?;
+        info!(workload = %w.id, name = %w.name, pid = w.pid, "workload started");
+        Ok(())
+    }
+
+    /// Start the process in the workload's namespaces; a reaper thread
+    /// records its exit code.
+    fn spawn(&self, w: &Workload, spec: &StartSpec) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(self.dir().join(format!("{}.log", w.id)))?;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", w.netns.display())).arg("--");
+        if let Some((hostname, resolv)) = &spec.sandbox {
+            // Own UTS namespace (host name = task) and mount namespace
+            // (resolv.conf pointing at the embedded DNS).
+            cmd.args(["unshare", "--mount", "--uts", "--", "sh", "-c"])
+                .arg(
+                    "mount --bind \"$1\" /etc/resolv.conf && hostname \"$2\" && shift 2 && exec \"$@\"",
+                )
+                .arg("shoal-task")
+                .arg(resolv)
+                .arg(hostname);
+        }
+        cmd.args(&spec.argv)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", spec.argv))?;
+        let pid = child.id();
+        let exits = self.exits.clone();
         std::thread::spawn(move || {
             let mut child = child;
-            let _ = child.wait();
+            let code = match child.wait() {
+                Ok(st) => st
+                    .code()
+                    .or_else(|| {
+                        use std::os::unix::process::ExitStatusExt;
+                        st.signal().map(|s| 128 + s)
+                    })
+                    .unwrap_or(-1),
+                Err(_) => -1,
+            };
+            if let Ok(mut m) = exits.lock() {
+                m.insert(pid, code);
+            }
         });
-        info!(workload = %id, ip = %w.endpoint.ip, network = %w.network.name, "workload started");
-        self.kick.notify_one();
-        Ok(w)
+        Ok(pid)
     }
 
     /// Remove a workload whose process is gone (or that was stopped):
-    /// gossip record, veth, namespace, record file. Returns it.
+    /// gossip records, veths, gwbridge lease, namespace, record file.
     pub async fn cleanup(&self, id: &str, gossip: Option<&Gossip>) -> Option<Workload> {
         let w = self.workloads.lock().ok()?.remove(id)?;
         if let Some(g) = gossip {
-            g.delete(&EndpointRecord::table(&w.network.id), &w.id);
+            for a in &w.attachments {
+                g.delete(&EndpointRecord::table(&a.network.id), &w.id);
+            }
         }
-        let (nid, veth, ns) = (w.network.id.clone(), w.host_veth.clone(), w.netns.clone());
+        let (atts, ns) = (w.attachments.clone(), w.netns.clone());
         let r = self
             .with_driver(async move |d: &mut Driver| {
-                let _ = d.detach(&nid, &veth).await;
+                for a in &atts {
+                    let _ = d.detach(&a.network.id, &a.host_veth).await;
+                }
                 shoal_netdriver::remove_netns(&ns)?;
                 Ok(())
             })
@@ -218,17 +401,33 @@ impl Overlay {
         if let Err(e) = r {
             warn!(workload = %id, "cleanup: {e:#}");
         }
+        if w.gw_ip.is_some() {
+            let key = w.id.clone();
+            if let Err(e) = self
+                .with_gw(async move |g: &mut GwBridge| Ok(g.detach(&key).await?))
+                .await
+            {
+                warn!(workload = %id, "cleanup gwbridge: {e:#}");
+            }
+        }
         let _ = std::fs::remove_file(self.dir().join(format!("{id}.json")));
         info!(workload = %id, "workload removed");
         self.kick.notify_one();
         Some(w)
     }
 
+    /// Exit code of a workload's process once it ended (`None`: still
+    /// running, or not our child).
+    pub fn exit_code(&self, pid: u32) -> Option<i32> {
+        self.exits.lock().ok()?.get(&pid).copied()
+    }
+
     /// Workloads whose process has exited.
+    /// (Service tasks are the executor's business, not listed here.)
     pub fn exited(&self) -> Vec<String> {
         self.list()
             .into_iter()
-            .filter(|w| !alive(w.pid))
+            .filter(|w| w.task.is_none() && w.pid != 0 && !alive(w.pid))
             .map(|w| w.id)
             .collect()
     }
@@ -236,7 +435,9 @@ impl Overlay {
     fn desired_networks(&self) -> Vec<Network> {
         let mut nets: BTreeMap<String, Network> = BTreeMap::new();
         for w in self.list() {
-            nets.insert(w.network.id.clone(), w.network);
+            for a in w.attachments {
+                nets.insert(a.network.id.clone(), a.network);
+            }
         }
         nets.into_values().collect()
     }
@@ -256,8 +457,12 @@ impl Overlay {
         }
         if let Some(g) = gossip {
             for w in self.list() {
-                let table = EndpointRecord::table(&w.network.id);
-                if !g.entries(&table).iter().any(|e| e.key == w.id) {
+                let missing = w.attachments.iter().any(|a| {
+                    !g.entries(&EndpointRecord::table(&a.network.id))
+                        .iter()
+                        .any(|e| e.key == w.id)
+                });
+                if missing {
                     publish(g, &w, me, vtep);
                 }
             }
@@ -287,14 +492,16 @@ impl Overlay {
 }
 
 fn publish(g: &Gossip, w: &Workload, me: &str, vtep: Ipv4Addr) {
-    let rec = EndpointRecord {
-        network: w.network.id.clone(),
-        ip: w.endpoint.ip,
-        mac: w.endpoint.mac,
-        vtep,
-        owner: me.to_string(),
-    };
-    g.put(&EndpointRecord::table(&w.network.id), &w.id, rec.encode());
+    for a in &w.attachments {
+        let rec = EndpointRecord {
+            network: a.network.id.clone(),
+            ip: a.endpoint.ip,
+            mac: a.endpoint.mac,
+            vtep,
+            owner: me.to_string(),
+        };
+        g.put(&EndpointRecord::table(&a.network.id), &w.id, rec.encode());
+    }
 }
 
 fn desired(

@@ -9,13 +9,15 @@
 //! redirects the node to the leader. The leader marks a node `Down` after 3
 //! missed heartbeats and `Ready` when it is back.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shoal_raft_store::state::{GossipKey, Node, NodeStatus, State};
+use shoal_raft_store::network::{Endpoint, Network};
+use shoal_raft_store::service::{EndpointMode, PortConfig, PublishMode, Task, TaskState};
+use shoal_raft_store::state::{Command, GossipKey, Node, NodeStatus, State};
 use shoal_tls::{NodeId, NodeIdentity, MANAGER_SERVER_NAME};
 use tracing::{debug, info, warn};
 
@@ -37,6 +39,87 @@ pub struct NodeReport {
     /// ends a CA rotation once every live node reports the new one).
     #[serde(default)]
     pub ca_digest: String,
+    /// State of every service task this node holds.
+    #[serde(default)]
+    pub tasks: Vec<TaskReport>,
+}
+
+/// A task's state as its node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Task id.
+    pub id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Why (errors).
+    pub message: String,
+}
+
+/// A task to run (or stop) on the node, with what it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// The task as stored.
+    pub task: Task,
+    /// Its command.
+    pub command: Vec<String>,
+    /// `K=V` environment.
+    pub env: Vec<String>,
+}
+
+/// What a node needs to know of a service its tasks can reach (VIP load
+/// balancing, DNS) or that publishes ports (routing mesh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Id.
+    pub id: String,
+    /// Name (the DNS name).
+    pub name: String,
+    /// VIP or DNS round robin.
+    pub endpoint_mode: EndpointMode,
+    /// VIP per network id.
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Published ports.
+    pub ports: Vec<PortConfig>,
+    /// Running tasks' addresses: (network id, ip), on nodes that are up.
+    pub backends: Vec<(String, Ipv4Addr)>,
+}
+
+impl ServiceView {
+    /// Views of the services visible on `nets` (sharing a network), and of
+    /// every service publishing ports through the routing mesh.
+    fn of(state: &State, nets: &BTreeSet<String>) -> Vec<ServiceView> {
+        let up = |node: &str| {
+            state
+                .nodes
+                .values()
+                .any(|n| n.id.as_str() == node && n.status != NodeStatus::Down)
+        };
+        let ingress = state.networks.values().find(|n| n.ingress);
+        state
+            .services
+            .values()
+            .filter(|s| {
+                s.task_networks(ingress).iter().any(|n| nets.contains(n))
+                    || s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+            })
+            .map(|s| ServiceView {
+                id: s.id.clone(),
+                name: s.spec.name.clone(),
+                endpoint_mode: s.spec.endpoint_mode,
+                vips: s.vips.clone(),
+                ports: s.spec.ports.clone(),
+                backends: state
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == s.id && t.state == TaskState::Running)
+                    .filter(|t| t.desired == TaskState::Running && up(&t.node))
+                    .flat_map(|t| t.endpoints.iter().map(|(n, e)| (n.clone(), e.ip)))
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 /// What the leader wants a node to have.
@@ -57,6 +140,19 @@ pub struct Assignments {
     /// VXLAN UDP port of the cluster.
     #[serde(default)]
     pub data_path_port: u16,
+    /// Service tasks this node must run, or stop (not yet ended).
+    #[serde(default)]
+    pub tasks: Vec<AssignedTask>,
+    /// The networks of those tasks (and the ingress network), without
+    /// their endpoint lists.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Services those tasks can reach, and those publishing ports.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
+    /// This node's routing-mesh endpoint on the ingress network.
+    #[serde(default)]
+    pub ingress_endpoint: Option<Endpoint>,
 }
 
 impl std::fmt::Debug for Assignments {
@@ -84,7 +180,53 @@ impl Assignments {
             keys: state.keys.clone(),
             heartbeat_ms: cluster.map(|c| c.heartbeat_period_ms).unwrap_or(5000),
             data_path_port: cluster.map(|c| c.data_path_port).unwrap_or(4789),
+            tasks: Vec::new(),
+            networks: BTreeMap::new(),
+            services: Vec::new(),
+            ingress_endpoint: None,
         }
+        .with_tasks(state, node)
+    }
+
+    fn with_tasks(mut self, state: &State, node: &NodeId) -> Assignments {
+        let ingress = state.networks.values().find(|n| n.ingress);
+        self.tasks = state
+            .tasks
+            .values()
+            .filter(|t| t.node == node.as_str() && !t.state.is_terminal())
+            .map(|t| {
+                let spec = state.services.get(&t.service).map(|s| &s.spec);
+                AssignedTask {
+                    task: t.clone(),
+                    command: spec.map(|s| s.command.clone()).unwrap_or_default(),
+                    env: spec.map(|s| s.env.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let mut nets: BTreeSet<String> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.task.endpoints.keys().cloned())
+            .collect();
+        self.ingress_endpoint = ingress.and_then(|i| {
+            i.endpoints
+                .get(&ingress_endpoint_id(node))
+                .cloned()
+        });
+        if let (Some(i), Some(_)) = (ingress, &self.ingress_endpoint) {
+            nets.insert(i.id.clone());
+        }
+        self.services = ServiceView::of(state, &nets);
+        self.networks = nets
+            .iter()
+            .filter_map(|n| state.networks.get(n))
+            .map(|n| {
+                let mut n = n.clone();
+                n.endpoints.clear();
+                (n.id.clone(), n)
+            })
+            .collect();
+        self
     }
 
     /// Same content, ignoring the version.
@@ -95,6 +237,53 @@ impl Assignments {
             && self.keys == other.keys
             && self.heartbeat_ms == other.heartbeat_ms
             && self.data_path_port == other.data_path_port
+            && self.tasks == other.tasks
+            && self.networks == other.networks
+            && self.services == other.services
+            && self.ingress_endpoint == other.ingress_endpoint
+    }
+}
+
+/// Id of a node's routing-mesh endpoint on the ingress network.
+pub fn ingress_endpoint_id(node: &NodeId) -> String {
+    format!("ingress-sbox-{node}")
+}
+
+/// On the leader: record the task states a node reported, where they move
+/// a task of that node forward (a node cannot report others' tasks).
+async fn record_task_states(
+    raft: shoal_raft_store::RaftNode<State>,
+    node: NodeId,
+    reports: Vec<TaskReport>,
+) {
+    let ids: Vec<String> = reports.iter().map(|r| r.id.clone()).collect();
+    let Ok(stored) = raft
+        .read(move |s| {
+            ids.iter()
+                .map(|id| s.tasks.get(id).map(|t| (t.node.clone(), t.state)))
+                .collect::<Vec<_>>()
+        })
+        .await
+    else {
+        return;
+    };
+    for (r, stored) in reports.iter().zip(stored) {
+        let Some((owner, state)) = stored else {
+            continue;
+        };
+        if owner != node.as_str() || state.is_terminal() || r.state <= state {
+            continue;
+        }
+        let cmd = Command::TaskStatus {
+            id: r.id.clone(),
+            state: r.state,
+            exit_code: r.exit_code,
+            message: r.message.clone(),
+            at: crate::swarm::now_ms(),
+        };
+        if let Err(e) = raft.propose(cmd).await {
+            debug!(task = %r.id, "cannot record task state: {e}");
+        }
     }
 }
 
@@ -261,6 +450,13 @@ async fn serve_session<H: SessionHost>(
                 match msg? {
                     ToManager::Heartbeat(report) => {
                         let Some(h) = host.upgrade() else { return Ok(()) };
+                        if !report.tasks.is_empty() {
+                            tokio::spawn(record_task_states(
+                                raft.clone(),
+                                node.clone(),
+                                report.tasks.clone(),
+                            ));
+                        }
                         h.liveness().seen(&node, report);
                     }
                 }
@@ -402,6 +598,7 @@ impl Client {
         report: &(dyn Fn() -> NodeReport + Send + Sync),
         heartbeat: &Mutex<Duration>,
         apply: &(dyn Fn(Assignments) + Send + Sync),
+        wake: &tokio::sync::Notify,
     ) -> anyhow::Result<Option<SocketAddr>> {
         let tls = identity.client_config(&[ALPN_SESSION])?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
@@ -445,6 +642,10 @@ impl Client {
                         }
                     }
                 }
+                // A task changed state: report it now, not at the next beat.
+                _ = wake.notified() => {
+                    api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
+                }
                 _ = tokio::time::sleep_until(next_beat + period) => {
                     next_beat = tokio::time::Instant::now();
                     api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
@@ -471,5 +672,6 @@ pub fn probe_kernel() -> NodeReport {
         vxlan: has("vxlan"),
         esp: has("esp4"),
         ca_digest: String::new(),
+        tasks: Vec::new(),
     }
 }

@@ -831,18 +831,16 @@ impl Swarm {
             .data_path_port
             .load(std::sync::atomic::Ordering::Relaxed);
         let gossip = self.gossip();
+        let spec = crate::overlay::StartSpec {
+            id: ep.id.clone(),
+            name,
+            networks: vec![(net.clone(), ep.clone())],
+            argv,
+            ..Default::default()
+        };
         match self
             .overlay
-            .start(
-                net.clone(),
-                ep.clone(),
-                name,
-                argv,
-                &me,
-                vtep,
-                port,
-                gossip.as_ref(),
-            )
+            .start(spec, &me, vtep, port, gossip.as_ref())
             .await
         {
             Ok(w) => Ok(w),
@@ -2170,8 +2168,13 @@ async fn overlay_loop(swarm: std::sync::Weak<Swarm>) {
         for id in s.overlay.exited() {
             let gossip = s.gossip();
             if let Some(w) = s.overlay.cleanup(&id, gossip.as_ref()).await {
-                if let Err(e) = s.release_endpoint(&w.network.id, &w.id).await {
-                    warn!(workload = %w.id, "cannot free the endpoint: {}", e.message);
+                if w.task.is_some() {
+                    continue; // tasks: the store frees endpoints on the final state
+                }
+                for a in &w.attachments {
+                    if let Err(e) = s.release_endpoint(&a.network.id, &w.id).await {
+                        warn!(workload = %w.id, "cannot free the endpoint: {}", e.message);
+                    }
                 }
             }
         }
