@@ -126,24 +126,42 @@ fn lowest_free(
     subnet.hosts().find(|a| *a != gateway && !taken.contains(a))
 }
 
-/// The body of [`GW_TABLE`]: traffic from the subnet leaving through any
-/// other interface is masqueraded behind that interface's address; and a
-/// DNATed connection that comes back out of the bridge it came in by (a
-/// task reaching a port published on its own node) is masqueraded behind
-/// the gateway, so the reply returns through the host and is un-NATed.
+/// The body of [`GW_TABLE`]:
+/// - traffic from the subnet leaving through any other interface is
+///   masqueraded behind that interface's address (egress);
+/// - a DNATed connection that comes back out of the bridge it came in by
+///   (a task reaching a port published on its own node) is masqueraded
+///   behind the gateway, so the reply returns through the host and is
+///   un-NATed (needed where br_netfilter is off);
+/// - a connection from a local process to `127.0.0.1:<published port>`,
+///   DNATed onto the bridge, is masqueraded too; the bridge has
+///   `route_localnet` on so that the un-NATed reply to 127.0.0.1 is
+///   routed. That setting would also let a task send to the host's
+///   loopback services, so packets from the bridge to 127.0.0.0/8 that
+///   open a connection (not replies) are dropped after DNAT.
 pub fn gw_table(subnet: Ipv4Net) -> String {
     let br = nft::quote(GWBRIDGE);
+    let subnet = subnet.trunc();
     format!(
-        "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {subnet} oifname != {br} masquerade\n    iifname {br} oifname {br} ct status dnat masquerade\n  }}\n",
-        subnet = subnet.trunc()
+        "  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    ip saddr {subnet} oifname != {br} masquerade
+    iifname {br} oifname {br} ct status dnat masquerade
+    ip saddr 127.0.0.0/8 oifname {br} ct status dnat masquerade
+  }}
+  chain guard_localnet {{
+    type filter hook prerouting priority 0; policy accept;
+    iifname {br} ip daddr 127.0.0.0/8 ct direction original drop
+  }}
+"
     )
 }
 
 impl GwBridge {
     /// Create (or adopt) the egress bridge in the calling thread's network
     /// namespace (the daemon's): bridge [`GWBRIDGE`] up with the subnet's
-    /// first address as gateway, IPv4 forwarding on, and the masquerade
-    /// table [`GW_TABLE`]. Idempotent; after a restart, the leases in
+    /// first address as gateway (and `route_localnet`, see [`gw_table`]),
+    /// IPv4 forwarding on, and the masquerade table [`GW_TABLE`]. Idempotent; after a restart, the leases in
     /// `<run_dir>/gwbridge.json` are kept (those outside `subnet` dropped).
     /// Must run inside a tokio runtime.
     pub async fn ensure(run_dir: &Path, subnet: Ipv4Net) -> Result<GwBridge, NetError> {
@@ -233,6 +251,11 @@ impl GwBridge {
             .await
             .map_err(nl(format!("set {GWBRIDGE} up")))?;
         nft::set_ip_forward(None, true)?;
+        nft::set_sysctl(
+            None,
+            &format!("/proc/sys/net/ipv4/conf/{GWBRIDGE}/route_localnet"),
+            "1",
+        )?;
         nft::apply_table(None, GW_TABLE, &gw_table(subnet)).await?;
 
         let path = run_dir.join(STATE_FILE);
@@ -537,6 +560,16 @@ mod tests {
         assert!(
             t.contains(
                 "iifname \"shoal_gwbridge\" oifname \"shoal_gwbridge\" ct status dnat masquerade"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("ip saddr 127.0.0.0/8 oifname \"shoal_gwbridge\" ct status dnat masquerade"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "iifname \"shoal_gwbridge\" ip daddr 127.0.0.0/8 ct direction original drop"
             ),
             "{t}"
         );

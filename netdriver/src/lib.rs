@@ -11,6 +11,46 @@
 //! [`plan::Op`]s that make the kernel match, and the `kernel` module applies
 //! them over one netlink connection per namespace, pipelined.
 //!
+//! Services need more than overlays, and the crate has it too:
+//!
+//! - [`Driver::attach_as`] attaches a task to one more network under a
+//!   chosen device name (`eth1`, …), with or without the default route;
+//!   [`Driver::attach`] is the `eth0` + default route case. `lo` is
+//!   always brought up (the task's DNS listens on 127.0.0.11).
+//! - [`GwBridge`] is the node's egress bridge `shoal_gwbridge` in the
+//!   daemon's namespace (Docker's `docker_gwbridge`):
+//!   [`GwBridge::ensure`]`(run_dir, subnet)` creates or adopts it
+//!   (gateway `.1`, forwarding on, masquerade table `ip shoal-gw`);
+//!   [`GwBridge::attach`]`(workload_netns, key)` gives the workload `gw0`
+//!   with an address leased under `key` (kept in
+//!   `<run_dir>/gwbridge.json` across restarts) and the default route;
+//!   [`GwBridge::detach`]`(key)` frees it; [`GwBridge::remove`] tears all
+//!   down.
+//! - [`nft`] programs nftables through the `nft` binary, one atomic
+//!   transaction per call, in the daemon's namespace or any namespace
+//!   path: [`nft::apply_table`] (replace a whole table),
+//!   [`nft::delete_table`], [`nft::list_table`], [`nft::set_ip_forward`];
+//!   and pure builders of table bodies: [`nft::vip_table`] (a task's VIPs,
+//!   DNAT round robin, refused when empty), [`nft::ingress_sandbox_table`]
+//!   (routing mesh: published port to tasks, masqueraded on the ingress
+//!   overlay) and [`nft::host_publish_table`] (published ports on the
+//!   node's addresses, 127.0.0.1 included, to the ingress sandbox or a
+//!   `mode=host` task).
+//!
+//! ```no_run
+//! # async fn f(task_ns: &std::path::Path) -> Result<(), shoal_netdriver::NetError> {
+//! use shoal_netdriver::nft::{self, VIP_TABLE};
+//! use shoal_netdriver::{GwBridge, VipRule, DEFAULT_GW_SUBNET};
+//! let mut gw = GwBridge::ensure("/run/shoal".as_ref(), DEFAULT_GW_SUBNET).await?;
+//! let egress = gw.attach(task_ns, "task-k2x9").await?; // gw0, 172.18.0.2/16
+//! let vips = [VipRule {
+//!     vip: "10.0.9.2".parse().unwrap(),
+//!     backends: vec!["10.0.9.5".parse().unwrap(), "10.0.9.6".parse().unwrap()],
+//! }];
+//! nft::apply_table(Some(task_ns), VIP_TABLE, &nft::vip_table(&vips)).await?;
+//! # let _ = egress; Ok(()) }
+//! ```
+//!
 //! Namespaces never get global names: they are bind-mounted under
 //! `<run_dir>/netns/<network id>` so that many daemons can share one kernel
 //! (the lab), and a restarted daemon adopts them and converges without
@@ -60,7 +100,8 @@ pub use bench::{bench_reconcile, BenchReport};
 pub use driver::Driver;
 pub use error::NetError;
 pub use gwbridge::{
-    gw_veth_names, GwAttachment, GwBridge, DEFAULT_GW_SUBNET, GWBRIDGE, GW_IFNAME, GW_TABLE,
+    gw_table, gw_veth_names, GwAttachment, GwBridge, DEFAULT_GW_SUBNET, GWBRIDGE, GW_IFNAME,
+    GW_TABLE,
 };
 pub use netns::{create_netns, remove_netns};
 pub use nft::{Backend, PortRule, Proto, VipRule};

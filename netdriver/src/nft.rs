@@ -205,12 +205,13 @@ pub fn set_ip_forward(netns: Option<&Path>, on: bool) -> Result<(), NetError> {
 /// Write a `/proc/sys/net` value in `netns` (see [`set_ip_forward`]).
 pub(crate) fn set_sysctl(
     netns: Option<&Path>,
-    key: &'static str,
+    key: &str,
     value: &'static str,
 ) -> Result<(), NetError> {
+    let key = key.to_string();
     let write = move || {
-        std::fs::write(key, value).map_err(|source| NetError::Io {
-            path: key.into(),
+        std::fs::write(&key, value).map_err(|source| NetError::Io {
+            path: key.clone().into(),
             op: "write sysctl",
             source,
         })
@@ -443,11 +444,11 @@ pub fn ingress_sandbox_table(rules: &[PortRule], ingress_ifname: &str) -> String
 /// to a published port on any local address, from outside (prerouting) or
 /// from a process on this node (output), is DNATed to the rule's backends
 /// (the ingress sandbox's gwbridge address for the routing mesh, a task's
-/// gwbridge address for `mode=host`). Loopback destinations are left
-/// alone: a packet from 127.0.0.1 cannot be routed to another host. A
-/// port without backends is refused.
+/// gwbridge address for `mode=host`), `127.0.0.1` included (the egress
+/// bridge's table masquerades those, see [`crate::GwBridge`]). A port
+/// without backends is refused.
 pub fn host_publish_table(rules: &[PortRule]) -> String {
-    let local = "fib daddr type local ip daddr != 127.0.0.0/8";
+    let local = "fib daddr type local";
     let mut s = String::new();
     for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
         chain_head(&mut s, chain, "nat", hook, -100);
@@ -640,8 +641,7 @@ mod tests {
                 backends: vec![],
             },
         ]);
-        let rule =
-            "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 172.18.0.2:8080\n";
+        let rule = "fib daddr type local tcp dport 8080 dnat to 172.18.0.2:8080\n";
         assert_eq!(t.matches(rule).count(), 2, "{t}");
         assert!(t.contains("type nat hook prerouting priority -100;"), "{t}");
         assert!(t.contains("type nat hook output priority -100;"), "{t}");

@@ -231,9 +231,13 @@ impl Drop for Server {
 
 /// Connect from inside `ns` to `addr` and read the whole answer.
 fn fetch(ns: &Path, addr: &str) -> std::io::Result<String> {
+    fetch_within(ns, addr, Duration::from_secs(5))
+}
+
+fn fetch_within(ns: &Path, addr: &str, connect: Duration) -> std::io::Result<String> {
     let addr: SocketAddr = addr.parse().unwrap();
     in_ns_sync(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let mut s = TcpStream::connect_timeout(&addr, connect)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
@@ -504,9 +508,10 @@ fn gwbridge_egress_masquerade_and_leases() {
 /// Routing mesh: a published port on the host is DNATed to the ingress
 /// sandbox (over the egress bridge), which DNATs round robin to two
 /// backends on an overlay and masquerades (the backends have no route
-/// back to the client). Reached from outside, from the host itself, and
-/// from a task on the host's egress bridge (hairpin); a port without
-/// backends is refused.
+/// back to the client). Reached from outside, from the host itself (its
+/// address and 127.0.0.1), and from a task on the host's egress bridge
+/// (hairpin); a port without backends is refused; tasks cannot reach the
+/// host's loopback.
 #[test]
 fn routing_mesh_host_publish_to_ingress_sandbox() {
     let lab = Lab::new();
@@ -626,6 +631,8 @@ fn routing_mesh_host_publish_to_ingress_sandbox() {
     assert_eq!(seen.len(), 2, "both backends answer: {seen:?}");
     let got = fetch(&host, "10.66.0.1:18080").unwrap();
     assert!(got.starts_with('b'), "from the host itself: {got}");
+    let got = fetch(&host, "127.0.0.1:18080").unwrap();
+    assert!(got.starts_with('b'), "from the host, to localhost: {got}");
     let got = fetch(&task, "10.66.0.1:18080").unwrap();
     assert!(
         got.starts_with('b'),
@@ -633,6 +640,22 @@ fn routing_mesh_host_publish_to_ingress_sandbox() {
     );
     assert_refused(&outside, "10.66.0.1:18081");
     assert_refused(&host, "10.66.0.1:18081");
+
+    // route_localnet on the bridge must not open the host's loopback
+    // services to tasks: a task (root in its namespace) routing 127.0.0.5
+    // via its gateway is dropped (a local connection would answer within
+    // the second).
+    let _lo = serve(&host, "127.0.0.5:9101", |_| "host loopback".to_string());
+    assert_eq!(fetch(&host, "127.0.0.5:9101").unwrap(), "host loopback");
+    sh(
+        &task,
+        "echo 1 > /proc/sys/net/ipv4/conf/gw0/route_localnet; \
+         echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet; \
+         ip route del table local local 127.0.0.0/8 dev lo; \
+         ip route add 127.0.0.5/32 via 172.18.0.1 dev gw0",
+    );
+    let r = fetch_within(&task, "127.0.0.5:9101", Duration::from_secs(1));
+    assert!(r.is_err(), "a task reached the host's loopback: {r:?}");
 }
 
 /// The publish table takes only its own ports on local addresses: a
