@@ -364,6 +364,13 @@ pub struct DaemonArgs {
     /// Log filter, e.g. `info` or `shoal=debug` [default: info; RUST_LOG wins].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Upstream resolver of the embedded DNS for names that are not
+    /// services (IP or IP:PORT; repeatable) [default: the host's resolv.conf].
+    #[arg(long = "dns-upstream")]
+    pub dns_upstream: Vec<String>,
+    /// Address of the Prometheus /metrics endpoint ("" disables) [default: 127.0.0.1:9323].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 /// Run a client subcommand; returns the process exit code.

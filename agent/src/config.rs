@@ -41,6 +41,29 @@ pub struct Config {
     /// Gossip timings: `lan` (production: failure detected in ~3 s) or
     /// `fast` (tests).
     pub gossip_profile: String,
+    /// Resolvers the embedded DNS forwards non-service names to (`IP` or
+    /// `IP:PORT`); empty: the nameservers of the host's /etc/resolv.conf.
+    pub dns_upstream: Vec<String>,
+    /// Address of the Prometheus `/metrics` endpoint; empty: disabled.
+    pub metrics_addr: String,
+}
+
+impl Config {
+    /// The upstream resolvers: `dns_upstream`, else the host's.
+    pub fn upstreams(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        if self.dns_upstream.is_empty() {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            return Ok(crate::dns::upstreams_from_resolv_conf(&text));
+        }
+        self.dns_upstream
+            .iter()
+            .map(|u| {
+                u.parse::<std::net::SocketAddr>()
+                    .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| format!("dns_upstream {u:?} is not an IP or IP:PORT"))
+            })
+            .collect()
+    }
 }
 
 /// Raft timings; production defaults, tests shrink them.
@@ -84,6 +107,8 @@ impl Default for Config {
             heartbeat_ms: 5000,
             gossip_port: 7946,
             gossip_profile: "lan".into(),
+            dns_upstream: Vec::new(),
+            metrics_addr: "127.0.0.1:9323".into(),
         }
     }
 }

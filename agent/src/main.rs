@@ -41,6 +41,13 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(l) = args.log_level {
         config.log_level = l;
     }
+    if !args.dns_upstream.is_empty() {
+        config.dns_upstream = args.dns_upstream;
+    }
+    if let Some(m) = args.metrics_addr {
+        config.metrics_addr = m;
+    }
+    config.upstreams().map_err(|e| anyhow::anyhow!("{e}"))?;
     // Absolute paths: they are shown to users and stored in the lab state.
     for p in [
         &mut config.data_dir,

@@ -158,6 +158,8 @@ pub struct Swarm {
     gossip_starting: std::sync::atomic::AtomicBool,
     /// Workloads and the netdriver.
     pub overlay: crate::overlay::Overlay,
+    /// Service tasks on this node.
+    pub executor: crate::executor::Executor,
     /// VXLAN port of the cluster, as last assigned.
     data_path_port: std::sync::atomic::AtomicU16,
 }
@@ -533,6 +535,7 @@ impl Swarm {
         let me = sf.node_id.clone();
         let heartbeat = Duration::from_millis(config.heartbeat_ms.max(50));
         let config_run_dir = config.run_dir.clone();
+        let upstreams = config.upstreams().map_err(|e| anyhow!("{e}"))?;
         let swarm = Arc::new(Swarm {
             config,
             restart,
@@ -550,6 +553,7 @@ impl Swarm {
             gossip: RwLock::new(None),
             gossip_starting: std::sync::atomic::AtomicBool::new(false),
             overlay: crate::overlay::Overlay::new(&config_run_dir),
+            executor: crate::executor::Executor::new(upstreams),
             data_path_port: std::sync::atomic::AtomicU16::new(4789),
         });
         let weak = Arc::downgrade(&swarm);
@@ -561,8 +565,10 @@ impl Swarm {
             swarm.add_task(tokio::spawn(session::watch_liveness(weak.clone(), me)));
             swarm.add_task(tokio::spawn(key_manager(weak.clone())));
             swarm.add_task(tokio::spawn(manager_loop(weak.clone())));
+            swarm.add_task(tokio::spawn(scheduler_loop(weak.clone())));
         }
         swarm.add_task(tokio::spawn(overlay_loop(weak.clone())));
+        swarm.add_task(tokio::spawn(executor_loop(weak.clone())));
         swarm.add_task(tokio::spawn(session_loop(weak)));
         Ok(swarm)
     }
@@ -1918,6 +1924,7 @@ impl Swarm {
     /// Take in what the leader assigned: manager list, key ring; on a
     /// worker also certificate renewal and promotion.
     fn apply_assignments(self: &Arc<Self>, a: session::Assignments) {
+        self.executor.set(&a);
         self.update_managers(a.managers.clone());
         if a.data_path_port != 0 {
             self.data_path_port
@@ -2101,6 +2108,7 @@ async fn session_loop(swarm: std::sync::Weak<Swarm>) {
         let mut r = kernel.clone();
         if let Some(s) = w.upgrade() {
             r.ca_digest = s.issuer_digest().unwrap_or_default();
+            r.tasks = s.executor.reports();
         }
         r
     };
@@ -2136,7 +2144,14 @@ async fn session_loop(swarm: std::sync::Weak<Swarm>) {
             None => return,
         };
         let result = client
-            .run_once(&identity, target, &report, &heartbeat.heartbeat, &apply)
+            .run_once(
+                &identity,
+                target,
+                &report,
+                &heartbeat.heartbeat,
+                &apply,
+                &heartbeat.executor.report_now,
+            )
             .await;
         drop(heartbeat);
         client.connected.lock().map(|mut c| *c = None).ok();
@@ -2215,6 +2230,106 @@ async fn overlay_loop(swarm: std::sync::Weak<Swarm>) {
             _ = tokio::time::sleep(crate::overlay::RECONCILE_EVERY) => {}
         }
     }
+}
+
+/// Every node: run the executor on assignment changes, process exits
+/// (polled) and a timer.
+async fn executor_loop(swarm: std::sync::Weak<Swarm>) {
+    loop {
+        let Some(s) = swarm.upgrade() else { return };
+        let sf = s.file();
+        if let IpAddr::V4(vtep) = sf.data_path_addr {
+            let ctx = crate::executor::NodeCtx {
+                me: sf.node_id.to_string(),
+                vtep,
+                port: s.data_path_port.load(std::sync::atomic::Ordering::Relaxed),
+                gossip: s.gossip(),
+            };
+            s.executor.run_once(&s.overlay, &ctx).await;
+        }
+        let s2 = s.clone();
+        drop(s);
+        tokio::select! {
+            _ = s2.executor.kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// On the leader: run the scheduler on every store change (and every
+/// second), propose what it says, and give every live node a routing-mesh
+/// endpoint on the ingress network while ports are published there.
+async fn scheduler_loop(swarm: std::sync::Weak<Swarm>) {
+    let Some(mut rx) = swarm
+        .upgrade()
+        .and_then(|s| s.raft.as_ref().map(|r| r.subscribe()))
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(s) = swarm.upgrade() else { return };
+        let Some(raft) = s.raft.clone() else { return };
+        drop(s);
+        if !raft.status().is_leader {
+            continue;
+        }
+        let now = now_ms();
+        let Ok(cmds) = raft
+            .read(move |st| {
+                let mut cmds =
+                    crate::scheduler::plan(st, now, &mut || NodeId::generate().to_string());
+                cmds.extend(mesh_endpoints(st));
+                cmds
+            })
+            .await
+        else {
+            continue;
+        };
+        for cmd in cmds {
+            if let Err(e) = raft.propose(cmd).await {
+                debug!("scheduler: {e}");
+            }
+        }
+        // Let the applied changes arrive before planning again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Routing-mesh endpoints: one per node that is up while any service
+/// publishes a port in ingress mode; none otherwise.
+fn mesh_endpoints(st: &State) -> Vec<Command> {
+    use shoal_raft_store::service::PublishMode;
+    let Some(ingress) = st.networks.values().find(|n| n.ingress) else {
+        return Vec::new();
+    };
+    let wanted = st
+        .services
+        .values()
+        .any(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress));
+    let mut out = Vec::new();
+    for n in st.nodes.values() {
+        let id = session::ingress_endpoint_id(&n.id);
+        let has = ingress.endpoints.contains_key(&id);
+        if wanted && !has && n.status != NodeStatus::Down {
+            out.push(Command::AttachEndpoint {
+                network: ingress.id.clone(),
+                id,
+                name: format!("ingress-sbox.{}", n.hostname),
+                node: n.id.to_string(),
+                ip: None,
+            });
+        } else if !wanted && has {
+            out.push(Command::DetachEndpoint {
+                network: ingress.id.clone(),
+                id,
+            });
+        }
+    }
+    out
 }
 
 /// On the leader: a new gossip key every `key_rotation_ms` (and one at

@@ -1,0 +1,601 @@
+//! The executor (every node): turns the tasks the leader assigned into
+//! running processes, and the service directory into per-task VIP rules,
+//! per-task DNS and this node's part of the routing mesh.
+//!
+//! Data flow: session assignments -> [`Executor::set`] -> the loop in
+//! [`Executor::run_once`] compares them with the local workloads:
+//! - an assigned task not here is started: namespace, one veth per network
+//!   (endpoints allocated in the store), gwbridge egress, embedded DNS on
+//!   127.0.0.11 inside the namespace, VIP rules (nftables), the process
+//!   (own mount and UTS namespaces: resolv.conf, host name);
+//! - a task whose process ended is reported `Complete`/`Failed` with its
+//!   exit code and cleaned up; one no longer assigned, or told to shut
+//!   down, is stopped (SIGTERM, SIGKILL after [`STOP_GRACE`]) and reported
+//!   `Shutdown`;
+//! - routing mesh: with a port published in ingress mode anywhere, this
+//!   node runs an ingress sandbox (namespace on the ingress network and the
+//!   gwbridge): the host DNATs published ports to the sandbox, the sandbox
+//!   balances them over the tasks' ingress addresses. `mode=host` ports
+//!   DNAT straight to the local task.
+//!
+//! Task states go back to the leader in the heartbeat report (see
+//! `session`), sent at once when one changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use shoal_membership::Gossip;
+use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
+use shoal_raft_store::service::{EndpointMode, Protocol, PublishMode, TaskState};
+use tracing::{info, warn};
+
+use crate::dns::{self, DnsServer};
+use crate::overlay::{alive, Overlay, StartSpec, Workload};
+use crate::session::{Assignments, ServiceView, TaskReport};
+
+/// Time a task gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Id of the routing-mesh sandbox workload.
+pub const INGRESS_SANDBOX: &str = "ingress-sbox";
+/// Address the embedded DNS listens on inside every task.
+pub const DNS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
+
+/// This node's executor.
+pub struct Executor {
+    latest: Mutex<Option<Assignments>>,
+    reports: Mutex<BTreeMap<String, TaskReport>>,
+    stopping: Mutex<BTreeMap<String, Instant>>,
+    dns: Mutex<BTreeMap<String, DnsServer>>,
+    directory: Arc<RwLock<Vec<ServiceView>>>,
+    applied: Mutex<BTreeMap<String, String>>,
+    upstreams: Vec<SocketAddr>,
+    /// Wakes the executor loop.
+    pub kick: tokio::sync::Notify,
+    /// Wakes the session, to report a state change at once.
+    pub report_now: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+
+/// Where the executor runs tasks and how it reaches the data path.
+#[derive(Debug, Clone)]
+pub struct NodeCtx {
+    /// This node's id.
+    pub me: String,
+    /// Data-path address.
+    pub vtep: Ipv4Addr,
+    /// VXLAN port.
+    pub port: u16,
+    /// The gossip agent, once running.
+    pub gossip: Option<Gossip>,
+}
+
+impl Executor {
+    /// `upstreams`: resolvers for names that are not services.
+    pub fn new(upstreams: Vec<SocketAddr>) -> Executor {
+        Executor {
+            latest: Mutex::new(None),
+            reports: Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(BTreeMap::new()),
+            dns: Mutex::new(BTreeMap::new()),
+            directory: Arc::new(RwLock::new(Vec::new())),
+            applied: Mutex::new(BTreeMap::new()),
+            upstreams,
+            kick: tokio::sync::Notify::new(),
+            report_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// New assignments from the leader.
+    pub fn set(&self, a: &Assignments) {
+        if let Ok(mut l) = self.latest.lock() {
+            let changed = l.as_ref().is_none_or(|old| {
+                old.tasks != a.tasks
+                    || old.services != a.services
+                    || old.networks != a.networks
+                    || old.ingress_endpoint != a.ingress_endpoint
+            });
+            *l = Some(a.clone());
+            if changed {
+                self.kick.notify_one();
+            }
+        }
+    }
+
+    /// Task states for the heartbeat.
+    pub fn reports(&self) -> Vec<TaskReport> {
+        self.reports
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// DNS statistics summed over the task servers.
+    pub fn dns_stats(&self) -> dns::DnsStats {
+        let mut total = dns::DnsStats::default();
+        if let Ok(m) = self.dns.lock() {
+            for s in m.values() {
+                let st = s.stats();
+                total.queries += st.queries;
+                total.local_answers += st.local_answers;
+                total.forwarded += st.forwarded;
+                total.failures += st.failures;
+            }
+        }
+        total
+    }
+
+    fn report(&self, id: &str, state: TaskState, exit_code: Option<i32>, message: String) {
+        let changed = self.reports.lock().is_ok_and(|mut r| {
+            let new = TaskReport {
+                id: id.to_string(),
+                state,
+                exit_code,
+                message,
+            };
+            let changed = r.get(id) != Some(&new);
+            r.insert(id.to_string(), new);
+            changed
+        });
+        if changed {
+            info!(task = %id, state = %state, ?exit_code, "task state");
+            self.report_now.notify_one();
+        }
+    }
+
+    fn reported(&self, id: &str) -> Option<TaskState> {
+        self.reports.lock().ok()?.get(id).map(|r| r.state)
+    }
+
+    /// One pass: converge local tasks, DNS, VIP rules and the mesh.
+    pub async fn run_once(&self, overlay: &Overlay, ctx: &NodeCtx) {
+        let Some(a) = self.latest.lock().ok().and_then(|l| l.clone()) else {
+            return; // nothing known yet: keep what runs (adopted after a restart)
+        };
+        if let Ok(mut d) = self.directory.write() {
+            *d = a.services.clone();
+        }
+        let assigned: BTreeMap<&str, &crate::session::AssignedTask> = a
+            .tasks
+            .iter()
+            .map(|t| (t.task.id.as_str(), t))
+            .collect();
+        // 1. Local tasks: ended, unwanted, or running.
+        for w in overlay.list().into_iter().filter(|w| w.task.is_some()) {
+            let id = w.id.clone();
+            let want = assigned
+                .get(id.as_str())
+                .is_some_and(|t| t.task.desired == TaskState::Running);
+            if w.pid == 0 || !alive(w.pid) {
+                let stopping = self.stopping.lock().is_ok_and(|mut s| s.remove(&id).is_some());
+                let code = overlay.exit_code(w.pid);
+                let (state, msg) = if stopping || !want {
+                    (TaskState::Shutdown, "shutdown".to_string())
+                } else {
+                    match code {
+                        Some(0) => (TaskState::Complete, "finished".to_string()),
+                        Some(c) => (TaskState::Failed, format!("task: non-zero exit ({c})")),
+                        None => (TaskState::Failed, "task exited".to_string()),
+                    }
+                };
+                self.finish(overlay, ctx, &w).await;
+                self.report(&id, state, code, msg);
+                continue;
+            }
+            if !want {
+                self.stop(&w);
+                continue;
+            }
+            if self.reported(&id) != Some(TaskState::Running) {
+                self.report(&id, TaskState::Running, None, "running".into());
+            }
+        }
+        // 2. Assigned tasks not here yet.
+        let local: BTreeSet<String> = overlay.list().into_iter().map(|w| w.id).collect();
+        for t in a.tasks.iter().filter(|t| t.task.desired == TaskState::Running) {
+            let id = &t.task.id;
+            if local.contains(id) || self.reported(id).is_some_and(|s| s.is_terminal()) {
+                continue;
+            }
+            if t.task.state.is_terminal() || t.task.state == TaskState::Running {
+                // Running in the store but not here (lost in a restart of
+                // the host): report it gone so it is replaced.
+                if t.task.state == TaskState::Running {
+                    self.report(id, TaskState::Failed, None, "task is gone from its node".into());
+                }
+                continue;
+            }
+            self.report(id, TaskState::Starting, None, "starting".into());
+            match self.start(overlay, ctx, &a, t).await {
+                Ok(w) => {
+                    info!(task = %id, name = %w.name, pid = w.pid, "task started");
+                    self.report(id, TaskState::Running, None, "running".into());
+                }
+                Err((state, e)) => {
+                    warn!(task = %id, "task did not start: {e:#}");
+                    self.report(id, state, None, format!("{e:#}"));
+                }
+            }
+        }
+        // 3. Forget reports the store no longer needs (task ended there).
+        if let Ok(mut r) = self.reports.lock() {
+            r.retain(|id, _| assigned.contains_key(id.as_str()) || local.contains(id));
+        }
+        // 4. DNS servers and VIP rules of the tasks here.
+        for w in overlay.list().into_iter().filter(|w| w.task.is_some() && w.pid != 0) {
+            self.ensure_dns(&w);
+            let rules = vip_rules(&w, &a.services);
+            let body = nft::vip_table(&rules);
+            self.apply_table(Some(&w.netns), nft::VIP_TABLE, &body, &w.id)
+                .await;
+        }
+        if let Ok(mut d) = self.dns.lock() {
+            let here: BTreeSet<String> = overlay.list().into_iter().map(|w| w.id).collect();
+            d.retain(|id, _| here.contains(id));
+        }
+        // 5. Routing mesh.
+        if let Err(e) = self.mesh(overlay, ctx, &a).await {
+            warn!("routing mesh: {e:#}");
+        }
+    }
+
+    async fn start(
+        &self,
+        overlay: &Overlay,
+        ctx: &NodeCtx,
+        a: &Assignments,
+        t: &crate::session::AssignedTask,
+    ) -> Result<Workload, (TaskState, anyhow::Error)> {
+        let mut networks = Vec::new();
+        for (nid, ep) in &t.task.endpoints {
+            let Some(net) = a.networks.get(nid) else {
+                return Err((
+                    TaskState::Rejected,
+                    anyhow::anyhow!("network {nid} of the task is unknown here"),
+                ));
+            };
+            if net.encrypted {
+                return Err((
+                    TaskState::Rejected,
+                    anyhow::anyhow!(
+                        "network {} is encrypted but this node cannot encrypt overlay traffic \
+                         (no IPsec ESP): refusing to attach rather than send plaintext",
+                        net.name
+                    ),
+                ));
+            }
+            networks.push((net.clone(), ep.clone()));
+        }
+        // The service's own networks first (eth0), the ingress network last.
+        networks.sort_by_key(|(n, _)| n.ingress);
+        let task = &t.task;
+        let resolv = overlay.netns_of(&task.id).with_extension("resolv.conf");
+        std::fs::write(&resolv, dns::task_resolv_conf(&[]))
+            .map_err(|e| (TaskState::Failed, anyhow::anyhow!("write {}: {e}", resolv.display())))?;
+        let mut env: Vec<(String, String)> = t
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        env.extend([
+            ("SHOAL_TASK_ID".to_string(), task.id.clone()),
+            ("SHOAL_TASK_NAME".to_string(), task.name()),
+            ("SHOAL_SERVICE_NAME".to_string(), task.service_name.clone()),
+            ("SHOAL_TASK_SLOT".to_string(), task.slot.to_string()),
+            ("SHOAL_NODE_ID".to_string(), ctx.me.clone()),
+        ]);
+        let spec = StartSpec {
+            id: task.id.clone(),
+            name: task.name(),
+            networks,
+            argv: t.command.clone(),
+            env,
+            sandbox: Some((task.id.chars().take(12).collect(), resolv.clone())),
+            task: Some(task.id.clone()),
+        };
+        // DNS must answer before the process asks: bind first, then start.
+        let w = overlay
+            .start(spec, &ctx.me, ctx.vtep, ctx.port, ctx.gossip.as_ref())
+            .await
+            .map_err(|e| (TaskState::Failed, e))?;
+        Ok(w)
+    }
+
+    fn ensure_dns(&self, w: &Workload) {
+        let Ok(mut servers) = self.dns.lock() else {
+            return;
+        };
+        if servers.contains_key(&w.id) {
+            return;
+        }
+        let dir = self.directory.clone();
+        let nets: Vec<String> = w.attachments.iter().map(|a| a.network.id.clone()).collect();
+        let names = move |name: &str| lookup(&dir, &nets, name);
+        match dns::bind_in_netns(Some(&w.netns), DNS_ADDR)
+            .and_then(|(u, t)| dns::spawn(u, t, Arc::new(names), self.upstreams.clone()))
+        {
+            Ok(s) => {
+                servers.insert(w.id.clone(), s);
+            }
+            Err(e) => warn!(task = %w.id, "cannot start the embedded DNS: {e}"),
+        }
+    }
+
+    fn stop(&self, w: &Workload) {
+        let Ok(mut s) = self.stopping.lock() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(w.pid as i32);
+        use nix::sys::signal::{kill, Signal};
+        match s.get(&w.id) {
+            None => {
+                info!(task = %w.id, "stopping task");
+                let _ = kill(pid, Signal::SIGTERM);
+                s.insert(w.id.clone(), Instant::now());
+            }
+            Some(t) if t.elapsed() > STOP_GRACE => {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            Some(_) => {}
+        }
+        self.kick.notify_one();
+    }
+
+    async fn finish(&self, overlay: &Overlay, ctx: &NodeCtx, w: &Workload) {
+        if let Ok(mut d) = self.dns.lock() {
+            d.remove(&w.id);
+        }
+        if let Ok(mut a) = self.applied.lock() {
+            a.remove(&w.id);
+        }
+        overlay.cleanup(&w.id, ctx.gossip.as_ref()).await;
+        let _ = std::fs::remove_file(overlay.netns_of(&w.id).with_extension("resolv.conf"));
+    }
+
+    /// Apply an nft table unless the same body is already in place.
+    async fn apply_table(&self, netns: Option<&std::path::Path>, table: &str, body: &str, key: &str) {
+        let key = format!("{key}/{table}");
+        if self
+            .applied
+            .lock()
+            .is_ok_and(|a| a.get(&key).is_some_and(|b| b == body))
+        {
+            return;
+        }
+        match nft::apply_table(netns, table, body).await {
+            Ok(()) => {
+                if let Ok(mut a) = self.applied.lock() {
+                    a.insert(key, body.to_string());
+                }
+            }
+            Err(e) => warn!(table, "cannot apply nftables rules: {e}"),
+        }
+    }
+
+    async fn mesh(&self, overlay: &Overlay, ctx: &NodeCtx, a: &Assignments) -> anyhow::Result<()> {
+        let ingress_net = a.networks.values().find(|n| n.ingress);
+        let published: Vec<&ServiceView> = a
+            .services
+            .iter()
+            .filter(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+            .collect();
+        let mut host_rules: Vec<PortRule> = Vec::new();
+        match (ingress_net, &a.ingress_endpoint, published.is_empty()) {
+            (Some(net), Some(ep), false) => {
+                let sbox = match overlay.get(INGRESS_SANDBOX) {
+                    Some(w) if w.ip_on(&net.id) == Some(ep.ip) => w,
+                    other => {
+                        if other.is_some() {
+                            overlay.cleanup(INGRESS_SANDBOX, ctx.gossip.as_ref()).await;
+                        }
+                        let w = overlay
+                            .start(
+                                StartSpec {
+                                    id: INGRESS_SANDBOX.into(),
+                                    name: INGRESS_SANDBOX.into(),
+                                    networks: vec![(net.clone(), ep.clone())],
+                                    ..Default::default()
+                                },
+                                &ctx.me,
+                                ctx.vtep,
+                                ctx.port,
+                                ctx.gossip.as_ref(),
+                            )
+                            .await?;
+                        nft::set_ip_forward(Some(&w.netns), true)?;
+                        if let Ok(mut m) = self.applied.lock() {
+                            m.retain(|k, _| !k.starts_with(INGRESS_SANDBOX));
+                        }
+                        w
+                    }
+                };
+                let mut rules = Vec::new();
+                for s in &published {
+                    for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                        rules.push(PortRule {
+                            proto: proto(p.protocol),
+                            port: p.published,
+                            backends: s
+                                .backends
+                                .iter()
+                                .filter(|(n, _)| *n == net.id)
+                                .map(|(_, ip)| Backend {
+                                    ip: *ip,
+                                    port: p.target,
+                                })
+                                .collect(),
+                        });
+                        if let Some(gw) = sbox.gw_ip {
+                            host_rules.push(PortRule {
+                                proto: proto(p.protocol),
+                                port: p.published,
+                                backends: vec![Backend {
+                                    ip: gw,
+                                    port: p.published,
+                                }],
+                            });
+                        }
+                    }
+                }
+                let ifname = sbox
+                    .attachments
+                    .first()
+                    .map(|x| x.ifname.clone())
+                    .unwrap_or_else(|| "eth0".into());
+                let body = nft::ingress_sandbox_table(&rules, &ifname);
+                self.apply_table(Some(&sbox.netns), nft::INGRESS_TABLE, &body, INGRESS_SANDBOX)
+                    .await;
+            }
+            _ => {
+                if overlay.get(INGRESS_SANDBOX).is_some() {
+                    overlay.cleanup(INGRESS_SANDBOX, ctx.gossip.as_ref()).await;
+                    if let Ok(mut m) = self.applied.lock() {
+                        m.retain(|k, _| !k.starts_with(INGRESS_SANDBOX));
+                    }
+                }
+            }
+        }
+        // Host-mode ports: straight to the task on this node.
+        for w in overlay.list().into_iter().filter(|w| w.task.is_some()) {
+            let Some(t) = a.tasks.iter().find(|t| t.task.id == w.id) else {
+                continue;
+            };
+            let (Some(svc), Some(gw)) = (
+                a.services.iter().find(|s| s.id == t.task.service),
+                w.gw_ip,
+            ) else {
+                continue;
+            };
+            for p in svc.ports.iter().filter(|p| p.mode == PublishMode::Host) {
+                host_rules.push(PortRule {
+                    proto: proto(p.protocol),
+                    port: p.published,
+                    backends: vec![Backend {
+                        ip: gw,
+                        port: p.target,
+                    }],
+                });
+            }
+        }
+        if host_rules.is_empty() {
+            let had = self
+                .applied
+                .lock()
+                .is_ok_and(|mut m| m.remove(&format!("host/{}", nft::PUBLISH_TABLE)).is_some());
+            if had {
+                nft::delete_table(None, nft::PUBLISH_TABLE).await?;
+            }
+        } else {
+            let body = nft::host_publish_table(&host_rules);
+            self.apply_table(None, nft::PUBLISH_TABLE, &body, "host").await;
+        }
+        Ok(())
+    }
+}
+
+fn proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    }
+}
+
+/// VIP rules for a task: every VIP service on a network the task is on.
+fn vip_rules(w: &Workload, services: &[ServiceView]) -> Vec<VipRule> {
+    let mut out = Vec::new();
+    for a in &w.attachments {
+        for s in services.iter().filter(|s| s.endpoint_mode == EndpointMode::Vip) {
+            if let Some(vip) = s.vips.get(&a.network.id) {
+                out.push(VipRule {
+                    vip: *vip,
+                    backends: s
+                        .backends
+                        .iter()
+                        .filter(|(n, _)| *n == a.network.id)
+                        .map(|(_, ip)| *ip)
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Names a task on `nets` can resolve: `<service>` (VIP, or the task
+/// addresses with dnsrr) and `tasks.<service>`, for services sharing one
+/// of its networks. `None`: not ours, forward it.
+fn lookup(dir: &RwLock<Vec<ServiceView>>, nets: &[String], name: &str) -> Option<Vec<Ipv4Addr>> {
+    let dir = dir.read().ok()?;
+    let (tasks, svc) = match name.strip_prefix("tasks.") {
+        Some(s) => (true, s),
+        None => (false, name),
+    };
+    let s = dir.iter().find(|s| s.name == svc)?;
+    let shared: Vec<&String> = nets
+        .iter()
+        .filter(|n| s.vips.contains_key(*n) || s.backends.iter().any(|(bn, _)| bn == *n))
+        .collect();
+    let on_shared = |ips: &mut Vec<Ipv4Addr>| {
+        for (n, ip) in &s.backends {
+            if shared.contains(&n) && !ips.contains(ip) {
+                ips.push(*ip);
+            }
+        }
+    };
+    let mut ips = Vec::new();
+    if shared.is_empty() {
+        // A service on none of this task's networks is not visible.
+        return None;
+    }
+    if tasks || s.endpoint_mode == EndpointMode::Dnsrr {
+        on_shared(&mut ips);
+    } else if let Some(vip) = nets.iter().find_map(|n| s.vips.get(n)) {
+        ips.push(*vip);
+    }
+    Some(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, mode: EndpointMode) -> ServiceView {
+        ServiceView {
+            id: format!("id-{name}"),
+            name: name.into(),
+            endpoint_mode: mode,
+            vips: if mode == EndpointMode::Vip {
+                [("n1".to_string(), Ipv4Addr::new(10, 0, 1, 2))].into()
+            } else {
+                BTreeMap::new()
+            },
+            ports: vec![],
+            backends: vec![
+                ("n1".into(), Ipv4Addr::new(10, 0, 1, 3)),
+                ("n1".into(), Ipv4Addr::new(10, 0, 1, 4)),
+            ],
+        }
+    }
+
+    #[test]
+    fn names_vip_dnsrr_tasks_and_visibility() {
+        let dir = RwLock::new(vec![
+            view("web", EndpointMode::Vip),
+            view("db", EndpointMode::Dnsrr),
+        ]);
+        let on = vec!["n1".to_string()];
+        assert_eq!(lookup(&dir, &on, "web"), Some(vec![Ipv4Addr::new(10, 0, 1, 2)]));
+        assert_eq!(lookup(&dir, &on, "tasks.web").map(|v| v.len()), Some(2));
+        assert_eq!(lookup(&dir, &on, "db").map(|v| v.len()), Some(2));
+        assert_eq!(lookup(&dir, &on, "example.com"), None);
+        // Not on a shared network: not visible.
+        assert_eq!(lookup(&dir, &["n2".to_string()], "web"), None);
+    }
+}
