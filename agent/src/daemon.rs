@@ -505,6 +505,10 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    // Under systemd (Type=notify): the API socket is up, we are ready.
+    if let Err(e) = crate::notify::ready() {
+        warn!("cannot notify systemd: {e}");
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -517,6 +521,7 @@ pub async fn run(config: Config) -> Result<()> {
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
         }
     }
+    let _ = crate::notify::stopping();
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!("cannot remove socket {}: {e}", socket.display());
     }

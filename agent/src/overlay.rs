@@ -351,6 +351,9 @@ impl Overlay {
                 .arg(hostname);
         }
         cmd.args(&spec.argv)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
