@@ -122,6 +122,30 @@ pub enum Request {
         /// Names, ids or id prefixes.
         networks: Vec<String>,
     },
+    /// `service create`.
+    ServiceCreate(shoal_raft_store::service::ServiceSpec),
+    /// `service update` / `service scale` (one service).
+    ServiceUpdate {
+        /// Name, id or id prefix.
+        service: String,
+        /// What changes.
+        update: crate::services::ServiceUpdate,
+    },
+    /// `service rm`.
+    ServiceRemove {
+        /// Names, ids or id prefixes.
+        services: Vec<String>,
+    },
+    /// `service ls` (empty) / `service inspect`.
+    ServiceList {
+        /// Names, ids or id prefixes (all when empty).
+        services: Vec<String>,
+    },
+    /// `service ps`.
+    ServicePs {
+        /// Names, ids or id prefixes.
+        services: Vec<String>,
+    },
     /// `node ls`.
     NodeList,
     /// `node inspect`.
@@ -223,6 +247,10 @@ pub enum Response {
     Workloads(Vec<crate::overlay::Workload>),
     /// Networks (ls / inspect), docker-like documents.
     Networks(Vec<serde_json::Value>),
+    /// Services (ls / inspect).
+    Services(Vec<crate::services::ServiceRow>),
+    /// Tasks (`service ps`).
+    Tasks(Vec<crate::services::TaskRow>),
     /// Gossip members.
     Members(Vec<shoal_membership::MemberView>),
     /// Gossip table entries.

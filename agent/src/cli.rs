@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use shoal_raft_store::service::{
+    EndpointMode, PortConfig, PublishMode, RestartCondition, ServiceSpec,
+};
 use shoal_raft_store::state::Availability;
 use shoal_tls::Role;
 
@@ -58,6 +61,9 @@ pub enum Command {
     /// Manage overlay networks (run on a manager).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage services (run on a manager).
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Run a process on this node in its own network namespace, attached
     /// to an attachable overlay network: `shoal run --network app -- CMD`.
     Run {
@@ -129,6 +135,306 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+}
+
+/// `shoal service ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service: `service create --name web --replicas 3 --network app -p 8080:80 -- CMD...`.
+    Create {
+        /// Service name (also its DNS name).
+        #[arg(long)]
+        name: String,
+        /// Number of tasks.
+        #[arg(long, default_value = "1", value_parser = parse_replicas)]
+        replicas: u64,
+        /// Networks to attach (repeatable).
+        #[arg(long)]
+        network: Vec<String>,
+        /// Publish a port: `8080:80[/udp]` or
+        /// `published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host]` (repeatable).
+        #[arg(short, long, value_parser = parse_publish)]
+        publish: Vec<PortConfig>,
+        /// `vip` (a virtual IP balanced over the tasks) or `dnsrr` (DNS round robin).
+        #[arg(long, default_value = "vip", value_parser = parse_endpoint_mode)]
+        endpoint_mode: EndpointMode,
+        /// Environment `K=V` (repeatable).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Restart when a task ends: `any`, `on-failure` or `none`.
+        #[arg(long, default_value = "any", value_parser = parse_restart)]
+        restart_condition: RestartCondition,
+        /// Labels `key=value`.
+        #[arg(long)]
+        label: Vec<String>,
+        /// The command each task runs, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List services: ID NAME MODE REPLICAS COMMAND PORTS.
+    Ls,
+    /// Show services in detail (JSON).
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// List the tasks of services: ID NAME COMMAND NODE DESIRED STATE CURRENT STATE ERROR.
+    Ps {
+        /// Names or ids.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Scale services: `service scale web=5 api=2`.
+    Scale {
+        /// `SERVICE=REPLICAS` pairs.
+        #[arg(required = true, value_parser = parse_scale)]
+        scales: Vec<(String, u64)>,
+    },
+    /// Update a service; tasks are replaced when anything but the replica count changes.
+    Update {
+        /// New number of tasks.
+        #[arg(long, value_parser = parse_replicas)]
+        replicas: Option<u64>,
+        /// Attach a network (repeatable).
+        #[arg(long)]
+        network_add: Vec<String>,
+        /// Detach a network (repeatable).
+        #[arg(long)]
+        network_rm: Vec<String>,
+        /// Publish another port (same syntax as `create -p`).
+        #[arg(long, value_parser = parse_publish)]
+        publish_add: Vec<PortConfig>,
+        /// Stop publishing a port (the published port number).
+        #[arg(long)]
+        publish_rm: Vec<u16>,
+        /// Add or replace an environment variable `K=V`.
+        #[arg(long)]
+        env_add: Vec<String>,
+        /// Replace the tasks even if nothing changed.
+        #[arg(long)]
+        force: bool,
+        /// Service name or id.
+        service: String,
+    },
+    /// Remove services (their tasks are stopped).
+    Rm {
+        /// Names or ids.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+fn parse_replicas(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("invalid replicas {s:?}: must be a whole number of 0 or more"))
+}
+
+fn parse_publish(s: &str) -> Result<PortConfig, String> {
+    s.parse()
+}
+
+fn parse_endpoint_mode(s: &str) -> Result<EndpointMode, String> {
+    s.parse()
+}
+
+fn parse_restart(s: &str) -> Result<RestartCondition, String> {
+    s.parse()
+}
+
+fn parse_scale(s: &str) -> Result<(String, u64), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid scale {s:?}: expected SERVICE=REPLICAS"))?;
+    if name.is_empty() {
+        return Err(format!("invalid scale {s:?}: expected SERVICE=REPLICAS"));
+    }
+    Ok((name.to_string(), parse_replicas(n)?))
+}
+
+/// Build a service spec from `service create` flags.
+fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
+    let ServiceCmd::Create {
+        name,
+        replicas,
+        network,
+        publish,
+        endpoint_mode,
+        env,
+        restart_condition,
+        label,
+        command,
+    } = cmd
+    else {
+        return Err(ClientError::Unexpected("not service create".into()));
+    };
+    let bad = |m: String| ClientError::Api(crate::api::ApiError::invalid(m));
+    if *endpoint_mode == EndpointMode::Dnsrr
+        && publish.iter().any(|p| p.mode == PublishMode::Ingress)
+    {
+        return Err(bad(
+            "port published with ingress mode can't be used with dnsrr mode (use mode=host)".into(),
+        ));
+    }
+    for e in env {
+        if !e.contains('=') || e.starts_with('=') {
+            return Err(bad(format!("--env {e:?}: expected K=V")));
+        }
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(bad(format!("--label {l:?}: expected key=value")));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(ServiceSpec {
+        name: name.clone(),
+        replicas: *replicas,
+        networks: network.clone(),
+        ports: publish.clone(),
+        endpoint_mode: *endpoint_mode,
+        env: env.clone(),
+        restart_condition: *restart_condition,
+        command: command.clone(),
+        labels,
+    })
+}
+
+async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), ClientError> {
+    use crate::services::{ports_column, replicas_column, state_column, ServiceUpdate};
+    let call = |req| client::call(&cli.host, req);
+    let resp = match cmd {
+        ServiceCmd::Create { .. } => call(Request::ServiceCreate(service_spec(cmd)?)).await?,
+        ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
+        ServiceCmd::Inspect { services } => {
+            match call(Request::ServiceList {
+                services: services.clone(),
+            })
+            .await?
+            {
+                Response::Services(rows) => {
+                    print_json(&rows);
+                    return Ok(());
+                }
+                other => other,
+            }
+        }
+        ServiceCmd::Ps { services } => {
+            call(Request::ServicePs {
+                services: services.clone(),
+            })
+            .await?
+        }
+        ServiceCmd::Scale { scales } => {
+            for (name, n) in scales {
+                call(Request::ServiceUpdate {
+                    service: name.clone(),
+                    update: ServiceUpdate {
+                        replicas: Some(*n),
+                        ..Default::default()
+                    },
+                })
+                .await?;
+                println!("{name} scaled to {n}");
+            }
+            return Ok(());
+        }
+        ServiceCmd::Update {
+            replicas,
+            network_add,
+            network_rm,
+            publish_add,
+            publish_rm,
+            env_add,
+            force,
+            service,
+        } => {
+            call(Request::ServiceUpdate {
+                service: service.clone(),
+                update: ServiceUpdate {
+                    replicas: *replicas,
+                    network_add: network_add.clone(),
+                    network_rm: network_rm.clone(),
+                    publish_add: publish_add.clone(),
+                    publish_rm: publish_rm.clone(),
+                    env_add: env_add.clone(),
+                    force: *force,
+                },
+            })
+            .await?
+        }
+        ServiceCmd::Rm { services } => {
+            call(Request::ServiceRemove {
+                services: services.clone(),
+            })
+            .await?
+        }
+    };
+    match (cli.format, resp) {
+        (Format::Json, Response::Services(rows)) => print_json(&rows),
+        (Format::Table, Response::Services(rows)) => print_table(
+            &["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.service.id.chars().take(12).collect(),
+                        r.service.spec.name.clone(),
+                        "replicated".to_string(),
+                        replicas_column(r),
+                        r.service.spec.command.join(" "),
+                        ports_column(&r.service.spec.ports),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Json, Response::Tasks(rows)) => print_json(&rows),
+        (Format::Table, Response::Tasks(rows)) => {
+            let now = crate::swarm::now_ms();
+            let mut seen = std::collections::BTreeSet::new();
+            print_table(
+                &[
+                    "ID",
+                    "NAME",
+                    "COMMAND",
+                    "NODE",
+                    "DESIRED STATE",
+                    "CURRENT STATE",
+                    "ERROR",
+                ],
+                rows.iter()
+                    .map(|r| {
+                        let t = &r.task;
+                        // Older tasks of a slot are history, as in Docker.
+                        let first = seen.insert((t.service.clone(), t.slot));
+                        let name = if first {
+                            t.name()
+                        } else {
+                            format!(" \\_ {}", t.name())
+                        };
+                        let error = match t.state {
+                            shoal_raft_store::service::TaskState::Failed
+                            | shoal_raft_store::service::TaskState::Rejected
+                            | shoal_raft_store::service::TaskState::Orphaned => t.message.clone(),
+                            _ => String::new(),
+                        };
+                        vec![
+                            t.id.chars().take(12).collect(),
+                            name,
+                            r.command.join(" "),
+                            r.node_hostname.clone(),
+                            t.desired.to_string(),
+                            state_column(t, now),
+                            error,
+                        ]
+                    })
+                    .collect(),
+            )
+        }
+        (format, other) => print_response(format, other, false),
+    }
+    Ok(())
 }
 
 /// Build a network spec from `network create` flags.
@@ -479,6 +785,7 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             print_response(cli.format, resp, false);
             Ok(())
         }
+        Command::Service(cmd) => service_command(cli, cmd).await,
         Command::Network(cmd) => {
             let req = match cmd {
                 NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),

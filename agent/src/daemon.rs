@@ -238,6 +238,26 @@ impl Daemon {
             Request::Stop { workload } => {
                 Ok(Response::Message(self.swarm().await?.stop(&workload)?))
             }
+            Request::ServiceCreate(spec) => Ok(Response::Message(
+                self.swarm().await?.service_create(spec).await?,
+            )),
+            Request::ServiceUpdate { service, update } => Ok(Response::Message(
+                self.swarm().await?.service_update(&service, update).await?,
+            )),
+            Request::ServiceRemove { services } => {
+                let swarm = self.swarm().await?;
+                let mut out = Vec::new();
+                for s in services {
+                    out.push(swarm.service_remove(&s).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+            Request::ServiceList { services } => Ok(Response::Services(
+                self.swarm().await?.services(&services).await?,
+            )),
+            Request::ServicePs { services } => Ok(Response::Tasks(
+                self.swarm().await?.service_tasks(&services).await?,
+            )),
             Request::NetworkList => {
                 Ok(Response::Networks(self.swarm().await?.networks(&[]).await?))
             }

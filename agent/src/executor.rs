@@ -162,11 +162,8 @@ impl Executor {
         if let Ok(mut d) = self.directory.write() {
             *d = a.services.clone();
         }
-        let assigned: BTreeMap<&str, &crate::session::AssignedTask> = a
-            .tasks
-            .iter()
-            .map(|t| (t.task.id.as_str(), t))
-            .collect();
+        let assigned: BTreeMap<&str, &crate::session::AssignedTask> =
+            a.tasks.iter().map(|t| (t.task.id.as_str(), t)).collect();
         // 1. Local tasks: ended, unwanted, or running.
         for w in overlay.list().into_iter().filter(|w| w.task.is_some()) {
             let id = w.id.clone();
@@ -174,7 +171,10 @@ impl Executor {
                 .get(id.as_str())
                 .is_some_and(|t| t.task.desired == TaskState::Running);
             if w.pid == 0 || !alive(w.pid) {
-                let stopping = self.stopping.lock().is_ok_and(|mut s| s.remove(&id).is_some());
+                let stopping = self
+                    .stopping
+                    .lock()
+                    .is_ok_and(|mut s| s.remove(&id).is_some());
                 let code = overlay.exit_code(w.pid);
                 let (state, msg) = if stopping || !want {
                     (TaskState::Shutdown, "shutdown".to_string())
@@ -199,7 +199,11 @@ impl Executor {
         }
         // 2. Assigned tasks not here yet.
         let local: BTreeSet<String> = overlay.list().into_iter().map(|w| w.id).collect();
-        for t in a.tasks.iter().filter(|t| t.task.desired == TaskState::Running) {
+        for t in a
+            .tasks
+            .iter()
+            .filter(|t| t.task.desired == TaskState::Running)
+        {
             let id = &t.task.id;
             if local.contains(id) || self.reported(id).is_some_and(|s| s.is_terminal()) {
                 continue;
@@ -208,7 +212,12 @@ impl Executor {
                 // Running in the store but not here (lost in a restart of
                 // the host): report it gone so it is replaced.
                 if t.task.state == TaskState::Running {
-                    self.report(id, TaskState::Failed, None, "task is gone from its node".into());
+                    self.report(
+                        id,
+                        TaskState::Failed,
+                        None,
+                        "task is gone from its node".into(),
+                    );
                 }
                 continue;
             }
@@ -229,7 +238,11 @@ impl Executor {
             r.retain(|id, _| assigned.contains_key(id.as_str()) || local.contains(id));
         }
         // 4. DNS servers and VIP rules of the tasks here.
-        for w in overlay.list().into_iter().filter(|w| w.task.is_some() && w.pid != 0) {
+        for w in overlay
+            .list()
+            .into_iter()
+            .filter(|w| w.task.is_some() && w.pid != 0)
+        {
             self.ensure_dns(&w);
             let rules = vip_rules(&w, &a.services);
             let body = nft::vip_table(&rules);
@@ -277,12 +290,19 @@ impl Executor {
         networks.sort_by_key(|(n, _)| n.ingress);
         let task = &t.task;
         let resolv = overlay.netns_of(&task.id).with_extension("resolv.conf");
-        std::fs::write(&resolv, dns::task_resolv_conf(&[]))
-            .map_err(|e| (TaskState::Failed, anyhow::anyhow!("write {}: {e}", resolv.display())))?;
+        std::fs::write(&resolv, dns::task_resolv_conf(&[])).map_err(|e| {
+            (
+                TaskState::Failed,
+                anyhow::anyhow!("write {}: {e}", resolv.display()),
+            )
+        })?;
         let mut env: Vec<(String, String)> = t
             .env
             .iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         env.extend([
             ("SHOAL_TASK_ID".to_string(), task.id.clone()),
@@ -360,7 +380,13 @@ impl Executor {
     }
 
     /// Apply an nft table unless the same body is already in place.
-    async fn apply_table(&self, netns: Option<&std::path::Path>, table: &str, body: &str, key: &str) {
+    async fn apply_table(
+        &self,
+        netns: Option<&std::path::Path>,
+        table: &str,
+        body: &str,
+        key: &str,
+    ) {
         let key = format!("{key}/{table}");
         if self
             .applied
@@ -450,8 +476,13 @@ impl Executor {
                     .map(|x| x.ifname.clone())
                     .unwrap_or_else(|| "eth0".into());
                 let body = nft::ingress_sandbox_table(&rules, &ifname);
-                self.apply_table(Some(&sbox.netns), nft::INGRESS_TABLE, &body, INGRESS_SANDBOX)
-                    .await;
+                self.apply_table(
+                    Some(&sbox.netns),
+                    nft::INGRESS_TABLE,
+                    &body,
+                    INGRESS_SANDBOX,
+                )
+                .await;
             }
             _ => {
                 if overlay.get(INGRESS_SANDBOX).is_some() {
@@ -467,10 +498,9 @@ impl Executor {
             let Some(t) = a.tasks.iter().find(|t| t.task.id == w.id) else {
                 continue;
             };
-            let (Some(svc), Some(gw)) = (
-                a.services.iter().find(|s| s.id == t.task.service),
-                w.gw_ip,
-            ) else {
+            let (Some(svc), Some(gw)) =
+                (a.services.iter().find(|s| s.id == t.task.service), w.gw_ip)
+            else {
                 continue;
             };
             for p in svc.ports.iter().filter(|p| p.mode == PublishMode::Host) {
@@ -494,7 +524,8 @@ impl Executor {
             }
         } else {
             let body = nft::host_publish_table(&host_rules);
-            self.apply_table(None, nft::PUBLISH_TABLE, &body, "host").await;
+            self.apply_table(None, nft::PUBLISH_TABLE, &body, "host")
+                .await;
         }
         Ok(())
     }
@@ -511,7 +542,10 @@ fn proto(p: Protocol) -> Proto {
 fn vip_rules(w: &Workload, services: &[ServiceView]) -> Vec<VipRule> {
     let mut out = Vec::new();
     for a in &w.attachments {
-        for s in services.iter().filter(|s| s.endpoint_mode == EndpointMode::Vip) {
+        for s in services
+            .iter()
+            .filter(|s| s.endpoint_mode == EndpointMode::Vip)
+        {
             if let Some(vip) = s.vips.get(&a.network.id) {
                 out.push(VipRule {
                     vip: *vip,
@@ -591,7 +625,10 @@ mod tests {
             view("db", EndpointMode::Dnsrr),
         ]);
         let on = vec!["n1".to_string()];
-        assert_eq!(lookup(&dir, &on, "web"), Some(vec![Ipv4Addr::new(10, 0, 1, 2)]));
+        assert_eq!(
+            lookup(&dir, &on, "web"),
+            Some(vec![Ipv4Addr::new(10, 0, 1, 2)])
+        );
         assert_eq!(lookup(&dir, &on, "tasks.web").map(|v| v.len()), Some(2));
         assert_eq!(lookup(&dir, &on, "db").map(|v| v.len()), Some(2));
         assert_eq!(lookup(&dir, &on, "example.com"), None);

@@ -17,5 +17,6 @@ pub mod notify;
 pub mod overlay;
 pub mod rpc;
 pub mod scheduler;
+pub mod services;
 pub mod session;
 pub mod swarm;

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_membership::{EndpointRecord, Gossip};
-use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
+use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
 use shoal_raft_store::network::{Endpoint, Network};
 use tracing::{info, warn};
 
@@ -137,7 +137,9 @@ impl Overlay {
                                 m.insert(w.id.clone(), w);
                             }
                         }
-                        Err(e) => warn!(path = %p.display(), "ignoring unreadable workload record: {e:#}"),
+                        Err(e) => {
+                            warn!(path = %p.display(), "ignoring unreadable workload record: {e:#}")
+                        }
                     }
                 }
             }
@@ -241,7 +243,10 @@ impl Overlay {
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.clone(), w.clone());
         }
-        match self.start_inner(&mut w, &spec, me, vtep, port, gossip).await {
+        match self
+            .start_inner(&mut w, &spec, me, vtep, port, gossip)
+            .await
+        {
             Ok(()) => {
                 if let Ok(mut m) = self.workloads.lock() {
                     m.insert(id.clone(), w.clone());

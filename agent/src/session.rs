@@ -208,11 +208,8 @@ impl Assignments {
             .iter()
             .flat_map(|t| t.task.endpoints.keys().cloned())
             .collect();
-        self.ingress_endpoint = ingress.and_then(|i| {
-            i.endpoints
-                .get(&ingress_endpoint_id(node))
-                .cloned()
-        });
+        self.ingress_endpoint =
+            ingress.and_then(|i| i.endpoints.get(&ingress_endpoint_id(node)).cloned());
         if let (Some(i), Some(_)) = (ingress, &self.ingress_endpoint) {
             nets.insert(i.id.clone());
         }
