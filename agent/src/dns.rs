@@ -47,6 +47,14 @@
 //!   record then, so it forwards and the client ends up with the upstream's
 //!   NXDOMAIN; we give the same answer without asking the outside world.
 //!   No SOA is attached, so the negative answer is not cached (RFC 2308).
+//! - An upstream's NXDOMAIN is relayed at once; Docker tries the next
+//!   upstream unless it was authoritative. Upstreams of one node are meant
+//!   to agree, and asking all of them triples the wait for typos.
+//! - Forwards use UDP first whatever the client used (Docker mirrors the
+//!   client's transport), and TCP only when the UDP reply was truncated.
+//!
+//! Not served here: PTR (reverse lookups of task addresses) and SRV; both
+//! are forwarded. Queries on one TCP connection are answered in order.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -1330,6 +1338,41 @@ mod tests {
             0,
             "forwards still in flight"
         );
+    }
+
+    #[tokio::test]
+    async fn too_many_forwards_in_flight_get_servfail_at_once() {
+        let dead = black_hole();
+        let cfg = DnsConfig {
+            max_in_flight: 2,
+            ..DnsConfig::default()
+        };
+        let s = server(table(), vec![dead.local_addr().unwrap()], cfg);
+        let c = client().await;
+        for id in 0..2u16 {
+            c.send_to(&query(id, "example.org", RecordType::A), s.udp_addr())
+                .await
+                .unwrap();
+        }
+        let t0 = Instant::now();
+        let r = exchange(
+            &c,
+            s.udp_addr(),
+            &query(2, "example.org", RecordType::A),
+            PROMPT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            Message::from_vec(&r).unwrap().response_code(),
+            ResponseCode::ServFail
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(s.stats().failures, 1);
     }
 
     #[tokio::test]
