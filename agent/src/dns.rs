@@ -47,6 +47,14 @@
 //!   record then, so it forwards and the client ends up with the upstream's
 //!   NXDOMAIN; we give the same answer without asking the outside world.
 //!   No SOA is attached, so the negative answer is not cached (RFC 2308).
+//! - An upstream's NXDOMAIN is relayed at once; Docker tries the next
+//!   upstream unless it was authoritative. Upstreams of one node are meant
+//!   to agree, and asking all of them triples the wait for typos.
+//! - Forwards use UDP first whatever the client used (Docker mirrors the
+//!   client's transport), and TCP only when the UDP reply was truncated.
+//!
+//! Not served here: PTR (reverse lookups of task addresses) and SRV; both
+//! are forwarded. Queries on one TCP connection are answered in order.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -431,7 +439,7 @@ fn encode_fitting(mut resp: Message, max_len: Option<usize>) -> Option<Vec<u8>> 
     resp.set_truncated(true);
     let base = encode(&resp)?.len();
     if n == 0 || base > max {
-        return Some(encode(&resp)?);
+        return encode(&resp);
     }
     // Estimate from the average record size, then trim until it fits.
     let per = (full.len() - base).div_ceil(n).max(1);
@@ -1333,6 +1341,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn too_many_forwards_in_flight_get_servfail_at_once() {
+        let dead = black_hole();
+        let cfg = DnsConfig {
+            max_in_flight: 2,
+            ..DnsConfig::default()
+        };
+        let s = server(table(), vec![dead.local_addr().unwrap()], cfg);
+        let c = client().await;
+        for id in 0..2u16 {
+            c.send_to(&query(id, "example.org", RecordType::A), s.udp_addr())
+                .await
+                .unwrap();
+        }
+        let t0 = Instant::now();
+        let r = exchange(
+            &c,
+            s.udp_addr(),
+            &query(2, "example.org", RecordType::A),
+            PROMPT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            Message::from_vec(&r).unwrap().response_code(),
+            ResponseCode::ServFail
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(s.stats().failures, 1);
+    }
+
+    #[tokio::test]
     async fn dropping_the_server_releases_its_port() {
         let s = server(table(), Vec::new(), fast());
         let addr = s.udp_addr();
@@ -1431,13 +1474,18 @@ mod tests {
                 .join(format!("shoal-dns-{tag}-{}", std::process::id()));
             shoal_netdriver::create_netns(&path).unwrap();
             let ns = Self { path, _dir: dir };
+            ns.ip(&["link", "set", "lo", "up"]);
+            Some(ns)
+        }
+
+        fn ip(&self, args: &[&str]) {
             let st = std::process::Command::new("nsenter")
-                .arg(format!("--net={}", ns.path.display()))
-                .args(["ip", "link", "set", "lo", "up"])
+                .arg(format!("--net={}", self.path.display()))
+                .arg("ip")
+                .args(args)
                 .status()
                 .unwrap();
-            assert!(st.success(), "ip link set lo up: {st}");
-            Some(ns)
+            assert!(st.success(), "ip {args:?}: {st}");
         }
     }
 
@@ -1491,5 +1539,79 @@ mod tests {
         let e = bind_in_netns(Some(&ns.path.with_extension("missing")), us).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         drop(s);
+    }
+
+    /// Run glibc's resolver (`getent`) inside `ns`, with `resolv` as its
+    /// /etc/resolv.conf (bind-mounted in a private mount namespace).
+    async fn getent(ns: &TestNetns, resolv: &Path, args: &[&str]) -> (bool, String) {
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && exec getent {}",
+            resolv.display(),
+            args.join(" ")
+        );
+        let out = timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new("nsenter")
+                .arg(format!("--net={}", ns.path.display()))
+                .args(["unshare", "--mount", "sh", "-c", &script])
+                .output(),
+        )
+        .await
+        .expect("getent hung")
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn first_column(text: &str) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[tokio::test]
+    async fn glibc_in_a_task_namespace_resolves_through_us() {
+        let Some(ns) = TestNetns::new("glibc") else {
+            return;
+        };
+        let up = static_upstream(&[("example.org", [192, 0, 2, 7])]);
+        let us: SocketAddr = (TASK_NAMESERVER, DNS_PORT).into();
+        let (udp, tcp) = bind_in_netns(Some(&ns.path), us).unwrap();
+        let s = spawn_with(udp, tcp, table(), vec![up.udp_addr()], fast()).unwrap();
+        // getaddrinfo (AI_ADDRCONFIG) asks for A records only when some
+        // interface besides lo has an IPv4 address, as a task's would.
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ]);
+        ns.ip(&["addr", "add", "10.200.0.2/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        let resolv = ns._dir.path().join("resolv.conf");
+        std::fs::write(&resolv, task_resolv_conf(&["lab".to_string()])).unwrap();
+
+        let (ok, out) = getent(&ns, &resolv, &["ahostsv4", "tasks.web"]).await;
+        assert!(ok, "getent ahostsv4 tasks.web: {out} {:?}", s.stats());
+        assert_eq!(first_column(&out), WEB.to_vec());
+        // `hosts` asks AAAA first: our NODATA must make it fall back to A.
+        let (ok, out) = getent(&ns, &resolv, &["hosts", "web"]).await;
+        assert!(ok, "getent hosts web: {out}");
+        assert!(WEB.contains(&first_column(&out)[0]), "{out}");
+        let (ok, out) = getent(&ns, &resolv, &["ahostsv4", "example.org"]).await;
+        assert!(ok, "getent ahostsv4 example.org: {out}");
+        assert_eq!(first_column(&out), vec![Ipv4Addr::new(192, 0, 2, 7)]);
+        let (ok, out) = getent(&ns, &resolv, &["ahostsv4", "nope.example.org"]).await;
+        assert!(!ok, "an unknown name resolved: {out}");
+        assert!(
+            s.stats().local_answers >= 2 && s.stats().forwarded >= 2,
+            "{:?}",
+            s.stats()
+        );
     }
 }
