@@ -1480,6 +1480,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn gossip_stats_read_a_running_gossip() {
+        use shoal_membership::{Gossip, GossipConfig, KeyRing, MemberInfo};
+        // Two ports that were free a moment ago (gossip must know its own).
+        let port = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let (pa, pb) = (port(), port());
+        let info = |id: &str, a: SocketAddr| MemberInfo {
+            node_id: id.into(),
+            gossip_addr: a,
+            advertise_addr: a.ip(),
+            data_path_addr: a.ip(),
+        };
+        let ring = || KeyRing::new(vec![(1, [7u8; 32])]).unwrap();
+        let a = Gossip::start(GossipConfig::fast(pa), info("a", pa), ring(), vec![])
+            .await
+            .unwrap();
+        let b = Gossip::start(GossipConfig::fast(pb), info("b", pb), ring(), vec![pa])
+            .await
+            .unwrap();
+        a.put("ep/n1", "e1", b"x".to_vec());
+        a.put("ep/n1", "e2", b"y".to_vec());
+        a.put("ep/n2", "e3", b"z".to_vec());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let s = GossipStats::from_gossip(&a);
+            if s.members_alive == 1 || std::time::Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (s.members_alive, s.members_suspect, s.members_down),
+            (1, 0, 0)
+        );
+        let mut tables = s.table_entries.clone();
+        tables.sort();
+        assert_eq!(
+            tables,
+            vec![("ep/n1".to_string(), 2), ("ep/n2".to_string(), 1)]
+        );
+        assert!(s.counters.udp_packets_sent > 0 && s.counters.udp_packets_received > 0);
+        let x = parse(
+            &render(
+                &Metrics::new(),
+                &Snapshot {
+                    gossip: Some(s),
+                    ..Default::default()
+                },
+            ),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            x.get("shoal_gossip_members", &[("state", "alive")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            x.get("shoal_gossip_table_entries", &[("table", "ep/n1")]),
+            Some(2.0)
+        );
+        b.leave().await.unwrap();
+        a.leave().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn bind_empty_disables_and_bad_addresses_are_named() {
         assert!(bind("").await.unwrap().is_none());
         assert!(bind("  ").await.unwrap().is_none());
@@ -1664,7 +1731,7 @@ mod tests {
     #[tokio::test]
     async fn slow_clients_time_out_without_blocking_others() {
         let srv = start(ServeConfig {
-            read_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(1500),
             ..ServeConfig::default()
         })
         .await;
@@ -1673,14 +1740,13 @@ mod tests {
         idle.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
         // Served while the idle one is still pending: connections are
         // handled concurrently.
-        let t0 = std::time::Instant::now();
         let r = exchange(srv.addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
         assert_eq!(r.status, 200);
-        assert!(
-            t0.elapsed() < Duration::from_millis(300),
-            "{:?}",
-            t0.elapsed()
-        );
+        let mut probe = [0u8; 1];
+        match idle.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the idle connection was answered before its timeout: {other:?}"),
+        }
         // The idle one is answered 408 and closed.
         let r = read_reply(&mut idle).await;
         assert_eq!(r.status, 408);
