@@ -30,7 +30,9 @@ pub mod transport;
 
 pub use codec::{decode_batch, decode_frame, encode_batch, Batch, MAX_FRAME};
 pub use error::{FrameError, RaftError, StoreError};
-pub use node::{Inbox, RaftNode, RaftStatus, VoterStatus};
+pub use node::{
+    HistogramSnapshot, Inbox, RaftNode, RaftStats, RaftStatus, VoterStatus, APPLY_LATENCY_BOUNDS,
+};
 pub use storage::{PeerMap, SledStorage};
 pub use transport::{TlsTransport, Transport, MANAGER_SERVER_NAME};
 

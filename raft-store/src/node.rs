@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -79,6 +80,136 @@ pub struct RaftStatus {
     pub snapshot_index: u64,
 }
 
+/// Upper bounds, in seconds, of the apply-latency histogram buckets
+/// (an overflow bucket above the last one is implicit). From half a
+/// millisecond (a batched commit on a fast disk) to 10 s (the default
+/// propose timeout).
+pub const APPLY_LATENCY_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram at one instant, as plain data for exporters (Prometheus)
+/// and for `--format json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    /// Upper bounds of the buckets, ascending, in the histogram's unit
+    /// (seconds here); the `+Inf` bucket is not listed.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket, NOT cumulative: `counts[i]` counts values
+    /// in `(bounds[i-1], bounds[i]]`; one more element than `bounds`, the
+    /// last counting values above the highest bound.
+    pub counts: Vec<u64>,
+    /// Sum of all observed values.
+    pub sum: f64,
+    /// Number of observations (equals the sum of `counts`).
+    pub count: u64,
+}
+
+impl HistogramSnapshot {
+    /// Cumulative counts per bound, as Prometheus `_bucket{le=..}` wants
+    /// them; the last element (for `+Inf`) equals `count`.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut acc = 0u64;
+        self.counts
+            .iter()
+            .map(|c| {
+                acc = acc.saturating_add(*c);
+                acc
+            })
+            .collect()
+    }
+}
+
+/// Fixed-bucket latency histogram. Written by the loop thread once per
+/// applied own proposal, read at scrape time; a mutex (never contended in
+/// practice) keeps count, sum and buckets consistent with each other.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    inner: Mutex<LatencyInner>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyInner {
+    counts: [u64; APPLY_LATENCY_BOUNDS.len() + 1],
+    sum_nanos: u128,
+    count: u64,
+}
+
+impl LatencyHistogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = APPLY_LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(APPLY_LATENCY_BOUNDS.len());
+        let mut g = lock(&self.inner);
+        if let Some(c) = g.counts.get_mut(i) {
+            *c += 1;
+        }
+        g.sum_nanos += d.as_nanos();
+        g.count += 1;
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let g = lock(&self.inner);
+        HistogramSnapshot {
+            bounds: APPLY_LATENCY_BOUNDS.to_vec(),
+            counts: g.counts.to_vec(),
+            sum: g.sum_nanos as f64 / 1e9,
+            count: g.count,
+        }
+    }
+}
+
+/// Counters shared by the handle (proposal outcomes, as callers see them)
+/// and the loop thread (apply latency).
+#[derive(Debug, Default)]
+struct Stats {
+    proposals: AtomicU64,
+    proposals_failed: AtomicU64,
+    apply_latency: LatencyHistogram,
+}
+
+impl Stats {
+    fn observe_apply(&self, d: Duration) {
+        self.apply_latency.observe(d);
+    }
+}
+
+/// What the Prometheus endpoint shows of a raft node: the status plus
+/// counters since the process started. Built by [`RaftNode::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RaftStats {
+    /// This node's raft id.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// Index of the latest stored snapshot.
+    pub snapshot_index: u64,
+    /// Whether this node is the leader.
+    pub is_leader: bool,
+    /// The leader this node knows of.
+    pub leader_id: Option<u64>,
+    /// Voters in the applied configuration.
+    pub voters: u64,
+    /// Voters this node heard from within an election timeout (itself
+    /// included).
+    pub voters_reachable: u64,
+    /// Commands proposed through this handle ([`RaftNode::propose`]),
+    /// whatever their outcome.
+    pub proposals_total: u64,
+    /// Of those, the ones that resolved with an error (no quorum, no
+    /// leader, timeout, leader change, stopped...).
+    pub proposals_failed_total: u64,
+    /// Seconds from a command's arrival at this node's loop to its apply
+    /// here, for commands proposed on this node and applied.
+    pub apply_latency: HistogramSnapshot,
+}
+
 /// A cheap cloneable way to hand inbound messages to a node without a
 /// stream (the in-memory router; simulations).
 #[derive(Clone)]
@@ -134,14 +265,16 @@ enum Done<O> {
 }
 
 enum Waiter<O> {
-    Cmd(Reply<O>),
+    /// A command and when it was first submitted to the loop (for the
+    /// apply-latency histogram).
+    Cmd(Reply<O>, Instant),
     Unit(Reply<()>),
 }
 
 impl<O> Waiter<O> {
     fn fail(self, e: RaftError) {
         match self {
-            Waiter::Cmd(r) => {
+            Waiter::Cmd(r, _) => {
                 let _ = r.send(Err(e));
             }
             Waiter::Unit(r) => {
@@ -249,6 +382,8 @@ struct Core<S: StateMachine> {
     last_leader: u64,
     /// Leader each pending request was submitted under.
     submitted_under: HashMap<u64, u64>,
+    /// Shared with the handle, for [`RaftNode::stats`].
+    stats: Arc<Stats>,
 }
 
 const CTX_LEN: usize = 24;
@@ -359,7 +494,8 @@ impl<S: StateMachine> Core<S> {
         match req {
             Request::Propose { data, reply } => match self.node.propose(ctx, data) {
                 Ok(()) => {
-                    self.pending.insert(seq, (Waiter::Cmd(reply), deadline));
+                    self.pending
+                        .insert(seq, (Waiter::Cmd(reply, since), deadline));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(RaftError::Dropped(e.to_string())));
@@ -629,6 +765,9 @@ impl<S: StateMachine> Core<S> {
         }
         let sm = self.sm.clone();
         let mut guard = lock(&sm);
+        // One clock read per batch: the latencies it measures are
+        // milliseconds, the batch takes microseconds.
+        let now = Instant::now();
         let cfg = bincode::config::standard().with_limit::<COMMAND_LIMIT>();
         for e in entries {
             if e.index <= self.applied {
@@ -643,7 +782,9 @@ impl<S: StateMachine> Core<S> {
                         match bincode::serde::decode_from_slice::<S::Command, _>(&e.data, cfg) {
                             Ok((cmd, _)) => {
                                 let out = guard.apply(e.index, cmd);
-                                if let Some((Waiter::Cmd(r), _)) = waiter {
+                                if let Some((Waiter::Cmd(r, since), _)) = waiter {
+                                    self.stats
+                                        .observe_apply(now.saturating_duration_since(since));
                                     self.done.push(Done::Cmd(r, out));
                                 }
                             }
@@ -901,6 +1042,7 @@ struct Shared<S: StateMachine> {
     inflight: Arc<Semaphore>,
     /// Bound on how long a caller waits, past the loop's own deadlines.
     max_wait: Duration,
+    stats: Arc<Stats>,
 }
 
 /// A manager's raft node: a cheap cloneable handle; the Ready loop runs on
@@ -1069,7 +1211,9 @@ impl<S: StateMachine> RaftNode<S> {
         let id = cfg.id;
         let max_wait = cfg.propose_timeout + cfg.leader_wait + Duration::from_secs(1);
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight_proposals.max(1)));
+        let stats = Arc::new(Stats::default());
         let core = Core {
+            stats: stats.clone(),
             id,
             node,
             sm: sm.clone(),
@@ -1102,6 +1246,7 @@ impl<S: StateMachine> RaftNode<S> {
                 status: status_rx,
                 inflight,
                 max_wait,
+                stats,
             }),
         })
     }
@@ -1148,9 +1293,16 @@ impl<S: StateMachine> RaftNode<S> {
     /// `NoQuorum` when a majority is visibly unreachable, with `NoLeader`
     /// after `leader_wait` without a leader, else with `Timeout`.
     pub async fn propose(&self, cmd: S::Command) -> Result<S::Output, RaftError> {
-        let data = bincode::serde::encode_to_vec(&cmd, bincode::config::standard())
-            .map_err(|e| RaftError::Codec(e.to_string()))?;
-        self.request(|reply| Request::Propose { data, reply }).await
+        let stats = &self.inner.stats;
+        stats.proposals.fetch_add(1, Relaxed);
+        let r = match bincode::serde::encode_to_vec(&cmd, bincode::config::standard()) {
+            Ok(data) => self.request(|reply| Request::Propose { data, reply }).await,
+            Err(e) => Err(RaftError::Codec(e.to_string())),
+        };
+        if r.is_err() {
+            stats.proposals_failed.fetch_add(1, Relaxed);
+        }
+        r
     }
 
     /// Linearizable read barrier (ReadIndex): resolves once this node has
@@ -1209,6 +1361,27 @@ impl<S: StateMachine> RaftNode<S> {
         self.inner.status.borrow().clone()
     }
 
+    /// Status and counters for the metrics endpoint. Cheap (a clone of the
+    /// status and a copy of the histogram); call it at scrape time.
+    pub fn stats(&self) -> RaftStats {
+        let st = self.status();
+        let s = &self.inner.stats;
+        RaftStats {
+            id: st.id,
+            term: st.term,
+            commit_index: st.commit,
+            applied_index: st.applied,
+            snapshot_index: st.snapshot_index,
+            is_leader: st.is_leader,
+            leader_id: st.leader,
+            voters: st.voters.len() as u64,
+            voters_reachable: st.voters.iter().filter(|v| v.reachable).count() as u64,
+            proposals_total: s.proposals.load(Relaxed),
+            proposals_failed_total: s.proposals_failed.load(Relaxed),
+            apply_latency: s.apply_latency.snapshot(),
+        }
+    }
+
     /// A watch channel that fires when the leader, term, commit or applied
     /// index, membership or reachability changes.
     pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
@@ -1223,5 +1396,106 @@ impl<S: StateMachine> RaftNode<S> {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemRouter;
+
+    /// Counts applied commands; enough to drive a node.
+    #[derive(Default)]
+    struct Count(u64);
+
+    impl StateMachine for Count {
+        type Command = u64;
+        type Output = u64;
+        fn apply(&mut self, _index: u64, cmd: u64) -> u64 {
+            self.0 += cmd;
+            self.0
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, String> {
+            Ok(self.0.to_be_bytes().to_vec())
+        }
+        fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+            let b: [u8; 8] = data.try_into().map_err(|_| "bad snapshot".to_string())?;
+            self.0 = u64::from_be_bytes(b);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_values_by_upper_bound() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(100)); // <= 0.0005
+        h.observe(Duration::from_micros(500)); // exactly on 0.0005: le is inclusive
+        h.observe(Duration::from_millis(3)); // <= 0.005
+        h.observe(Duration::from_secs(60)); // overflow
+        let s = h.snapshot();
+        assert_eq!(s.bounds, APPLY_LATENCY_BOUNDS.to_vec());
+        assert_eq!(s.counts.len(), APPLY_LATENCY_BOUNDS.len() + 1);
+        assert_eq!(s.counts[0], 2);
+        assert_eq!(s.counts[3], 1);
+        assert_eq!(s.counts[APPLY_LATENCY_BOUNDS.len()], 1);
+        assert_eq!(s.count, 4);
+        assert_eq!(s.counts.iter().sum::<u64>(), s.count);
+        assert!((s.sum - 60.0036).abs() < 1e-9, "sum {}", s.sum);
+        let cum = s.cumulative();
+        assert!(cum.windows(2).all(|w| w[0] <= w[1]), "{cum:?}");
+        assert_eq!(cum[0], 2);
+        assert_eq!(cum[3], 3);
+        assert_eq!(cum.last().copied(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn stats_count_proposals_latency_and_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RaftConfig {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            tick: Duration::from_millis(20),
+            leader_wait: Duration::from_secs(2),
+            propose_timeout: Duration::from_secs(5),
+            ..RaftConfig::default()
+        };
+        let router = MemRouter::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_001));
+        let node = RaftNode::bootstrap(cfg, addr, Count::default(), router.endpoint(1))
+            .await
+            .unwrap();
+        router.register(1, node.inbox());
+
+        let before = node.stats();
+        assert_eq!(before.proposals_total, 0);
+        assert_eq!(before.apply_latency.count, 0);
+
+        for i in 1..=5u64 {
+            node.propose(i).await.unwrap();
+        }
+        let s = node.stats();
+        assert_eq!(s.id, 1);
+        assert!(s.is_leader);
+        assert_eq!(s.leader_id, Some(1));
+        assert!(s.term >= 1);
+        assert_eq!(s.voters, 1);
+        assert_eq!(s.voters_reachable, 1);
+        assert!(s.applied_index >= 6, "bootstrap snapshot at 1 + 5 entries");
+        assert!(s.commit_index >= s.applied_index);
+        assert_eq!(s.proposals_total, 5);
+        assert_eq!(s.proposals_failed_total, 0);
+        // Every own proposal resolved after its apply was observed.
+        assert_eq!(s.apply_latency.count, 5);
+        assert_eq!(s.apply_latency.counts.iter().sum::<u64>(), 5);
+        assert!(s.apply_latency.sum > 0.0 && s.apply_latency.sum < 25.0);
+
+        let other = node.clone();
+        node.shutdown().await.unwrap();
+        assert!(other.propose(7).await.is_err());
+        let s = other.stats();
+        assert_eq!(s.proposals_total, 6);
+        assert_eq!(s.proposals_failed_total, 1);
+        assert_eq!(s.apply_latency.count, 5);
+        assert!(!s.is_leader);
     }
 }
