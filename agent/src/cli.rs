@@ -146,7 +146,7 @@ pub enum ServiceCmd {
         #[arg(long)]
         name: String,
         /// Number of tasks.
-        #[arg(long, default_value = "1", value_parser = parse_replicas)]
+        #[arg(long, default_value = "1", value_parser = parse_replicas, allow_hyphen_values = true)]
         replicas: u64,
         /// Networks to attach (repeatable).
         #[arg(long)]
@@ -194,7 +194,7 @@ pub enum ServiceCmd {
     /// Update a service; tasks are replaced when anything but the replica count changes.
     Update {
         /// New number of tasks.
-        #[arg(long, value_parser = parse_replicas)]
+        #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
         replicas: Option<u64>,
         /// Attach a network (repeatable).
         #[arg(long)]

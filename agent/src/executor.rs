@@ -37,7 +37,8 @@ use crate::session::{Assignments, ServiceView, TaskReport};
 
 /// Time a task gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
-/// Id of the routing-mesh sandbox workload.
+/// Name of the routing-mesh sandbox workload (its id is its endpoint id,
+/// unique in the cluster, as gossip keys must be).
 pub const INGRESS_SANDBOX: &str = "ingress-sbox";
 /// Address the embedded DNS listens on inside every task.
 pub const DNS_ADDR: SocketAddr =
@@ -290,6 +291,14 @@ impl Executor {
         networks.sort_by_key(|(n, _)| n.ingress);
         let task = &t.task;
         let resolv = overlay.netns_of(&task.id).with_extension("resolv.conf");
+        if let Some(dir) = resolv.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                (
+                    TaskState::Failed,
+                    anyhow::anyhow!("create {}: {e}", dir.display()),
+                )
+            })?;
+        }
         std::fs::write(&resolv, dns::task_resolv_conf(&[])).map_err(|e| {
             (
                 TaskState::Failed,
@@ -336,7 +345,14 @@ impl Executor {
             return;
         }
         let dir = self.directory.clone();
-        let nets: Vec<String> = w.attachments.iter().map(|a| a.network.id.clone()).collect();
+        // Service discovery on the task's own networks; the ingress network
+        // only carries the routing mesh (as in Docker).
+        let nets: Vec<String> = w
+            .attachments
+            .iter()
+            .filter(|a| !a.network.ingress)
+            .map(|a| a.network.id.clone())
+            .collect();
         let names = move |name: &str| lookup(&dir, &nets, name);
         match dns::bind_in_netns(Some(&w.netns), DNS_ADDR)
             .and_then(|(u, t)| dns::spawn(u, t, Arc::new(names), self.upstreams.clone()))
@@ -415,16 +431,16 @@ impl Executor {
         let mut host_rules: Vec<PortRule> = Vec::new();
         match (ingress_net, &a.ingress_endpoint, published.is_empty()) {
             (Some(net), Some(ep), false) => {
-                let sbox = match overlay.get(INGRESS_SANDBOX) {
-                    Some(w) if w.ip_on(&net.id) == Some(ep.ip) => w,
+                let sbox = match sandbox(overlay) {
+                    Some(w) if w.id == ep.id && w.ip_on(&net.id) == Some(ep.ip) => w,
                     other => {
-                        if other.is_some() {
-                            overlay.cleanup(INGRESS_SANDBOX, ctx.gossip.as_ref()).await;
+                        if let Some(old) = other {
+                            overlay.cleanup(&old.id, ctx.gossip.as_ref()).await;
                         }
                         let w = overlay
                             .start(
                                 StartSpec {
-                                    id: INGRESS_SANDBOX.into(),
+                                    id: ep.id.clone(),
                                     name: INGRESS_SANDBOX.into(),
                                     networks: vec![(net.clone(), ep.clone())],
                                     ..Default::default()
@@ -485,8 +501,8 @@ impl Executor {
                 .await;
             }
             _ => {
-                if overlay.get(INGRESS_SANDBOX).is_some() {
-                    overlay.cleanup(INGRESS_SANDBOX, ctx.gossip.as_ref()).await;
+                if let Some(old) = sandbox(overlay) {
+                    overlay.cleanup(&old.id, ctx.gossip.as_ref()).await;
                     if let Ok(mut m) = self.applied.lock() {
                         m.retain(|k, _| !k.starts_with(INGRESS_SANDBOX));
                     }
@@ -529,6 +545,14 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// This node's routing-mesh sandbox, if it runs.
+fn sandbox(overlay: &Overlay) -> Option<Workload> {
+    overlay
+        .list()
+        .into_iter()
+        .find(|w| w.task.is_none() && w.name == INGRESS_SANDBOX)
 }
 
 fn proto(p: Protocol) -> Proto {

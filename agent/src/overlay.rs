@@ -419,6 +419,7 @@ impl Overlay {
             }
         }
         let _ = std::fs::remove_file(self.dir().join(format!("{id}.json")));
+        let _ = std::fs::remove_file(self.dir().join(format!("{id}.log")));
         info!(workload = %id, "workload removed");
         self.kick.notify_one();
         Some(w)

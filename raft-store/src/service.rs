@@ -472,9 +472,15 @@ pub fn sync_vips(
     nets: &mut BTreeMap<String, Network>,
     index: u64,
 ) -> Result<(), ServiceError> {
-    let ingress = nets.values().find(|n| n.ingress).cloned();
+    // The ingress network needs no VIP: the routing mesh balances over
+    // the tasks' ingress addresses itself.
     let want: Vec<String> = if svc.spec.endpoint_mode == EndpointMode::Vip {
-        svc.task_networks(ingress.as_ref())
+        svc.spec
+            .networks
+            .iter()
+            .filter(|n| nets.get(*n).is_some_and(|x| !x.ingress))
+            .cloned()
+            .collect()
     } else {
         Vec::new()
     };

@@ -1,0 +1,341 @@
+//! Services end to end on real kernels: the scheduler spreads tasks over
+//! three lab hosts, every host answers on the published port through the
+//! routing mesh, tasks resolve `web` (VIP) and `tasks.web` through the
+//! embedded DNS and reach the service through the VIP, a dead node's task
+//! is replaced and traffic keeps flowing, scaling down and removing leave
+//! no kernel state behind, and bad input is refused without side effects.
+//! Needs root, iproute2, nftables, curl, python3 and the built binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_lab::Lab;
+use shoal_tests::{cli, wait_for, wait_until};
+
+/// h1's underlay address; the test's own upstream resolver listens there.
+const UPSTREAM: &str = "10.77.0.1:5353";
+
+fn config() -> String {
+    format!(
+        "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\ndns_upstream = [\"{UPSTREAM}\"]\n"
+    )
+}
+
+/// A tiny HTTP server answering with its task name.
+const SERVER: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = (os.environ.get('SHOAL_TASK_NAME', '?') + '\n').encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
+"#;
+
+fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
+    let out = lab.exec(host, argv).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
+    let mut a = vec!["--format", "json"];
+    a.extend_from_slice(args);
+    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?}: {e}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Running tasks of `svc`: (task id, node host name, state).
+fn running(lab: &Lab, svc: &str) -> Vec<(String, String)> {
+    json(lab, 1, &["service", "ps", svc])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "running" && t["desired"] == "running")
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["node_hostname"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// GET http://addr:port/ from `host`'s namespace: the body, if answered.
+fn http(lab: &Lab, host: usize, url: &str) -> Option<String> {
+    let (ok, out) = exec(lab, host, &["curl", "-s", "--max-time", "2", url]);
+    ok.then(|| out.trim().to_string())
+}
+
+/// A task workload on `host` (from `shoal ps`): (pid, task id).
+fn task_on(lab: &Lab, host: usize) -> Option<(u32, String)> {
+    json(lab, host, &["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["task"].is_string())
+        .map(|w| {
+            (
+                w["pid"].as_u64().unwrap() as u32,
+                w["task"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+/// Run `argv` inside a task's network and mount namespaces.
+fn in_task(lab: &Lab, host: usize, pid: u32, argv: &[&str]) -> (bool, String) {
+    let t = pid.to_string();
+    let mut a = vec!["nsenter", "-t", &t, "-n", "-m", "--"];
+    a.extend_from_slice(argv);
+    exec(lab, host, &a)
+}
+
+/// The test's own upstream resolver, in h1's namespace: it knows one name.
+struct Upstream {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(ns: &str) -> Upstream {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let ns = ns.to_string();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let sock = std::net::UdpSocket::bind(UPSTREAM).unwrap();
+                sock.set_nonblocking(true).unwrap();
+                let records: BTreeMap<String, std::net::Ipv4Addr> =
+                    [("upstream.test".to_string(), "192.0.2.53".parse().unwrap())].into();
+                let _server = shoal::dns::spawn_static(sock, records).unwrap();
+                ready_tx.send(()).unwrap();
+                tokio::task::spawn_blocking(move || {
+                    let _ = rx.recv();
+                })
+                .await
+                .unwrap();
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Upstream {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn services_balance_resolve_fail_over_and_clean_up() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    assert_eq!(lab.host(1).unwrap().addr.to_string(), "10.77.0.1");
+    let _upstream = Upstream::start(&lab.host(1).unwrap().ns);
+    lab.init_swarm(1).unwrap();
+    cli(&lab, 1, &["network", "create", "-d", "overlay", "app"]).unwrap();
+    wait_for("gossip everywhere", Duration::from_secs(20), || {
+        (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
+    });
+
+    // Bad input: nothing created.
+    let bad: &[(&[&str], &str)] = &[
+        (&["--network", "nope"], "network nope not found"),
+        (&["--replicas", "-1"], "invalid replicas"),
+        (&["-p", "8080"], "invalid publish"),
+        (&["-p", "published=80,target=x"], "invalid publish"),
+    ];
+    for (args, want) in bad {
+        let mut a = vec!["service", "create", "--name", "bad"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--", "sleep", "1"]);
+        let e = cli(&lab, 1, &a).unwrap_err();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
+
+    let t0 = std::time::Instant::now();
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "app",
+            "-p",
+            "8080:80",
+            "--",
+            "python3",
+            "-c",
+            SERVER,
+        ],
+    )
+    .unwrap();
+    // A second service may not take the same port.
+    let e = cli(
+        &lab,
+        1,
+        &[
+            "service", "create", "--name", "other", "-p", "8080:81", "--", "sleep", "9",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("port 8080/tcp is already in use by service web"),
+        "{e}"
+    );
+
+    let (tasks, took) = wait_until("3 running tasks", Duration::from_secs(60), || {
+        let r = running(&lab, "web");
+        (r.len() == 3).then_some(r)
+    });
+    let nodes: BTreeSet<&String> = tasks.iter().map(|(_, n)| n).collect();
+    assert_eq!(nodes.len(), 3, "spread over the 3 nodes: {tasks:?}");
+    eprintln!("3 tasks running after {took:?}");
+
+    // Routing mesh: every host answers on 8080, and more than one task
+    // answers over many requests.
+    for h in 1..=3 {
+        let url = format!("http://{}:8080/", lab.host(h).unwrap().addr);
+        let took = wait_for("published port answers", Duration::from_secs(30), || {
+            http(&lab, h, &url).is_some_and(|b| b.starts_with("web."))
+        });
+        eprintln!(
+            "h{h}:8080 answers after {took:?} (since create: {:?})",
+            t0.elapsed()
+        );
+    }
+    let url1 = format!("http://{}:8080/", lab.host(1).unwrap().addr);
+    let answers: BTreeSet<String> = (0..12).filter_map(|_| http(&lab, 2, &url1)).collect();
+    assert!(answers.len() > 1, "balanced over tasks: {answers:?}");
+
+    // DNS and VIP from inside a task.
+    let (pid, _) = task_on(&lab, 1).expect("a task on h1");
+    let svc = json(&lab, 1, &["service", "inspect", "web"]);
+    let app_id = json(&lab, 1, &["network", "inspect", "app"])[0]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vip = svc[0]["vips"][&app_id].as_str().unwrap().to_string();
+    let (ok, out) = in_task(&lab, 1, pid, &["getent", "hosts", "web"]);
+    assert!(
+        ok && out.starts_with(&format!("{vip} ")),
+        "web -> VIP {vip}: {out}"
+    );
+    let (ok, out) = in_task(&lab, 1, pid, &["getent", "ahostsv4", "tasks.web"]);
+    let ips: BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(ok && ips.len() == 3, "tasks.web -> 3 IPs: {out}");
+    let (ok, out) = in_task(
+        &lab,
+        1,
+        pid,
+        &["curl", "-s", "--max-time", "3", "http://web/"],
+    );
+    assert!(
+        ok && out.starts_with("web."),
+        "HTTP to web via the VIP: {out}"
+    );
+    // Other names go to the node's upstream (the test's own resolver).
+    let (ok, out) = in_task(&lab, 1, pid, &["getent", "hosts", "upstream.test"]);
+    assert!(ok && out.starts_with("192.0.2.53"), "forwarded: {out}");
+
+    // Kill -9 a worker node running a task (and the task): it is replaced
+    // elsewhere, and the mesh keeps answering.
+    let victim = 3;
+    let (vpid, vtask) = task_on(&lab, victim).expect("a task on h3");
+    lab.kill(victim).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vpid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let (_, took) = wait_until("replacement task running", Duration::from_secs(60), || {
+        let r = running(&lab, "web");
+        (r.len() == 3 && !r.iter().any(|(id, _)| *id == vtask)).then_some(r)
+    });
+    eprintln!("task of the killed node replaced after {took:?}");
+    let took = wait_for(
+        "mesh serves only live tasks",
+        Duration::from_secs(30),
+        || (0..6).all(|_| http(&lab, 2, &url1).is_some()),
+    );
+    eprintln!("mesh answering every request again after {took:?}");
+    let ok = (0..20).filter(|_| http(&lab, 1, &url1).is_some()).count();
+    assert_eq!(ok, 20, "every request succeeds after failure detection");
+    let (ok, out) = in_task(&lab, 1, pid, &["getent", "ahostsv4", "tasks.web"]);
+    let ips: BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(ok && ips.len() == 3, "DNS has the 3 live tasks: {out}");
+
+    // Scale down, then remove: no task state left on the live nodes.
+    cli(&lab, 1, &["service", "scale", "web=1"]).unwrap();
+    wait_for("1 task left", Duration::from_secs(30), || {
+        running(&lab, "web").len() == 1
+            && (1..=2)
+                .map(|h| {
+                    json(&lab, h, &["ps"])
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|w| w["task"].is_string())
+                        .count()
+                })
+                .sum::<usize>()
+                == 1
+    });
+    cli(&lab, 1, &["service", "rm", "web"]).unwrap();
+    wait_for("no workloads left", Duration::from_secs(30), || {
+        (1..=2).all(|h| json(&lab, h, &["ps"]).as_array().unwrap().is_empty())
+    });
+    for h in 1..=2 {
+        let (_, tables) = exec(&lab, h, &["nft", "list", "tables"]);
+        assert!(!tables.contains("shoal-publish"), "h{h}: {tables}");
+        // Records, logs, resolv.conf and namespace files all go.
+        let dir = lab.host(h).unwrap().run_dir.join("workloads");
+        wait_for("workload files removed", Duration::from_secs(10), || {
+            std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none())
+        });
+        // The reconciler removes a network's namespace once nothing here
+        // uses it (within its period).
+        let nets = lab.host(h).unwrap().run_dir.join("overlay/netns");
+        wait_for(
+            "network namespaces removed",
+            Duration::from_secs(10),
+            || std::fs::read_dir(&nets).map_or(true, |mut d| d.next().is_none()),
+        );
+    }
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
+}
