@@ -111,7 +111,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         })
         .collect();
     let running = |t: &&Task| live(t, state) && !stopping.contains(&t.id);
-    let running_ref = |t: &&&Task| running(*t);
+    let running_ref = |t: &&&Task| running(t);
     let mut load: BTreeMap<&str, usize> = BTreeMap::new();
     for t in state.tasks.values().filter(running) {
         *load.entry(t.node.as_str()).or_default() += 1;
