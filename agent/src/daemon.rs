@@ -525,6 +525,23 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    if let Some(l) = crate::metrics::bind(&daemon.config.metrics_addr).await? {
+        info!(addr = %daemon.config.metrics_addr, "metrics on /metrics");
+        let d = daemon.clone();
+        crate::metrics::serve(
+            l,
+            crate::metrics::global().clone(),
+            crate::metrics::snapshot_fn(move || {
+                let d = d.clone();
+                async move {
+                    match d.swarm.read().await.as_ref() {
+                        Some(s) => s.metrics_snapshot(),
+                        None => crate::metrics::Snapshot::default(),
+                    }
+                }
+            }),
+        );
+    }
     // Under systemd (Type=notify): the API socket is up, we are ready.
     if let Err(e) = crate::notify::ready() {
         warn!("cannot notify systemd: {e}");

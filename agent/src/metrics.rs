@@ -163,6 +163,13 @@ pub struct Snapshot {
     pub tasks_running: Option<u64>,
 }
 
+/// The daemon's one [`Metrics`] (the netdriver reconciler and the
+/// `/metrics` server share it).
+pub fn global() -> &'static Arc<Metrics> {
+    static GLOBAL: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::new(Metrics::default()))
+}
+
 /// The async closure [`serve`] calls once per scrape.
 pub type SnapshotFn = Arc<dyn Fn() -> BoxFuture<'static, Snapshot> + Send + Sync>;
 

@@ -477,9 +477,21 @@ impl Overlay {
             }
         }
         let desired = desired(&nets, vtep, port, gossip, me);
+        let started = std::time::Instant::now();
         let report = self
             .with_driver(async move |d: &mut Driver| Ok(d.reconcile(&desired).await?))
-            .await?;
+            .await;
+        let metrics = crate::metrics::global();
+        let report = match report {
+            Ok(r) => {
+                metrics.observe_report(&r);
+                r
+            }
+            Err(e) => {
+                metrics.observe_reconcile(started.elapsed(), 0, false);
+                return Err(e);
+            }
+        };
         if !report.is_noop() {
             info!(?report, "overlay reconciled");
         }

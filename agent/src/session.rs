@@ -317,6 +317,14 @@ impl Liveness {
         }
     }
 
+    /// Nodes that sent a heartbeat within `within`.
+    pub fn live_count(&self, within: Duration) -> u64 {
+        self.last_seen
+            .lock()
+            .map(|m| m.values().filter(|t| t.elapsed() <= within).count() as u64)
+            .unwrap_or(0)
+    }
+
     /// When the node last sent a heartbeat to this leader.
     pub fn last_seen(&self, node: &NodeId) -> Option<Instant> {
         self.last_seen

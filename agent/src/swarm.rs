@@ -1979,6 +1979,38 @@ impl Swarm {
         });
     }
 
+    /// What `/metrics` shows of this membership.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let raft = self.raft.as_ref().map(|r| r.stats());
+        let session_connected_nodes = match &raft {
+            Some(r) if r.is_leader => Some(
+                self.liveness
+                    .live_count(heartbeat_every(self) * session::MISSED_HEARTBEATS),
+            ),
+            _ => None,
+        };
+        let dns = self.executor.dns_stats();
+        crate::metrics::Snapshot {
+            raft,
+            gossip: self
+                .gossip()
+                .map(|g| crate::metrics::GossipStats::from_gossip(&g)),
+            session_connected_nodes,
+            dns: Some(crate::metrics::DnsStats {
+                queries_total: dns.queries,
+                forwarded_total: dns.forwarded,
+                failures_total: dns.failures,
+            }),
+            tasks_running: Some(
+                self.overlay
+                    .list()
+                    .iter()
+                    .filter(|w| w.task.is_some() && crate::overlay::alive(w.pid))
+                    .count() as u64,
+            ),
+        }
+    }
+
     /// The running gossip agent, if started.
     pub fn gossip(&self) -> Option<shoal_membership::Gossip> {
         self.gossip.read().ok().and_then(|g| g.clone())

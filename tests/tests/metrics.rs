@@ -1,0 +1,123 @@
+//! `/metrics` scraped from real daemons: raft, gossip, session, netdriver,
+//! DNS and task series are there with values that fit the cluster.
+//! Needs root, iproute2, curl and the built binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shoal_lab::Lab;
+use shoal_tests::{cli, wait_until};
+
+const CONFIG: &str =
+    "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
+
+/// Scrape a host's /metrics: series (name with labels) -> value.
+fn scrape(lab: &Lab, host: usize) -> Option<BTreeMap<String, f64>> {
+    let out = lab
+        .exec(
+            host,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9323/metrics",
+            ],
+        )
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn metrics_have_sane_values() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(CONFIG)
+        .start()
+        .unwrap();
+    lab.form_swarm(3, 1).unwrap();
+    cli(
+        &lab,
+        1,
+        &["network", "create", "-d", "overlay", "--attachable", "app"],
+    )
+    .unwrap();
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "s",
+            "--replicas",
+            "3",
+            "--network",
+            "app",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )
+    .unwrap();
+    let (m, took) = wait_until("leader metrics settle", Duration::from_secs(30), || {
+        let m = scrape(&lab, 1)?;
+        let ok = m.get("shoal_raft_is_leader") == Some(&1.0)
+            && m.get("shoal_session_connected_nodes") == Some(&3.0)
+            && m.get("shoal_gossip_members{state=\"alive\"}") == Some(&2.0)
+            && m.get("shoal_tasks_running") == Some(&1.0);
+        ok.then_some(m)
+    });
+    eprintln!("leader metrics settled after {took:?}");
+    assert!(m["shoal_raft_term"] >= 1.0);
+    assert!(m["shoal_raft_commit_index"] >= 5.0, "{m:?}");
+    assert!(m["shoal_raft_applied_index"] <= m["shoal_raft_commit_index"]);
+    assert!(m["shoal_raft_proposals_total"] >= 1.0);
+    assert!(m["shoal_raft_apply_latency_seconds_count"] >= 1.0);
+    assert!(m["shoal_raft_apply_latency_seconds_sum"] > 0.0);
+    assert!(m["shoal_netdriver_reconciles_total"] >= 1.0, "{m:?}");
+    assert!(
+        m["shoal_netdriver_entries_programmed_total"] >= 1.0,
+        "{m:?}"
+    );
+    assert_eq!(m["shoal_netdriver_errors_total"], 0.0);
+    assert!(m.keys().any(|k| k.starts_with("shoal_gossip_bytes_total")));
+    assert!(m.contains_key("shoal_dns_queries_total"));
+    // A worker: no raft or session series, but gossip, tasks and the netdriver.
+    let w = wait_until("worker metrics", Duration::from_secs(20), || {
+        scrape(&lab, 3).filter(|m| m.get("shoal_tasks_running") == Some(&1.0))
+    })
+    .0;
+    assert!(!w.contains_key("shoal_raft_term"), "{w:?}");
+    assert!(!w.contains_key("shoal_session_connected_nodes"));
+    assert_eq!(w["shoal_gossip_members{state=\"alive\"}"], 2.0);
+    // Anything but /metrics is 404.
+    let out = lab
+        .exec(
+            1,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:9323/x",
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
