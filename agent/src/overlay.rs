@@ -279,7 +279,13 @@ impl Overlay {
         port: u16,
         gossip: Option<&Gossip>,
     ) -> anyhow::Result<()> {
-        // The networks must exist in the kernel before veths can join them.
+        // The networks must exist in the kernel before veths can join them;
+        // wait (bounded) for the gossip view so that reconcile does not
+        // remove the remote entries running workloads use.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gossip.is_some_and(gossip_ready) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut nets = self.desired_networks();
         for (n, _) in &spec.networks {
             if !nets.iter().any(|x| x.id == n.id) {
@@ -476,6 +482,12 @@ impl Overlay {
                 }
             }
         }
+        // Right after a daemon restart the gossip view is empty until the
+        // first exchange with a peer: reconciling then would delete every
+        // remote entry and cut running workloads off. Wait for it.
+        if !gossip.is_some_and(gossip_ready) {
+            return Ok(());
+        }
         let desired = desired(&nets, vtep, port, gossip, me);
         let started = std::time::Instant::now();
         let report = self
@@ -510,6 +522,12 @@ impl Overlay {
         self.with_driver(async move |d: &mut Driver| Ok(d.diff(&desired).await?))
             .await
     }
+}
+
+/// Whether this node's gossip view can be trusted for deletions: it has
+/// completed an exchange with a peer, or it has no peers.
+fn gossip_ready(g: &Gossip) -> bool {
+    g.metrics().syncs_total > 0 || g.members().len() <= 1
 }
 
 fn publish(g: &Gossip, w: &Workload, me: &str, vtep: Ipv4Addr) {
