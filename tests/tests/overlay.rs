@@ -247,3 +247,381 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
         "{insp}"
     );
 }
+
+/// A 3-host swarm (h1 manager) with attachable network `app` and gossip up.
+fn overlay_lab() -> Lab {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(CONFIG)
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    cli(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "app",
+        ],
+    )
+    .unwrap();
+    wait_for("gossip everywhere", Duration::from_secs(20), || {
+        (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
+    });
+    lab
+}
+
+/// `shoal run --network NET --name NAME -- sleep 600` on `host`, retried
+/// until the node is ready to attach; the workload's `ps` record.
+fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
+    wait_for(
+        &format!("shoal run on h{host}"),
+        Duration::from_secs(30),
+        || {
+            cli(
+                lab,
+                host,
+                &[
+                    "run",
+                    "--network",
+                    net,
+                    "--name",
+                    name,
+                    "--",
+                    "sleep",
+                    "600",
+                ],
+            )
+            .is_ok()
+        },
+    );
+    let v: Value =
+        serde_json::from_str(&cli(lab, host, &["--format", "json", "ps"]).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no workload {name} in ps on h{host}: {v}"))
+}
+
+fn pid(w: &Value) -> String {
+    w["pid"].as_u64().unwrap().to_string()
+}
+
+fn ip(w: &Value) -> String {
+    w["endpoint"]["ip"].as_str().unwrap().to_string()
+}
+
+/// Waits until the workload on `host` (pid) pings `to`.
+fn wait_reachable(lab: &Lab, host: usize, w: &Value, to: &str) {
+    let p = pid(w);
+    wait_for(
+        &format!("h{host}'s workload pings {to}"),
+        Duration::from_secs(20),
+        || {
+            exec(
+                lab,
+                host,
+                &["nsenter", "-t", &p, "-n", "ping", "-c1", "-W1", to],
+            )
+            .0
+        },
+    );
+}
+
+#[test]
+fn tcp_stream_between_workloads_arrives_intact() {
+    let lab = overlay_lab();
+    let (w1, w3) = (
+        run_sleeper(&lab, 1, "app", "w1"),
+        run_sleeper(&lab, 3, "app", "w3"),
+    );
+    wait_reachable(&lab, 1, &w1, &ip(&w3));
+    let bin = shoal_tests::shoal_lab_bin();
+    let bin = bin.to_str().unwrap();
+    let addr = format!("{}:5300", ip(&w3));
+    let (p1, p3) = (pid(&w1), pid(&w3));
+    let sink = lab
+        .command(
+            3,
+            &[
+                "nsenter",
+                "-t",
+                &p3,
+                "-n",
+                bin,
+                "tcp-sink",
+                "--listen",
+                &addr,
+                "--hash",
+                "--timeout",
+                "60",
+            ],
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, sent) = exec(
+        &lab,
+        1,
+        &[
+            "nsenter",
+            "-t",
+            &p1,
+            "-n",
+            bin,
+            "tcp-source",
+            "--to",
+            &addr,
+            "--bytes",
+            "4000000",
+            "--hash",
+        ],
+    );
+    assert!(ok, "tcp-source failed: {sent}");
+    let got = sink.wait_with_output().unwrap();
+    assert!(got.status.success(), "tcp-sink failed: {got:?}");
+    let sent: Value = serde_json::from_str(sent.trim()).unwrap();
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(sent["bytes"], 4_000_000, "{sent}");
+    assert_eq!(got["bytes"], sent["bytes"], "sent {sent}, received {got}");
+    assert_eq!(got["fnv64"], sent["fnv64"], "sent {sent}, received {got}");
+}
+
+/// Lines of `argv` run in the overlay namespace of `net_id` on `host`.
+fn in_overlay_ns(lab: &Lab, host: usize, net_id: &str, argv: &[&str]) -> Vec<String> {
+    let ns = lab
+        .host(host)
+        .unwrap()
+        .run_dir
+        .join("overlay/netns")
+        .join(net_id);
+    let ns = format!("--net={}", ns.display());
+    let mut full = vec!["nsenter", &ns];
+    full.extend(argv);
+    let (ok, out) = exec(lab, host, &full);
+    assert!(ok, "{full:?} on h{host}: {out}");
+    out.lines().map(str::to_string).collect()
+}
+
+fn assert_no_duplicates(what: &str, lines: &[String]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in lines {
+        assert!(seen.insert(l), "duplicate {what} entry {l:?} in {lines:#?}");
+    }
+}
+
+#[test]
+fn daemon_restart_loses_no_ping_and_leaves_no_duplicate_entries() {
+    let lab = overlay_lab();
+    let (w1, w3) = (
+        run_sleeper(&lab, 1, "app", "w1"),
+        run_sleeper(&lab, 3, "app", "w3"),
+    );
+    let ip3 = ip(&w3);
+    wait_reachable(&lab, 1, &w1, &ip3);
+    // 300 pings every 50 ms (15 s), the restart in the middle.
+    let p1 = pid(&w1);
+    let ping = lab
+        .command(
+            1,
+            &[
+                "nsenter", "-t", &p1, "-n", "ping", "-q", "-i", "0.05", "-c", "300", "-W", "1",
+                &ip3,
+            ],
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    lab.restart(1).unwrap();
+    let restarted = started.elapsed();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        restarted < Duration::from_secs(13),
+        "the restart ({restarted:?}) did not finish inside the ping window: {text}"
+    );
+    assert!(cli(&lab, 1, &["ps"]).unwrap().contains("w1"));
+    // Two reconcile rounds after the restart: still one entry per peer.
+    std::thread::sleep(Duration::from_secs(4));
+    let net_id = w1["network"]["id"].as_str().unwrap();
+    let fdb = in_overlay_ns(&lab, 1, net_id, &["bridge", "fdb", "show"]);
+    assert_no_duplicates("FDB", &fdb);
+    let neigh = in_overlay_ns(&lab, 1, net_id, &["ip", "neigh", "show"]);
+    assert_no_duplicates("neighbour", &neigh);
+    let mac3 = shoal_lab::chaos::mac_text(&w3["endpoint"]["mac"]);
+    assert_eq!(
+        fdb.iter()
+            .filter(|l| l.starts_with(&mac3) && l.contains(" dst "))
+            .count(),
+        1,
+        "want one FDB entry for w3 ({mac3}): {fdb:#?}"
+    );
+    assert_eq!(
+        neigh
+            .iter()
+            .filter(|l| l.starts_with(&format!("{ip3} ")))
+            .count(),
+        1,
+        "want one neighbour entry for w3 ({ip3}): {neigh:#?}"
+    );
+    // Checked last so a failure here still reports the entries above.
+    assert!(
+        text.contains("300 packets transmitted, 300 received"),
+        "pings lost over the restart of h1's daemon (done after {restarted:?}):\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// VNIs of VXLAN (UDP 4789) packets seen on any interface of the network
+/// namespace `ns` (a lab host's) until `stop` is set; AF_PACKET, no tcpdump.
+fn capture_vnis(
+    ns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u32, usize>> {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )
+        .expect("AF_PACKET socket");
+        socket::setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+        .unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let n = match socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &mut buf,
+                socket::MsgFlags::empty(),
+            ) {
+                Ok(n) if n > 0 => n,
+                _ => continue,
+            };
+            let p = &buf[..n];
+            // Ethernet, IPv4, UDP to 4789, VXLAN header.
+            if p.len() < 14 + 20 || p[12..14] != [0x08, 0x00] || p[14 + 9] != 17 {
+                continue;
+            }
+            let udp = 14 + usize::from(p[14] & 0x0f) * 4;
+            if p.len() < udp + 16 || p[udp + 2..udp + 4] != 4789u16.to_be_bytes() {
+                continue;
+            }
+            let vx = &p[udp + 8..udp + 16];
+            let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+            *seen.entry(vni).or_insert(0) += 1;
+        }
+        seen
+    })
+}
+
+fn vni(lab: &Lab, net: &str) -> u32 {
+    let v: Value =
+        serde_json::from_str(&cli(lab, 1, &["network", "inspect", net]).unwrap()).unwrap();
+    v[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no vxlanid_list in {v}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn encrypted_network_is_refused_and_sends_no_plaintext_vxlan() {
+    let lab = overlay_lab();
+    cli(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--opt",
+            "encrypted",
+            "secret",
+        ],
+    )
+    .unwrap();
+    let (plain_vni, secret_vni) = (vni(&lab, "app"), vni(&lab, "secret"));
+    // A control: traffic on the plain network must show up in the capture.
+    let (w1, w2) = (
+        run_sleeper(&lab, 1, "app", "w1"),
+        run_sleeper(&lab, 2, "app", "w2"),
+    );
+    wait_reachable(&lab, 1, &w1, &ip(&w2));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture = capture_vnis(lab.host(2).unwrap().ns, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    for h in [2, 1, 3] {
+        let e = cli(
+            &lab,
+            h,
+            &[
+                "run",
+                "--network",
+                "secret",
+                "--name",
+                "s",
+                "--",
+                "sleep",
+                "600",
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("encrypted") && e.contains("refusing to attach rather than send plaintext"),
+            "h{h}: {e}"
+        );
+    }
+    let p1 = pid(&w1);
+    let (ok, out) = exec(
+        &lab,
+        1,
+        &[
+            "nsenter",
+            "-t",
+            &p1,
+            "-n",
+            "ping",
+            "-c3",
+            "-i",
+            "0.2",
+            &ip(&w2),
+        ],
+    );
+    assert!(ok, "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = capture.join().unwrap();
+    assert!(
+        seen.get(&plain_vni).copied().unwrap_or(0) >= 3,
+        "the capture saw no VXLAN of the plain network (VNI {plain_vni}): {seen:?}"
+    );
+    assert!(
+        !seen.contains_key(&secret_vni),
+        "plaintext VXLAN of the encrypted network (VNI {secret_vni}) on the underlay: {seen:?}"
+    );
+    for h in 1..=3 {
+        assert!(
+            !cli(&lab, h, &["ps"]).unwrap().contains(" s "),
+            "h{h} kept a workload on the encrypted network"
+        );
+    }
+}

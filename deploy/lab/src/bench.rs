@@ -664,8 +664,18 @@ async fn total_sent(sockets: &[PathBuf]) -> u64 {
 /// `bench gossip-bandwidth`: idle bytes/s per node, empty and with 10,000
 /// endpoint-like entries.
 pub fn bandwidth(nodes: usize, out: Option<&Path>) -> Result<(), LabError> {
+    bandwidth_with(nodes, 10_000, Duration::from_secs(20), out)
+}
+
+/// `bench gossip-bandwidth` with `entries` loaded entries and a measuring
+/// `window` (the quick report uses fewer and shorter).
+pub fn bandwidth_with(
+    nodes: usize,
+    entries: usize,
+    window: Duration,
+    out: Option<&Path>,
+) -> Result<(), LabError> {
     let (lab, rt, sockets) = gossip_lab(nodes)?;
-    let window = Duration::from_secs(20);
     let measure = |rt: &tokio::runtime::Runtime| {
         let a = rt.block_on(total_sent(&sockets));
         std::thread::sleep(window);
@@ -673,7 +683,7 @@ pub fn bandwidth(nodes: usize, out: Option<&Path>) -> Result<(), LabError> {
         (b.saturating_sub(a)) as f64 / window.as_secs_f64() / nodes as f64
     };
     let idle = measure(&rt);
-    let per_host = 10_000 / nodes;
+    let per_host = entries / nodes;
     rt.block_on(async {
         for (h, s) in sockets.iter().enumerate() {
             for i in 0..per_host {
@@ -750,4 +760,720 @@ pub fn reconcile(n: usize, out: Option<&Path>) -> Result<(), LabError> {
         "add_secs": report.add_secs, "del_secs": report.del_secs, "peer": "shell driver (ip/bridge per entry): ~800/s"});
     emit(out, &summary, &line)?;
     lab.down()
+}
+
+// ---- overlay data path: `bench overlay`, and the TCP sink/source it runs ----
+
+/// 64-bit FNV-1a, to check bytes arrived intact without a crypto hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    /// Folds `bytes` in.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The digest so far.
+    pub fn digest(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What the sink or the source reports (one JSON line on stdout).
+fn transfer_json(bytes: u64, secs: f64, hash: Option<u64>) -> Value {
+    json!({"bytes": bytes, "secs": secs,
+        "bytes_per_sec": if secs > 0.0 { (bytes as f64 / secs).round() } else { 0.0 },
+        "fnv64": hash.map(|h| format!("{h:016x}"))})
+}
+
+/// `shoal-lab tcp-sink`: accepts one connection on `listen`, reads until
+/// EOF and prints `{"bytes", "secs", "bytes_per_sec", "fnv64"}`. Gives up
+/// (exit 2) when nothing has finished within `timeout`.
+pub fn tcp_sink(listen: &str, hash: bool, timeout: Duration) -> Result<Value, LabError> {
+    use std::io::Read;
+    let io = |what: &str, e| LabError::io(format!("tcp-sink {listen}: {what}"), e);
+    let l = std::net::TcpListener::bind(listen).map_err(|e| io("bind", e))?;
+    // Readiness for whoever waits on us: a line on stderr.
+    eprintln!("tcp-sink listening on {listen}");
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        eprintln!("tcp-sink: no complete transfer within {timeout:?}");
+        std::process::exit(2);
+    });
+    let (mut s, _) = l.accept().map_err(|e| io("accept", e))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    let mut h = Fnv64::default();
+    let mut start = None;
+    loop {
+        let n = s.read(&mut buf).map_err(|e| io("read", e))?;
+        if n == 0 {
+            break;
+        }
+        start.get_or_insert_with(Instant::now);
+        total += n as u64;
+        if hash {
+            h.update(&buf[..n]);
+        }
+    }
+    let secs = start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    Ok(transfer_json(total, secs, hash.then(|| h.digest())))
+}
+
+/// `shoal-lab tcp-source`: connects to `to` (retrying for 10 s), sends a
+/// fixed pseudo-random pattern for `seconds` or `bytes` (whichever is
+/// given; both: whichever ends first), closes, and prints the same JSON as
+/// the sink (bytes/s as written into the socket).
+pub fn tcp_source(
+    to: &str,
+    seconds: Option<f64>,
+    bytes: Option<u64>,
+    hash: bool,
+) -> Result<Value, LabError> {
+    use std::io::Write;
+    let io = |what: &str, e| LabError::io(format!("tcp-source {to}: {what}"), e);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match std::net::TcpStream::connect(to) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => return Err(io("connect", e)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut pattern = vec![0u8; 128 * 1024];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in pattern.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let limit = seconds.map(Duration::from_secs_f64);
+    let mut h = Fnv64::default();
+    let mut total = 0u64;
+    let start = Instant::now();
+    loop {
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            break;
+        }
+        let want = match bytes {
+            Some(b) if total >= b => break,
+            Some(b) => usize::try_from(b - total)
+                .unwrap_or(usize::MAX)
+                .min(pattern.len()),
+            None => pattern.len(),
+        };
+        s.write_all(&pattern[..want]).map_err(|e| io("write", e))?;
+        if hash {
+            h.update(&pattern[..want]);
+        }
+        total += want as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| io("shutdown", e))?;
+    // Wait for the sink to close: everything was read.
+    let mut sink = [0u8; 16];
+    let _ = std::io::Read::read(&mut s, &mut sink);
+    let secs = start.elapsed().as_secs_f64();
+    Ok(transfer_json(total, secs, hash.then(|| h.digest())))
+}
+
+/// min/avg/max RTT (ms) and packet loss (%) from `ping -q` output.
+pub fn parse_ping(out: &str) -> Option<(f64, f64, f64, f64)> {
+    let loss = out
+        .split(',')
+        .find(|p| p.contains("packet loss"))?
+        .split_whitespace()
+        .next()?
+        .trim_end_matches('%')
+        .parse()
+        .ok()?;
+    let rtt = out.lines().find(|l| l.contains("min/avg/max"))?;
+    let nums: Vec<f64> = rtt
+        .split('=')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .split('/')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some((*nums.first()?, *nums.get(1)?, *nums.get(2)?, loss))
+}
+
+/// A started two-host lab with one workload per host on an attachable
+/// overlay: the lab, and per host (pid, overlay IP).
+fn overlay_pair() -> Result<(Lab, [(u32, String); 2]), LabError> {
+    use crate::chaos::cli_timeout;
+    let lab = Lab::builder()
+        .nodes(2)
+        .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\n")
+        .start()?;
+    lab.init_swarm(1)?;
+    let t = Duration::from_secs(10);
+    cli_timeout(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "bench",
+        ],
+        t,
+    )
+    .map_err(|e| LabError::Bench(format!("network create: {e}")))?;
+    let mut wl = Vec::new();
+    for h in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match cli_timeout(
+                &lab,
+                h,
+                &[
+                    "run",
+                    "--network",
+                    "bench",
+                    "--name",
+                    "b",
+                    "--",
+                    "sleep",
+                    "100000",
+                ],
+                t,
+            ) {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(LabError::Bench(format!("shoal run on h{h}: {e}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+        let ps: Value = serde_json::from_str(
+            &cli_timeout(&lab, h, &["--format", "json", "ps"], t).map_err(LabError::Bench)?,
+        )
+        .map_err(|e| LabError::Bench(format!("ps on h{h}: {e}")))?;
+        let pid = ps[0]["pid"].as_u64().unwrap_or_default() as u32;
+        let ip = ps[0]["endpoint"]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if pid == 0 || ip.is_empty() {
+            return Err(LabError::Bench(format!("no workload in ps on h{h}: {ps}")));
+        }
+        wl.push((pid, ip));
+    }
+    let w2 = wl.pop().unwrap_or_default();
+    let w1 = wl.pop().unwrap_or_default();
+    Ok((lab, [w1, w2]))
+}
+
+/// argv prefix that enters workload `pid`'s network namespace (or none).
+fn in_ns(pid: Option<u32>) -> Vec<std::ffi::OsString> {
+    match pid {
+        Some(p) => vec![
+            "nsenter".into(),
+            "-t".into(),
+            p.to_string().into(),
+            "-n".into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
+fn ping_stats(
+    lab: &Lab,
+    host: usize,
+    pid: Option<u32>,
+    to: &str,
+    count: usize,
+) -> Result<(f64, f64, f64, f64), LabError> {
+    let mut argv = in_ns(pid);
+    argv.extend(
+        [
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            to,
+        ]
+        .iter()
+        .map(std::ffi::OsString::from),
+    );
+    let limit = Duration::from_secs_f64(count as f64 * 0.1 + 10.0);
+    let out = crate::chaos::run_timeout(lab, host, &argv, limit)
+        .map_err(|e| LabError::Bench(format!("ping {to} from h{host}: {e}")))?;
+    parse_ping(&out).ok_or_else(|| LabError::Bench(format!("cannot parse ping output: {out}")))
+}
+
+/// Bytes/s from a `tcp-source` on `from` to a `tcp-sink` on `to_host`
+/// listening on `addr` (each in a workload namespace when a pid is given).
+fn throughput(
+    lab: &Lab,
+    lab_bin: &Path,
+    (from, from_pid): (usize, Option<u32>),
+    (to_host, to_pid): (usize, Option<u32>),
+    addr: &str,
+    seconds: f64,
+) -> Result<f64, LabError> {
+    let mut sink = in_ns(to_pid);
+    sink.extend([
+        lab_bin.as_os_str().to_owned(),
+        "tcp-sink".into(),
+        "--listen".into(),
+        addr.into(),
+    ]);
+    let mut child = lab
+        .command(to_host, &sink)?
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| LabError::io("starting tcp-sink".to_string(), e))?;
+    let mut src = in_ns(from_pid);
+    src.extend([
+        lab_bin.as_os_str().to_owned(),
+        "tcp-source".into(),
+        "--to".into(),
+        addr.into(),
+        "--seconds".into(),
+        seconds.to_string().into(),
+    ]);
+    let sent = crate::chaos::run_timeout(lab, from, &src, Duration::from_secs_f64(seconds + 30.0));
+    if let Err(e) = sent {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(LabError::Bench(format!("tcp-source to {addr}: {e}")));
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LabError::io("waiting for tcp-sink".to_string(), e))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        LabError::Bench(format!(
+            "tcp-sink output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    })?;
+    v["bytes_per_sec"]
+        .as_f64()
+        .ok_or_else(|| LabError::Bench(format!("tcp-sink: no bytes_per_sec in {v}")))
+}
+
+/// `bench overlay`: two hosts, one workload each on an attachable overlay;
+/// ping RTT and TCP throughput workload -> workload over VXLAN, against the
+/// same between the hosts' underlay addresses. `lab_bin` is the shoal-lab
+/// binary (its `tcp-sink`/`tcp-source` run inside the namespaces).
+pub fn overlay(
+    seconds: f64,
+    pings: usize,
+    lab_bin: &Path,
+    out: Option<&Path>,
+) -> Result<(), LabError> {
+    let (lab, [(pid1, ip1), (pid2, ip2)]) = overlay_pair()?;
+    let _ = ip1;
+    // The overlay is up once one ping gets through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(ping_stats(&lab, 1, Some(pid1), &ip2, 1), Ok(p) if p.3 == 0.0) {
+        if Instant::now() > deadline {
+            return Err(LabError::Bench(
+                "workloads cannot ping over the overlay in 30 s".into(),
+            ));
+        }
+    }
+    let under2 = lab.host(2)?.addr.to_string();
+    let o = ping_stats(&lab, 1, Some(pid1), &ip2, pings)?;
+    let u = ping_stats(&lab, 1, None, &under2, pings)?;
+    let o_bps = throughput(
+        &lab,
+        lab_bin,
+        (1, Some(pid1)),
+        (2, Some(pid2)),
+        &format!("{ip2}:5201"),
+        seconds,
+    )?;
+    let u_bps = throughput(
+        &lab,
+        lab_bin,
+        (1, None),
+        (2, None),
+        &format!("{under2}:5202"),
+        seconds,
+    )?;
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            (a / b * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
+    let summary = format!(
+        "overlay: ping {pings} x 0.1 s: overlay min/avg/max {:.3}/{:.3}/{:.3} ms ({}% loss), underlay {:.3}/{:.3}/{:.3} ms (avg ratio {:.2}); TCP {seconds} s: overlay {:.0} Mbit/s, underlay {:.0} Mbit/s (ratio {:.2})",
+        o.0, o.1, o.2, o.3, u.0, u.1, u.2, ratio(o.1, u.1),
+        o_bps * 8.0 / 1e6, u_bps * 8.0 / 1e6, ratio(o_bps, u_bps)
+    );
+    let line = json!({"bench": "overlay", "hosts": 2, "pings": pings, "seconds": seconds,
+        "overlay_rtt_ms": {"min": o.0, "avg": o.1, "max": o.2}, "overlay_ping_loss_pct": o.3,
+        "underlay_rtt_ms": {"min": u.0, "avg": u.1, "max": u.2}, "underlay_ping_loss_pct": u.3,
+        "rtt_avg_ratio": ratio(o.1, u.1),
+        "overlay_bytes_per_sec": o_bps.round(), "underlay_bytes_per_sec": u_bps.round(),
+        "throughput_ratio": ratio(o_bps, u_bps),
+        "path": "workload netns -> veth -> br0 -> vx0 (VXLAN, UDP 4789) -> underlay veth/bridge -> peer"});
+    emit(out, &summary, &line)?;
+    lab.down()
+}
+
+// ---- `bench all`: every benchmark, one report ----
+
+/// How big a `bench all` run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// The parameters the README's figures use.
+    Full,
+    /// Short parameters: the whole report in a few minutes.
+    Quick,
+}
+
+/// One benchmark of `bench all`: its name, its parameters as text, and how
+/// to run it (appending its JSON lines to the given file).
+pub struct BenchSpec {
+    /// `bench <name>`.
+    pub name: &'static str,
+    /// The parameters it runs with at a size, for the report.
+    pub params: fn(Size) -> Value,
+    /// Runs it, appending JSON lines to the file.
+    pub run: fn(Size, &Path) -> Result<(), LabError>,
+}
+
+fn pick<T>(size: Size, full: T, quick: T) -> T {
+    match size {
+        Size::Full => full,
+        Size::Quick => quick,
+    }
+}
+
+/// Every benchmark `bench all` runs, in order. Adding one is one entry.
+pub const BENCHES: &[BenchSpec] = &[
+    BenchSpec {
+        name: "raft",
+        params: |s| json!({"seconds": pick(s, 5, 1)}),
+        run: |s, o| raft(pick(s, 5, 1), Some(o)),
+    },
+    BenchSpec {
+        name: "failover",
+        params: |s| json!({"trials": pick(s, 5, 2)}),
+        run: |s, o| failover(pick(s, 5, 2), Some(o)),
+    },
+    BenchSpec {
+        name: "session",
+        params: |s| json!({"nodes": pick(s, 20, 5), "trials": pick(s, 20, 5)}),
+        run: |s, o| session(pick(s, 20, 5), pick(s, 20, 5), Some(o)),
+    },
+    BenchSpec {
+        name: "propagation",
+        params: |s| json!({"nodes": pick(s, 20, 8), "entries": pick(s, 50, 10)}),
+        run: |s, o| propagation(pick(s, 20, 8), pick(s, 50, 10), Some(o)),
+    },
+    BenchSpec {
+        name: "failure",
+        params: |s| json!({"nodes": pick(s, 20, 8)}),
+        run: |s, o| failure(pick(s, 20, 8), Some(o)),
+    },
+    BenchSpec {
+        name: "gossip-bandwidth",
+        params: |s| json!({"nodes": pick(s, 20, 8), "entries": pick(s, 10_000, 2_000), "window_s": pick(s, 20, 5)}),
+        run: |s, o| {
+            bandwidth_with(
+                pick(s, 20, 8),
+                pick(s, 10_000, 2_000),
+                Duration::from_secs(pick(s, 20, 5)),
+                Some(o),
+            )
+        },
+    },
+    BenchSpec {
+        name: "sim",
+        params: |s| json!({"members": pick(s, 1000, 300), "seed": 1}),
+        run: |s, o| sim(pick(s, 1000, 300), 1, Some(o)),
+    },
+    BenchSpec {
+        name: "reconcile",
+        params: |s| json!({"endpoints": pick(s, 10_000, 2_000)}),
+        run: |s, o| reconcile(pick(s, 10_000, 2_000), Some(o)),
+    },
+    BenchSpec {
+        name: "overlay",
+        params: |s| json!({"seconds": pick(s, 3.0, 2.0), "pings": pick(s, 50, 20)}),
+        run: |s, o| overlay(pick(s, 3.0, 2.0), pick(s, 50, 20), &self_exe()?, Some(o)),
+    },
+];
+
+/// This program (the shoal-lab binary when `bench all` runs).
+fn self_exe() -> Result<PathBuf, LabError> {
+    std::env::current_exe().map_err(|e| LabError::io("finding the shoal-lab binary".to_string(), e))
+}
+
+/// A target a figure is held to: (what, target text, value, pass).
+fn targets(line: &Value) -> Vec<(String, String, f64, bool)> {
+    let f = |k: &str| line[k].as_f64();
+    let mut t = Vec::new();
+    let mut add = |what: &str, target: &str, v: Option<f64>, ok: fn(f64) -> bool| {
+        if let Some(v) = v {
+            t.push((what.to_string(), target.to_string(), v, ok(v)));
+        }
+    };
+    match line["bench"].as_str().unwrap_or_default() {
+        "raft" if line["proposers"] == 64 => add(
+            "writes/s, 64 proposers",
+            ">= 5000",
+            f("writes_per_sec"),
+            |v| v >= 5000.0,
+        ),
+        "raft" if line["proposers"] == 256 => add(
+            "writes/s, 256 proposers",
+            ">= 8000",
+            f("writes_per_sec"),
+            |v| v >= 8000.0,
+        ),
+        "failover" => add("median ms", "< 1000", f("median_ms"), |v| v < 1000.0),
+        "propagation" => add("p99 ms", "< 200", f("p99_ms"), |v| v < 200.0),
+        "failure" => {
+            add(
+                "gone everywhere ms",
+                "< 3000",
+                f("gone_everywhere_ms"),
+                |v| v < 3000.0,
+            );
+            add("false positives", "= 0", f("false_positives"), |v| v == 0.0);
+        }
+        "gossip-bandwidth" => {
+            add(
+                "idle B/s per node",
+                "<= 1000",
+                f("idle_bytes_per_node_per_s"),
+                |v| v <= 1000.0,
+            );
+            add(
+                "loaded B/s per node",
+                "<= 1000",
+                f("loaded_bytes_per_node_per_s"),
+                |v| v <= 1000.0,
+            );
+        }
+        "reconcile" => add("add entries/s", ">= 80000", f("add_per_sec"), |v| {
+            v >= 80_000.0
+        }),
+        "overlay" => add(
+            "overlay ping loss %",
+            "= 0",
+            f("overlay_ping_loss_pct"),
+            |v| v == 0.0,
+        ),
+        _ => {}
+    }
+    t
+}
+
+/// The headline figures of one JSON line, for the markdown table.
+fn headline(line: &Value) -> String {
+    let g = |k: &str| line[k].clone();
+    match line["bench"].as_str().unwrap_or_default() {
+        "raft" => format!("{} proposers: {} writes/s, p50 {} ms, p99 {} ms", g("proposers"), g("writes_per_sec"), g("p50_ms"), g("p99_ms")),
+        "failover" => format!("median {} ms (trials {})", g("median_ms"), g("ms")),
+        "session" => format!("{} nodes: assign p50 {} ms, p99 {} ms; leader {:.3} ms/heartbeat", g("nodes"), g("assign_p50_ms"), g("assign_p99_ms"), line["leader_cpu_ms_per_heartbeat"].as_f64().unwrap_or_default()),
+        "propagation" => format!("{} nodes: p50 {} ms, p99 {} ms", g("nodes"), g("p50_ms"), g("p99_ms")),
+        "failure" => format!("{} nodes: gone everywhere {} ms, false positives {}", g("nodes"), g("gone_everywhere_ms"), g("false_positives")),
+        "gossip-bandwidth" => format!("{} nodes: idle {} B/s/node, {} entries {} B/s/node", g("nodes"), g("idle_bytes_per_node_per_s"), g("entries"), g("loaded_bytes_per_node_per_s")),
+        "sim" => {
+            let r = &line["report"];
+            format!("99.99% after {} ms, crash detected by all after {} ms, {} false positives", r["propagation_9999"], r["failure_detection_all"], r["false_positives"])
+        }
+        "reconcile" => format!("{} entries: add {}/s, delete {}/s", g("entries"), g("add_per_sec"), g("del_per_sec")),
+        "overlay" => format!(
+            "RTT avg overlay {} ms / underlay {} ms (x{}); TCP overlay {:.0} / underlay {:.0} Mbit/s (x{})",
+            line["overlay_rtt_ms"]["avg"], line["underlay_rtt_ms"]["avg"], g("rtt_avg_ratio"),
+            line["overlay_bytes_per_sec"].as_f64().unwrap_or_default() * 8.0 / 1e6,
+            line["underlay_bytes_per_sec"].as_f64().unwrap_or_default() * 8.0 / 1e6,
+            g("throughput_ratio")
+        ),
+        _ => line.to_string(),
+    }
+}
+
+fn read_file(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The machine the report was made on.
+fn machine() -> Value {
+    let cpu = read_file(Path::new("/proc/cpuinfo"))
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": read_file(Path::new("/proc/sys/kernel/osrelease")).trim(),
+        "cpu": cpu,
+        "date": command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "git_commit": command_line("git", &["rev-parse", "HEAD"]),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
+/// `bench all`: runs every [`BENCHES`] entry (a failing one is recorded and
+/// the rest still run), then writes `bench-report.json` and
+/// `bench-report.md` into `out_dir`. Returns the report.
+pub fn all(size: Size, out_dir: &Path, only: &[String]) -> Result<Value, LabError> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| LabError::io(format!("creating {}", out_dir.display()), e))?;
+    let lines_file = out_dir.join("bench-results.jsonl");
+    let mut benches = Vec::new();
+    for b in BENCHES
+        .iter()
+        .filter(|b| only.is_empty() || only.iter().any(|o| o == b.name))
+    {
+        println!("=== bench {} ===", b.name);
+        let before = read_file(&lines_file).lines().count();
+        let start = Instant::now();
+        let r = (b.run)(size, &lines_file);
+        let secs = start.elapsed().as_secs_f64();
+        let results: Vec<Value> = read_file(&lines_file)
+            .lines()
+            .skip(before)
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let t: Vec<Value> = results
+            .iter()
+            .flat_map(targets)
+            .map(|(what, target, value, pass)| json!({"what": what, "target": target, "value": value, "pass": pass}))
+            .collect();
+        let pass = match (&r, t.is_empty()) {
+            (Err(_), _) => Some(false),
+            (Ok(()), true) => None,
+            (Ok(()), false) => Some(t.iter().all(|x| x["pass"] == true)),
+        };
+        if let Err(e) = &r {
+            println!("bench {} failed: {e}", b.name);
+        }
+        benches.push(json!({"name": b.name, "params": (b.params)(size), "secs": (secs * 10.0).round() / 10.0,
+            "error": r.err().map(|e| e.to_string()), "results": results, "targets": t, "pass": pass}));
+    }
+    let report = json!({"machine": machine(), "size": format!("{size:?}").to_lowercase(), "benches": benches});
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    let jp = out_dir.join("bench-report.json");
+    std::fs::write(&jp, text).map_err(|e| LabError::io(format!("writing {}", jp.display()), e))?;
+    let md = markdown(&report);
+    let mp = out_dir.join("bench-report.md");
+    std::fs::write(&mp, &md).map_err(|e| LabError::io(format!("writing {}", mp.display()), e))?;
+    println!("{md}");
+    println!("wrote {} and {}", jp.display(), mp.display());
+    Ok(report)
+}
+
+fn markdown(report: &Value) -> String {
+    let m = &report["machine"];
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut md = format!(
+        "# Shoal benchmark report ({})\n\n{} cores, {}, kernel {}, {} build, {}, commit {}\n\n| bench | parameters | figures | target | pass |\n|---|---|---|---|---|\n",
+        s(&report["size"]), m["cores"], s(&m["cpu"]), s(&m["kernel"]), s(&m["profile"]), s(&m["date"]), s(&m["git_commit"])
+    );
+    for b in report["benches"].as_array().cloned().unwrap_or_default() {
+        let targets: Vec<String> = b["targets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| format!("{} {} ({})", s(&t["what"]), s(&t["target"]), t["value"]))
+            .collect();
+        let figures: Vec<String> = match b["error"].as_str() {
+            Some(e) => vec![format!("ERROR: {e}")],
+            None => b["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(headline)
+                .collect(),
+        };
+        let pass = match b["pass"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            s(&b["name"]),
+            b["params"].to_string().replace('|', "/"),
+            figures.join("<br>").replace('|', "/"),
+            if targets.is_empty() {
+                "-".into()
+            } else {
+                targets.join("<br>")
+            },
+            pass
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_summary_parses() {
+        let out = "--- 10.0.9.3 ping statistics ---\n50 packets transmitted, 50 received, 0% packet loss, time 4904ms\nrtt min/avg/max/mdev = 0.041/0.078/0.120/0.014 ms\n";
+        assert_eq!(parse_ping(out), Some((0.041, 0.078, 0.120, 0.0)));
+        assert_eq!(parse_ping("garbage"), None);
+        let lossy = "5 packets transmitted, 3 received, 40% packet loss, time 4ms\nrtt min/avg/max/mdev = 1/2/3/0 ms";
+        assert_eq!(parse_ping(lossy), Some((1.0, 2.0, 3.0, 40.0)));
+    }
+
+    #[test]
+    fn targets_judge_figures() {
+        let t = targets(&json!({"bench": "failover", "median_ms": 683.0}));
+        assert_eq!(t.len(), 1);
+        assert!(t[0].3);
+        let t = targets(
+            &json!({"bench": "failure", "gone_everywhere_ms": 3500.0, "false_positives": 0}),
+        );
+        assert_eq!(t.iter().filter(|x| !x.3).count(), 1);
+        assert!(targets(&json!({"bench": "session"})).is_empty());
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        let mut h = Fnv64::default();
+        h.update(b"a");
+        assert_eq!(h.digest(), 0xaf63_dc4c_8601_ec8c);
+    }
 }

@@ -23,6 +23,7 @@
 //! [`LabState`], never anything found by pattern.
 
 pub mod bench;
+pub mod chaos;
 mod error;
 mod lab;
 mod mounts;

@@ -93,8 +93,21 @@ enum Cmd {
         /// propagation / failure / gossip-bandwidth: SWIM gossip on 20 hosts;
         /// sim: 1,000 simulated members in one process (--seed).
         /// reconcile: 10,000 remote endpoints into one network namespace.
-        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim", "reconcile"])]
+        /// overlay: 2 hosts, workload <-> workload ping RTT and TCP
+        /// throughput over VXLAN vs the underlay.
+        /// all: every benchmark, then bench-report.json and bench-report.md
+        /// in --out-dir (--quick: short parameters).
+        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim", "reconcile", "overlay", "all"])]
         name: String,
+        /// Directory of the report (all).
+        #[arg(long, default_value = "bench")]
+        out_dir: PathBuf,
+        /// Short parameters so `all` finishes in minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Only these benchmarks (all), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
         /// Seed (sim).
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -107,6 +120,55 @@ enum Cmd {
         /// Append the JSON line(s) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Chaos: a seeded schedule of kills, pauses, restarts and partitions
+    /// against a lab swarm while clients write; then checks that every
+    /// acknowledged write survived and the cluster converged.
+    Chaos {
+        /// Seed of the schedule (default: random, printed first).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Minutes of faults.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Hosts.
+        #[arg(long, default_value_t = 7)]
+        nodes: usize,
+        /// Managers among them.
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        /// Concurrent writer loops.
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+        /// Seconds the checks may take to hold after the faults.
+        #[arg(long, default_value_t = 90)]
+        settle: u64,
+        /// No workloads (and no FDB check).
+        #[arg(long)]
+        no_workloads: bool,
+    },
+    /// (internal) Accept one TCP connection, read to EOF, print JSON.
+    #[command(hide = true)]
+    TcpSink {
+        #[arg(long)]
+        listen: String,
+        /// Hash what arrives (FNV-1a 64).
+        #[arg(long)]
+        hash: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// (internal) Connect, send for --seconds or --bytes, print JSON.
+    #[command(hide = true)]
+    TcpSource {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        seconds: Option<f64>,
+        #[arg(long)]
+        bytes: Option<u64>,
+        #[arg(long)]
+        hash: bool,
     },
 }
 
@@ -186,15 +248,85 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("healed: all partitions removed");
         }
         Cmd::Gc => gc(&state_file)?,
+        Cmd::Chaos {
+            seed,
+            minutes,
+            nodes,
+            managers,
+            writers,
+            settle,
+            no_workloads,
+        } => {
+            shoal_lab::preflight()?;
+            let seed = seed.unwrap_or_else(rand::random);
+            let cfg = shoal_lab::chaos::ChaosConfig {
+                duration: Duration::from_secs_f64(minutes.max(0.0) * 60.0),
+                nodes,
+                managers,
+                writers,
+                settle: Duration::from_secs(settle),
+                workloads: !no_workloads,
+                ..shoal_lab::chaos::ChaosConfig::new(seed)
+            };
+            let report = shoal_lab::chaos::run(&cfg, &[])?;
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::TcpSink {
+            listen,
+            hash,
+            timeout,
+        } => {
+            let v = shoal_lab::bench::tcp_sink(&listen, hash, Duration::from_secs(timeout))?;
+            println!("{v}");
+        }
+        Cmd::TcpSource {
+            to,
+            seconds,
+            bytes,
+            hash,
+        } => {
+            if seconds.is_none() && bytes.is_none() {
+                bail!("tcp-source needs --seconds or --bytes");
+            }
+            println!(
+                "{}",
+                shoal_lab::bench::tcp_source(&to, seconds, bytes, hash)?
+            );
+        }
         Cmd::Bench {
             name,
             seconds,
             trials,
             out,
             seed,
+            out_dir,
+            quick,
+            only,
         } => {
             shoal_lab::preflight()?;
             match name.as_str() {
+                "all" => {
+                    let size = if quick {
+                        shoal_lab::bench::Size::Quick
+                    } else {
+                        shoal_lab::bench::Size::Full
+                    };
+                    let report = shoal_lab::bench::all(size, &out_dir, &only)?;
+                    let failed = report["benches"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().any(|b| b["pass"] == false));
+                    if failed {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                "overlay" => shoal_lab::bench::overlay(
+                    seconds.min(30) as f64,
+                    50,
+                    &std::env::current_exe().context("finding shoal-lab itself")?,
+                    out.as_deref(),
+                )?,
                 "raft" => shoal_lab::bench::raft(seconds, out.as_deref())?,
                 "session" => shoal_lab::bench::session(20, trials.max(20), out.as_deref())?,
                 "propagation" => shoal_lab::bench::propagation(20, 50, out.as_deref())?,
