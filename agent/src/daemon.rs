@@ -197,7 +197,7 @@ impl Daemon {
                 drop(swarm);
                 let taken = self.swarm.write().await.take();
                 if let Some(s) = taken {
-                    s.shutdown().await;
+                    s.shutdown(true).await;
                 }
                 crate::membership_file::wipe(&self.config.data_dir)
                     .map_err(|e| ApiError::internal(format!("{e:#}")))?;
@@ -340,7 +340,7 @@ impl Daemon {
         let _op = self.membership_op.lock().await;
         let taken = self.swarm.write().await.take();
         if let Some(s) = taken {
-            s.shutdown().await;
+            s.shutdown(false).await;
         }
         if let Some((sf, identity)) = crate::membership_file::load(&self.config.data_dir)? {
             let swarm = Swarm::resume(&self.config, self.restart.clone(), sf, identity).await?;
@@ -564,7 +564,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let swarm = daemon.swarm.write().await.take();
     if let Some(s) = swarm {
-        s.shutdown().await;
+        s.shutdown(false).await;
     }
     drop(lock);
     Ok(())

@@ -431,6 +431,15 @@ impl Overlay {
         Some(w)
     }
 
+    /// Publish every workload's endpoints (right after gossip starts, so a
+    /// restarted daemon re-announces before peers echo its old entries).
+    pub fn publish_all(&self, g: &Gossip, me: &str, vtep: Ipv4Addr) {
+        for w in self.list() {
+            publish(g, &w, me, vtep);
+        }
+        self.kick.notify_one();
+    }
+
     /// Exit code of a workload's process once it ended (`None`: still
     /// running, or not our child).
     pub fn exit_code(&self, pid: u32) -> Option<i32> {
@@ -471,6 +480,17 @@ impl Overlay {
             return Ok(()); // nothing here, nothing to clean either
         }
         if let Some(g) = gossip {
+            // Our own entries without a workload here (it ended while the
+            // daemon was down) go.
+            let ours: std::collections::BTreeSet<String> =
+                self.list().into_iter().map(|w| w.id).collect();
+            for table in g.tables().into_iter().filter(|t| t.starts_with("ep/")) {
+                for e in g.entries(&table) {
+                    if e.owner == me && !ours.contains(&e.key) {
+                        g.delete(&table, &e.key);
+                    }
+                }
+            }
             for w in self.list() {
                 let missing = w.attachments.iter().any(|a| {
                     !g.entries(&EndpointRecord::table(&a.network.id))
@@ -524,10 +544,28 @@ impl Overlay {
     }
 }
 
+/// How long a gossip view without any exchange with a peer is distrusted
+/// (a lone node never has one).
+const GOSSIP_TRUST_AFTER: Duration = Duration::from_secs(10);
+
 /// Whether this node's gossip view can be trusted for deletions: it has
-/// completed an exchange with a peer, or it has no peers.
+/// completed an exchange with a peer, or has been up a while.
 fn gossip_ready(g: &Gossip) -> bool {
-    g.metrics().syncs_total > 0 || g.members().len() <= 1
+    if g.metrics().syncs_total > 0 {
+        return true;
+    }
+    static SEEN: Mutex<Option<(u64, std::time::Instant)>> = Mutex::new(None);
+    let Ok(mut seen) = SEEN.lock() else {
+        return true;
+    };
+    let gen = g.generation();
+    match *seen {
+        Some((g0, since)) if g0 == gen => since.elapsed() >= GOSSIP_TRUST_AFTER,
+        _ => {
+            *seen = Some((gen, std::time::Instant::now()));
+            false
+        }
+    }
 }
 
 fn publish(g: &Gossip, w: &Workload, me: &str, vtep: Ipv4Addr) {

@@ -524,6 +524,22 @@ pub async fn watch_liveness<H: SessionHost>(host: Weak<H>, me: NodeId) {
         let limit = period * MISSED_HEARTBEATS;
         for n in nodes {
             if n.id == me {
+                // The leader is alive by definition (it may have been
+                // marked down by an earlier leader while paused).
+                if n.status != NodeStatus::Ready {
+                    info!(node = %n.id, "leader marks itself ready");
+                    let cmd = shoal_raft_store::state::Command::UpdateNode {
+                        id: n.id.clone(),
+                        update: shoal_raft_store::state::NodeUpdate {
+                            status: Some(NodeStatus::Ready),
+                            ..Default::default()
+                        },
+                        at: crate::swarm::now_ms(),
+                    };
+                    if let Err(e) = raft.propose(cmd).await {
+                        warn!("cannot mark the leader ready: {e}");
+                    }
+                }
                 continue;
             }
             // A new leader gives every node a full grace period first.

@@ -533,6 +533,7 @@ impl Swarm {
             _ => None,
         };
         let me = sf.node_id.clone();
+        let me_str = me.to_string();
         let heartbeat = Duration::from_millis(config.heartbeat_ms.max(50));
         let config_run_dir = config.run_dir.clone();
         let upstreams = config.upstreams().map_err(|e| anyhow!("{e}"))?;
@@ -566,6 +567,11 @@ impl Swarm {
             swarm.add_task(tokio::spawn(key_manager(weak.clone())));
             swarm.add_task(tokio::spawn(manager_loop(weak.clone())));
             swarm.add_task(tokio::spawn(scheduler_loop(weak.clone())));
+        }
+        // A restarted daemon rejoins gossip at once, as the same member,
+        // before its session delivers the key ring again.
+        if let Some(r) = crate::gossip::Resume::load(&swarm.config.run_dir, me_str.as_str()) {
+            swarm.ensure_gossip(&r.keys);
         }
         swarm.add_task(tokio::spawn(overlay_loop(weak.clone())));
         swarm.add_task(tokio::spawn(executor_loop(weak.clone())));
@@ -1125,7 +1131,12 @@ impl Swarm {
 
     /// Stop everything this membership runs (before wiping or exiting):
     /// its tasks and the Raft loop, whose log is flushed and closed.
-    pub async fn shutdown(&self) {
+    ///
+    /// `leave_gossip`: tell gossip peers we are gone (their copies of our
+    /// entries go at once) — for `swarm leave`. A daemon that stops to
+    /// restart stays silent instead: it comes back as the same member and
+    /// its workloads' entries never leave the peers' kernels.
+    pub async fn shutdown(&self, leave_gossip: bool) {
         if let Ok(tasks) = self.tasks.lock() {
             for t in tasks.iter() {
                 t.abort();
@@ -1136,8 +1147,11 @@ impl Swarm {
         }
         let gossip = self.gossip.write().ok().and_then(|mut g| g.take());
         if let Some(g) = gossip {
-            if let Err(e) = g.leave().await {
-                warn!("gossip leave: {e}");
+            if leave_gossip {
+                crate::gossip::Resume::remove(&self.config.run_dir);
+                if let Err(e) = g.leave().await {
+                    warn!("gossip leave: {e}");
+                }
             }
         }
         if let Some(r) = &self.raft {
@@ -1937,6 +1951,14 @@ impl Swarm {
                 if let Some(ring) = crate::gossip::key_ring(&a.keys) {
                     if let Some(g) = self.gossip() {
                         g.set_key_ring(ring);
+                        let r = crate::gossip::Resume {
+                            node_id: self.node_id().to_string(),
+                            generation: g.generation(),
+                            keys: a.keys.clone(),
+                        };
+                        if let Err(e) = r.save(&self.config.run_dir) {
+                            warn!("cannot keep the gossip state for a restart: {e:#}");
+                        }
                     }
                 }
             }
@@ -2030,6 +2052,7 @@ impl Swarm {
         tokio::spawn(async move {
             let f = s.file();
             let managers: Vec<SocketAddr> = f.managers.iter().map(|(_, a)| *a).collect();
+            let resume = crate::gossip::Resume::load(&s.config.run_dir, f.node_id.as_str());
             match crate::gossip::start(
                 &s.config,
                 f.node_id.as_str(),
@@ -2037,11 +2060,27 @@ impl Swarm {
                 f.data_path_addr,
                 &managers,
                 &keys,
+                resume.map(|r| r.generation),
             )
             .await
             {
                 Ok(g) => {
-                    info!(port = s.config.gossip_port, "gossip started");
+                    if let IpAddr::V4(vtep) = f.data_path_addr {
+                        s.overlay.publish_all(&g, f.node_id.as_str(), vtep);
+                    }
+                    info!(
+                        port = s.config.gossip_port,
+                        generation = g.generation(),
+                        "gossip started"
+                    );
+                    let r = crate::gossip::Resume {
+                        node_id: f.node_id.to_string(),
+                        generation: g.generation(),
+                        keys: keys.clone(),
+                    };
+                    if let Err(e) = r.save(&s.config.run_dir) {
+                        warn!("cannot keep the gossip state for a restart: {e:#}");
+                    }
                     if let Ok(mut slot) = s.gossip.write() {
                         *slot = Some(g);
                     }

@@ -32,6 +32,11 @@ pub struct GossipConfig {
     pub max_packet: usize,
     /// Expected cluster size: scales retransmits and suspicion.
     pub cluster_size_hint: usize,
+    /// This member's life (identity generation); `None`: the start time in
+    /// ms. A restarted daemon passes its previous value, so peers see the
+    /// same member come back instead of a new life that replaces (and
+    /// first drops) its entries.
+    pub generation: Option<u64>,
 }
 
 impl GossipConfig {
@@ -52,6 +57,7 @@ impl GossipConfig {
             tombstone_ttl: Duration::from_secs(3600),
             max_packet: 1400,
             cluster_size_hint: 32,
+            generation: None,
         }
     }
 
@@ -68,6 +74,7 @@ impl GossipConfig {
             tombstone_ttl: Duration::from_secs(60),
             max_packet: 1400,
             cluster_size_hint: 8,
+            generation: None,
         }
     }
 

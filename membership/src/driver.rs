@@ -149,7 +149,8 @@ impl Gossip {
         SystemRandom::new()
             .fill(&mut seed)
             .map_err(|_| GossipError::Config("the OS random source failed".into()))?;
-        let node = Node::new(&cfg, me.clone(), now_ms(), u64::from_le_bytes(seed))?;
+        let generation = cfg.generation.unwrap_or_else(now_ms);
+        let node = Node::new(&cfg, me.clone(), generation, u64::from_le_bytes(seed))?;
         let io = |source| GossipError::Io {
             addr: cfg.bind,
             source,
@@ -186,6 +187,15 @@ impl Gossip {
         });
         tracing::info!(node = %me.node_id, bind = %local, "gossip started");
         Ok(Gossip { inner, tasks })
+    }
+
+    /// This member's life (see [`GossipConfig::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .node
+            .lock()
+            .map(|n| n.identity().generation)
+            .unwrap_or(0)
     }
 
     /// Replaces the key ring (newest key seals from now on; all ring keys open).
