@@ -98,6 +98,9 @@ pub enum Request {
     NetworkInspect {
         /// Names, ids or id prefixes.
         networks: Vec<String>,
+        /// Add every node's view: peers, kernel vs desired.
+        #[serde(default)]
+        verbose: bool,
     },
     /// `shoal run`: a workload attached to an overlay network.
     Run {

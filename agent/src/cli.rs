@@ -125,6 +125,10 @@ pub enum NetworkCmd {
     Ls,
     /// Show networks in detail (JSON).
     Inspect {
+        /// Also show each node's view: its VTEP, its peers' VTEPs, and any
+        /// difference between the desired and the kernel FDB/neighbour entries.
+        #[arg(short, long)]
+        verbose: bool,
         /// Names or ids.
         #[arg(required = true)]
         networks: Vec<String>,
@@ -790,8 +794,9 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             let req = match cmd {
                 NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),
                 NetworkCmd::Ls => Request::NetworkList,
-                NetworkCmd::Inspect { networks } => Request::NetworkInspect {
+                NetworkCmd::Inspect { networks, verbose } => Request::NetworkInspect {
                     networks: networks.clone(),
+                    verbose: *verbose,
                 },
                 NetworkCmd::Rm { networks } => Request::NetworkRemove {
                     networks: networks.clone(),

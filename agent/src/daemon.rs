@@ -261,9 +261,14 @@ impl Daemon {
             Request::NetworkList => {
                 Ok(Response::Networks(self.swarm().await?.networks(&[]).await?))
             }
-            Request::NetworkInspect { networks } => Ok(Response::Networks(
-                self.swarm().await?.networks(&networks).await?,
-            )),
+            Request::NetworkInspect { networks, verbose } => {
+                let swarm = self.swarm().await?;
+                let mut docs = swarm.networks(&networks).await?;
+                if verbose {
+                    swarm.add_node_views(&mut docs).await?;
+                }
+                Ok(Response::Networks(docs))
+            }
             Request::NetworkRemove { networks } => {
                 let swarm = self.swarm().await?;
                 let mut out = Vec::new();

@@ -527,7 +527,73 @@ impl Overlay {
         if !report.is_noop() {
             info!(?report, "overlay reconciled");
         }
+        if let Some(g) = gossip {
+            self.publish_status(g, me, vtep, port).await;
+        }
         Ok(())
+    }
+
+    /// Publish this node's view of each network it holds (peers, and what
+    /// differs between desired and kernel state) in the `netstatus` gossip
+    /// table, for `network inspect --verbose` on any node.
+    async fn publish_status(&self, g: &Gossip, me: &str, vtep: Ipv4Addr, port: u16) {
+        let nets = self.desired_networks();
+        let want = desired(&nets, vtep, port, Some(g), me);
+        let diff = match self
+            .with_driver(async move |d: &mut Driver| Ok(d.diff(&want).await?))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("network status: {e:#}");
+                return;
+            }
+        };
+        let mut keep = std::collections::BTreeSet::new();
+        for n in &nets {
+            let mut peers: Vec<String> = g
+                .entries(&EndpointRecord::table(&n.id))
+                .iter()
+                .filter(|e| e.owner != me)
+                .filter_map(|e| EndpointRecord::decode(&e.value).ok())
+                .map(|r| r.vtep.to_string())
+                .collect();
+            peers.sort();
+            peers.dedup();
+            let mut differences: Vec<String> = diff
+                .iter()
+                .filter(|(id, _)| *id == n.id)
+                .flat_map(|(_, l)| l.iter().cloned())
+                .collect();
+            let total = differences.len();
+            differences.truncate(STATUS_DIFF_LINES);
+            let status = NetStatus {
+                network: n.id.clone(),
+                node: me.to_string(),
+                vtep: vtep.to_string(),
+                peers,
+                in_sync: total == 0,
+                differences,
+                total_differences: total,
+            };
+            let key = format!("{me}/{}", n.id);
+            keep.insert(key.clone());
+            let Ok(value) = serde_json::to_vec(&status) else {
+                continue;
+            };
+            let same = g
+                .entries(STATUS_TABLE)
+                .iter()
+                .any(|e| e.key == key && e.value == value);
+            if !same {
+                g.put(STATUS_TABLE, &key, value);
+            }
+        }
+        for e in g.entries(STATUS_TABLE) {
+            if e.owner == me && !keep.contains(&e.key) {
+                g.delete(STATUS_TABLE, &e.key);
+            }
+        }
     }
 
     /// Kernel vs desired differences, for `network inspect --verbose`.
@@ -542,6 +608,30 @@ impl Overlay {
         self.with_driver(async move |d: &mut Driver| Ok(d.diff(&desired).await?))
             .await
     }
+}
+
+/// Gossip table of per-node network status (`network inspect --verbose`).
+pub const STATUS_TABLE: &str = "netstatus";
+/// Differences listed per node and network (the count is always given).
+const STATUS_DIFF_LINES: usize = 16;
+
+/// One node's view of one network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetStatus {
+    /// Network id.
+    pub network: String,
+    /// Node id.
+    pub node: String,
+    /// Its VTEP (data-path address).
+    pub vtep: String,
+    /// VTEPs of the remote endpoints it programs.
+    pub peers: Vec<String>,
+    /// Kernel state equals the desired state.
+    pub in_sync: bool,
+    /// What differs (first few), in `bridge`/`ip` words.
+    pub differences: Vec<String>,
+    /// How many differences in all.
+    pub total_differences: usize,
 }
 
 /// How long a gossip view without any exchange with a peer is distrusted

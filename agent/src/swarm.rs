@@ -925,6 +925,44 @@ impl Swarm {
         Ok(selected.iter().map(|n| network_doc(n, &nodes)).collect())
     }
 
+    /// `network inspect --verbose`: each node's view of each network from
+    /// the `netstatus` gossip table ("Nodes": per host name, its VTEP,
+    /// peers, and kernel-vs-desired differences).
+    pub async fn add_node_views(&self, docs: &mut [serde_json::Value]) -> Result<(), ApiError> {
+        let nodes = self.read(|s| s.nodes.clone()).await?;
+        let statuses: Vec<crate::overlay::NetStatus> = self
+            .gossip()
+            .map(|g| g.entries(crate::overlay::STATUS_TABLE))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect();
+        for d in docs.iter_mut() {
+            let id = d["Id"].as_str().unwrap_or_default().to_string();
+            let mut views = serde_json::Map::new();
+            for st in statuses.iter().filter(|s| s.network == id) {
+                let name = nodes
+                    .values()
+                    .find(|n| n.id.as_str() == st.node)
+                    .map(|n| n.hostname.clone())
+                    .unwrap_or_else(|| st.node.clone());
+                views.insert(
+                    name,
+                    serde_json::json!({
+                        "NodeId": st.node,
+                        "VTEP": st.vtep,
+                        "Peers": st.peers,
+                        "InSync": st.in_sync,
+                        "Differences": st.differences,
+                        "TotalDifferences": st.total_differences,
+                    }),
+                );
+            }
+            d["Nodes"] = serde_json::Value::Object(views);
+        }
+        Ok(())
+    }
+
     /// `node update --availability`.
     pub async fn node_update(
         &self,

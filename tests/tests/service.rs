@@ -238,6 +238,19 @@ fn services_balance_resolve_fail_over_and_clean_up() {
     let answers: BTreeSet<String> = (0..12).filter_map(|_| http(&lab, 2, &url1)).collect();
     assert!(answers.len() > 1, "balanced over tasks: {answers:?}");
 
+    // `network inspect --verbose`: every node's view, in sync, with the
+    // other two nodes as peers.
+    let (views, took) = wait_until("every node in sync", Duration::from_secs(20), || {
+        let v = json(&lab, 1, &["network", "inspect", "--verbose", "app"])[0]["Nodes"].clone();
+        let ok = (1..=3).all(|h| {
+            let n = &v[format!("h{h}")];
+            n["InSync"] == true && n["Peers"].as_array().is_some_and(|p| p.len() == 2)
+        });
+        ok.then_some(v)
+    });
+    eprintln!("inspect --verbose: all in sync after {took:?}: {views}");
+    assert_eq!(views["h2"]["VTEP"], "10.77.0.2");
+
     // DNS and VIP from inside a task.
     let (pid, _) = task_on(&lab, 1).expect("a task on h1");
     let svc = json(&lab, 1, &["service", "inspect", "web"]);
