@@ -149,6 +149,13 @@ pub enum Request {
         /// Names, ids or id prefixes.
         services: Vec<String>,
     },
+    /// `events`: one long poll of the event log.
+    Events {
+        /// Events after this sequence number (the last one seen).
+        after: Option<u64>,
+        /// On the first poll: events since this unix ms.
+        since_ms: Option<u64>,
+    },
     /// `node ls`.
     NodeList,
     /// `node inspect`.
@@ -254,6 +261,13 @@ pub enum Response {
     Services(Vec<crate::services::ServiceRow>),
     /// Tasks (`service ps`).
     Tasks(Vec<crate::services::TaskRow>),
+    /// Events (`events`).
+    Events {
+        /// New events, oldest first.
+        events: Vec<crate::events::Event>,
+        /// Newest sequence number of the log (poll after it next).
+        last_seq: u64,
+    },
     /// Gossip members.
     Members(Vec<shoal_membership::MemberView>),
     /// Gossip table entries.

@@ -64,6 +64,17 @@ pub enum Command {
     /// Manage services (run on a manager).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Stream cluster events (node up/down, role and availability changes,
+    /// networks and services created, updated, removed) as lines, or JSON
+    /// objects with --format json (run on a manager).
+    Events {
+        /// Also show the events of this past period (e.g. 10m, 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print the past events and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
     /// Run a process on this node in its own network namespace, attached
     /// to an attachable overlay network: `shoal run --network app -- CMD`.
     Run {
@@ -790,6 +801,40 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             Ok(())
         }
         Command::Service(cmd) => service_command(cli, cmd).await,
+        Command::Events { since, no_follow } => {
+            let since_ms = match since {
+                Some(s) => {
+                    let back = parse_duration_ms(s).map_err(|e| {
+                        ClientError::Api(crate::api::ApiError::invalid(format!("--since {s}: {e}")))
+                    })?;
+                    Some(crate::swarm::now_ms().saturating_sub(back))
+                }
+                None => None,
+            };
+            let mut after: Option<u64> = None;
+            loop {
+                match client::call(&cli.host, Request::Events { after, since_ms }).await? {
+                    Response::Events { events, last_seq } => {
+                        for e in &events {
+                            match cli.format {
+                                Format::Json => {
+                                    println!("{}", serde_json::to_string(e).unwrap_or_default())
+                                }
+                                Format::Table => println!("{}", e.line()),
+                            }
+                        }
+                        after = Some(last_seq.max(after.unwrap_or(0)));
+                    }
+                    other => {
+                        print_response(cli.format, other, false);
+                        return Ok(());
+                    }
+                }
+                if *no_follow {
+                    return Ok(());
+                }
+            }
+        }
         Command::Network(cmd) => {
             let req = match cmd {
                 NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),

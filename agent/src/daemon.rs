@@ -258,6 +258,24 @@ impl Daemon {
             Request::ServicePs { services } => Ok(Response::Tasks(
                 self.swarm().await?.service_tasks(&services).await?,
             )),
+            Request::Events { after, since_ms } => {
+                let swarm = self.swarm().await?;
+                let log = swarm.events()?;
+                let deadline = tokio::time::Instant::now() + crate::events::POLL_WAIT;
+                loop {
+                    let notified = log.notify.notified();
+                    let events = log.after(after, since_ms);
+                    let last_seq = log.last_seq();
+                    if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                        return Ok(Response::Events { events, last_seq });
+                    }
+                    if after.is_none() {
+                        // First poll: only the backlog; follow from here.
+                        return Ok(Response::Events { events, last_seq });
+                    }
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+            }
             Request::NetworkList => {
                 Ok(Response::Networks(self.swarm().await?.networks(&[]).await?))
             }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod events;
 pub mod executor;
 pub mod gossip;
 pub mod membership_file;

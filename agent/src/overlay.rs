@@ -299,7 +299,14 @@ impl Overlay {
         let wanted = spec.networks.clone();
         let attachments = self
             .with_driver(async move |d: &mut Driver| {
-                d.reconcile(&desired).await?;
+                let started = std::time::Instant::now();
+                match d.reconcile(&desired).await {
+                    Ok(r) => crate::metrics::global().observe_report(&r),
+                    Err(e) => {
+                        crate::metrics::global().observe_reconcile(started.elapsed(), 0, false);
+                        return Err(e.into());
+                    }
+                }
                 let mut out = Vec::new();
                 for (i, (net, ep)) in wanted.into_iter().enumerate() {
                     let ifname = format!("eth{i}");

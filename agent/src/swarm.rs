@@ -160,6 +160,8 @@ pub struct Swarm {
     pub overlay: crate::overlay::Overlay,
     /// Service tasks on this node.
     pub executor: crate::executor::Executor,
+    /// Cluster events as this manager saw them.
+    events: crate::events::EventLog,
     /// VXLAN port of the cluster, as last assigned.
     data_path_port: std::sync::atomic::AtomicU16,
 }
@@ -555,6 +557,7 @@ impl Swarm {
             gossip_starting: std::sync::atomic::AtomicBool::new(false),
             overlay: crate::overlay::Overlay::new(&config_run_dir),
             executor: crate::executor::Executor::new(upstreams),
+            events: crate::events::EventLog::default(),
             data_path_port: std::sync::atomic::AtomicU16::new(4789),
         });
         let weak = Arc::downgrade(&swarm);
@@ -567,6 +570,7 @@ impl Swarm {
             swarm.add_task(tokio::spawn(key_manager(weak.clone())));
             swarm.add_task(tokio::spawn(manager_loop(weak.clone())));
             swarm.add_task(tokio::spawn(scheduler_loop(weak.clone())));
+            swarm.add_task(tokio::spawn(events_loop(weak.clone())));
         }
         // A restarted daemon rejoins gossip at once, as the same member,
         // before its session delivers the key ring again.
@@ -923,6 +927,12 @@ impl Swarm {
                 .collect::<Result<_, _>>()?
         };
         Ok(selected.iter().map(|n| network_doc(n, &nodes)).collect())
+    }
+
+    /// The event log (managers only).
+    pub fn events(&self) -> Result<&crate::events::EventLog, ApiError> {
+        self.raft()?;
+        Ok(&self.events)
     }
 
     /// `network inspect --verbose`: each node's view of each network from
@@ -2405,6 +2415,27 @@ async fn scheduler_loop(swarm: std::sync::Weak<Swarm>) {
         }
         // Let the applied changes arrive before planning again.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Managers: turn every applied change into events.
+async fn events_loop(swarm: std::sync::Weak<Swarm>) {
+    let Some(mut rx) = swarm
+        .upgrade()
+        .and_then(|s| s.raft.as_ref().map(|r| r.subscribe()))
+    else {
+        return;
+    };
+    loop {
+        let Some(s) = swarm.upgrade() else { return };
+        let Some(raft) = s.raft.clone() else { return };
+        if let Ok(sum) = raft.read(|st| crate::events::Summary::of(st)).await {
+            s.events.observe(sum, now_ms());
+        }
+        drop(s);
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 
