@@ -215,7 +215,7 @@ fn ev(
     id: &str,
     name: &str,
     attrs: Vec<(&str, String)>,
-) -> (String, String, String, String, Vec<(String, String)>) {
+) -> Change {
     (
         kind.into(),
         action.into(),
@@ -249,9 +249,8 @@ impl EventLog {
             return;
         }
         if let Ok(mut buf) = self.buf.lock() {
-            let mut seq = buf.back().map(|e| e.seq).unwrap_or(0);
-            for (kind, action, id, name, attrs) in changes {
-                seq += 1;
+            let first = buf.back().map(|e| e.seq).unwrap_or(0) + 1;
+            for (seq, (kind, action, id, name, attrs)) in (first..).zip(changes) {
                 buf.push_back(Event {
                     seq,
                     time_ms,
