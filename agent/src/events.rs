@@ -121,11 +121,11 @@ impl Summary {
     }
 }
 
-/// (type, action, id, name, attributes) for every difference.
-pub fn diff(
-    old: &Summary,
-    new: &Summary,
-) -> Vec<(String, String, String, String, Vec<(String, String)>)> {
+/// One difference: (type, action, id, name, attributes).
+pub type Change = (String, String, String, String, Vec<(String, String)>);
+
+/// Every difference between two summaries.
+pub fn diff(old: &Summary, new: &Summary) -> Vec<Change> {
     let mut out = Vec::new();
     for (id, n) in &new.nodes {
         match old.nodes.get(id) {
@@ -209,13 +209,7 @@ pub fn diff(
     out
 }
 
-fn ev(
-    kind: &str,
-    action: &str,
-    id: &str,
-    name: &str,
-    attrs: Vec<(&str, String)>,
-) -> Change {
+fn ev(kind: &str, action: &str, id: &str, name: &str, attrs: Vec<(&str, String)>) -> Change {
     (
         kind.into(),
         action.into(),
