@@ -2429,7 +2429,7 @@ async fn events_loop(swarm: std::sync::Weak<Swarm>) {
     loop {
         let Some(s) = swarm.upgrade() else { return };
         let Some(raft) = s.raft.clone() else { return };
-        if let Ok(sum) = raft.read(|st| crate::events::Summary::of(st)).await {
+        if let Ok(sum) = raft.read(crate::events::Summary::of).await {
             s.events.observe(sum, now_ms());
         }
         drop(s);
