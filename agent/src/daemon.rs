@@ -194,6 +194,10 @@ impl Daemon {
                 let _op = self.membership_op.lock().await;
                 let swarm = self.swarm().await?;
                 swarm.leave(force).await?;
+                swarm
+                    .executor
+                    .stop_all(&swarm.overlay, swarm.gossip().as_ref())
+                    .await;
                 drop(swarm);
                 let taken = self.swarm.write().await.take();
                 if let Some(s) = taken {

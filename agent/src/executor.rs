@@ -53,6 +53,7 @@ pub struct Executor {
     directory: Arc<RwLock<Vec<ServiceView>>>,
     applied: Mutex<BTreeMap<String, String>>,
     upstreams: Vec<SocketAddr>,
+    closed: std::sync::atomic::AtomicBool,
     /// Wakes the executor loop.
     pub kick: tokio::sync::Notify,
     /// Wakes the session, to report a state change at once.
@@ -89,6 +90,7 @@ impl Executor {
             directory: Arc::new(RwLock::new(Vec::new())),
             applied: Mutex::new(BTreeMap::new()),
             upstreams,
+            closed: std::sync::atomic::AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
             report_now: tokio::sync::Notify::new(),
         }
@@ -157,6 +159,9 @@ impl Executor {
 
     /// One pass: converge local tasks, DNS, VIP rules and the mesh.
     pub async fn run_once(&self, overlay: &Overlay, ctx: &NodeCtx) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let Some(a) = self.latest.lock().ok().and_then(|l| l.clone()) else {
             return; // nothing known yet: keep what runs (adopted after a restart)
         };
@@ -258,6 +263,37 @@ impl Executor {
         if let Err(e) = self.mesh(overlay, ctx, &a).await {
             warn!("routing mesh: {e:#}");
         }
+    }
+
+    /// `swarm leave`: stop every task and the mesh sandbox here and
+    /// remove what they had (the node no longer belongs to the cluster).
+    pub async fn stop_all(&self, overlay: &Overlay, gossip: Option<&Gossip>) {
+        use nix::sys::signal::{kill, Signal};
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let tasks: Vec<Workload> = overlay
+            .list()
+            .into_iter()
+            .filter(|w| w.task.is_some() || w.name == INGRESS_SANDBOX)
+            .collect();
+        for w in &tasks {
+            if w.pid != 0 {
+                let _ = kill(nix::unistd::Pid::from_raw(w.pid as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while tasks.iter().any(|w| w.pid != 0 && alive(w.pid)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for w in &tasks {
+            if w.pid != 0 && alive(w.pid) {
+                let _ = kill(nix::unistd::Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+            }
+            if let Ok(mut d) = self.dns.lock() {
+                d.remove(&w.id);
+            }
+            overlay.cleanup(&w.id, gossip).await;
+        }
+        let _ = nft::delete_table(None, nft::PUBLISH_TABLE).await;
     }
 
     async fn start(
