@@ -1483,6 +1483,15 @@ fn network_doc(
         "Containers": containers,
         "Peers": peers,
         "Version": n.version,
+        "Encryption": if n.encrypted {
+            serde_json::json!({
+                "State": "unavailable",
+                "Reason": "IPsec ESP for overlay traffic is not available on these nodes: \
+                           workloads and tasks are refused on this network (fail closed, no plaintext)",
+            })
+        } else {
+            serde_json::Value::Null
+        },
     })
 }
 
