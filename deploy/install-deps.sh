@@ -5,6 +5,10 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
+# Service tests: HTTP client, and getent/nsenter (libc-bin, util-linux).
+command -v curl >/dev/null || need+=(curl)
+command -v getent >/dev/null || need+=(libc-bin)
+command -v nsenter >/dev/null || need+=(util-linux)
 # deploy/check.sh and tests/deploy.rs: Vagrantfile syntax, unit verification.
 command -v ruby >/dev/null || need+=(ruby)
 command -v systemd-analyze >/dev/null || need+=(systemd)
