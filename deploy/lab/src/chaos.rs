@@ -20,6 +20,10 @@
 //!   gossip table;
 //! - every running workload's host has an FDB entry (MAC -> VTEP) for every
 //!   other host's workload, and no duplicates;
+//! - the service created before the faults (`web`, published on 18080, which
+//!   the writers scale between 2 and 4) has the last acknowledged replica
+//!   count, exactly that many running tasks and task processes, and its
+//!   published port answers on every host;
 //! - no daemon log contains `panicked`;
 //! - whatever extra [`Check`]s the caller adds (e.g. "services answer").
 
@@ -46,6 +50,32 @@ pub const CHAOS_DAEMON_CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fa
 /// The gossip table the writers put entries into.
 pub const CHAOS_TABLE: &str = "chaos";
 
+/// The service of a chaos run, and the port it publishes.
+pub const CHAOS_SERVICE: &str = "web";
+/// The published port of [`CHAOS_SERVICE`].
+pub const CHAOS_SERVICE_PORT: u16 = 18080;
+/// Replicas [`CHAOS_SERVICE`] is created with.
+const CHAOS_SERVICE_REPLICAS: u64 = 3;
+
+/// What a chaos service task runs by default: a tiny Python HTTP server
+/// answering with its task name and id (tests cannot count on a current
+/// `shoal-lab` binary; `shoal-lab chaos` runs its own `http-echo`).
+const PY_ECHO: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.0'
+    def do_GET(self):
+        b = (os.environ.get('SHOAL_TASK_NAME', '?') + ' ' + os.environ.get('SHOAL_TASK_ID', '?') + '\n').encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(b)))
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
+"#;
+
 /// How long one CLI call of a writer or a check may take (a paused daemon
 /// accepts connections and never answers).
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +98,12 @@ pub struct ChaosConfig {
     /// Run one workload per host on an attachable network and check the
     /// kernel FDB state at the end.
     pub workloads: bool,
+    /// Create a service publishing a port before the faults, let the
+    /// writers scale it, and check it at the end.
+    pub services: bool,
+    /// The command of the service's tasks: an HTTP server on port 80 that
+    /// answers `GET /` with 200 (e.g. `shoal-lab http-echo --port 80`).
+    pub service_command: Vec<String>,
     /// Print each fault as it is applied.
     pub verbose: bool,
 }
@@ -83,6 +119,8 @@ impl ChaosConfig {
             writers: 2,
             settle: Duration::from_secs(90),
             workloads: true,
+            services: true,
+            service_command: vec!["python3".into(), "-c".into(), PY_ECHO.into()],
             verbose: true,
         }
     }
@@ -90,7 +128,7 @@ impl ChaosConfig {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "shoal-lab chaos --seed {} --minutes {} --nodes {} --managers {} --writers {}{}",
+            "shoal-lab chaos --seed {} --minutes {} --nodes {} --managers {} --writers {}{}{}",
             self.seed,
             self.duration.as_secs_f64() / 60.0,
             self.nodes,
@@ -100,7 +138,8 @@ impl ChaosConfig {
                 ""
             } else {
                 " --no-workloads"
-            }
+            },
+            if self.services { "" } else { " --no-services" }
         )
     }
 }
@@ -271,6 +310,16 @@ pub struct Ledger {
     pub rm_unknown: BTreeSet<String>,
     /// Gossip keys whose put was acknowledged, with the host that took it.
     pub puts: BTreeMap<String, usize>,
+    /// The service's replica count as last acknowledged (create, then
+    /// scales; one scale in flight at a time, so acknowledgements are in
+    /// commit order). `None` without a service.
+    pub service_replicas: Option<u64>,
+    /// Scales acknowledged during the run.
+    pub scales: u64,
+    /// Replica counts of scales that were not acknowledged: they may still
+    /// have been applied (even after a later acknowledged one, when the
+    /// daemon that took them was paused with the request in hand).
+    pub scale_unknown: BTreeSet<u64>,
     /// Writes that failed or timed out (not acknowledged).
     pub failed: u64,
 }
@@ -455,6 +504,7 @@ fn writer(
     faulted: &Faulted,
     stop: &AtomicBool,
     ledger: &Mutex<Ledger>,
+    scaling: &Mutex<()>,
 ) {
     let mut rng =
         StdRng::seed_from_u64(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(id as u64 + 1)));
@@ -491,6 +541,24 @@ fn writer(
             thread::sleep(Duration::from_millis(100));
             continue;
         };
+        if cfg.services && (35..43).contains(&roll) {
+            let replicas = rng.gen_range(2..=4u64);
+            // One scale in flight at a time: acknowledgements then come in
+            // commit order and the last one is the expected count.
+            let _one = scaling.lock().unwrap_or_else(PoisonError::into_inner);
+            let arg = format!("{CHAOS_SERVICE}={replicas}");
+            match cli_timeout(lab, host, &["service", "scale", &arg], CLI_TIMEOUT) {
+                Ok(_) => record(&|l| {
+                    l.service_replicas = Some(replicas);
+                    l.scales += 1;
+                }),
+                Err(_) => record(&|l| {
+                    l.failed += 1;
+                    l.scale_unknown.insert(replicas);
+                }),
+            }
+            continue;
+        }
         if roll < 50 && !mine.is_empty() {
             let name = mine.remove(rng.gen_range(0..mine.len()));
             match cli_timeout(lab, host, &["network", "rm", &name], CLI_TIMEOUT) {
@@ -658,13 +726,19 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         }
         workload_net = Some("chaos-wl".to_string());
     }
+    let mut initial = Ledger::default();
+    if cfg.services {
+        create_service(&lab, cfg).map_err(setup)?;
+        initial.service_replicas = Some(CHAOS_SERVICE_REPLICAS);
+    }
     let faulted = Faulted(Mutex::new(BTreeSet::new()));
     let stop = AtomicBool::new(false);
-    let ledger = Mutex::new(Ledger::default());
+    let ledger = Mutex::new(initial);
+    let scaling = Mutex::new(());
     let driven = thread::scope(|s| {
         for id in 0..cfg.writers {
-            let (lab, faulted, stop, ledger) = (&lab, &faulted, &stop, &ledger);
-            s.spawn(move || writer(lab, cfg, id, faulted, stop, ledger));
+            let (lab, faulted, stop, ledger, scaling) = (&lab, &faulted, &stop, &ledger, &scaling);
+            s.spawn(move || writer(lab, cfg, id, faulted, stop, ledger, scaling));
         }
         let r = drive(&lab, cfg, &events, &faulted);
         // Writes go on a little past the last fault, then stop.
@@ -672,14 +746,22 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         stop.store(true, Ordering::Relaxed);
         r
     });
-    driven?;
+    if let Err(e) = driven {
+        if cfg.services {
+            let _ = crate::bench::remove_services(&lab, 1, &[CHAOS_SERVICE]);
+        }
+        return Err(e.into());
+    }
     heal_all(&lab)?;
     let ledger = ledger.into_inner().unwrap_or_else(PoisonError::into_inner);
     println!(
-        "chaos: schedule done: {} networks created, {} removed, {} gossip puts acknowledged, {} writes not acknowledged",
+        "chaos: schedule done: {} networks created, {} removed, {} gossip puts acknowledged, {} service scales acknowledged (expected replicas {:?}, unacknowledged {:?}), {} writes not acknowledged",
         ledger.created.len(),
         ledger.removed.len(),
         ledger.puts.len(),
+        ledger.scales,
+        ledger.service_replicas,
+        ledger.scale_unknown,
         ledger.failed
     );
     let mut checks: Vec<Check> = vec![
@@ -699,6 +781,12 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     if let Some(net) = workload_net {
         checks.push(Check::new("workload FDB state", move |lab, _| {
             check_fdb(lab, &net)
+        }));
+    }
+    if cfg.services {
+        checks.push(Check::new("service replicas and routing mesh", {
+            let managers = cfg.managers;
+            move |lab, l| check_service(lab, managers, l)
         }));
     }
     checks.push(Check::new("no daemon panicked", |lab, _| check_logs(lab)));
@@ -743,8 +831,138 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     } else {
         println!("chaos: seed {} passed", cfg.seed);
     }
+    if cfg.services {
+        // Task processes outlive their daemons: stop them before the lab goes.
+        if let Err(e) = crate::bench::remove_services(&lab, 1, &[CHAOS_SERVICE]) {
+            println!("chaos: removing the service: {e}");
+        }
+    }
     lab.down()?;
     Ok(report)
+}
+
+/// Creates [`CHAOS_SERVICE`] and waits until its tasks run.
+fn create_service(lab: &Lab, cfg: &ChaosConfig) -> Result<(), String> {
+    let replicas = CHAOS_SERVICE_REPLICAS.to_string();
+    let publish = format!("{CHAOS_SERVICE_PORT}:80");
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        CHAOS_SERVICE,
+        "--replicas",
+        &replicas,
+        "-p",
+        &publish,
+        "--",
+    ];
+    args.extend(cfg.service_command.iter().map(String::as_str));
+    cli_timeout(lab, 1, &args, CLI_TIMEOUT).map_err(|e| format!("service create: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = running_tasks(lab, 1);
+        match &last {
+            Ok(n) if *n as u64 == CHAOS_SERVICE_REPLICAS => return Ok(()),
+            _ if Instant::now() > deadline => return Err(format!(
+                "{CHAOS_SERVICE}: {CHAOS_SERVICE_REPLICAS} tasks not running within 60 s: {last:?}"
+            )),
+            _ => thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Tasks of [`CHAOS_SERVICE`] running (and meant to) per `host`'s `service ps`.
+fn running_tasks(lab: &Lab, host: usize) -> Result<usize, String> {
+    let v = json(
+        &cli_timeout(
+            lab,
+            host,
+            &["--format", "json", "service", "ps", CHAOS_SERVICE],
+            CLI_TIMEOUT,
+        )
+        .map_err(|e| format!("service ps on h{host}: {e}"))?,
+        "service ps",
+    )?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["state"] == "running" && t["desired"] == "running")
+                .count()
+        })
+        .unwrap_or_default())
+}
+
+fn check_service(lab: &Lab, managers: usize, l: &Ledger) -> Result<(), String> {
+    let expected = l
+        .service_replicas
+        .ok_or("no acknowledged replica count for the service")?;
+    let spec = json(
+        &cli_timeout(
+            lab,
+            1,
+            &["--format", "json", "service", "inspect", CHAOS_SERVICE],
+            CLI_TIMEOUT,
+        )
+        .map_err(|e| format!("service inspect on h1: {e}"))?,
+        "service inspect",
+    )?;
+    let replicas = spec[0]["spec"]["replicas"]
+        .as_u64()
+        .ok_or_else(|| format!("service inspect: no spec.replicas in {spec}"))?;
+    if replicas != expected && !l.scale_unknown.contains(&replicas) {
+        return Err(format!(
+            "{CHAOS_SERVICE} has {replicas} replicas; last acknowledged {expected} (unacknowledged scales: {:?})",
+            l.scale_unknown
+        ));
+    }
+    for h in 1..=managers {
+        let n = running_tasks(lab, h)?;
+        if n as u64 != replicas {
+            return Err(format!(
+                "service ps on h{h}: {n} running tasks, want {replicas}"
+            ));
+        }
+    }
+    // The nodes agree: exactly that many task processes in the lab.
+    let mut processes = Vec::new();
+    for h in 1..=lab.len() {
+        let v = json(
+            &cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
+                .map_err(|e| format!("ps on h{h}: {e}"))?,
+            "ps",
+        )?;
+        for w in v.as_array().cloned().unwrap_or_default() {
+            let name = w["name"].as_str().unwrap_or_default();
+            if w["task"].is_string() && name.starts_with(&format!("{CHAOS_SERVICE}.")) {
+                processes.push(format!("{name}@h{h}"));
+            }
+        }
+    }
+    if processes.len() as u64 != replicas {
+        return Err(format!(
+            "{} task workloads on the nodes, want {replicas}: {processes:?}",
+            processes.len()
+        ));
+    }
+    // The routing mesh: every host answers on the published port.
+    for h in 1..=lab.len() {
+        let addr = std::net::SocketAddr::from((
+            lab.host(h).map_err(|e| e.to_string())?.addr,
+            CHAOS_SERVICE_PORT,
+        ));
+        let ns = crate::bench::host_netns(lab, h).map_err(|e| e.to_string())?;
+        crate::bench::in_netns(&ns, || {
+            for i in 0..3 {
+                let body = crate::bench::http_get(addr, Duration::from_secs(2))
+                    .map_err(|e| format!("h{h} request {}: {e}", i + 1))?;
+                if !body.starts_with(&format!("{CHAOS_SERVICE}.")) {
+                    return Err(format!("h{h} {addr}: unexpected answer {body:?}"));
+                }
+            }
+            Ok(())
+        })??;
+    }
+    Ok(())
 }
 
 fn check_networks(lab: &Lab, managers: usize, l: &Ledger) -> Result<(), String> {

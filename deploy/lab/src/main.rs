@@ -95,9 +95,12 @@ enum Cmd {
         /// reconcile: 10,000 remote endpoints into one network namespace.
         /// overlay: 2 hosts, workload <-> workload ping RTT and TCP
         /// throughput over VXLAN vs the underlay.
+        /// service: 5 hosts, 20 http-echo tasks: create -> all answering
+        /// through the VIP and the mesh on every host, task kill ->
+        /// replacement answering, requests/s mesh vs VIP vs direct.
         /// all: every benchmark, then bench-report.json and bench-report.md
         /// in --out-dir (--quick: short parameters).
-        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim", "reconcile", "overlay", "all"])]
+        #[arg(value_parser = ["raft", "failover", "session", "propagation", "failure", "gossip-bandwidth", "sim", "reconcile", "overlay", "service", "all"])]
         name: String,
         /// Directory of the report (all).
         #[arg(long, default_value = "bench")]
@@ -117,6 +120,9 @@ enum Cmd {
         /// Trials (failover).
         #[arg(long, default_value_t = 5)]
         trials: usize,
+        /// Tasks of the service (service).
+        #[arg(long, default_value_t = 20)]
+        replicas: usize,
         /// Append the JSON line(s) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -146,6 +152,16 @@ enum Cmd {
         /// No workloads (and no FDB check).
         #[arg(long)]
         no_workloads: bool,
+        /// No service (and no service check, no scaling by the writers).
+        #[arg(long)]
+        no_services: bool,
+    },
+    /// (internal) Answer every HTTP request with SHOAL_TASK_NAME and
+    /// SHOAL_TASK_ID (what service tasks run in the bench and chaos labs).
+    #[command(hide = true)]
+    HttpEcho {
+        #[arg(long, default_value_t = 80)]
+        port: u16,
     },
     /// (internal) Accept one TCP connection, read to EOF, print JSON.
     #[command(hide = true)]
@@ -256,6 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             writers,
             settle,
             no_workloads,
+            no_services,
         } => {
             shoal_lab::preflight()?;
             let seed = seed.unwrap_or_else(rand::random);
@@ -266,6 +283,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 writers,
                 settle: Duration::from_secs(settle),
                 workloads: !no_workloads,
+                services: !no_services,
+                service_command: vec![
+                    std::env::current_exe()
+                        .context("finding shoal-lab itself")?
+                        .to_string_lossy()
+                        .into_owned(),
+                    "http-echo".into(),
+                    "--port".into(),
+                    "80".into(),
+                ],
                 ..shoal_lab::chaos::ChaosConfig::new(seed)
             };
             let report = shoal_lab::chaos::run(&cfg, &[])?;
@@ -273,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cmd::HttpEcho { port } => shoal_lab::bench::http_echo(port)?,
         Cmd::TcpSink {
             listen,
             hash,
@@ -304,6 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out_dir,
             quick,
             only,
+            replicas,
         } => {
             shoal_lab::preflight()?;
             match name.as_str() {
@@ -324,6 +353,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "overlay" => shoal_lab::bench::overlay(
                     seconds.min(30) as f64,
                     50,
+                    &std::env::current_exe().context("finding shoal-lab itself")?,
+                    out.as_deref(),
+                )?,
+                "service" => shoal_lab::bench::service(
+                    replicas,
+                    3,
+                    3.0,
+                    8,
                     &std::env::current_exe().context("finding shoal-lab itself")?,
                     out.as_deref(),
                 )?,
