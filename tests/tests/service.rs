@@ -4,7 +4,7 @@
 //! embedded DNS and reach the service through the VIP, a dead node's task
 //! is replaced and traffic keeps flowing, scaling down and removing leave
 //! no kernel state behind, and bad input is refused without side effects.
-//! Needs root, iproute2, nftables, curl, python3 and the built binaries.
+//! Needs root, iproute2, nftables, curl and the built binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,21 +22,6 @@ fn config() -> String {
         "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\ndns_upstream = [\"{UPSTREAM}\"]\n"
     )
 }
-
-/// A tiny HTTP server answering with its task name.
-const SERVER: &str = r#"
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        b = (os.environ.get('SHOAL_TASK_NAME', '?') + '\n').encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
-"#;
 
 fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
     let out = lab.exec(host, argv).unwrap();
@@ -178,6 +163,8 @@ fn services_balance_resolve_fail_over_and_clean_up() {
     }
     assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
 
+    // Tasks run the lab's tiny HTTP server, answering with their task name.
+    let echo = shoal_tests::shoal_lab_bin().display().to_string();
     let t0 = std::time::Instant::now();
     cli(
         &lab,
@@ -194,9 +181,10 @@ fn services_balance_resolve_fail_over_and_clean_up() {
             "-p",
             "8080:80",
             "--",
-            "python3",
-            "-c",
-            SERVER,
+            echo.as_str(),
+            "http-echo",
+            "--port",
+            "80",
         ],
     )
     .unwrap();

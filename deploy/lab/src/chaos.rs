@@ -863,9 +863,11 @@ fn create_service(lab: &Lab, cfg: &ChaosConfig) -> Result<(), String> {
         let last = running_tasks(lab, 1);
         match &last {
             Ok(n) if *n as u64 == CHAOS_SERVICE_REPLICAS => return Ok(()),
-            _ if Instant::now() > deadline => return Err(format!(
+            _ if Instant::now() > deadline => {
+                return Err(format!(
                 "{CHAOS_SERVICE}: {CHAOS_SERVICE_REPLICAS} tasks not running within 60 s: {last:?}"
-            )),
+            ))
+            }
             _ => thread::sleep(Duration::from_millis(250)),
         }
     }
