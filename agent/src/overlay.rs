@@ -225,6 +225,12 @@ impl Overlay {
         port: u16,
         gossip: Option<&Gossip>,
     ) -> anyhow::Result<Workload> {
+        let mut spec = spec;
+        // The record needs the network's data-path fields, not its
+        // (cluster-wide, growing) endpoint list.
+        for (n, _) in spec.networks.iter_mut() {
+            n.endpoints.clear();
+        }
         let id = spec.id.clone();
         std::fs::create_dir_all(self.dir())?;
         let netns = self.netns_of(&id);

@@ -1140,6 +1140,12 @@ impl Inner {
             .map(|h| h.index)
             .collect();
         let mut problems = self.stop_daemons(&started);
+        // Workloads and service tasks outlive their daemon by design; the
+        // lab's own go with it (recorded pids, checked against their
+        // namespace so a reused pid is never hit).
+        for h in &self.state.hosts {
+            kill_workloads(&h.run_dir.join("workloads"));
+        }
         for i in started {
             if matches!(self.daemon_state(i), DaemonState::Exited(_)) {
                 self.state.hosts[i - 1].daemon = None;
@@ -1174,5 +1180,45 @@ impl Inner {
             }
         }
         problems
+    }
+}
+
+/// SIGKILL every workload recorded under `dir` (`<id>.json` with `pid` and
+/// `netns`) whose process still lives in that namespace.
+fn kill_workloads(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Some(rec) = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        let (Some(pid), Some(ns)) = (rec["pid"].as_u64(), rec["netns"].as_str()) else {
+            continue;
+        };
+        if pid == 0 || pid > i32::MAX as u64 {
+            continue;
+        }
+        let same = match (
+            fs::metadata(format!("/proc/{pid}/ns/net")),
+            fs::metadata(ns),
+        ) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
