@@ -552,7 +552,17 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    if let Some(l) = crate::metrics::bind(&daemon.config.metrics_addr).await? {
+    // A malformed address is a configuration error; a port in use only
+    // costs the metrics (the agent itself must still run).
+    let metrics_listener = match crate::metrics::bind(&daemon.config.metrics_addr).await {
+        Ok(l) => l,
+        Err(e @ crate::metrics::MetricsError::Bind { .. }) => {
+            warn!("metrics disabled: {e}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(l) = metrics_listener {
         info!(addr = %daemon.config.metrics_addr, "metrics on /metrics");
         let d = daemon.clone();
         crate::metrics::serve(
