@@ -100,6 +100,9 @@ pub struct Overlay {
     driver: tokio::sync::Mutex<Option<Driver>>,
     gw: tokio::sync::Mutex<Option<GwBridge>>,
     workloads: Mutex<BTreeMap<String, Workload>>,
+    /// Networks of workloads being started (not yet in their record): the
+    /// reconciler must not remove them meanwhile.
+    pending: Mutex<BTreeMap<String, Vec<Network>>>,
     /// Exit codes of children that ended (by pid).
     exits: std::sync::Arc<Mutex<BTreeMap<u32, i32>>>,
     /// Wakes the reconciler.
@@ -120,6 +123,7 @@ impl Overlay {
             driver: tokio::sync::Mutex::new(None),
             gw: tokio::sync::Mutex::new(None),
             workloads: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
             exits: Default::default(),
             kick: tokio::sync::Notify::new(),
         };
@@ -249,21 +253,29 @@ impl Overlay {
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.clone(), w.clone());
         }
-        match self
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(
+                id.clone(),
+                spec.networks.iter().map(|(n, _)| n.clone()).collect(),
+            );
+        }
+        let result = self
             .start_inner(&mut w, &spec, me, vtep, port, gossip)
-            .await
-        {
+            .await;
+        // The record (with its attachments) first, then the pending entry
+        // goes: the networks are never unclaimed in between.
+        if let Ok(mut m) = self.workloads.lock() {
+            m.insert(id.clone(), w.clone());
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+        match result {
             Ok(()) => {
-                if let Ok(mut m) = self.workloads.lock() {
-                    m.insert(id.clone(), w.clone());
-                }
                 self.kick.notify_one();
                 Ok(w)
             }
             Err(e) => {
-                if let Ok(mut m) = self.workloads.lock() {
-                    m.insert(id.clone(), w.clone());
-                }
                 if w.pid != 0 {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(w.pid as i32),
@@ -335,6 +347,9 @@ impl Overlay {
         match attachments {
             Ok(a) => w.attachments = a,
             Err(e) => return Err(e),
+        }
+        if let Ok(mut m) = self.workloads.lock() {
+            m.insert(w.id.clone(), w.clone());
         }
         if egress {
             let (ns, key) = (w.netns.clone(), w.id.clone());
@@ -476,6 +491,11 @@ impl Overlay {
                 nets.insert(a.network.id.clone(), a.network);
             }
         }
+        if let Ok(p) = self.pending.lock() {
+            for n in p.values().flatten() {
+                nets.entry(n.id.clone()).or_insert_with(|| n.clone());
+            }
+        }
         nets.into_values().collect()
     }
 
@@ -521,10 +541,15 @@ impl Overlay {
         if !gossip.is_some_and(gossip_ready) {
             return Ok(());
         }
-        let desired = desired(&nets, vtep, port, gossip, me);
         let started = std::time::Instant::now();
+        // Desired state is read under the driver lock: a workload started
+        // meanwhile (which holds the lock while it creates its networks)
+        // is then always part of it.
         let report = self
-            .with_driver(async move |d: &mut Driver| Ok(d.reconcile(&desired).await?))
+            .with_driver(async |d: &mut Driver| {
+                let desired = desired(&self.desired_networks(), vtep, port, gossip, me);
+                Ok(d.reconcile(&desired).await?)
+            })
             .await;
         let metrics = crate::metrics::global();
         let report = match report {
