@@ -1315,6 +1315,23 @@ pub fn remove_services(lab: &Lab, manager: usize, services: &[&str]) -> Result<(
     rm.map(|_| ())
 }
 
+/// SIGKILLs every workload process (`shoal run` and tasks) the lab's
+/// daemons report: they outlive their daemons, so a lab going down would
+/// leak them.
+pub fn kill_workloads(lab: &Lab) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    for h in 1..=lab.len() {
+        for w in rt.block_on(workloads(lab, h)).unwrap_or_default() {
+            kill_if_same(w.pid, &w.argv);
+        }
+    }
+}
+
 /// SIGKILLs `pid` if it still runs `argv` (not a recycled pid).
 fn kill_if_same(pid: u32, argv: &[String]) {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
