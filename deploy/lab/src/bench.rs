@@ -1342,7 +1342,13 @@ fn kill_if_same(pid: u32, argv: &[String]) {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    if pid > 1 && now == argv {
+    // argv[0] may differ by its directory (a shim like pyenv's execs the
+    // real interpreter): compare its file name and the arguments.
+    let base = |a: &String| a.rsplit('/').next().unwrap_or_default().to_string();
+    let same = now.len() == argv.len()
+        && now.first().map(base) == argv.first().map(base)
+        && now.get(1..) == argv.get(1..);
+    if pid > 1 && same {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
