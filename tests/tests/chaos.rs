@@ -1,12 +1,16 @@
 //! Chaos against a lab swarm (5 hosts, 3 managers): a seeded schedule of
 //! SIGKILL + restart, SIGSTOP pauses, restarts and partitions while CLI
-//! writers create/remove networks and put gossip entries; afterwards every
+//! writers create/remove networks, put gossip entries and scale a service
+//! published on 18080 (created before the faults); afterwards every
 //! acknowledged write is on every manager, every node is Ready, gossip
-//! tables agree, workloads' FDB entries are right and no daemon panicked.
+//! tables agree, workloads' FDB entries are right, the service has the
+//! last acknowledged number of running tasks and answers through the
+//! routing mesh on every host, and no daemon panicked.
 //! One run with a fixed seed, one with a random (printed) seed; replay any
 //! with `SHOAL_SEED=… cargo test -p shoal-tests --test chaos` or the
 //! printed `shoal-lab chaos …` command. The long run is the binary's
-//! (`shoal-lab chaos --minutes 30`). Needs root and the built binaries.
+//! (`shoal-lab chaos --minutes 30`). Needs root, python3 (the service's
+//! tasks) and the built binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Mutex;
@@ -42,6 +46,15 @@ fn short_run(seed: u64) {
         !report.ledger.created.is_empty() && !report.ledger.puts.is_empty(),
         "seed {seed}: no write was acknowledged during the run: {:?}",
         report.ledger
+    );
+    assert!(
+        report.ledger.service_replicas.is_some(),
+        "seed {seed}: the run had no service: {:?}",
+        report.ledger
+    );
+    eprintln!(
+        "seed {seed}: {} service scales acknowledged, final replicas {:?}",
+        report.ledger.scales, report.ledger.service_replicas
     );
     assert!(report.passed(), "{}", report.failure_text());
 }

@@ -1315,6 +1315,33 @@ pub fn remove_services(lab: &Lab, manager: usize, services: &[&str]) -> Result<(
     rm.map(|_| ())
 }
 
+/// SIGKILLs every workload process (`shoal run` and tasks) the lab's
+/// daemons report: they outlive their daemons, so a lab going down would
+/// leak them.
+pub fn kill_workloads(lab: &Lab) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    for h in 1..=lab.len() {
+        for w in rt.block_on(workloads(lab, h)).unwrap_or_default() {
+            kill_if_same(w.pid, &w.argv);
+        }
+    }
+}
+
+/// Whether a process's command line `now` is the command `argv`: argv[0]
+/// may differ by its directory (a shim like pyenv's execs the real
+/// interpreter), so its file name and the arguments are compared.
+fn same_command(now: &[String], argv: &[String]) -> bool {
+    let base = |a: &String| a.rsplit('/').next().unwrap_or_default().to_string();
+    now.len() == argv.len()
+        && now.first().map(base) == argv.first().map(base)
+        && now.get(1..) == argv.get(1..)
+}
+
 /// SIGKILLs `pid` if it still runs `argv` (not a recycled pid).
 fn kill_if_same(pid: u32, argv: &[String]) {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -1325,7 +1352,7 @@ fn kill_if_same(pid: u32, argv: &[String]) {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    if pid > 1 && now == argv {
+    if pid > 1 && same_command(&now, argv) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -2109,6 +2136,42 @@ mod tests {
         );
         assert_eq!(t.iter().filter(|x| !x.3).count(), 1);
         assert!(targets(&json!({"bench": "session"})).is_empty());
+    }
+
+    #[test]
+    fn same_command_ignores_the_directory_of_argv0_only() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let argv = v(&["python3", "-c", "x"]);
+        assert!(same_command(
+            &v(&["/root/.pyenv/versions/3.11.7/bin/python3", "-c", "x"]),
+            &argv
+        ));
+        assert!(!same_command(&v(&["python3", "-c", "y"]), &argv));
+        assert!(!same_command(&v(&["python2", "-c", "x"]), &argv));
+        assert!(!same_command(&v(&["python3", "-c"]), &argv));
+    }
+
+    #[test]
+    fn echo_bodies_parse() {
+        assert_eq!(
+            parse_echo("web.3 abc123\n"),
+            Some(("web.3".to_string(), "abc123".to_string()))
+        );
+        assert_eq!(parse_echo("web.3"), None);
+    }
+
+    #[test]
+    fn http_echo_answers_http_get() {
+        // The server thread runs until the test process ends.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let _ = answer(c, b"web.1 t1\n");
+            }
+        });
+        let body = http_get(addr, Duration::from_secs(2)).unwrap();
+        assert_eq!(body, "web.1 t1");
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct ChaosConfig {
     pub service_command: Vec<String>,
     /// Print each fault as it is applied.
     pub verbose: bool,
+    /// When a check fails, leave the lab running (recorded in the kept
+    /// logs' directory as `lab.json`) to look at with `shoal-lab --state`.
+    pub keep_on_failure: bool,
 }
 
 impl ChaosConfig {
@@ -122,6 +125,7 @@ impl ChaosConfig {
             services: true,
             service_command: vec!["python3".into(), "-c".into(), PY_ECHO.into()],
             verbose: true,
+            keep_on_failure: false,
         }
     }
 
@@ -541,7 +545,7 @@ fn writer(
             thread::sleep(Duration::from_millis(100));
             continue;
         };
-        if cfg.services && (35..43).contains(&roll) {
+        if cfg.services && (35..38).contains(&roll) {
             let replicas = rng.gen_range(2..=4u64);
             // One scale in flight at a time: acknowledgements then come in
             // commit order and the last one is the expected count.
@@ -727,9 +731,28 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         workload_net = Some("chaos-wl".to_string());
     }
     let mut initial = Ledger::default();
+    // A fault-free baseline: a routing mesh that is broken before any fault
+    // is not the faults' doing (reported as its own failed check).
+    let mut baseline = None;
     if cfg.services {
-        create_service(&lab, cfg).map_err(setup)?;
+        if let Err(e) = create_service(&lab, cfg) {
+            crate::bench::kill_workloads(&lab);
+            return Err(setup(e));
+        }
         initial.service_replicas = Some(CHAOS_SERVICE_REPLICAS);
+        let started = Instant::now();
+        let mut last;
+        loop {
+            last = mesh_answers(&lab);
+            if last.is_ok() || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        if let Err(e) = &last {
+            println!("chaos: before any fault, the routing mesh does not answer: {e}");
+        }
+        baseline = Some(last.map(|()| started.elapsed()));
     }
     let faulted = Faulted(Mutex::new(BTreeSet::new()));
     let stop = AtomicBool::new(false);
@@ -747,9 +770,7 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         r
     });
     if let Err(e) = driven {
-        if cfg.services {
-            let _ = crate::bench::remove_services(&lab, 1, &[CHAOS_SERVICE]);
-        }
+        crate::bench::kill_workloads(&lab);
         return Err(e.into());
     }
     heal_all(&lab)?;
@@ -792,6 +813,9 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     checks.push(Check::new("no daemon panicked", |lab, _| check_logs(lab)));
     let deadline = Instant::now() + cfg.settle;
     let mut results = Vec::new();
+    if let Some(b) = baseline {
+        results.push(("routing mesh answers before the faults".to_string(), b));
+    }
     let started = Instant::now();
     for c in checks.iter().chain(extra) {
         let mut last;
@@ -828,15 +852,21 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         }
         println!("chaos: daemon logs copied to {}", keep.display());
         print!("{}", report.failure_text());
+        if cfg.keep_on_failure {
+            let file = keep.join("lab.json");
+            lab.detach()?.save(&file)?;
+            println!(
+                "chaos: lab left running: shoal-lab --state {0} exec h1 -- shoal service ps {CHAOS_SERVICE}; remove it with shoal-lab --state {0} down",
+                file.display()
+            );
+            return Ok(report);
+        }
     } else {
         println!("chaos: seed {} passed", cfg.seed);
     }
-    if cfg.services {
-        // Task processes outlive their daemons: stop them before the lab goes.
-        if let Err(e) = crate::bench::remove_services(&lab, 1, &[CHAOS_SERVICE]) {
-            println!("chaos: removing the service: {e}");
-        }
-    }
+    // Workload and task processes outlive their daemons: stop them before
+    // the lab goes.
+    crate::bench::kill_workloads(&lab);
     lab.down()?;
     Ok(report)
 }
@@ -946,7 +976,12 @@ fn check_service(lab: &Lab, managers: usize, l: &Ledger) -> Result<(), String> {
             processes.len()
         ));
     }
-    // The routing mesh: every host answers on the published port.
+    mesh_answers(lab)
+}
+
+/// Every host answers on [`CHAOS_SERVICE_PORT`] (3 requests each, from the
+/// host's own namespace to its underlay address).
+fn mesh_answers(lab: &Lab) -> Result<(), String> {
     for h in 1..=lab.len() {
         let addr = std::net::SocketAddr::from((
             lab.host(h).map_err(|e| e.to_string())?.addr,

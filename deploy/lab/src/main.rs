@@ -155,6 +155,9 @@ enum Cmd {
         /// No service (and no service check, no scaling by the writers).
         #[arg(long)]
         no_services: bool,
+        /// When a check fails, leave the lab running to look at.
+        #[arg(long)]
+        keep_on_failure: bool,
     },
     /// (internal) Answer every HTTP request with SHOAL_TASK_NAME and
     /// SHOAL_TASK_ID (what service tasks run in the bench and chaos labs).
@@ -273,6 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             settle,
             no_workloads,
             no_services,
+            keep_on_failure,
         } => {
             shoal_lab::preflight()?;
             let seed = seed.unwrap_or_else(rand::random);
@@ -284,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 settle: Duration::from_secs(settle),
                 workloads: !no_workloads,
                 services: !no_services,
+                keep_on_failure,
                 service_command: vec![
                     std::env::current_exe()
                         .context("finding shoal-lab itself")?
