@@ -9,8 +9,7 @@
 //! One run with a fixed seed, one with a random (printed) seed; replay any
 //! with `SHOAL_SEED=… cargo test -p shoal-tests --test chaos` or the
 //! printed `shoal-lab chaos …` command. The long run is the binary's
-//! (`shoal-lab chaos --minutes 30`). Needs root, python3 (the service's
-//! tasks) and the built binaries.
+//! (`shoal-lab chaos --minutes 30`). Needs root and the built binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Mutex;
@@ -28,6 +27,13 @@ fn short_run(seed: u64) {
         nodes: 5,
         managers: 3,
         settle: Duration::from_secs(60),
+        // The service's tasks run the lab's own HTTP echo.
+        service_command: vec![
+            shoal_tests::shoal_lab_bin().display().to_string(),
+            "http-echo".into(),
+            "--port".into(),
+            "80".into(),
+        ],
         ..ChaosConfig::new(seed)
     };
     eprintln!("chaos seed {seed}; replay: {}", cfg.replay_command());
