@@ -40,7 +40,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Name of the routing-mesh sandbox workload (its id is its endpoint id,
 /// unique in the cluster, as gossip keys must be).
 pub const INGRESS_SANDBOX: &str = "ingress-sbox";
-/// Address the embedded DNS listens on inside every task.
+/// nftables table (in each task) sending 127.0.0.11:53 to its DNS server.
+pub const DNS_TABLE: &str = "shoal-dns";
+/// Address the embedded DNS answers on inside every task.
 pub const DNS_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
 
@@ -249,11 +251,7 @@ impl Executor {
             .into_iter()
             .filter(|w| w.task.is_some() && w.pid != 0)
         {
-            self.ensure_dns(&w);
-            let rules = vip_rules(&w, &a.services);
-            let body = nft::vip_table(&rules);
-            self.apply_table(Some(&w.netns), nft::VIP_TABLE, &body, &w.id)
-                .await;
+            self.prepare(&w, &a.services).await;
         }
         if let Ok(mut d) = self.dns.lock() {
             let here: BTreeSet<String> = overlay.list().into_iter().map(|w| w.id).collect();
@@ -356,7 +354,7 @@ impl Executor {
             ("SHOAL_TASK_SLOT".to_string(), task.slot.to_string()),
             ("SHOAL_NODE_ID".to_string(), ctx.me.clone()),
         ]);
-        let spec = StartSpec {
+        let mut spec = StartSpec {
             id: task.id.clone(),
             name: task.name(),
             networks,
@@ -365,20 +363,57 @@ impl Executor {
             sandbox: Some((task.id.chars().take(12).collect(), resolv.clone())),
             task: Some(task.id.clone()),
         };
-        // DNS must answer before the process asks: bind first, then start.
+        // Namespace and networks first, then DNS and VIP rules, then the
+        // process: it can resolve and connect from its first instruction.
+        let argv = std::mem::take(&mut spec.argv);
         let w = overlay
-            .start(spec, &ctx.me, ctx.vtep, ctx.port, ctx.gossip.as_ref())
+            .start(
+                spec.clone(),
+                &ctx.me,
+                ctx.vtep,
+                ctx.port,
+                ctx.gossip.as_ref(),
+            )
             .await
             .map_err(|e| (TaskState::Failed, e))?;
-        Ok(w)
+        self.prepare(&w, &a.services).await;
+        spec.argv = argv;
+        match overlay.launch(&w.id, &spec) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                self.finish(overlay, ctx, &w).await;
+                Err((TaskState::Failed, e))
+            }
+        }
     }
 
-    fn ensure_dns(&self, w: &Workload) {
+    /// A task's embedded DNS (and the rule that sends 127.0.0.11:53 to it)
+    /// and its VIP rules, in its namespace.
+    async fn prepare(&self, w: &Workload, services: &[ServiceView]) {
+        if let Some(port) = self.ensure_dns(w) {
+            // The server listens on a free port so the task keeps :53 for
+            // itself (a DNS service); 127.0.0.11:53 is DNATed to it.
+            let body = format!(
+                "chain output {{\n  type nat hook output priority -100; policy accept;\n  \
+                 ip daddr {ip} udp dport 53 dnat to {ip}:{port}\n  \
+                 ip daddr {ip} tcp dport 53 dnat to {ip}:{port}\n}}\n",
+                ip = DNS_ADDR.ip(),
+            );
+            self.apply_table(Some(&w.netns), DNS_TABLE, &body, &w.id)
+                .await;
+        }
+        let body = nft::vip_table(&vip_rules(w, services));
+        self.apply_table(Some(&w.netns), nft::VIP_TABLE, &body, &w.id)
+            .await;
+    }
+
+    /// The task's DNS server (started if needed): its port.
+    fn ensure_dns(&self, w: &Workload) -> Option<u16> {
         let Ok(mut servers) = self.dns.lock() else {
-            return;
+            return None;
         };
-        if servers.contains_key(&w.id) {
-            return;
+        if let Some(s) = servers.get(&w.id) {
+            return Some(s.udp_addr().port());
         }
         let dir = self.directory.clone();
         // Service discovery on the task's own networks; the ingress network
@@ -390,13 +425,19 @@ impl Executor {
             .map(|a| a.network.id.clone())
             .collect();
         let names = move |name: &str| lookup(&dir, &nets, name);
-        match dns::bind_in_netns(Some(&w.netns), DNS_ADDR)
+        let listen = SocketAddr::new(DNS_ADDR.ip(), 0);
+        match dns::bind_in_netns(Some(&w.netns), listen)
             .and_then(|(u, t)| dns::spawn(u, t, Arc::new(names), self.upstreams.clone()))
         {
             Ok(s) => {
+                let port = s.udp_addr().port();
                 servers.insert(w.id.clone(), s);
+                Some(port)
             }
-            Err(e) => warn!(task = %w.id, "cannot start the embedded DNS: {e}"),
+            Err(e) => {
+                warn!(task = %w.id, "cannot start the embedded DNS: {e}");
+                None
+            }
         }
     }
 

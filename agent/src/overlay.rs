@@ -372,6 +372,26 @@ impl Overlay {
         Ok(())
     }
 
+    /// Start the process of a workload started without one (`start` with
+    /// an empty `argv`, then whatever must be ready first): spawn it and
+    /// record its pid. On error the caller cleans up.
+    pub fn launch(&self, id: &str, spec: &StartSpec) -> anyhow::Result<Workload> {
+        let mut w = self
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("workload {id} is not here"))?;
+        w.argv = spec.argv.clone();
+        w.pid = self.spawn(&w, spec)?;
+        std::fs::write(
+            self.dir().join(format!("{id}.json")),
+            serde_json::to_vec_pretty(&w)?,
+        )?;
+        if let Ok(mut m) = self.workloads.lock() {
+            m.insert(id.to_string(), w.clone());
+        }
+        info!(workload = %id, name = %w.name, pid = w.pid, "process started");
+        Ok(w)
+    }
+
     /// Start the process in the workload's namespaces; a reaper thread
     /// records its exit code.
     fn spawn(&self, w: &Workload, spec: &StartSpec) -> anyhow::Result<u32> {

@@ -1170,6 +1170,21 @@ pub fn http_echo(port: u16) -> Result<(), LabError> {
     Ok(())
 }
 
+/// `shoal-lab udp-echo --port P`: answers every datagram with the task's
+/// name and id (the `http-echo` body). Runs until killed.
+pub fn udp_echo(port: u16) -> Result<(), LabError> {
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
+        .map_err(|e| LabError::io(format!("udp-echo: binding 0.0.0.0:{port}"), e))?;
+    let body = echo_body();
+    let mut buf = [0u8; 2048];
+    loop {
+        // A bad datagram or a peer gone is that peer's problem.
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&body, from);
+        }
+    }
+}
+
 /// Reads one request head (bounded) and writes the echo answer.
 fn answer(mut s: std::net::TcpStream, body: &[u8]) -> std::io::Result<()> {
     use std::io::{Read, Write};

@@ -166,6 +166,13 @@ enum Cmd {
         #[arg(long, default_value_t = 80)]
         port: u16,
     },
+    /// (internal) Answer every UDP datagram with SHOAL_TASK_NAME and
+    /// SHOAL_TASK_ID (UDP service tasks in the tests).
+    #[command(hide = true)]
+    UdpEcho {
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+    },
     /// (internal) Accept one TCP connection, read to EOF, print JSON.
     #[command(hide = true)]
     TcpSink {
@@ -306,6 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::HttpEcho { port } => shoal_lab::bench::http_echo(port)?,
+        Cmd::UdpEcho { port } => shoal_lab::bench::udp_echo(port)?,
         Cmd::TcpSink {
             listen,
             hash,
