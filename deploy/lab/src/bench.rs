@@ -1301,7 +1301,11 @@ async fn task_workloads(lab: &Lab) -> Vec<(usize, shoal::overlay::Workload)> {
     let mut all = Vec::new();
     for h in 1..=lab.len() {
         if let Ok(ws) = workloads(lab, h).await {
-            all.extend(ws.into_iter().filter(|w| w.task.is_some()).map(|w| (h, w)));
+            all.extend(
+                ws.into_iter()
+                    .filter(|w| w.task.is_some() && w.pid != 0)
+                    .map(|w| (h, w)),
+            );
         }
     }
     all
