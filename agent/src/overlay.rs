@@ -364,10 +364,7 @@ impl Overlay {
         if !spec.argv.is_empty() {
             w.pid = self.spawn(w, spec)?;
         }
-        std::fs::write(
-            self.dir().join(format!("{}.json", w.id)),
-            serde_json::to_vec_pretty(&w)?,
-        )?;
+        self.save(w)?;
         info!(workload = %w.id, name = %w.name, pid = w.pid, "workload started");
         Ok(())
     }
@@ -381,15 +378,21 @@ impl Overlay {
             .ok_or_else(|| anyhow::anyhow!("workload {id} is not here"))?;
         w.argv = spec.argv.clone();
         w.pid = self.spawn(&w, spec)?;
-        std::fs::write(
-            self.dir().join(format!("{id}.json")),
-            serde_json::to_vec_pretty(&w)?,
-        )?;
+        self.save(&w)?;
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.to_string(), w.clone());
         }
         info!(workload = %id, name = %w.name, pid = w.pid, "process started");
         Ok(w)
+    }
+
+    /// Persist a workload's record (a restarted daemon adopts it).
+    fn save(&self, w: &Workload) -> anyhow::Result<()> {
+        std::fs::write(
+            self.dir().join(format!("{}.json", w.id)),
+            serde_json::to_vec_pretty(w)?,
+        )?;
+        Ok(())
     }
 
     /// Start the process in the workload's namespaces; a reaper thread

@@ -71,6 +71,16 @@ pub fn cli(lab: &Lab, host: usize, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Runs `argv` in `host`'s namespace: whether it succeeded, and its
+/// stdout followed by its stderr.
+pub fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
+    let out = lab.exec(host, argv).expect("run a command in a lab host");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Runs `f` on a thread that entered the network namespace `ns` (a lab
 /// host's), with its own tokio runtime: a test client that reaches the
 /// host's addresses.

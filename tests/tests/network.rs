@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, wait_for};
+use shoal_tests::{cli, exec, wait_for};
 
 fn inspect(lab: &Lab, host: usize, net: &str) -> Value {
     let v: Value =
@@ -110,14 +110,6 @@ fn networks_are_allocated_in_the_store_and_agree_everywhere() {
     assert!(!cli(&lab, 2, &["network", "ls"]).unwrap().contains("app"));
     let e = cli(&lab, 1, &["network", "inspect", "app"]).unwrap_err();
     assert!(e.contains("network app not found"), "{e}");
-}
-
-fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
-    let out = lab.exec(host, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 /// A 3-host swarm (h1 manager) with gossip up everywhere, ready for

@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, wait_for};
+use shoal_tests::{cli, exec, wait_for};
 
 const CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fast\"\n";
-
-fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
-    let out = lab.exec(host, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 fn workload(lab: &Lab, host: usize) -> Value {
     let v: Value =

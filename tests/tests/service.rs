@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, wait_for, wait_until};
+use shoal_tests::{cli, exec, wait_for, wait_until};
 
 /// h1's underlay address; the test's own upstream resolver listens there.
 const UPSTREAM: &str = "10.77.0.1:5353";
@@ -20,14 +20,6 @@ const UPSTREAM: &str = "10.77.0.1:5353";
 fn config() -> String {
     format!(
         "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\ndns_upstream = [\"{UPSTREAM}\"]\n"
-    )
-}
-
-fn exec(lab: &Lab, host: usize, argv: &[&str]) -> (bool, String) {
-    let out = lab.exec(host, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
