@@ -53,7 +53,7 @@ impl Config {
     pub fn upstreams(&self) -> Result<Vec<std::net::SocketAddr>, String> {
         if self.dns_upstream.is_empty() {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            return Ok(crate::dns::upstreams_from_resolv_conf(&text));
+            return Ok(crate::worker::dns::upstreams_from_resolv_conf(&text));
         }
         self.dns_upstream
             .iter()

@@ -1,23 +1,29 @@
 //! The `shoal` agent: the daemon that runs on every host and the CLI that
-//! talks to it over a local unix socket. Later parts wire the replicated
-//! store, membership and the netdriver in here.
+//! talks to it over a local unix socket.
+//!
+//! Layout (as swarmkit's `manager/`, `agent/` and `node/node.go`):
+//! - [`cli`]: the `shoal` command; imports only `shoal-api` and
+//!   `shoal-model`.
+//! - [`daemon`]: the process: data-dir lock, local API socket, metrics,
+//!   systemd notification.
+//! - [`swarm`]: one membership (init, join, resume, leave, roles): the only
+//!   place where the manager and worker sides meet.
+//! - [`manager`]: managers only: store handle, 2377 server, CA, control
+//!   API, dispatcher, scheduler, key manager, events.
+//! - [`worker`]: every node: session client, workloads and reconciler,
+//!   executor and routing mesh, DNS.
+//! - [`proto`]: the typed node <-> manager messages and [`proto::rpc::NodeRpc`].
+//! - [`config`], [`addr`], [`metrics`]: the daemon's configuration, address
+//!   parsing and the Prometheus registry, shared by the parts above.
+//!
+//! `manager/` and `worker/` never import each other (`.ci/run` checks it).
 
 pub mod addr;
-pub mod api;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod dns;
-pub mod events;
-pub mod executor;
-pub mod gossip;
-pub mod membership_file;
+pub mod manager;
 pub mod metrics;
-pub mod notify;
-pub mod overlay;
-pub mod rpc;
-pub mod scheduler;
-pub mod services;
-pub mod session;
+pub mod proto;
 pub mod swarm;
+pub mod worker;

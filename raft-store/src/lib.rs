@@ -1,13 +1,14 @@
-//! The replicated store of Shoal managers: a raft-rs `RawNode` over a
-//! sled-backed log with snapshots, a mutual-TLS transport on TCP 2377, and a
-//! typed state machine (`Command` -> deterministic `apply` -> `State`).
+//! The replicated log of Shoal managers: a raft-rs `RawNode` over a
+//! sled-backed log with snapshots and a mutual-TLS transport on TCP 2377,
+//! generic over the state machine it feeds ([`StateMachine`]). It knows
+//! nothing of Shoal's domain: the typed state lives in `shoal-model`.
 //!
 //! Data flow: the agent calls [`RaftNode::propose`] on any manager; the
 //! command is bincode-encoded into a raft entry, forwarded to the leader by
 //! raft-rs, replicated through a [`Transport`], made durable by
 //! [`SledStorage`] (one flush per Ready), and applied to the agent's
 //! [`StateMachine`] on every manager in the same order. The generic
-//! machinery lives here; the typed Shoal state implements [`StateMachine`].
+//! machinery lives here; the agent adapts Shoal's state to [`StateMachine`].
 //!
 //! Modules: [`storage`] (the log on disk), [`codec`] (frames on the wire),
 //! [`transport`] (outbound delivery, TLS), [`mem`] (in-memory router for
@@ -21,10 +22,7 @@ use serde::{Deserialize, Serialize};
 pub mod codec;
 mod error;
 pub mod mem;
-pub mod network;
 mod node;
-pub mod service;
-pub mod state;
 pub mod storage;
 pub mod transport;
 

@@ -4,13 +4,14 @@
 //! log of a manager lives beside them in `raft/`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use shoal_tls::{NodeId, NodeIdentity, Role};
 
-use crate::daemon::write_atomically;
 
 /// Persisted membership facts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,4 +126,20 @@ pub fn wipe(data_dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
     }
+}
+
+/// Write a file so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
 }

@@ -15,7 +15,6 @@ use shoal_tls::{NodeId, Role};
 
 use crate::network::{self, Network, NetworkError, NetworkSpec};
 use crate::service::{self, Service, ServiceError, ServiceSpec, Task, TaskState};
-use crate::StateMachine;
 
 /// Everything the managers agree on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -706,24 +705,20 @@ impl State {
     }
 }
 
-impl StateMachine for State {
-    type Command = Command;
-    type Output = ApplyResult;
-
-    fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
-        self.apply_command(index, cmd)
-    }
-
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
+impl State {
+    /// Serializes the whole state (bincode, standard config): the snapshot
+    /// format on disk and on the wire. Field order is the format: never
+    /// reorder fields of `State` or anything inside it.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
         bincode::serde::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| format!("cannot encode state snapshot: {e}"))
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    /// Reads a state written by [`State::encode`].
+    pub fn decode(data: &[u8]) -> Result<State, String> {
         let (state, _) = bincode::serde::decode_from_slice(data, bincode::config::standard())
             .map_err(|e| format!("corrupted state snapshot: {e}"))?;
-        *self = state;
-        Ok(())
+        Ok(state)
     }
 }
 
@@ -830,12 +825,11 @@ mod tests {
             },
         )
         .unwrap();
-        let snap = s.snapshot().unwrap();
-        let mut t = State::default();
-        t.restore(&snap).unwrap();
+        let snap = s.encode().unwrap();
+        let t = State::decode(&snap).unwrap();
         assert_eq!(s, t);
-        assert!(t.restore(&snap[..snap.len() / 2]).is_err());
-        assert!(t.restore(&[0xff; 3]).is_err());
+        assert!(State::decode(&snap[..snap.len() / 2]).is_err());
+        assert!(State::decode(&[0xff; 3]).is_err());
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The local API between the `shoal` CLI and its daemon, over a unix socket.
+//! `shoal-api`: the local API between the `shoal` CLI and its daemon, over
+//! a unix socket: requests, responses, errors, the rows and documents the
+//! daemon returns ([`dto`]), the frame codec and the client ([`client`]),
+//! shared by the CLI, the lab and the tests.
 //!
 //! Every message is one frame: a 4-byte big-endian length followed by that
 //! many bytes of JSON. A request carries the protocol version it speaks, so a
@@ -8,9 +11,17 @@
 //! frame boundary (an oversized length).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use shoal_raft_store::state::{Availability, Node};
-use shoal_tls::Role;
+use shoal_model::state::{Availability, Node};
+use shoal_model::Role;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub mod client;
+pub mod dto;
+
+pub use dto::*;
+
+/// Default path of the daemon's API socket.
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 
 /// Version of the request/response protocol; bumped on incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -91,7 +102,7 @@ pub enum Request {
     /// `gossip metrics`.
     GossipMetrics,
     /// `network create`.
-    NetworkCreate(shoal_raft_store::network::NetworkSpec),
+    NetworkCreate(shoal_model::network::NetworkSpec),
     /// `network ls`.
     NetworkList,
     /// `network inspect`.
@@ -126,13 +137,13 @@ pub enum Request {
         networks: Vec<String>,
     },
     /// `service create`.
-    ServiceCreate(shoal_raft_store::service::ServiceSpec),
+    ServiceCreate(shoal_model::service::ServiceSpec),
     /// `service update` / `service scale` (one service).
     ServiceUpdate {
         /// Name, id or id prefix.
         service: String,
         /// What changes.
-        update: crate::services::ServiceUpdate,
+        update: ServiceUpdate,
     },
     /// `service rm`.
     ServiceRemove {
@@ -254,22 +265,22 @@ pub enum Response {
     /// Answer to [`Request::NodeList`] and [`Request::NodeInspect`].
     Nodes(Vec<NodeRow>),
     /// Workloads on this node.
-    Workloads(Vec<crate::overlay::Workload>),
+    Workloads(Vec<Workload>),
     /// Networks (ls / inspect), docker-like documents.
     Networks(Vec<serde_json::Value>),
     /// Services (ls / inspect).
-    Services(Vec<crate::services::ServiceRow>),
+    Services(Vec<ServiceRow>),
     /// Tasks (`service ps`).
-    Tasks(Vec<crate::services::TaskRow>),
+    Tasks(Vec<TaskRow>),
     /// Events (`events`).
     Events {
         /// New events, oldest first.
-        events: Vec<crate::events::Event>,
+        events: Vec<Event>,
         /// Newest sequence number of the log (poll after it next).
         last_seq: u64,
     },
     /// Gossip members.
-    Members(Vec<shoal_membership::MemberView>),
+    Members(Vec<GossipMember>),
     /// Gossip table entries.
     Entries(Vec<GossipEntry>),
     /// Gossip counters.
@@ -558,20 +569,4 @@ mod tests {
         let r: Result<RequestFrame, _> = read_frame(&mut b).await;
         assert!(matches!(r, Err(FrameError::Malformed(_))));
     }
-}
-
-/// A gossip table entry for display: the value as text when it is UTF-8,
-/// decoded for endpoint tables, hex otherwise.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GossipEntry {
-    /// Table name.
-    pub table: String,
-    /// Key.
-    pub key: String,
-    /// Owner node id.
-    pub owner: String,
-    /// Version (hybrid Lamport clock).
-    pub version: u64,
-    /// Value for display.
-    pub value: String,
 }

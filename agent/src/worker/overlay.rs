@@ -15,65 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use shoal_membership::{EndpointRecord, Gossip};
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
 use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
-use shoal_raft_store::network::{Endpoint, Network};
+use shoal_api::{Attachment, Workload};
+use shoal_model::network::{Endpoint, Network};
+
+use crate::proto::gossip::{NetStatus, STATUS_TABLE};
 use tracing::{info, warn};
-
-/// One network a workload is attached to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Attachment {
-    /// The network as allocated in the store.
-    pub network: Network,
-    /// The endpoint (IP, MAC).
-    pub endpoint: Endpoint,
-    /// Host side of the veth (inside the network namespace).
-    pub host_veth: String,
-    /// Device name inside the workload (`eth0`, `eth1`, ...).
-    pub ifname: String,
-}
-
-/// A workload this node runs: a `shoal run` process, a service task, or
-/// the routing-mesh sandbox (no process).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Workload {
-    /// Workload id (the endpoint id of `shoal run`, the task id of a task).
-    pub id: String,
-    /// Name given with `--name` (or the id); `web.1` for tasks.
-    pub name: String,
-    /// Its networks, the first one is `eth0`.
-    pub attachments: Vec<Attachment>,
-    /// The first network (what `shoal ps` shows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<Network>,
-    /// The endpoint on the first network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<Endpoint>,
-    /// Address on `shoal_gwbridge` (egress), if any.
-    #[serde(default)]
-    pub gw_ip: Option<Ipv4Addr>,
-    /// Its network namespace (bind mount under the run dir).
-    pub netns: PathBuf,
-    /// Process id of the workload; 0 for a sandbox without a process.
-    pub pid: u32,
-    /// The command.
-    pub argv: Vec<String>,
-    /// The service task it is, if any.
-    #[serde(default)]
-    pub task: Option<String>,
-}
-
-impl Workload {
-    /// Address on network `nid`, if attached.
-    pub fn ip_on(&self, nid: &str) -> Option<Ipv4Addr> {
-        self.attachments
-            .iter()
-            .find(|a| a.network.id == nid)
-            .map(|a| a.endpoint.ip)
-    }
-}
 
 /// What to start.
 #[derive(Debug, Clone, Default)]
@@ -671,29 +620,8 @@ impl Overlay {
     }
 }
 
-/// Gossip table of per-node network status (`network inspect --verbose`).
-pub const STATUS_TABLE: &str = "netstatus";
 /// Differences listed per node and network (the count is always given).
 const STATUS_DIFF_LINES: usize = 16;
-
-/// One node's view of one network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetStatus {
-    /// Network id.
-    pub network: String,
-    /// Node id.
-    pub node: String,
-    /// Its VTEP (data-path address).
-    pub vtep: String,
-    /// VTEPs of the remote endpoints it programs.
-    pub peers: Vec<String>,
-    /// Kernel state equals the desired state.
-    pub in_sync: bool,
-    /// What differs (first few), in `bridge`/`ip` words.
-    pub differences: Vec<String>,
-    /// How many differences in all.
-    pub total_differences: usize,
-}
 
 /// How long a gossip view without any exchange with a peer is distrusted
 /// (a lone node never has one).

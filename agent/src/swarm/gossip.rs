@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use shoal_membership::{Gossip, GossipConfig, KeyRing, MemberInfo};
-use shoal_raft_store::state::GossipKey;
+use shoal_model::state::GossipKey;
 
 use crate::config::Config;
 

@@ -1,8 +1,8 @@
 //! The scheduler (runs on the leader): compares services with their tasks
 //! and proposes the commands that close the gap.
 //!
-//! [`plan`] is pure: the store plus the time in, commands out. The loop in
-//! `swarm.rs` runs it on every store change (and every second), proposes
+//! [`plan`] is pure: the store plus the time in, commands out. [`run`]
+//! runs it on every store change (and every second), proposes
 //! what it returns, and runs it again; commands are level-triggered, so a
 //! lost proposal or a leader change only delays convergence.
 //!
@@ -20,9 +20,16 @@
 //!   removed; tasks of a removed service are removed once ended.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Weak;
+use std::time::Duration;
 
-use shoal_raft_store::service::{PublishMode, RestartCondition, Service, Task, TaskState};
-use shoal_raft_store::state::{Availability, Command, NodeStatus, State};
+use shoal_model::service::{PublishMode, RestartCondition, Service, Task, TaskState};
+use shoal_model::state::{Availability, Command, NodeStatus, State};
+use shoal_model::{now_ms, NodeId};
+use tracing::debug;
+
+use super::Manager;
+use crate::proto::session::ingress_endpoint_id;
 
 /// Minimum time between a task ending and its replacement starting.
 pub const RESTART_DELAY_MS: u64 = 1000;
@@ -224,178 +231,81 @@ fn shutdown(t: &Task, now: u64) -> Command {
     }
 }
 
+/// On the leader: run the scheduler on every store change (and every
+/// second), propose what it says, and give every live node a routing-mesh
+/// endpoint on the ingress network while ports are published there.
+pub async fn run(manager: Weak<Manager>) {
+    let Some(mut rx) = manager.upgrade().map(|m| m.store().subscribe()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(store) = manager.upgrade().map(|m| m.store().clone()) else {
+            return;
+        };
+        if !store.status().is_leader {
+            continue;
+        }
+        let now = now_ms();
+        let Ok(cmds) = store
+            .read_local(move |st| {
+                let mut cmds = plan(st, now, &mut || NodeId::generate().to_string());
+                cmds.extend(mesh_endpoints(st));
+                cmds
+            })
+            .await
+        else {
+            continue;
+        };
+        for cmd in cmds {
+            if let Err(e) = store.propose(cmd).await {
+                debug!("scheduler: {e}");
+            }
+        }
+        // Let the applied changes arrive before planning again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Routing-mesh endpoints: one per node that is up while any service
+/// publishes a port in ingress mode; none otherwise.
+fn mesh_endpoints(st: &State) -> Vec<Command> {
+    let Some(ingress) = st.networks.values().find(|n| n.ingress) else {
+        return Vec::new();
+    };
+    let wanted = st
+        .services
+        .values()
+        .any(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress));
+    let mut out = Vec::new();
+    for n in st.nodes.values() {
+        let id = ingress_endpoint_id(&n.id);
+        let has = ingress.endpoints.contains_key(&id);
+        if wanted && !has && n.status != NodeStatus::Down {
+            out.push(Command::AttachEndpoint {
+                network: ingress.id.clone(),
+                id,
+                name: format!("ingress-sbox.{}", n.hostname),
+                node: n.id.to_string(),
+                ip: None,
+            });
+        } else if !wanted && has {
+            out.push(Command::DetachEndpoint {
+                network: ingress.id.clone(),
+                id,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_raft_store::service::{EndpointMode, ServiceSpec};
-    use shoal_raft_store::state::{CaState, Cluster, Node};
-    use shoal_tls::{NodeId, Role};
-
-    fn cluster() -> Cluster {
-        Cluster {
-            id: "c".into(),
-            created_at: 0,
-            ca: CaState {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-                previous_roots: vec![],
-            },
-            worker_secret: String::new(),
-            manager_secret: String::new(),
-            default_addr_pools: vec!["10.0.0.0/8".into()],
-            default_addr_pool_mask_len: 24,
-            data_path_port: 4789,
-            heartbeat_period_ms: 1000,
-            key_rotation_ms: 1000,
-        }
-    }
-
-    fn node() -> Node {
-        Node {
-            id: NodeId::generate(),
-            hostname: "h".into(),
-            role: Role::Worker,
-            availability: Availability::Active,
-            status: NodeStatus::Ready,
-            addr: "10.0.0.1:2377".parse().unwrap(),
-            data_path_addr: "10.0.0.1".parse().unwrap(),
-            raft_id: None,
-            created_at: 0,
-            updated_at: 0,
-            version: 0,
-        }
-    }
-
-    struct World {
-        state: State,
-        index: u64,
-        ids: u64,
-        now: u64,
-    }
-
-    impl World {
-        fn new(nodes: usize) -> World {
-            let mut state = State::default();
-            let mut first = node();
-            first.role = Role::Manager;
-            state
-                .apply_command(
-                    1,
-                    Command::InitCluster {
-                        cluster: Box::new(cluster()),
-                        node: first,
-                    },
-                )
-                .unwrap();
-            let mut w = World {
-                state,
-                index: 1,
-                ids: 0,
-                now: 10_000,
-            };
-            for _ in 1..nodes {
-                w.apply(Command::AddNode { node: node() });
-            }
-            w.apply(Command::CreateNetwork {
-                spec: shoal_raft_store::network::NetworkSpec {
-                    id: "net1".into(),
-                    name: "app".into(),
-                    ..Default::default()
-                },
-                at: 0,
-            });
-            w
-        }
-        fn apply(&mut self, c: Command) {
-            self.index += 1;
-            self.state.apply_command(self.index, c).unwrap();
-        }
-        /// Run the scheduler to a fixed point, the nodes reporting every
-        /// assigned task as running and every stopped one as shut down.
-        fn settle(&mut self) {
-            for _ in 0..20 {
-                let mut ids = self.ids;
-                let cmds = plan(&self.state, self.now, &mut || {
-                    ids += 1;
-                    format!("t{ids:03}")
-                });
-                self.ids = ids;
-                let mut changed = !cmds.is_empty();
-                for c in cmds {
-                    self.apply(c);
-                }
-                let reports: Vec<Command> = self
-                    .state
-                    .tasks
-                    .values()
-                    .filter(|t| !t.state.is_terminal())
-                    .filter(|t| self.node(&t.node).status != NodeStatus::Down)
-                    .filter_map(|t| {
-                        let to = if t.desired == TaskState::Shutdown {
-                            TaskState::Shutdown
-                        } else if t.state != TaskState::Running {
-                            TaskState::Running
-                        } else {
-                            return None;
-                        };
-                        Some(Command::TaskStatus {
-                            id: t.id.clone(),
-                            state: to,
-                            exit_code: None,
-                            message: String::new(),
-                            at: self.now,
-                        })
-                    })
-                    .collect();
-                changed |= !reports.is_empty();
-                for c in reports {
-                    self.apply(c);
-                }
-                self.now += 2000;
-                if !changed {
-                    return;
-                }
-            }
-            panic!("scheduler did not settle");
-        }
-        fn node(&self, id: &str) -> &Node {
-            self.state
-                .nodes
-                .values()
-                .find(|n| n.id.as_str() == id)
-                .unwrap()
-        }
-        fn running_per_node(&self) -> Vec<usize> {
-            self.state
-                .nodes
-                .keys()
-                .map(|n| {
-                    self.state
-                        .tasks
-                        .values()
-                        .filter(|t| t.node == n.as_str() && t.state == TaskState::Running)
-                        .count()
-                })
-                .collect()
-        }
-        fn create(&mut self, replicas: u64) {
-            self.apply(Command::CreateService {
-                id: "svc1".into(),
-                spec: ServiceSpec {
-                    name: "web".into(),
-                    replicas,
-                    networks: vec!["app".into()],
-                    ports: vec![],
-                    endpoint_mode: EndpointMode::Vip,
-                    env: vec![],
-                    restart_condition: RestartCondition::Any,
-                    command: vec!["sleep".into(), "1000".into()],
-                    labels: Default::default(),
-                },
-                at: 0,
-            });
-        }
-    }
+    use crate::manager::testkit::World;
 
     #[test]
     fn spreads_and_scales() {
@@ -435,7 +345,7 @@ mod tests {
         let victim = w.state.nodes.keys().nth(1).unwrap().clone();
         w.apply(Command::UpdateNode {
             id: victim.clone(),
-            update: shoal_raft_store::state::NodeUpdate {
+            update: shoal_model::state::NodeUpdate {
                 status: Some(NodeStatus::Down),
                 ..Default::default()
             },
@@ -452,7 +362,7 @@ mod tests {
         let drained = w.state.nodes.keys().next().unwrap().clone();
         w.apply(Command::UpdateNode {
             id: drained.clone(),
-            update: shoal_raft_store::state::NodeUpdate {
+            update: shoal_model::state::NodeUpdate {
                 availability: Some(Availability::Drain),
                 ..Default::default()
             },

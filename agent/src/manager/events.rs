@@ -12,68 +12,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use shoal_raft_store::state::State;
+use shoal_api::Event;
+use shoal_model::state::State;
 
 /// Events kept in memory per manager.
 pub const KEPT: usize = 10_000;
 /// How long one poll waits for a new event.
 pub const POLL_WAIT: Duration = Duration::from_secs(10);
-
-/// One event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Sequence number on this manager (starts at 1).
-    pub seq: u64,
-    /// Unix ms when this manager saw it.
-    pub time_ms: u64,
-    /// `node`, `network` or `service`.
-    #[serde(rename = "Type")]
-    pub kind: String,
-    /// `create`, `update`, `remove`.
-    #[serde(rename = "Action")]
-    pub action: String,
-    /// Object id.
-    pub id: String,
-    /// Object name (host name for nodes).
-    pub name: String,
-    /// What changed, e.g. `state.new=down`.
-    pub attributes: BTreeMap<String, String>,
-}
-
-impl Event {
-    /// Docker's one-line form:
-    /// `2026-11-25T10:00:00.000Z node update ID (name=h2, state.new=down)`.
-    pub fn line(&self) -> String {
-        let mut attrs = vec![format!("name={}", self.name)];
-        attrs.extend(self.attributes.iter().map(|(k, v)| format!("{k}={v}")));
-        format!(
-            "{} {} {} {} ({})",
-            rfc3339_ms(self.time_ms),
-            self.kind,
-            self.action,
-            self.id,
-            attrs.join(", ")
-        )
-    }
-}
-
-fn rfc3339_ms(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            ms % 1000
-        ),
-        Err(_) => ms.to_string(),
-    }
-}
 
 /// What events are computed from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -285,6 +230,23 @@ impl EventLog {
             .ok()
             .and_then(|b| b.back().map(|e| e.seq))
             .unwrap_or(0)
+    }
+}
+
+/// Every manager: turn every applied change into events.
+pub async fn run(manager: std::sync::Weak<super::Manager>) {
+    let Some(mut rx) = manager.upgrade().map(|m| m.store().subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(m) = manager.upgrade() else { return };
+        if let Ok(sum) = m.store().read_local(Summary::of).await {
+            m.events().observe(sum, shoal_model::now_ms());
+        }
+        drop(m);
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -28,12 +28,14 @@ use std::time::{Duration, Instant};
 
 use shoal_membership::Gossip;
 use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
-use shoal_raft_store::service::{EndpointMode, Protocol, PublishMode, TaskState};
+use shoal_model::service::{EndpointMode, Protocol, PublishMode, TaskState};
 use tracing::{info, warn};
 
-use crate::dns::{self, DnsServer};
-use crate::overlay::{alive, Overlay, StartSpec, Workload};
-use crate::session::{Assignments, ServiceView, TaskReport};
+use crate::worker::dns::{self, DnsServer};
+use shoal_api::Workload;
+
+use crate::worker::overlay::{alive, Overlay, StartSpec};
+use crate::proto::session::{Assignments, ServiceView, TaskReport};
 
 /// Time a task gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -170,7 +172,7 @@ impl Executor {
         if let Ok(mut d) = self.directory.write() {
             *d = a.services.clone();
         }
-        let assigned: BTreeMap<&str, &crate::session::AssignedTask> =
+        let assigned: BTreeMap<&str, &crate::proto::session::AssignedTask> =
             a.tasks.iter().map(|t| (t.task.id.as_str(), t)).collect();
         // 1. Local tasks: ended, unwanted, or running.
         for w in overlay.list().into_iter().filter(|w| w.task.is_some()) {
@@ -299,7 +301,7 @@ impl Executor {
         overlay: &Overlay,
         ctx: &NodeCtx,
         a: &Assignments,
-        t: &crate::session::AssignedTask,
+        t: &crate::proto::session::AssignedTask,
     ) -> Result<Workload, (TaskState, anyhow::Error)> {
         let mut networks = Vec::new();
         for (nid, ep) in &t.task.endpoints {

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::UnixStream;
 
-use crate::api::{
-    self, ApiError, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
-};
+use crate::{self as api, ApiError, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
 
 /// Why a command could not get an answer.
 #[derive(Debug, thiserror::Error)]

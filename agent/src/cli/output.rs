@@ -1,0 +1,214 @@
+//! How the CLI shows rows: Docker's column formats.
+
+use serde::Serialize;
+use shoal_api::{NodeInfo, NodeRow, Response, ServiceRow, VersionInfo};
+use shoal_model::service::{PortConfig, Task};
+
+use super::Format;
+
+/// `2/3`-style replica column.
+pub(super) fn replicas_column(r: &ServiceRow) -> String {
+    format!("{}/{}", r.running, r.service.spec.replicas)
+}
+
+/// `*:8080->80/tcp` list.
+pub fn ports_column(ports: &[PortConfig]) -> String {
+    ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Docker's "Running 5 seconds ago".
+pub fn state_column(t: &Task, now_ms: u64) -> String {
+    let ago = now_ms.saturating_sub(t.updated_at) / 1000;
+    let when = match ago {
+        0..=1 => "about a second ago".to_string(),
+        2..=59 => format!("{ago} seconds ago"),
+        60..=3599 => format!("{} minutes ago", ago / 60),
+        _ => format!("{} hours ago", ago / 3600),
+    };
+    format!("{} {}", t.state, when)
+}
+
+pub(super) fn print_response(format: Format, resp: Response, quiet: bool) {
+    match (format, resp) {
+        (Format::Json, Response::Message(m)) => print_json(&serde_json::json!({ "message": m })),
+        (Format::Json, Response::Token { token, .. }) => {
+            print_json(&serde_json::json!({ "token": token }))
+        }
+        (Format::Json, Response::Nodes(rows)) => print_json(&rows),
+        (Format::Json, Response::Members(m)) => print_json(&m),
+        (Format::Json, Response::Workloads(w)) => print_json(&w),
+        (Format::Table, Response::Workloads(w)) => print_table(
+            &["ID", "NAME", "NETWORK", "IP", "PID", "COMMAND"],
+            w.iter()
+                .map(|w| {
+                    vec![
+                        w.id.chars().take(12).collect(),
+                        w.name.clone(),
+                        w.attachments
+                            .iter()
+                            .map(|a| a.network.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        w.attachments
+                            .iter()
+                            .map(|a| a.endpoint.ip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        w.pid.to_string(),
+                        w.argv.join(" "),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Json, Response::Entries(e)) => print_json(&e),
+        (Format::Json, Response::Metrics(m)) => print_json(&m),
+        (Format::Table, Response::Members(m)) => print_table(
+            &[
+                "NODE ID",
+                "GOSSIP ADDRESS",
+                "DATA PATH",
+                "STATE",
+                "INCARNATION",
+            ],
+            m.iter()
+                .map(|v| {
+                    vec![
+                        v.info.node_id.clone(),
+                        v.info.gossip_addr.to_string(),
+                        v.info.data_path_addr.to_string(),
+                        format!("{:?}", v.state).to_lowercase(),
+                        v.incarnation.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Table, Response::Entries(e)) => print_table(
+            &["TABLE", "KEY", "OWNER", "VERSION", "VALUE"],
+            e.iter()
+                .map(|x| {
+                    vec![
+                        x.table.clone(),
+                        x.key.clone(),
+                        x.owner.clone(),
+                        x.version.to_string(),
+                        x.value.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Json, other) => print_json(&other),
+        (Format::Table, Response::Message(m)) => println!("{}", m.trim_end()),
+        (Format::Table, Response::Token { token, message }) => {
+            if quiet {
+                println!("{token}");
+            } else {
+                println!("{}", message.trim_end());
+            }
+        }
+        (Format::Table, Response::Nodes(rows)) => print_nodes(&rows),
+        (Format::Table, other) => print_json(&other),
+    }
+}
+
+pub(super) fn print_nodes(rows: &[NodeRow]) {
+    print_table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "GOSSIP",
+        ],
+        rows.iter()
+            .map(|r| {
+                vec![
+                    format!("{}{}", r.node.id, if r.is_self { " *" } else { "" }),
+                    r.node.hostname.clone(),
+                    r.node.status.to_string(),
+                    r.node.availability.to_string(),
+                    r.manager_status.clone(),
+                    r.gossip.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// Print aligned columns, docker style (three spaces between columns).
+pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, v) in widths.iter_mut().zip(r) {
+            *w = (*w).max(v.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (v, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(v);
+            } else {
+                s.push_str(&format!("{v:<w$}   ", w = *w));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub(super) fn print_json<T: Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("Error: cannot encode output: {e}"),
+    }
+}
+
+pub(super) fn print_version(v: &VersionInfo) {
+    println!(" Version:      {}", v.version);
+    println!(" API version:  {}", v.protocol);
+    println!(" OS/Arch:      {}", v.os_arch);
+}
+
+pub(super) fn print_info(i: &NodeInfo) {
+    println!("Node ID:        {}", i.node_id);
+    println!("Hostname:       {}", i.hostname);
+    println!("Addresses:      {}", i.addresses.join(", "));
+    println!("Data dir:       {}", i.data_dir);
+    println!("Daemon version: {}", i.daemon_version);
+    println!("Swarm:          {}", i.swarm.state);
+    if let Some(c) = &i.swarm.cluster_id {
+        println!(" Cluster ID:    {c}");
+    }
+    if let Some(r) = &i.swarm.role {
+        println!(" Role:          {r}");
+    }
+    if let Some(a) = &i.swarm.node_addr {
+        println!(" Node Address:  {a}");
+    }
+    if let Some(a) = &i.swarm.data_path_addr {
+        println!(" Data Path:     {a}");
+    }
+    if !i.swarm.managers.is_empty() {
+        println!(" Managers:      {}", i.swarm.managers.join(", "));
+    }
+    if let Some(r) = &i.swarm.raft {
+        println!(
+            " Raft:          id {} term {} leader {} commit {} applied {} ({} of {} managers reachable)",
+            r.id,
+            r.term,
+            r.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+            r.commit,
+            r.applied,
+            r.reachable,
+            r.voters
+        );
+    }
+}

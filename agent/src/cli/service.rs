@@ -1,0 +1,259 @@
+//! `shoal service ...` and `shoal network create`: flags to specs, and
+//! the service tables.
+
+use shoal_api::client::{self, ClientError};
+use shoal_api::{Request, Response};
+use shoal_model::service::{EndpointMode, PublishMode, ServiceSpec};
+
+use super::args::{Cli, NetworkCmd, ServiceCmd};
+use super::output::{
+    ports_column, print_json, print_response, print_table, replicas_column, state_column,
+};
+use super::Format;
+
+/// Build a service spec from `service create` flags.
+fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
+    let ServiceCmd::Create {
+        name,
+        replicas,
+        network,
+        publish,
+        endpoint_mode,
+        env,
+        restart_condition,
+        label,
+        command,
+    } = cmd
+    else {
+        return Err(ClientError::Unexpected("not service create".into()));
+    };
+    let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
+    if *endpoint_mode == EndpointMode::Dnsrr
+        && publish.iter().any(|p| p.mode == PublishMode::Ingress)
+    {
+        return Err(bad(
+            "port published with ingress mode can't be used with dnsrr mode (use mode=host)".into(),
+        ));
+    }
+    for e in env {
+        if !e.contains('=') || e.starts_with('=') {
+            return Err(bad(format!("--env {e:?}: expected K=V")));
+        }
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(bad(format!("--label {l:?}: expected key=value")));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(ServiceSpec {
+        name: name.clone(),
+        replicas: *replicas,
+        networks: network.clone(),
+        ports: publish.clone(),
+        endpoint_mode: *endpoint_mode,
+        env: env.clone(),
+        restart_condition: *restart_condition,
+        command: command.clone(),
+        labels,
+    })
+}
+
+pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), ClientError> {
+    use shoal_api::ServiceUpdate;
+    let call = |req| client::call(&cli.host, req);
+    let resp = match cmd {
+        ServiceCmd::Create { .. } => call(Request::ServiceCreate(service_spec(cmd)?)).await?,
+        ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
+        ServiceCmd::Inspect { services } => {
+            match call(Request::ServiceList {
+                services: services.clone(),
+            })
+            .await?
+            {
+                Response::Services(rows) => {
+                    print_json(&rows);
+                    return Ok(());
+                }
+                other => other,
+            }
+        }
+        ServiceCmd::Ps { services } => {
+            call(Request::ServicePs {
+                services: services.clone(),
+            })
+            .await?
+        }
+        ServiceCmd::Scale { scales } => {
+            for (name, n) in scales {
+                call(Request::ServiceUpdate {
+                    service: name.clone(),
+                    update: ServiceUpdate {
+                        replicas: Some(*n),
+                        ..Default::default()
+                    },
+                })
+                .await?;
+                println!("{name} scaled to {n}");
+            }
+            return Ok(());
+        }
+        ServiceCmd::Update {
+            replicas,
+            network_add,
+            network_rm,
+            publish_add,
+            publish_rm,
+            env_add,
+            force,
+            service,
+        } => {
+            call(Request::ServiceUpdate {
+                service: service.clone(),
+                update: ServiceUpdate {
+                    replicas: *replicas,
+                    network_add: network_add.clone(),
+                    network_rm: network_rm.clone(),
+                    publish_add: publish_add.clone(),
+                    publish_rm: publish_rm.clone(),
+                    env_add: env_add.clone(),
+                    force: *force,
+                },
+            })
+            .await?
+        }
+        ServiceCmd::Rm { services } => {
+            call(Request::ServiceRemove {
+                services: services.clone(),
+            })
+            .await?
+        }
+    };
+    match (cli.format, resp) {
+        (Format::Json, Response::Services(rows)) => print_json(&rows),
+        (Format::Table, Response::Services(rows)) => print_table(
+            &["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.service.id.chars().take(12).collect(),
+                        r.service.spec.name.clone(),
+                        "replicated".to_string(),
+                        replicas_column(r),
+                        r.service.spec.command.join(" "),
+                        ports_column(&r.service.spec.ports),
+                    ]
+                })
+                .collect(),
+        ),
+        (Format::Json, Response::Tasks(rows)) => print_json(&rows),
+        (Format::Table, Response::Tasks(rows)) => {
+            let now = shoal_model::now_ms();
+            let mut seen = std::collections::BTreeSet::new();
+            print_table(
+                &[
+                    "ID",
+                    "NAME",
+                    "COMMAND",
+                    "NODE",
+                    "DESIRED STATE",
+                    "CURRENT STATE",
+                    "ERROR",
+                ],
+                rows.iter()
+                    .map(|r| {
+                        let t = &r.task;
+                        // Older tasks of a slot are history, as in Docker.
+                        let first = seen.insert((t.service.clone(), t.slot));
+                        let name = if first {
+                            t.name()
+                        } else {
+                            format!(" \\_ {}", t.name())
+                        };
+                        let error = match t.state {
+                            shoal_model::service::TaskState::Failed
+                            | shoal_model::service::TaskState::Rejected
+                            | shoal_model::service::TaskState::Orphaned => t.message.clone(),
+                            _ => String::new(),
+                        };
+                        vec![
+                            t.id.chars().take(12).collect(),
+                            name,
+                            r.command.join(" "),
+                            r.node_hostname.clone(),
+                            t.desired.to_string(),
+                            state_column(t, now),
+                            error,
+                        ]
+                    })
+                    .collect(),
+            )
+        }
+        (format, other) => print_response(format, other, false),
+    }
+    Ok(())
+}
+
+/// Build a network spec from `network create` flags.
+pub(super) fn network_spec(cmd: &NetworkCmd) -> Result<shoal_model::network::NetworkSpec, ClientError> {
+    let NetworkCmd::Create {
+        driver,
+        subnet,
+        gateway,
+        attachable,
+        ingress,
+        internal,
+        opt,
+        label,
+        name,
+    } = cmd
+    else {
+        return Err(ClientError::Unexpected("not network create".into()));
+    };
+    let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
+    if driver != "overlay" {
+        return Err(bad(format!(
+            "network driver {driver:?} is not supported: use -d overlay"
+        )));
+    }
+    let mut spec = shoal_model::network::NetworkSpec {
+        name: name.clone(),
+        subnet: *subnet,
+        gateway: *gateway,
+        attachable: *attachable,
+        ingress: *ingress,
+        internal: *internal,
+        ..Default::default()
+    };
+    for o in opt {
+        match o.split_once('=') {
+            None if o == "encrypted" => spec.encrypted = true,
+            Some(("encrypted", v)) if v.is_empty() || v == "true" => spec.encrypted = true,
+            Some(("com.docker.network.driver.mtu", v)) => {
+                let mtu: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|m| (576..=9000).contains(m))
+                    .ok_or_else(|| {
+                        bad(format!("--opt {o}: MTU must be a number from 576 to 9000"))
+                    })?;
+                spec.mtu = Some(mtu);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "--opt {o}: unknown option (known: encrypted, com.docker.network.driver.mtu=N)"
+                )))
+            }
+        }
+    }
+    for l in label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(bad(format!("--label {l:?}: expected key=value")));
+        }
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(spec)
+}

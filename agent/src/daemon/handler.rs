@@ -1,0 +1,357 @@
+//! The daemon's answer to each local API request: dispatch to the swarm
+//! membership — the manager side for cluster commands, the worker side for
+//! workloads, gossip for the debugging commands.
+
+use std::sync::Arc;
+
+use shoal_api::{
+    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState,
+    NodeInfo, Request, Response, SwarmInfo, SwarmState, VersionInfo,
+};
+
+use super::lock::{new_node_id, NODE_ID_FILE};
+use crate::config::Config;
+use crate::manager::controlapi::{cluster, networks, nodes, services};
+use crate::manager::events::POLL_WAIT;
+use crate::manager::Manager;
+use crate::swarm::file::write_atomically;
+use crate::swarm::Swarm;
+
+/// State shared by every API connection.
+#[derive(Debug)]
+pub struct Daemon {
+    pub(super) config: Config,
+    /// Local id while not in a swarm; the cluster's id for this node once
+    /// joined.
+    pub(super) node_id: std::sync::Mutex<String>,
+    /// The active membership, if any.
+    pub(super) swarm: tokio::sync::RwLock<Option<Arc<Swarm>>>,
+    /// Serialises init/join/leave.
+    pub(super) membership_op: tokio::sync::Mutex<()>,
+    /// Given to the membership so it can ask to be restarted from disk.
+    pub(super) restart: crate::swarm::RestartTx,
+}
+
+impl Daemon {
+    /// Answer one request.
+    pub async fn handle(&self, req: Request) -> Result<Response, ApiError> {
+        match req {
+            Request::Version => Ok(Response::Version(VersionInfo::current())),
+            Request::Info => Ok(Response::Info(Box::new(self.info().await))),
+            Request::SwarmInit(args) => {
+                let _op = self.membership_op.lock().await;
+                self.check_inactive().await?;
+                let (swarm, msg) = Swarm::init(&self.config, self.restart.clone(), args).await?;
+                self.set_swarm(swarm).await;
+                Ok(Response::Message(msg))
+            }
+            Request::SwarmJoin(args) => {
+                let _op = self.membership_op.lock().await;
+                self.check_inactive().await?;
+                let (swarm, msg) = Swarm::join(&self.config, self.restart.clone(), args).await?;
+                self.set_swarm(swarm).await;
+                Ok(Response::Message(msg))
+            }
+            Request::SwarmLeave { force } => {
+                let _op = self.membership_op.lock().await;
+                let swarm = self.swarm().await?;
+                swarm.leave(force).await?;
+                swarm.worker.stop_all().await;
+                drop(swarm);
+                let taken = self.swarm.write().await.take();
+                if let Some(s) = taken {
+                    s.shutdown(true).await;
+                }
+                crate::swarm::file::wipe(&self.config.data_dir)
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                let id = new_node_id();
+                write_atomically(&self.config.data_dir.join(NODE_ID_FILE), id.as_bytes())
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                self.set_node_id(id);
+                Ok(Response::Message("Node left the swarm.".into()))
+            }
+            Request::JoinToken { role, rotate } => {
+                let (token, addr) =
+                    cluster::join_token(self.manager().await?.as_ref(), role, rotate).await?;
+                let mut msg = String::new();
+                if rotate {
+                    msg.push_str(&format!("Successfully rotated {role} join token.\n\n"));
+                }
+                msg.push_str(&format!(
+                    "To add a {role} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {addr}\n"
+                ));
+                Ok(Response::Token {
+                    token,
+                    message: msg,
+                })
+            }
+            Request::CaRotate => Ok(Response::Message(
+                cluster::ca_rotate(self.manager().await?.as_ref()).await?,
+            )),
+            Request::RotateKeys => Ok(Response::Message(
+                cluster::rotate_keys(self.manager().await?.as_ref()).await?,
+            )),
+            Request::NetworkCreate(spec) => Ok(Response::Message(
+                networks::create(self.manager().await?.as_ref(), spec).await?,
+            )),
+            Request::Run {
+                network,
+                name,
+                ip,
+                argv,
+            } => Ok(Response::Workloads(vec![
+                self.swarm().await?.worker.run(&network, name, ip, argv).await?,
+            ])),
+            Request::Ps => Ok(Response::Workloads(
+                self.swarm().await?.worker.overlay.list(),
+            )),
+            Request::Stop { workload } => {
+                Ok(Response::Message(self.swarm().await?.worker.stop(&workload)?))
+            }
+            Request::ServiceCreate(spec) => Ok(Response::Message(
+                services::create(self.manager().await?.as_ref(), spec).await?,
+            )),
+            Request::ServiceUpdate { service, update } => Ok(Response::Message(
+                services::update(self.manager().await?.as_ref(), &service, update).await?,
+            )),
+            Request::ServiceRemove { services: keys } => {
+                let m = self.manager().await?;
+                let mut out = Vec::new();
+                for s in keys {
+                    out.push(services::remove(&m, &s).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+            Request::ServiceList { services: keys } => Ok(Response::Services(
+                services::list(self.manager().await?.as_ref(), &keys).await?,
+            )),
+            Request::ServicePs { services: keys } => Ok(Response::Tasks(
+                services::tasks(self.manager().await?.as_ref(), &keys).await?,
+            )),
+            Request::Events { after, since_ms } => {
+                let m = self.manager().await?;
+                let log = m.events();
+                let deadline = tokio::time::Instant::now() + POLL_WAIT;
+                loop {
+                    let notified = log.notify.notified();
+                    let events = log.after(after, since_ms);
+                    let last_seq = log.last_seq();
+                    if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                        return Ok(Response::Events { events, last_seq });
+                    }
+                    if after.is_none() {
+                        // First poll: only the backlog; follow from here.
+                        return Ok(Response::Events { events, last_seq });
+                    }
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+            }
+            Request::NetworkList => Ok(Response::Networks(
+                networks::inspect(self.manager().await?.as_ref(), &[]).await?,
+            )),
+            Request::NetworkInspect {
+                networks: keys,
+                verbose,
+            } => {
+                let m = self.manager().await?;
+                let mut docs = networks::inspect(&m, &keys).await?;
+                if verbose {
+                    networks::add_node_views(&m, &mut docs).await?;
+                }
+                Ok(Response::Networks(docs))
+            }
+            Request::NetworkRemove { networks: keys } => {
+                let m = self.manager().await?;
+                let mut out = Vec::new();
+                for n in keys {
+                    out.push(networks::remove(&m, &n).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+            Request::GossipMembers => Ok(Response::Members(
+                self.gossip()
+                    .await?
+                    .members()
+                    .into_iter()
+                    .map(member_row)
+                    .collect(),
+            )),
+            Request::GossipTables { table } => {
+                let g = self.gossip().await?;
+                let tables = match table {
+                    Some(t) => vec![t],
+                    None => g.tables(),
+                };
+                let mut out = Vec::new();
+                for t in tables {
+                    for e in g.entries(&t) {
+                        out.push(GossipEntry {
+                            value: display_value(&e.table, &e.value),
+                            table: e.table,
+                            key: e.key,
+                            owner: e.owner,
+                            version: e.version,
+                        });
+                    }
+                }
+                Ok(Response::Entries(out))
+            }
+            Request::GossipPut { table, key, value } => {
+                self.gossip()
+                    .await?
+                    .try_put(&table, &key, value.into_bytes())
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+                Ok(Response::Message(format!("{table}/{key}")))
+            }
+            Request::GossipDelete { table, key } => {
+                self.gossip().await?.delete(&table, &key);
+                Ok(Response::Message(format!("{table}/{key}")))
+            }
+            Request::GossipMetrics => Ok(Response::Metrics(
+                serde_json::to_value(self.gossip().await?.metrics())
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            )),
+            Request::NodeList => Ok(Response::Nodes(
+                nodes::list(self.manager().await?.as_ref(), None).await?,
+            )),
+            Request::NodeInspect { node } => Ok(Response::Nodes(
+                nodes::list(self.manager().await?.as_ref(), Some(node)).await?,
+            )),
+            Request::NodeSetRole { nodes: keys, role } => {
+                let m = self.manager().await?;
+                let mut out = Vec::new();
+                for n in keys {
+                    out.push(nodes::set_role(&m, &n, role).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+            Request::NodeUpdate { node, availability } => Ok(Response::Message(
+                nodes::update(self.manager().await?.as_ref(), &node, availability).await?,
+            )),
+            Request::NodeRemove { nodes: keys, force } => {
+                let m = self.manager().await?;
+                let mut out = Vec::new();
+                for n in keys {
+                    out.push(nodes::remove(&m, &n, force).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
+        }
+    }
+
+    /// Stop the membership and start it again from what is on disk (after
+    /// a promotion or demotion).
+    pub(super) async fn restart_swarm(&self) -> anyhow::Result<()> {
+        let _op = self.membership_op.lock().await;
+        let taken = self.swarm.write().await.take();
+        if let Some(s) = taken {
+            s.shutdown(false).await;
+        }
+        if let Some((sf, identity)) = crate::swarm::file::load(&self.config.data_dir)? {
+            let swarm = Swarm::resume(&self.config, self.restart.clone(), sf, identity).await?;
+            *self.swarm.write().await = Some(swarm);
+        }
+        Ok(())
+    }
+
+    async fn gossip(&self) -> Result<shoal_membership::Gossip, ApiError> {
+        self.swarm().await?.gossip().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "gossip is not running yet on this node (it starts once the node's session delivers the key ring)",
+            )
+        })
+    }
+
+    async fn manager(&self) -> Result<Arc<Manager>, ApiError> {
+        self.swarm().await?.manager().cloned()
+    }
+
+    async fn swarm(&self) -> Result<Arc<Swarm>, ApiError> {
+        self.swarm.read().await.clone().ok_or_else(|| {
+            ApiError::invalid(
+                "This node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first",
+            )
+        })
+    }
+
+    async fn check_inactive(&self) -> Result<(), ApiError> {
+        if self.swarm.read().await.is_some() {
+            return Err(ApiError::invalid(
+                "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn set_swarm(&self, swarm: Arc<Swarm>) {
+        self.set_node_id(swarm.node_id().to_string());
+        *self.swarm.write().await = Some(swarm);
+    }
+
+    fn set_node_id(&self, id: String) {
+        match self.node_id.lock() {
+            Ok(mut g) => *g = id,
+            Err(p) => *p.into_inner() = id,
+        }
+    }
+
+    async fn info(&self) -> NodeInfo {
+        let hostname = self.config.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let swarm = match self.swarm.read().await.as_ref() {
+            Some(s) => s.info(),
+            None => SwarmInfo {
+                state: SwarmState::Inactive,
+                ..Default::default()
+            },
+        };
+        let node_id = match self.node_id.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        NodeInfo {
+            node_id,
+            hostname,
+            addresses: super::local_ipv4_addrs(),
+            data_dir: self.config.data_dir.display().to_string(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            swarm,
+        }
+    }
+}
+
+/// A gossip value for people: endpoint records decoded, UTF-8 as text,
+/// anything else as hex.
+fn display_value(table: &str, value: &[u8]) -> String {
+    if table.starts_with("ep/") {
+        if let Ok(r) = shoal_membership::EndpointRecord::decode(value) {
+            return format!("{:?}", r);
+        }
+    }
+    match std::str::from_utf8(value) {
+        Ok(s) => s.to_string(),
+        Err(_) => value.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// A gossip member as the API shows it.
+fn member_row(m: shoal_membership::MemberView) -> GossipMember {
+    GossipMember {
+        info: GossipMemberInfo {
+            node_id: m.info.node_id,
+            gossip_addr: m.info.gossip_addr,
+            advertise_addr: m.info.advertise_addr,
+            data_path_addr: m.info.data_path_addr,
+        },
+        state: match m.state {
+            shoal_membership::MemberState::Alive => GossipMemberState::Alive,
+            shoal_membership::MemberState::Suspect => GossipMemberState::Suspect,
+            shoal_membership::MemberState::Down => GossipMemberState::Down,
+        },
+        incarnation: m.incarnation,
+    }
+}

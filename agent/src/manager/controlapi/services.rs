@@ -1,0 +1,159 @@
+//! Control API for services: `service create / update / scale / rm / ls
+//! / inspect / ps` (VIPs are allocated in apply; the scheduler places the
+//! tasks).
+
+use shoal_api::{ApiError, ErrorCode, ServiceRow, ServiceUpdate, TaskRow};
+use shoal_model::service::{self, Service, ServiceSpec, Task, TaskState};
+use shoal_model::state::Command;
+use shoal_model::{network, now_ms, NodeId};
+
+use crate::manager::Manager;
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("service {what} not found"))
+}
+
+/// `service create`: VIPs are allocated in apply; the scheduler places
+/// the tasks.
+pub async fn create(m: &Manager, spec: ServiceSpec) -> Result<String, ApiError> {
+    let id = NodeId::generate().to_string();
+    m.store()
+        .propose(Command::CreateService {
+        id: id.clone(),
+        spec,
+        at: now_ms(),
+    })
+    .await?;
+    Ok(id)
+}
+
+async fn get(m: &Manager, key: &str) -> Result<Service, ApiError> {
+    let k = key.to_string();
+    m.store()
+        .read(move |s| service::find(&s.services, &k).cloned())
+        .await?
+        .ok_or_else(|| not_found(key))
+}
+
+/// `service update` / `service scale`.
+pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, ApiError> {
+    let svc = get(m, key).await?;
+    let nets = m.store().read(|s| s.networks.clone()).await?;
+    let mut spec = svc.spec.clone();
+    if let Some(r) = u.replicas {
+        spec.replicas = r;
+    }
+    for n in &u.network_add {
+        spec.networks.push(n.clone());
+    }
+    for n in &u.network_rm {
+        let id = network::find(&nets, n)
+            .map(|x| x.id.clone())
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("network {n} not found"))
+            })?;
+        if !spec.networks.contains(&id) {
+            return Err(ApiError::invalid(format!(
+                "service {} is not attached to network {n}",
+                spec.name
+            )));
+        }
+        spec.networks.retain(|x| *x != id);
+    }
+    spec.ports.retain(|p| !u.publish_rm.contains(&p.published));
+    spec.ports.extend(u.publish_add.iter().copied());
+    for kv in &u.env_add {
+        let k = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+        spec.env
+            .retain(|e| e.split_once('=').map(|(x, _)| x).unwrap_or(e) != k);
+        spec.env.push(kv.clone());
+    }
+    if u.force {
+        spec.labels
+            .insert("com.shoal.force-update".into(), now_ms().to_string());
+    }
+    m.store()
+        .propose(Command::UpdateService {
+        service: svc.id.clone(),
+        spec,
+        at: now_ms(),
+    })
+    .await?;
+    Ok(svc.spec.name)
+}
+
+/// `service rm`: the tasks are stopped by their nodes.
+pub async fn remove(m: &Manager, key: &str) -> Result<String, ApiError> {
+    let svc = get(m, key).await?;
+    m.store()
+        .propose(Command::RemoveService {
+        service: svc.id.clone(),
+        at: now_ms(),
+    })
+    .await?;
+    Ok(svc.spec.name)
+}
+
+/// `service ls` (no keys) / `service inspect KEYS`.
+pub async fn list(m: &Manager, keys: &[String]) -> Result<Vec<ServiceRow>, ApiError> {
+    let st = m
+        .store()
+        .read(|s| (s.services.clone(), s.tasks.clone(), s.networks.clone()))
+        .await?;
+    let (services, tasks, nets) = st;
+    let row = |s: &Service| ServiceRow {
+        running: tasks
+            .values()
+            .filter(|t| t.service == s.id && t.state == TaskState::Running)
+            .filter(|t| t.desired == TaskState::Running)
+            .count() as u64,
+        network_names: s
+            .spec
+            .networks
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    nets.get(n).map(|x| x.name.clone()).unwrap_or_default(),
+                )
+            })
+            .collect(),
+        service: s.clone(),
+    };
+    if keys.is_empty() {
+        return Ok(services.values().map(row).collect());
+    }
+    keys.iter()
+        .map(|k| {
+            service::find(&services, k)
+                .map(row)
+                .ok_or_else(|| not_found(k))
+        })
+        .collect()
+}
+
+/// `service ps KEYS`: tasks, newest first per slot.
+pub async fn tasks(m: &Manager, keys: &[String]) -> Result<Vec<TaskRow>, ApiError> {
+    let (services, tasks, nodes) = m
+        .store()
+        .read(|s| (s.services.clone(), s.tasks.clone(), s.nodes.clone()))
+        .await?;
+    let mut out = Vec::new();
+    for k in keys {
+        let svc = service::find(&services, k).ok_or_else(|| not_found(k))?;
+        let mut mine: Vec<&Task> = tasks.values().filter(|t| t.service == svc.id).collect();
+        mine.sort_by_key(|t| (t.slot, std::cmp::Reverse(t.created_at)));
+        for t in mine {
+            out.push(TaskRow {
+                node_hostname: nodes
+                    .values()
+                    .find(|n| n.id.as_str() == t.node)
+                    .map(|n| n.hostname.clone())
+                    .unwrap_or_else(|| t.node.chars().take(12).collect()),
+                command: svc.spec.command.clone(),
+                task: t.clone(),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,213 @@
+//! Node liveness on the leader: when each node last sent a heartbeat and
+//! what it reported; [`judge`] decides from that (pure, time as a
+//! parameter) and [`watch`] records the decisions in the store.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use shoal_model::state::{Command, NodeStatus, NodeUpdate};
+use shoal_model::{now_ms, NodeId};
+use tracing::{info, warn};
+
+use crate::manager::Manager;
+use crate::proto::session::{NodeReport, MISSED_HEARTBEATS};
+
+/// Liveness bookkeeping on the leader.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+    reports: Mutex<HashMap<NodeId, NodeReport>>,
+}
+
+impl Liveness {
+    pub fn seen(&self, node: &NodeId, report: NodeReport) {
+        if let Ok(mut m) = self.last_seen.lock() {
+            m.insert(node.clone(), Instant::now());
+        }
+        if let Ok(mut m) = self.reports.lock() {
+            m.insert(node.clone(), report);
+        }
+    }
+
+    /// Nodes that sent a heartbeat within `within`.
+    pub fn live_count(&self, within: Duration) -> u64 {
+        self.last_seen
+            .lock()
+            .map(|m| m.values().filter(|t| t.elapsed() <= within).count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// When the node last sent a heartbeat to this leader.
+    pub fn last_seen(&self, node: &NodeId) -> Option<Instant> {
+        self.last_seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(node).copied())
+    }
+
+    /// The node's last report.
+    pub fn report(&self, node: &NodeId) -> Option<NodeReport> {
+        self.reports.lock().ok().and_then(|m| m.get(node).cloned())
+    }
+}
+
+/// The status a node should have, or `None` to leave it as it is.
+///
+/// `last_seen`: its last heartbeat to this leader; `leader_since`: when
+/// this node became leader; `limit`: [`MISSED_HEARTBEATS`] periods. A node
+/// silent for longer than `limit` is `Down`, but a new leader first gives
+/// every node a full `limit` of grace (it has not heard anyone yet); a
+/// node heard within `limit` is `Ready`.
+pub fn judge(
+    last_seen: Option<Instant>,
+    leader_since: Instant,
+    now: Instant,
+    limit: Duration,
+) -> Option<NodeStatus> {
+    let since = |t: Instant| now.saturating_duration_since(t);
+    let last = last_seen.unwrap_or(leader_since).max(leader_since);
+    if since(last) > limit && since(leader_since) > limit {
+        Some(NodeStatus::Down)
+    } else if last_seen.is_some_and(|t| since(t) <= limit) {
+        Some(NodeStatus::Ready)
+    } else {
+        None
+    }
+}
+
+/// On the leader: mark nodes `Down` after [`MISSED_HEARTBEATS`] periods
+/// without a heartbeat, and `Ready` again when they come back. Each change
+/// is proposed once (the next check sees the applied status).
+pub async fn watch(manager: Weak<Manager>, me: NodeId) {
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        let period = {
+            let Some(store) = manager.upgrade().map(|m| m.store().clone()) else {
+                return;
+            };
+            let Ok(ms) = store
+                .read_local(|s| {
+                    s.cluster
+                        .as_ref()
+                        .map(|c| c.heartbeat_period_ms)
+                        .unwrap_or(5000)
+                })
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            Duration::from_millis(ms.max(50))
+        };
+        tokio::time::sleep(period / 2).await;
+        let Some(m) = manager.upgrade() else { return };
+        let store = m.store();
+        if !store.status().is_leader {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        let Ok(nodes) = store
+            .read_local(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await
+        else {
+            continue;
+        };
+        let limit = period * MISSED_HEARTBEATS;
+        for n in nodes {
+            if n.id == me {
+                // The leader is alive by definition (it may have been
+                // marked down by an earlier leader while paused).
+                if n.status != NodeStatus::Ready {
+                    info!(node = %n.id, "leader marks itself ready");
+                    let cmd = Command::UpdateNode {
+                        id: n.id.clone(),
+                        update: NodeUpdate {
+                            status: Some(NodeStatus::Ready),
+                            ..Default::default()
+                        },
+                        at: now_ms(),
+                    };
+                    if let Err(e) = store.propose(cmd).await {
+                        warn!("cannot mark the leader ready: {e}");
+                    }
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let last_seen = m.liveness.last_seen(&n.id);
+            let Some(want) = judge(last_seen, since, now, limit) else {
+                continue;
+            };
+            let silent = now.saturating_duration_since(last_seen.unwrap_or(since).max(since));
+            if n.status == want {
+                continue;
+            }
+            info!(node = %n.id, status = %want, silent_ms = silent.as_millis() as u64, "node status change");
+            let cmd = Command::UpdateNode {
+                id: n.id.clone(),
+                update: NodeUpdate {
+                    status: Some(want),
+                    ..Default::default()
+                },
+                at: now_ms(),
+            };
+            if let Err(e) = store.propose(cmd).await {
+                warn!(node = %n.id, "cannot record node status: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(15);
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn missed_heartbeats_mark_a_node_down() {
+        let t0 = Instant::now();
+        let seen = Some(at(t0, 100));
+        assert_eq!(judge(seen, t0, at(t0, 110), LIMIT), Some(NodeStatus::Ready));
+        assert_eq!(judge(seen, t0, at(t0, 115), LIMIT), Some(NodeStatus::Ready));
+        assert_eq!(judge(seen, t0, at(t0, 116), LIMIT), Some(NodeStatus::Down));
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_node_a_full_grace_period() {
+        let t0 = Instant::now();
+        // Never heard by this leader: no verdict during the grace period.
+        assert_eq!(judge(None, t0, at(t0, 1), LIMIT), None);
+        assert_eq!(judge(None, t0, at(t0, 15), LIMIT), None);
+        assert_eq!(judge(None, t0, at(t0, 16), LIMIT), Some(NodeStatus::Down));
+        // Heard long ago (before this leadership): grace counts from the
+        // leadership, not from the heartbeat.
+        let old = Some(t0);
+        let leader = at(t0, 100);
+        assert_eq!(judge(old, leader, at(t0, 110), LIMIT), None);
+        assert_eq!(judge(old, leader, at(t0, 116), LIMIT), Some(NodeStatus::Down));
+    }
+
+    #[test]
+    fn a_node_that_comes_back_is_ready() {
+        let t0 = Instant::now();
+        assert_eq!(judge(Some(at(t0, 200)), t0, at(t0, 201), LIMIT), Some(NodeStatus::Ready));
+    }
+
+    #[test]
+    fn liveness_counts_recent_heartbeats() {
+        let l = Liveness::default();
+        let a = NodeId::generate();
+        l.seen(&a, NodeReport::default());
+        assert_eq!(l.live_count(Duration::from_secs(60)), 1);
+        assert!(l.last_seen(&a).is_some());
+        assert_eq!(l.report(&a), Some(NodeReport::default()));
+        assert_eq!(l.last_seen(&NodeId::generate()), None);
+    }
+}

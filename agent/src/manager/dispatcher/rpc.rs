@@ -1,0 +1,110 @@
+//! Node calls (`shoal-node/1` on TCP 2377, or in process on a manager):
+//! leave, Raft join after promotion, endpoint attach/detach for `shoal
+//! run`, certificate renewal. The caller is the node its certificate
+//! names.
+
+use futures::future::BoxFuture;
+use shoal_api::ApiError;
+use shoal_model::state::{Command, NodeStatus, NodeUpdate};
+use shoal_model::NodeId;
+use shoal_tls::Role;
+use tracing::info;
+
+use crate::manager::controlapi::networks;
+use crate::manager::controlapi::nodes::update_node;
+use crate::manager::{ca, managers_of, new_raft_id, Manager};
+use crate::proto::rpc::{NodeRequest, NodeResponse, NodeRpc};
+
+/// A manager answers its own node calls in process.
+impl NodeRpc for Manager {
+    fn call(&self, req: NodeRequest) -> BoxFuture<'_, Result<NodeResponse, ApiError>> {
+        Box::pin(async move { handle(self, self.node_id(), req).await })
+    }
+}
+
+/// Answer one call of node `peer` (this manager itself for
+/// [`NodeRpc::call`]).
+pub async fn handle(m: &Manager, peer: &NodeId, req: NodeRequest) -> Result<NodeResponse, ApiError> {
+    let store = m.store();
+    match req {
+        NodeRequest::Leave => {
+            let p2 = peer.clone();
+            let raft_id = store
+                .read_local(move |s| s.nodes.get(&p2).and_then(|n| n.raft_id))
+                .await?;
+            if let Some(rid) = raft_id {
+                // A manager leaves: out of the store, then out of the
+                // Raft group (done here, where the outcome is seen).
+                store
+                    .propose(Command::RemoveNode { id: peer.clone() })
+                    .await?;
+                store.remove_voter(rid).await.map_err(|e| {
+                    ApiError::invalid(format!("cannot remove {peer} from the raft group: {e}"))
+                })?;
+                return Ok(NodeResponse::Ok);
+            }
+            update_node(
+                m,
+                peer,
+                NodeUpdate {
+                    status: Some(NodeStatus::Down),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(NodeResponse::Ok)
+        }
+        NodeRequest::Attach { network, name, ip } => {
+            let (network, endpoint) =
+                networks::allocate_endpoint(m, &network, name, peer.to_string(), ip).await?;
+            Ok(NodeResponse::Attached {
+                network: Box::new(network),
+                endpoint,
+            })
+        }
+        NodeRequest::Detach { network, endpoint } => {
+            store
+                .propose(Command::DetachEndpoint {
+                    network,
+                    id: endpoint,
+                })
+                .await?;
+            Ok(NodeResponse::Ok)
+        }
+        NodeRequest::JoinRaft => {
+            let peer2 = peer.clone();
+            let node = store
+                .read_local(move |s| s.nodes.get(&peer2).cloned())
+                .await?
+                .ok_or_else(|| ApiError::invalid(format!("node {peer} is not part of this swarm")))?;
+            if node.role != Role::Manager {
+                return Err(ApiError::invalid(format!(
+                    "node {peer} is not a manager (promote it first)"
+                )));
+            }
+            let raft_id = match node.raft_id {
+                Some(r) if store.status().voters.iter().any(|v| v.id == r) => r,
+                _ => {
+                    let rid = new_raft_id();
+                    update_node(
+                        m,
+                        peer,
+                        NodeUpdate {
+                            raft_id: Some(Some(rid)),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                    store.add_voter(rid, node.addr).await.map_err(|e| {
+                        ApiError::invalid(format!("cannot add {peer} to the raft group: {e}"))
+                    })?;
+                    rid
+                }
+            };
+            let managers = store.read_local(managers_of).await?;
+            info!(node = %peer, raft_id, "promoted node joined the raft group");
+            Ok(NodeResponse::Raft { raft_id, managers })
+        }
+        NodeRequest::Renew { csr_der } => ca::renew(m, peer, &csr_der).await,
+    }
+}

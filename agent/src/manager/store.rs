@@ -1,0 +1,153 @@
+//! The store handle: the manager side's only door to Raft.
+//!
+//! [`StoreMachine`] adapts the domain state (`shoal-model`) to
+//! raft-store's generic [`StateMachine`]; [`Store`] proposes commands and
+//! reads the applied state, and turns Raft and apply errors into the
+//! errors a user reads. Everything under `manager/` goes through it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use shoal_api::{ApiError, ErrorCode};
+use shoal_model::state::{ApplyError, ApplyResult, Command, State};
+use shoal_raft_store::{RaftError, RaftNode, RaftStats, RaftStatus, StateMachine};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// The replicated state as raft-store applies it. Snapshots are
+/// [`State::encode`], so data dirs are the same as before the model moved
+/// out of raft-store.
+#[derive(Debug, Default)]
+pub struct StoreMachine(pub State);
+
+impl StateMachine for StoreMachine {
+    type Command = Command;
+    type Output = ApplyResult;
+
+    fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
+        self.0.apply_command(index, cmd)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        self.0.encode()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 = State::decode(data)?;
+        Ok(())
+    }
+}
+
+/// The Raft node of a manager, as the manager side uses it.
+#[derive(Clone)]
+pub struct Store {
+    raft: RaftNode<StoreMachine>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Errors from the store as the user should read them.
+pub fn raft_err(e: RaftError) -> ApiError {
+    let code = match e {
+        RaftError::NoQuorum { .. }
+        | RaftError::NoLeader(_)
+        | RaftError::Timeout(_)
+        | RaftError::Dropped(_)
+        | RaftError::NotMember(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn apply_err(e: ApplyError) -> ApiError {
+    let code = match e {
+        ApplyError::NoSuchNode(_) => ErrorCode::NotFound,
+        _ => ErrorCode::Invalid,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+impl Store {
+    /// Wrap a started Raft node.
+    pub fn new(raft: RaftNode<StoreMachine>) -> Store {
+        Store { raft }
+    }
+
+    /// Whether `dir` holds a Raft log.
+    pub fn exists(dir: &Path) -> bool {
+        RaftNode::<StoreMachine>::exists(dir)
+    }
+
+    /// Propose a command and wait until it is applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
+        self.raft
+            .propose(cmd)
+            .await
+            .map_err(raft_err)?
+            .map_err(apply_err)
+    }
+
+    /// A fresh (ReadIndex) read of the store.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        self.raft.read_barrier().await.map_err(raft_err)?;
+        self.read_local(f).await
+    }
+
+    /// A local read of the applied state (for loops that run on every
+    /// change, and to resolve names before a write that apply checks
+    /// again).
+    pub async fn read_local<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        self.raft
+            .read(move |m: &StoreMachine| f(&m.0))
+            .await
+            .map_err(raft_err)
+    }
+
+    /// Leader, term, indexes, voters.
+    pub fn status(&self) -> RaftStatus {
+        self.raft.status()
+    }
+
+    /// Counters for `/metrics`.
+    pub fn stats(&self) -> RaftStats {
+        self.raft.stats()
+    }
+
+    /// Fires on every applied change and status change.
+    pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
+        self.raft.subscribe()
+    }
+
+    /// Add a Raft voter.
+    pub async fn add_voter(&self, id: u64, addr: SocketAddr) -> Result<(), RaftError> {
+        self.raft.add_voter(id, addr).await
+    }
+
+    /// Remove a Raft voter.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), RaftError> {
+        self.raft.remove_voter(id).await
+    }
+
+    /// Serve an authenticated inbound Raft stream.
+    pub async fn serve_peer<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: T,
+    ) -> Result<(), RaftError> {
+        self.raft.serve_peer(stream).await
+    }
+
+    /// Stop the Raft loop; the log is flushed and closed.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.raft.clone().shutdown().await
+    }
+}

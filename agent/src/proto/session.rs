@@ -1,0 +1,172 @@
+//! Messages of the node session (QUIC, UDP 2377) between every node and
+//! the Raft leader: heartbeats with the node's report one way, the node's
+//! assignments the other. The leader computes assignments
+//! (`manager::dispatcher`); the node's session client applies them
+//! (`worker::session`).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_model::network::{Endpoint, Network};
+use shoal_model::service::{EndpointMode, PortConfig, Task, TaskState};
+use shoal_model::state::{GossipKey, Node};
+use shoal_model::NodeId;
+
+/// ALPN of the node session.
+pub const ALPN_SESSION: &[u8] = b"shoal-session/1";
+/// Missed heartbeats before the leader marks a node down.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// What a node reports with every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The kernel can create VXLAN devices.
+    pub vxlan: bool,
+    /// The kernel has IPsec ESP (xfrm + esp4) for encrypted overlays.
+    pub esp: bool,
+    /// Digest of the root CA that issued the node's certificate (the leader
+    /// ends a CA rotation once every live node reports the new one).
+    #[serde(default)]
+    pub ca_digest: String,
+    /// State of every service task this node holds.
+    #[serde(default)]
+    pub tasks: Vec<TaskReport>,
+}
+
+/// A task's state as its node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Task id.
+    pub id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Why (errors).
+    pub message: String,
+}
+
+/// A task to run (or stop) on the node, with what it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// The task as stored.
+    pub task: Task,
+    /// Its command.
+    pub command: Vec<String>,
+    /// `K=V` environment.
+    pub env: Vec<String>,
+}
+
+/// What a node needs to know of a service its tasks can reach (VIP load
+/// balancing, DNS) or that publishes ports (routing mesh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Id.
+    pub id: String,
+    /// Name (the DNS name).
+    pub name: String,
+    /// VIP or DNS round robin.
+    pub endpoint_mode: EndpointMode,
+    /// VIP per network id.
+    pub vips: BTreeMap<String, Ipv4Addr>,
+    /// Published ports.
+    pub ports: Vec<PortConfig>,
+    /// Running tasks' addresses: (network id, ip), on nodes that are up.
+    pub backends: Vec<(String, Ipv4Addr)>,
+}
+
+/// What the leader wants a node to have.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Store index it was computed at.
+    pub version: u64,
+    /// The node's own record.
+    pub node: Option<Node>,
+    /// Managers (raft id, control address).
+    pub managers: Vec<(u64, SocketAddr)>,
+    /// Trusted roots (PEM), the current one first.
+    pub roots_pem: Vec<String>,
+    /// Gossip key ring, newest first.
+    pub keys: Vec<GossipKey>,
+    /// Heartbeat period the leader expects, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// VXLAN UDP port of the cluster.
+    #[serde(default)]
+    pub data_path_port: u16,
+    /// Service tasks this node must run, or stop (not yet ended).
+    #[serde(default)]
+    pub tasks: Vec<AssignedTask>,
+    /// The networks of those tasks (and the ingress network), without
+    /// their endpoint lists.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Services those tasks can reach, and those publishing ports.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
+    /// This node's routing-mesh endpoint on the ingress network.
+    #[serde(default)]
+    pub ingress_endpoint: Option<Endpoint>,
+}
+
+impl std::fmt::Debug for Assignments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assignments")
+            .field("version", &self.version)
+            .field("managers", &self.managers.len())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Assignments {
+    /// Same content, ignoring the version.
+    pub fn same_as(&self, other: &Assignments) -> bool {
+        self.node == other.node
+            && self.managers == other.managers
+            && self.roots_pem == other.roots_pem
+            && self.keys == other.keys
+            && self.heartbeat_ms == other.heartbeat_ms
+            && self.data_path_port == other.data_path_port
+            && self.tasks == other.tasks
+            && self.networks == other.networks
+            && self.services == other.services
+            && self.ingress_endpoint == other.ingress_endpoint
+    }
+}
+
+/// Id of a node's routing-mesh endpoint on the ingress network.
+pub fn ingress_endpoint_id(node: &NodeId) -> String {
+    format!("ingress-sbox-{node}")
+}
+
+/// Node -> leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToManager {
+    /// A heartbeat with the node's report.
+    Heartbeat(NodeReport),
+}
+
+/// Leader -> node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToNode {
+    /// Not the leader: go there (if known).
+    Redirect(Option<SocketAddr>),
+    /// Assignments, in full.
+    Assign(Box<Assignments>),
+}
+
+/// QUIC transport settings of both ends of the session.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // A dead manager is noticed within the idle timeout (QUIC keep-alives
+    // keep a live session busy), so the node fails over in seconds.
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(3)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_uni_streams(0u8.into());
+    t.max_concurrent_bidi_streams(4u8.into());
+    t
+}

@@ -1,0 +1,299 @@
+//! The worker side: what every node runs, managers included (swarmkit's
+//! `agent/`). It never imports `manager/`: it calls the managers through
+//! [`NodeRpc`] and receives its assignments through the session.
+//!
+//! - [`session`]: the session client (heartbeats up, assignments down);
+//! - [`overlay`]: workloads (`shoal run`) and the reconciler that keeps the
+//!   kernel in step with the endpoint tables;
+//! - [`executor`]: service tasks, the routing mesh, VIPs;
+//! - [`dns`]: the embedded DNS server of tasks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use shoal_api::{ApiError, ErrorCode, Workload};
+use shoal_model::NodeId;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::proto::gossip::GossipSlot;
+use crate::proto::rpc::{NodeRequest, NodeResponse, NodeRpc};
+use crate::proto::session::Assignments;
+
+pub mod dns;
+pub mod executor;
+pub mod overlay;
+pub mod session;
+
+use executor::Executor;
+use overlay::{Overlay, StartSpec};
+
+/// Workloads, tasks and the netdriver of this node.
+pub struct Worker {
+    me: NodeId,
+    data_path_addr: IpAddr,
+    /// VXLAN port of the cluster, as last assigned.
+    data_path_port: AtomicU16,
+    /// Workloads and the netdriver.
+    pub overlay: Overlay,
+    /// Service tasks on this node.
+    pub executor: Executor,
+    gossip: GossipSlot,
+    rpc: Arc<dyn NodeRpc>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for node `me` whose data path is `data_path_addr`;
+    /// `rpc` reaches the managers, `upstreams` are the DNS forwarders.
+    pub fn new(
+        me: NodeId,
+        data_path_addr: IpAddr,
+        run_dir: &Path,
+        upstreams: Vec<SocketAddr>,
+        gossip: GossipSlot,
+        rpc: Arc<dyn NodeRpc>,
+    ) -> Worker {
+        Worker {
+            me,
+            data_path_addr,
+            data_path_port: AtomicU16::new(4789),
+            overlay: Overlay::new(run_dir),
+            executor: Executor::new(upstreams),
+            gossip,
+            rpc,
+        }
+    }
+
+    /// Start the reconciler and executor loops; the handles are the
+    /// caller's to abort.
+    pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let weak = Arc::downgrade(self);
+        vec![
+            tokio::spawn(overlay_loop(weak.clone())),
+            tokio::spawn(executor_loop(weak)),
+        ]
+    }
+
+    fn data_path_port(&self) -> u16 {
+        self.data_path_port.load(Ordering::Relaxed)
+    }
+
+    /// Take in what the leader assigned: tasks, services, the data-path
+    /// port.
+    pub fn apply(&self, a: &Assignments) {
+        self.executor.set(a);
+        if a.data_path_port != 0 {
+            self.data_path_port.store(a.data_path_port, Ordering::Relaxed);
+        }
+    }
+
+    /// Gossip just started: announce this node's endpoints.
+    pub fn gossip_started(&self, g: &shoal_membership::Gossip) {
+        if let IpAddr::V4(vtep) = self.data_path_addr {
+            self.overlay.publish_all(g, self.me.as_str(), vtep);
+        }
+    }
+
+    /// Service tasks whose process runs.
+    pub fn tasks_running(&self) -> u64 {
+        self.overlay
+            .list()
+            .iter()
+            .filter(|w| w.task.is_some() && overlay::alive(w.pid))
+            .count() as u64
+    }
+
+    /// Stop every task and the routing-mesh sandbox (`swarm leave`).
+    pub async fn stop_all(&self) {
+        self.executor
+            .stop_all(&self.overlay, self.gossip.get().as_ref())
+            .await;
+    }
+
+    /// `shoal run`: allocate an endpoint (through a manager when this node
+    /// is a worker), then start the workload here.
+    pub async fn run(
+        &self,
+        network: &str,
+        name: Option<String>,
+        ip: Option<std::net::Ipv4Addr>,
+        argv: Vec<String>,
+    ) -> Result<Workload, ApiError> {
+        if argv.is_empty() {
+            return Err(ApiError::invalid(
+                "shoal run: no command given (shoal run --network NET -- CMD ...)",
+            ));
+        }
+        let IpAddr::V4(vtep) = self.data_path_addr else {
+            return Err(ApiError::invalid(
+                "overlay networks need an IPv4 data-path address",
+            ));
+        };
+        let me = self.me.to_string();
+        let name = name.unwrap_or_default();
+        let (net, ep) = match self
+            .rpc
+            .call(NodeRequest::Attach {
+                network: network.to_string(),
+                name: name.clone(),
+                ip,
+            })
+            .await?
+        {
+            NodeResponse::Attached { network, endpoint } => (*network, endpoint),
+            _ => return Err(ApiError::internal("unexpected answer to attach")),
+        };
+        if net.encrypted {
+            // Fail closed: IPsec for overlays is not implemented (and this
+            // kernel class has no ESP); never carry the traffic in clear.
+            let _ = self.release_endpoint(&net.id, &ep.id).await;
+            return Err(ApiError::invalid(format!(
+                "network {} is encrypted (--opt encrypted) but this node cannot encrypt overlay \
+                 traffic (no IPsec ESP support here): refusing to attach rather than send plaintext",
+                net.name
+            )));
+        }
+        let name = if name.is_empty() {
+            ep.id.chars().take(12).collect()
+        } else {
+            name
+        };
+        let port = self.data_path_port();
+        let gossip = self.gossip.get();
+        let spec = StartSpec {
+            id: ep.id.clone(),
+            name,
+            networks: vec![(net.clone(), ep.clone())],
+            argv,
+            ..Default::default()
+        };
+        match self
+            .overlay
+            .start(spec, &me, vtep, port, gossip.as_ref())
+            .await
+        {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                let _ = self.release_endpoint(&net.id, &ep.id).await;
+                Err(ApiError::internal(format!(
+                    "cannot start the workload: {e:#}"
+                )))
+            }
+        }
+    }
+    
+    /// Free an endpoint in the store.
+    async fn release_endpoint(&self, network: &str, endpoint: &str) -> Result<(), ApiError> {
+        self.rpc
+            .call(NodeRequest::Detach {
+                network: network.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .await
+            .map(|_| ())
+    }
+    
+    /// `shoal stop`: SIGTERM the workload; the overlay loop cleans up.
+    pub fn stop(&self, key: &str) -> Result<String, ApiError> {
+        let w = self.overlay.find(key).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("workload {key} not found"))
+        })?;
+        let pid = nix::unistd::Pid::from_raw(w.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.overlay.kick.notify_one();
+        Ok(w.id)
+    }
+}
+
+/// Keep workloads and the kernel in step: clean up exited workloads (and
+/// free their endpoints), then reconcile — on a timer, when kicked, and on
+/// every endpoint-table change from gossip.
+async fn overlay_loop(worker: Weak<Worker>) {
+    let mut events: Option<tokio::sync::broadcast::Receiver<shoal_membership::Event>> = None;
+    loop {
+        let Some(s) = worker.upgrade() else { return };
+        if events.is_none() {
+            events = s.gossip.get().map(|g| g.subscribe());
+        }
+        for id in s.overlay.exited() {
+            let gossip = s.gossip.get();
+            if let Some(w) = s.overlay.cleanup(&id, gossip.as_ref()).await {
+                if w.task.is_some() {
+                    continue; // tasks: the store frees endpoints on the final state
+                }
+                for a in &w.attachments {
+                    if let Err(e) = s.release_endpoint(&a.network.id, &w.id).await {
+                        warn!(workload = %w.id, "cannot free the endpoint: {}", e.message);
+                    }
+                }
+            }
+        }
+        if let IpAddr::V4(vtep) = s.data_path_addr {
+            let port = s.data_path_port();
+            let gossip = s.gossip.get();
+            if let Err(e) = s
+                .overlay
+                .reconcile(s.me.as_str(), vtep, port, gossip.as_ref())
+                .await
+            {
+                warn!("overlay reconcile: {e:#}");
+            }
+        }
+        let kicked = async {
+            match events.as_mut() {
+                Some(rx) => loop {
+                    match rx.recv().await {
+                        Ok(shoal_membership::Event::EntryChanged(e))
+                            if e.table.starts_with("ep/") =>
+                        {
+                            return
+                        }
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                },
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let s2 = s.clone();
+        drop(s);
+        tokio::select! {
+            _ = kicked => {}
+            _ = s2.overlay.kick.notified() => {}
+            _ = tokio::time::sleep(overlay::RECONCILE_EVERY) => {}
+        }
+    }
+}
+
+/// Every node: run the executor on assignment changes, process exits
+/// (polled) and a timer.
+async fn executor_loop(worker: Weak<Worker>) {
+    loop {
+        let Some(s) = worker.upgrade() else { return };
+        if let IpAddr::V4(vtep) = s.data_path_addr {
+            let ctx = executor::NodeCtx {
+                me: s.me.to_string(),
+                vtep,
+                port: s.data_path_port(),
+                gossip: s.gossip.get(),
+            };
+            s.executor.run_once(&s.overlay, &ctx).await;
+        }
+        let s2 = s.clone();
+        drop(s);
+        tokio::select! {
+            _ = s2.executor.kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Rows and documents the daemon returns, shared by the CLI, the lab and
+//! the tests: services and tasks (`service ls/ps/inspect`), workloads
+//! (`shoal ps`), events, gossip members and entries.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shoal_model::network::{Endpoint, Network};
+use shoal_model::service::{PortConfig, Service, Task};
+
+/// Changes of `service update` (and `service scale`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    /// `--replicas`.
+    pub replicas: Option<u64>,
+    /// `--network-add`.
+    pub network_add: Vec<String>,
+    /// `--network-rm`.
+    pub network_rm: Vec<String>,
+    /// `--publish-add`.
+    pub publish_add: Vec<PortConfig>,
+    /// `--publish-rm` (published port numbers).
+    pub publish_rm: Vec<u16>,
+    /// `--env-add K=V`.
+    pub env_add: Vec<String>,
+    /// `--force`: replace every task even if nothing changed.
+    pub force: bool,
+}
+
+/// One row of `service ls` / document of `service inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// The stored service.
+    #[serde(flatten)]
+    pub service: Service,
+    /// Tasks running now.
+    pub running: u64,
+    /// Network names by id.
+    pub network_names: Vec<(String, String)>,
+}
+
+/// One row of `service ps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// The stored task.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Host name of its node.
+    pub node_hostname: String,
+    /// The service's command.
+    pub command: Vec<String>,
+}
+
+/// One network a workload is attached to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network as allocated in the store.
+    pub network: Network,
+    /// The endpoint (IP, MAC).
+    pub endpoint: Endpoint,
+    /// Host side of the veth (inside the network namespace).
+    pub host_veth: String,
+    /// Device name inside the workload (`eth0`, `eth1`, ...).
+    pub ifname: String,
+}
+
+/// A workload this node runs: a `shoal run` process, a service task, or
+/// the routing-mesh sandbox (no process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workload {
+    /// Workload id (the endpoint id of `shoal run`, the task id of a task).
+    pub id: String,
+    /// Name given with `--name` (or the id); `web.1` for tasks.
+    pub name: String,
+    /// Its networks, the first one is `eth0`.
+    pub attachments: Vec<Attachment>,
+    /// The first network (what `shoal ps` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// The endpoint on the first network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Address on `shoal_gwbridge` (egress), if any.
+    #[serde(default)]
+    pub gw_ip: Option<Ipv4Addr>,
+    /// Its network namespace (bind mount under the run dir).
+    pub netns: PathBuf,
+    /// Process id of the workload; 0 for a sandbox without a process.
+    pub pid: u32,
+    /// The command.
+    pub argv: Vec<String>,
+    /// The service task it is, if any.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+impl Workload {
+    /// Address on network `nid`, if attached.
+    pub fn ip_on(&self, nid: &str) -> Option<Ipv4Addr> {
+        self.attachments
+            .iter()
+            .find(|a| a.network.id == nid)
+            .map(|a| a.endpoint.ip)
+    }
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number on this manager (starts at 1).
+    pub seq: u64,
+    /// Unix ms when this manager saw it.
+    pub time_ms: u64,
+    /// `node`, `network` or `service`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `create`, `update`, `remove`.
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// Object id.
+    pub id: String,
+    /// Object name (host name for nodes).
+    pub name: String,
+    /// What changed, e.g. `state.new=down`.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Event {
+    /// Docker's one-line form:
+    /// `2026-11-25T10:00:00.000Z node update ID (name=h2, state.new=down)`.
+    pub fn line(&self) -> String {
+        let mut attrs = vec![format!("name={}", self.name)];
+        attrs.extend(self.attributes.iter().map(|(k, v)| format!("{k}={v}")));
+        format!(
+            "{} {} {} {} ({})",
+            rfc3339_ms(self.time_ms),
+            self.kind,
+            self.action,
+            self.id,
+            attrs.join(", ")
+        )
+    }
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            ms % 1000
+        ),
+        Err(_) => ms.to_string(),
+    }
+}
+
+
+/// A gossip member as `gossip members` shows it (the membership crate's
+/// view, field for field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMember {
+    /// Identity and addresses.
+    pub info: GossipMemberInfo,
+    /// Local opinion on liveness.
+    pub state: GossipMemberState,
+    /// Generation of the member's identity.
+    pub incarnation: u64,
+}
+
+/// Who a gossip member is and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMemberInfo {
+    /// Cluster-wide node id.
+    pub node_id: String,
+    /// Where its gossip listens (UDP and TCP).
+    pub gossip_addr: SocketAddr,
+    /// Its advertise address.
+    pub advertise_addr: IpAddr,
+    /// Its data-path address (VTEP).
+    pub data_path_addr: IpAddr,
+}
+
+/// Liveness of a member as seen locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipMemberState {
+    /// Answers probes.
+    Alive,
+    /// Missed a probe.
+    Suspect,
+    /// Declared down.
+    Down,
+}
+
+/// A gossip table entry for display: the value as text when it is UTF-8,
+/// decoded for endpoint tables, hex otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GossipEntry {
+    /// Table name.
+    pub table: String,
+    /// Key.
+    pub key: String,
+    /// Owner node id.
+    pub owner: String,
+    /// Version (hybrid Lamport clock).
+    pub version: u64,
+    /// Value for display.
+    pub value: String,
+}
+
+/// Gossip table of a network's endpoints (`gossip tables --network`).
+pub fn endpoint_table(network_id: &str) -> String {
+    format!("ep/{network_id}")
+}
