@@ -21,39 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shoal::api::{self, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
-use shoal_raft_store::state::Availability;
-use tokio::net::UnixStream;
 
+use crate::probe::{
+    cli_timeout, kill_if_same, run_timeout, workloads, Availability, Conn, Request, Response,
+    TaskRow, TaskState, Workload,
+};
 use crate::{Lab, LabError};
-
-/// A connection to one daemon's local API.
-struct Conn {
-    stream: UnixStream,
-}
-
-impl Conn {
-    async fn open(socket: &Path) -> Result<Conn, String> {
-        UnixStream::connect(socket)
-            .await
-            .map(|stream| Conn { stream })
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))
-    }
-
-    async fn call(&mut self, request: Request) -> Result<Response, String> {
-        let frame = RequestFrame {
-            version: PROTOCOL_VERSION,
-            request,
-        };
-        api::write_frame(&mut self.stream, &frame)
-            .await
-            .map_err(|e| e.to_string())?;
-        let resp: ResponseFrame = api::read_frame(&mut self.stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        resp.result.map_err(|e| e.message)
-    }
-}
+// The probes that used to live here, at their old paths.
+pub use crate::probe::{enter_netns, host_netns, http_get, in_netns, kill_workloads};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -917,7 +892,6 @@ pub fn parse_ping(out: &str) -> Option<(f64, f64, f64, f64)> {
 /// A started two-host lab with one workload per host on an attachable
 /// overlay: the lab, and per host (pid, overlay IP).
 fn overlay_pair() -> Result<(Lab, [(u32, String); 2]), LabError> {
-    use crate::chaos::cli_timeout;
     let lab = Lab::builder()
         .nodes(2)
         .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\n")
@@ -1020,7 +994,7 @@ fn ping_stats(
         .map(std::ffi::OsString::from),
     );
     let limit = Duration::from_secs_f64(count as f64 * 0.1 + 10.0);
-    let out = crate::chaos::run_timeout(lab, host, &argv, limit)
+    let out = run_timeout(lab, host, &argv, limit)
         .map_err(|e| LabError::Bench(format!("ping {to} from h{host}: {e}")))?;
     parse_ping(&out).ok_or_else(|| LabError::Bench(format!("cannot parse ping output: {out}")))
 }
@@ -1058,7 +1032,7 @@ fn throughput(
         "--seconds".into(),
         seconds.to_string().into(),
     ]);
-    let sent = crate::chaos::run_timeout(lab, from, &src, Duration::from_secs_f64(seconds + 30.0));
+    let sent = run_timeout(lab, from, &src, Duration::from_secs_f64(seconds + 30.0));
     if let Err(e) = sent {
         let _ = child.kill();
         let _ = child.wait();
@@ -1208,76 +1182,14 @@ fn answer(mut s: std::net::TcpStream, body: &[u8]) -> std::io::Result<()> {
     s.shutdown(std::net::Shutdown::Write)
 }
 
-/// One `GET /` over a fresh connection (keep-alive off): the body of a
-/// `200` answer, else why not. Runs in the calling thread's namespace.
-pub fn http_get(addr: std::net::SocketAddr, timeout: Duration) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .and_then(|()| s.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut resp = Vec::new();
-    s.take(64 * 1024)
-        .read_to_end(&mut resp)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: no HTTP answer ({} bytes)", resp.len()))?;
-    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
-        let line = head.lines().next().unwrap_or_default();
-        return Err(format!("{addr}: {line}"));
-    }
-    Ok(body.trim().to_string())
-}
-
-/// Moves the calling thread into the network namespace at `ns` (a
-/// `/run/netns/..` name, a daemon's bind mount or `/proc/PID/ns/net`).
-pub fn enter_netns(ns: &Path) -> Result<(), String> {
-    let f = std::fs::File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("entering {}: {e}", ns.display()))
-}
-
-/// Runs `f` on a fresh thread inside the network namespace `ns`.
-pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| enter_netns(ns).map(|()| f()))
-            .join()
-            .map_err(|_| format!("the thread in {} panicked", ns.display()))?
-    })
-}
-
-/// A lab host's network namespace path.
-pub fn host_netns(lab: &Lab, host: usize) -> Result<PathBuf, LabError> {
-    Ok(PathBuf::from("/run/netns").join(lab.host(host)?.ns))
-}
-
 /// The task and the answer of an echo body: (`web.3`, task id).
 fn parse_echo(body: &str) -> Option<(String, String)> {
     let mut w = body.split_whitespace();
     Some((w.next()?.to_string(), w.next()?.to_string()))
 }
 
-/// Workloads on `host`, through its daemon's API.
-async fn workloads(lab: &Lab, host: usize) -> Result<Vec<shoal::overlay::Workload>, String> {
-    let socket = lab.host(host).map_err(|e| e.to_string())?.socket;
-    let mut c = Conn::open(&socket).await?;
-    match c.call(Request::Ps).await? {
-        Response::Workloads(w) => Ok(w),
-        other => Err(format!("unexpected answer to ps: {other:?}")),
-    }
-}
-
 /// Tasks of `service`, through `host`'s API.
-async fn service_tasks(
-    lab: &Lab,
-    host: usize,
-    service: &str,
-) -> Result<Vec<shoal::services::TaskRow>, String> {
+async fn service_tasks(lab: &Lab, host: usize, service: &str) -> Result<Vec<TaskRow>, String> {
     let socket = lab.host(host).map_err(|e| e.to_string())?.socket;
     let mut c = Conn::open(&socket).await?;
     match c
@@ -1291,13 +1203,12 @@ async fn service_tasks(
     }
 }
 
-fn is_running(t: &shoal::services::TaskRow) -> bool {
-    use shoal_raft_store::service::TaskState;
+fn is_running(t: &TaskRow) -> bool {
     t.task.state == TaskState::Running && t.task.desired == TaskState::Running
 }
 
 /// Task workloads on every host: (host, workload).
-async fn task_workloads(lab: &Lab) -> Vec<(usize, shoal::overlay::Workload)> {
+async fn task_workloads(lab: &Lab) -> Vec<(usize, Workload)> {
     let mut all = Vec::new();
     for h in 1..=lab.len() {
         if let Ok(ws) = workloads(lab, h).await {
@@ -1323,7 +1234,7 @@ pub fn remove_services(lab: &Lab, manager: usize, services: &[&str]) -> Result<(
     let before = rt.block_on(task_workloads(lab));
     let mut args = vec!["service", "rm"];
     args.extend_from_slice(services);
-    let rm = crate::chaos::cli_timeout(lab, manager, &args, Duration::from_secs(10));
+    let rm = cli_timeout(lab, manager, &args, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(20);
     while rm.is_ok() && Instant::now() < deadline && !rt.block_on(task_workloads(lab)).is_empty() {
         std::thread::sleep(Duration::from_millis(200));
@@ -1332,51 +1243,6 @@ pub fn remove_services(lab: &Lab, manager: usize, services: &[&str]) -> Result<(
         kill_if_same(w.pid, &w.argv);
     }
     rm.map(|_| ())
-}
-
-/// SIGKILLs every workload process (`shoal run` and tasks) the lab's
-/// daemons report: they outlive their daemons, so a lab going down would
-/// leak them.
-pub fn kill_workloads(lab: &Lab) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    for h in 1..=lab.len() {
-        for w in rt.block_on(workloads(lab, h)).unwrap_or_default() {
-            kill_if_same(w.pid, &w.argv);
-        }
-    }
-}
-
-/// Whether a process's command line `now` is the command `argv`: argv[0]
-/// may differ by its directory (a shim like pyenv's execs the real
-/// interpreter), so its file name and the arguments are compared.
-fn same_command(now: &[String], argv: &[String]) -> bool {
-    let base = |a: &String| a.rsplit('/').next().unwrap_or_default().to_string();
-    now.len() == argv.len()
-        && now.first().map(base) == argv.first().map(base)
-        && now.get(1..) == argv.get(1..)
-}
-
-/// SIGKILLs `pid` if it still runs `argv` (not a recycled pid).
-fn kill_if_same(pid: u32, argv: &[String]) {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return;
-    };
-    let now: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    if pid > 1 && same_command(&now, argv) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
 }
 
 /// Daemon timings of the service bench (those of the overlay bench and
@@ -1499,7 +1365,6 @@ fn service_in(
     clients: usize,
     lab_bin: &Path,
 ) -> Result<Value, LabError> {
-    use crate::chaos::cli_timeout;
     let t = Duration::from_secs(10);
     cli_timeout(lab, 1, &["network", "create", "-d", "overlay", "app"], t)
         .map_err(bench_err("network create app"))?;
@@ -2155,19 +2020,6 @@ mod tests {
         );
         assert_eq!(t.iter().filter(|x| !x.3).count(), 1);
         assert!(targets(&json!({"bench": "session"})).is_empty());
-    }
-
-    #[test]
-    fn same_command_ignores_the_directory_of_argv0_only() {
-        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let argv = v(&["python3", "-c", "x"]);
-        assert!(same_command(
-            &v(&["/root/.pyenv/versions/3.11.7/bin/python3", "-c", "x"]),
-            &argv
-        ));
-        assert!(!same_command(&v(&["python3", "-c", "y"]), &argv));
-        assert!(!same_command(&v(&["python2", "-c", "x"]), &argv));
-        assert!(!same_command(&v(&["python3", "-c"]), &argv));
     }
 
     #[test]

@@ -30,8 +30,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Read;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -41,7 +39,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::probe::{host_netns, http_get, in_netns, kill_workloads};
 use crate::{Lab, LabError};
+// The probes that used to live here, at their old paths.
+pub use crate::probe::{cli_timeout, run_timeout};
 
 /// Daemon timings for chaos labs: fast heartbeats and gossip, so a run
 /// converges quickly after the last fault.
@@ -404,76 +405,6 @@ pub enum ChaosError {
     },
 }
 
-/// Runs the shoal CLI on `host` with a time limit; `Ok(stdout)` on exit 0.
-pub fn cli_timeout(
-    lab: &Lab,
-    host: usize,
-    args: &[&str],
-    limit: Duration,
-) -> Result<String, String> {
-    let mut argv: Vec<OsString> = vec![lab.shoal_bin().into_os_string()];
-    argv.extend(args.iter().map(OsString::from));
-    run_timeout(lab, host, &argv, limit)
-}
-
-/// Runs `argv` in `host`'s namespace with a time limit (killed after it);
-/// `Ok(stdout)` on exit 0, else `Err(stderr or why)`.
-pub fn run_timeout(
-    lab: &Lab,
-    host: usize,
-    argv: &[OsString],
-    limit: Duration,
-) -> Result<String, String> {
-    let mut cmd = lab.command(host, argv).map_err(|e| e.to_string())?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running {argv:?} on h{host}: {e}"))?;
-    // Drain both pipes on threads so a large answer cannot block the child.
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
-    match status {
-        Some(st) if st.success() => Ok(out),
-        Some(st) => Err(format!("{} ({st})", err.trim())),
-        None => Err(format!("timed out after {limit:?}")),
-    }
-}
-
 fn json(text: &str, what: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("{what}: not JSON ({e}): {text}"))
 }
@@ -736,7 +667,7 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     let mut baseline = None;
     if cfg.services {
         if let Err(e) = create_service(&lab, cfg) {
-            crate::bench::kill_workloads(&lab);
+            kill_workloads(&lab);
             return Err(setup(e));
         }
         initial.service_replicas = Some(CHAOS_SERVICE_REPLICAS);
@@ -770,7 +701,7 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         r
     });
     if let Err(e) = driven {
-        crate::bench::kill_workloads(&lab);
+        kill_workloads(&lab);
         return Err(e.into());
     }
     heal_all(&lab)?;
@@ -866,7 +797,7 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     }
     // Workload and task processes outlive their daemons: stop them before
     // the lab goes.
-    crate::bench::kill_workloads(&lab);
+    kill_workloads(&lab);
     lab.down()?;
     Ok(report)
 }
@@ -987,10 +918,10 @@ fn mesh_answers(lab: &Lab) -> Result<(), String> {
             lab.host(h).map_err(|e| e.to_string())?.addr,
             CHAOS_SERVICE_PORT,
         ));
-        let ns = crate::bench::host_netns(lab, h).map_err(|e| e.to_string())?;
-        crate::bench::in_netns(&ns, || {
+        let ns = host_netns(lab, h).map_err(|e| e.to_string())?;
+        in_netns(&ns, || {
             for i in 0..3 {
-                let body = crate::bench::http_get(addr, Duration::from_secs(2))
+                let body = http_get(addr, Duration::from_secs(2))
                     .map_err(|e| format!("h{h} request {}: {e}", i + 1))?;
                 if !body.starts_with(&format!("{CHAOS_SERVICE}.")) {
                     return Err(format!("h{h} {addr}: unexpected answer {body:?}"));
