@@ -107,8 +107,14 @@ until "$shoal" info >/dev/null 2>&1; do
   sleep 1
 done
 
+# Whether the local node is in a swarm. The output is read whole first:
+# piped straight into `grep -q`, the CLI's writes after the first match hit
+# a closed pipe, and under pipefail the check then fails on a node that is
+# in a swarm (and `init` would run `swarm init` again).
 in_swarm() {
-  "$shoal" info 2>/dev/null | grep -Eq '^Swarm:[[:space:]]+active'
+  local out
+  out="$("$shoal" info 2>/dev/null)" || return 1
+  grep -Eq '^Swarm:[[:space:]]+active' <<<"$out"
 }
 
 # write_shared NAME VALUE: atomically, so a waiting node never reads half.

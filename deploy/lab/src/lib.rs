@@ -29,6 +29,7 @@ mod lab;
 mod mounts;
 pub mod names;
 mod plan;
+mod probe;
 mod process;
 mod registry;
 mod state;

@@ -3,19 +3,134 @@
 //!
 //! Requirements (the tests fail, never skip, when one is missing): run as
 //! root; `ip` (iproute2), `nft` (nftables) and `ping` (iputils-ping)
-//! installed; the `shoal` and `shoal-lab` binaries built first
-//! (`cargo build --workspace` before `cargo test`, or SHOAL_BIN=...).
+//! installed; the `shoal` binary built first (`cargo build -p shoal`
+//! before `cargo test`, or SHOAL_BIN=...); cargo builds `shoal-lab` for
+//! this test (or SHOAL_LAB_BIN=...).
 //! Every lab here has its own random prefix, so the tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_tests::{assert_cleaned, info, lab, node_id, shoal_lab_bin, start, wait_for};
-use shoal_tests::{DaemonState, Exit, Lab};
+use shoal_lab::{DaemonState, Exit, Lab, LabBuilder, LabState};
+
+// ---- helpers (the ones of the shoal-tests crate these tests use) ----
+
+/// What the lab tests need, printed when a lab cannot start.
+const NEEDS: &str = "the lab tests need root, iproute2, nftables and iputils-ping \
+     (apt-get install -y iproute2 nftables iputils-ping), and the shoal binary \
+     (`cargo build -p shoal`, or SHOAL_BIN=/path/to/shoal)";
+
+/// A started lab of `n` hosts; fails the test with a clear reason if it
+/// cannot start.
+fn lab(n: usize) -> Lab {
+    start(Lab::builder().nodes(n))
+}
+
+/// Starts a lab from a configured builder, failing the test clearly.
+fn start(builder: LabBuilder) -> Lab {
+    builder
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start a lab: {e}\n({NEEDS})"))
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `timeout`.
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `shoal --format json info` on `host`, parsed; fails the test when the
+/// CLI fails or prints something that is not JSON.
+fn info(lab: &Lab, host: usize) -> serde_json::Value {
+    let out = lab
+        .shoal(host, &["--format", "json", "info"])
+        .expect("run shoal info");
+    assert!(
+        out.status.success(),
+        "shoal info on h{host} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "shoal info on h{host} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The node id `shoal info` reports on `host`.
+fn node_id(lab: &Lab, host: usize) -> String {
+    let v = info(lab, host);
+    v["node_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no node_id in shoal info of h{host}: {v}"))
+        .to_string()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} ({NEEDS})"))
+}
+
+/// Asserts that nothing a lab recorded is left: no namespace with its
+/// prefix (`ip netns list`, /run/netns), no link named with it in the root
+/// namespace, none of its daemon processes, no lab directory.
+fn assert_cleaned(state: &LabState) {
+    let prefix = &state.prefix;
+    let netns = run(Command::new("ip").args(["netns", "list"]));
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !listed.contains(prefix.as_str()),
+        "namespaces of lab {prefix} remain:\n{listed}"
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "/run/netns still holds {left:?}");
+    let links = run(Command::new("ip").args(["-o", "link"]));
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(prefix.as_str()),
+        "links named after lab {prefix} in the root namespace:\n{links}"
+    );
+    for h in &state.hosts {
+        if let Some(rec) = h.daemon {
+            assert!(
+                !shoal_lab::is_alive(&rec),
+                "daemon of {} (pid {}) of lab {prefix} still runs",
+                h.name,
+                rec.pid
+            );
+        }
+    }
+    assert!(!state.dir.exists(), "{} still exists", state.dir.display());
+}
+
+/// The `shoal-lab` binary: `$SHOAL_LAB_BIN`, else the one cargo built for
+/// this test.
+fn shoal_lab_bin() -> PathBuf {
+    std::env::var_os("SHOAL_LAB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_shoal-lab")))
+}
+
+// ---- tests ----
 
 #[test]
 fn five_hosts_come_up_and_each_daemon_answers_with_its_own_identity() {
@@ -254,7 +369,7 @@ fn the_binary_brings_a_lab_up_drives_it_and_takes_it_down() {
     let (code, out, err) = cli(&["up", "--nodes", "2", "--managers", "1"]);
     assert_eq!(code, Some(0), "up failed: {out}{err}");
     assert!(out.contains("shoal-lab exec h2 -- shoal info"), "{out}");
-    let state = shoal_tests::LabState::load(&state_file).unwrap();
+    let state = LabState::load(&state_file).unwrap();
     assert_eq!(
         state.owner, None,
         "a lab left up by the binary has no owner"
@@ -285,7 +400,7 @@ fn the_binary_brings_a_lab_up_drives_it_and_takes_it_down() {
     let (code, _, err) = cli(&["heal"]);
     assert_eq!(code, Some(0), "{err}");
 
-    let after = shoal_tests::LabState::load(&state_file).unwrap();
+    let after = LabState::load(&state_file).unwrap();
     let (code, _, err) = cli(&["down"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!state_file.exists());
