@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::UnixStream;
 
-use crate::{self as api, ApiError, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
+use crate::{
+    self as api, ApiError, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+};
 
 /// Why a command could not get an answer.
 #[derive(Debug, thiserror::Error)]

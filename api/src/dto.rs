@@ -161,7 +161,6 @@ fn rfc3339_ms(ms: u64) -> String {
     }
 }
 
-
 /// A gossip member as `gossip members` shows it (the membership crate's
 /// view, field for field).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -98,7 +98,7 @@ impl Upstream {
                 sock.set_nonblocking(true).unwrap();
                 let records: BTreeMap<String, std::net::Ipv4Addr> =
                     [("upstream.test".to_string(), "192.0.2.53".parse().unwrap())].into();
-                let _server = shoal::dns::spawn_static(sock, records).unwrap();
+                let _server = shoal::worker::dns::spawn_static(sock, records).unwrap();
                 ready_tx.send(()).unwrap();
                 tokio::task::spawn_blocking(move || {
                     let _ = rx.recv();

@@ -197,7 +197,9 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
 }
 
 /// Build a network spec from `network create` flags.
-pub(super) fn network_spec(cmd: &NetworkCmd) -> Result<shoal_model::network::NetworkSpec, ClientError> {
+pub(super) fn network_spec(
+    cmd: &NetworkCmd,
+) -> Result<shoal_model::network::NetworkSpec, ClientError> {
     let NetworkCmd::Create {
         driver,
         subnet,

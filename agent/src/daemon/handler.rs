@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use shoal_api::{
-    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState,
-    NodeInfo, Request, Response, SwarmInfo, SwarmState, VersionInfo,
+    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState, NodeInfo,
+    Request, Response, SwarmInfo, SwarmState, VersionInfo,
 };
 
 use super::lock::{new_node_id, NODE_ID_FILE};
@@ -100,14 +100,18 @@ impl Daemon {
                 ip,
                 argv,
             } => Ok(Response::Workloads(vec![
-                self.swarm().await?.worker.run(&network, name, ip, argv).await?,
+                self.swarm()
+                    .await?
+                    .worker
+                    .run(&network, name, ip, argv)
+                    .await?,
             ])),
             Request::Ps => Ok(Response::Workloads(
                 self.swarm().await?.worker.overlay.list(),
             )),
-            Request::Stop { workload } => {
-                Ok(Response::Message(self.swarm().await?.worker.stop(&workload)?))
-            }
+            Request::Stop { workload } => Ok(Response::Message(
+                self.swarm().await?.worker.stop(&workload)?,
+            )),
             Request::ServiceCreate(spec) => Ok(Response::Message(
                 services::create(self.manager().await?.as_ref(), spec).await?,
             )),

@@ -213,4 +213,3 @@ pub async fn run(config: Config) -> Result<()> {
     drop(lock);
     Ok(())
 }
-

@@ -67,10 +67,7 @@ pub async fn handle_join(m: &Manager, req: JoinRequest) -> Result<JoinResponse, 
             return Err(format!("cannot add the new manager to the raft group: {e}"));
         }
     }
-    let managers = store
-        .read_local(managers_of)
-        .await
-        .map_err(|e| e.message)?;
+    let managers = store.read_local(managers_of).await.map_err(|e| e.message)?;
     info!(node = %node_id, %role, addr = %req.addr, "node joined");
     Ok(JoinResponse {
         node_id,
@@ -98,13 +95,13 @@ pub async fn rotate(m: &Manager) -> Result<String, ApiError> {
     previous.truncate(2);
     m.store()
         .propose(Command::SetCa {
-        ca: CaState {
-            cert_pem: new_ca.cert_pem(),
-            key_pem: new_ca.key_pem(),
-            previous_roots: previous,
-        },
-    })
-    .await?;
+            ca: CaState {
+                cert_pem: new_ca.cert_pem(),
+                key_pem: new_ca.key_pem(),
+                previous_roots: previous,
+            },
+        })
+        .await?;
     Ok(format!(
         "Root CA rotated; new CA digest {}. Nodes renew their certificates on their next heartbeat.",
         new_ca.digest()
@@ -174,8 +171,8 @@ pub async fn renew(m: &Manager, peer: &NodeId, csr_der: &[u8]) -> Result<NodeRes
         .read_local(move |s| (s.cluster.clone(), s.nodes.get(&p).cloned()))
         .await?;
     let cluster = cluster.ok_or_else(|| ApiError::invalid("the swarm is not initialized"))?;
-    let node = node
-        .ok_or_else(|| ApiError::invalid(format!("node {peer} is not part of this swarm")))?;
+    let node =
+        node.ok_or_else(|| ApiError::invalid(format!("node {peer} is not part of this swarm")))?;
     let ca = ClusterCa::from_pem(&cluster.ca.cert_pem, &cluster.ca.key_pem)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let cert = ca

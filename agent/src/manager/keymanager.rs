@@ -19,7 +19,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// after this node became leader or last rotated (a new leader waits a
 /// full interval, so a leader change never rotates early).
 pub fn rotation_due(ring_empty: bool, since: Instant, now: Instant, interval_ms: u64) -> bool {
-    ring_empty || now.saturating_duration_since(since) >= Duration::from_millis(interval_ms.max(100))
+    ring_empty
+        || now.saturating_duration_since(since) >= Duration::from_millis(interval_ms.max(100))
 }
 
 /// A fresh random key (its Lamport time is assigned in apply).

@@ -256,4 +256,3 @@ fn tls_error(addr: SocketAddr, e: &std::io::Error) -> ApiError {
         format!("TLS with manager at {addr} failed: {e}"),
     )
 }
-

@@ -3,15 +3,14 @@
 //! `node.key` (never leaves the node), `node.crt` and `roots.pem`. The Raft
 //! log of a manager lives beside them in `raft/`.
 
-use std::net::{IpAddr, SocketAddr};
 use std::fs::File;
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use shoal_tls::{NodeId, NodeIdentity, Role};
-
 
 /// Persisted membership facts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_api::{ApiError, SwarmInitArgs, SwarmJoinArgs};
 use shoal_model::network::NetworkSpec;
-use shoal_model::state::{Availability, CaState, Cluster, Command, Node, NodeStatus};
 use shoal_model::now_ms;
+use shoal_model::state::{Availability, CaState, Cluster, Command, Node, NodeStatus};
 use shoal_raft_store::{RaftConfig, RaftError, RaftNode, TlsTransport, Transport};
 use shoal_tls::{
     ClusterCa, JoinSecret, JoinToken, NodeId, NodeIdentity, NodeKey, Role, DEFAULT_CERT_VALIDITY,
@@ -206,8 +206,7 @@ impl Swarm {
         let listener = bind(listen)
             .await
             .map_err(|e| internal(&format!("{e:#}")))?;
-        file::save(&config.data_dir, &sf, &identity)
-            .map_err(|e| internal(&format!("{e:#}")))?;
+        file::save(&config.data_dir, &sf, &identity).map_err(|e| internal(&format!("{e:#}")))?;
         let swarm = Swarm::start_with(
             config.clone(),
             restart,
@@ -332,8 +331,7 @@ impl Swarm {
             ),
             Role::Worker => None,
         };
-        file::save(&config.data_dir, &sf, &identity)
-            .map_err(|e| internal(&format!("{e:#}")))?;
+        file::save(&config.data_dir, &sf, &identity).map_err(|e| internal(&format!("{e:#}")))?;
         let start = match resp.role {
             Role::Manager => StartRaft::Join(resp.managers.clone()),
             Role::Worker => StartRaft::None,

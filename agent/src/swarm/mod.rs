@@ -26,9 +26,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::metrics;
 use crate::manager::controlapi::nodes::check_quorum_after_removal;
 use crate::manager::{Manager, ManagerParams};
+use crate::metrics;
 use crate::proto::gossip::GossipSlot;
 use crate::proto::rpc::{self, NodeRequest, NodeResponse, NodeRpc, RemoteRpc};
 use crate::proto::session::{Assignments, NodeReport};
@@ -280,7 +280,6 @@ impl Swarm {
         }
     }
 
-
     /// `swarm leave`: refuse when it would break quorum (unless forced),
     /// leave the Raft group, then forget everything.
     pub async fn leave(&self, force: bool) -> Result<(), ApiError> {
@@ -348,8 +347,6 @@ impl Swarm {
             m.shutdown().await;
         }
     }
-
-
 
     /// Take in what the leader assigned: manager list, key ring; on a
     /// worker also certificate renewal and promotion.
@@ -435,7 +432,6 @@ impl Swarm {
             tasks_running: Some(self.worker.tasks_running()),
         }
     }
-
 
     /// The running gossip agent, if started.
     pub fn gossip(&self) -> Option<shoal_membership::Gossip> {

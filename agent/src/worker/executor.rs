@@ -27,15 +27,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_membership::Gossip;
-use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
 use shoal_model::service::{EndpointMode, Protocol, PublishMode, TaskState};
+use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
 use tracing::{info, warn};
 
 use crate::worker::dns::{self, DnsServer};
 use shoal_api::Workload;
 
-use crate::worker::overlay::{alive, Overlay, StartSpec};
 use crate::proto::session::{Assignments, ServiceView, TaskReport};
+use crate::worker::overlay::{alive, Overlay, StartSpec};
 
 /// Time a task gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);

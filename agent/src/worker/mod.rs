@@ -92,7 +92,8 @@ impl Worker {
     pub fn apply(&self, a: &Assignments) {
         self.executor.set(a);
         if a.data_path_port != 0 {
-            self.data_path_port.store(a.data_path_port, Ordering::Relaxed);
+            self.data_path_port
+                .store(a.data_path_port, Ordering::Relaxed);
         }
     }
 
@@ -190,7 +191,7 @@ impl Worker {
             }
         }
     }
-    
+
     /// Free an endpoint in the store.
     async fn release_endpoint(&self, network: &str, endpoint: &str) -> Result<(), ApiError> {
         self.rpc
@@ -201,7 +202,7 @@ impl Worker {
             .await
             .map(|_| ())
     }
-    
+
     /// `shoal stop`: SIGTERM the workload; the overlay loop cleans up.
     pub fn stop(&self, key: &str) -> Result<String, ApiError> {
         let w = self.overlay.find(key).ok_or_else(|| {

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_api::{Attachment, Workload};
 use shoal_membership::{EndpointRecord, Gossip};
+use shoal_model::network::{Endpoint, Network};
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
 use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
-use shoal_api::{Attachment, Workload};
-use shoal_model::network::{Endpoint, Network};
 
 use crate::proto::gossip::{NetStatus, STATUS_TABLE};
 use tracing::{info, warn};

@@ -23,12 +23,10 @@ use tokio::net::UnixStream;
 use crate::{Lab, LabError};
 
 // The daemon's types the lab reads and writes: imported here only.
-use shoal::api::{self, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
-pub(crate) use shoal::api::{Request, Response};
-pub(crate) use shoal::overlay::Workload;
-pub(crate) use shoal::services::TaskRow;
-pub(crate) use shoal_raft_store::service::TaskState;
-pub(crate) use shoal_raft_store::state::Availability;
+use shoal_api::{self as api, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+pub(crate) use shoal_api::{Request, Response, TaskRow, Workload};
+pub(crate) use shoal_model::service::TaskState;
+pub(crate) use shoal_model::state::Availability;
 
 /// A connection to one daemon's local API.
 pub(crate) struct Conn {

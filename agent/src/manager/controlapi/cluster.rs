@@ -16,10 +16,10 @@ pub async fn join_token(
     if rotate {
         m.store()
             .propose(Command::SetJoinSecret {
-            role,
-            secret: JoinSecret::generate().as_str().to_string(),
-        })
-        .await?;
+                role,
+                secret: JoinSecret::generate().as_str().to_string(),
+            })
+            .await?;
     }
     let cluster = m
         .store()

@@ -73,9 +73,9 @@ pub async fn allocate_endpoint(
 pub async fn remove(m: &Manager, network: &str) -> Result<String, ApiError> {
     m.store()
         .propose(Command::RemoveNetwork {
-        network: network.to_string(),
-    })
-    .await?;
+            network: network.to_string(),
+        })
+        .await?;
     Ok(network.to_string())
 }
 
@@ -93,11 +93,9 @@ pub async fn inspect(m: &Manager, names: &[String]) -> Result<Vec<serde_json::Va
         names
             .iter()
             .map(|k| {
-                network::find(&nets, k)
-                    .cloned()
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorCode::NotFound, format!("network {k} not found"))
-                    })
+                network::find(&nets, k).cloned().ok_or_else(|| {
+                    ApiError::new(ErrorCode::NotFound, format!("network {k} not found"))
+                })
             })
             .collect::<Result<_, _>>()?
     };
@@ -144,10 +142,7 @@ pub async fn add_node_views(m: &Manager, docs: &mut [serde_json::Value]) -> Resu
 }
 
 /// A network as `network inspect` shows it (docker's field names).
-fn network_doc(
-    n: &Network,
-    nodes: &BTreeMap<NodeId, Node>,
-) -> serde_json::Value {
+fn network_doc(n: &Network, nodes: &BTreeMap<NodeId, Node>) -> serde_json::Value {
     let mut options = serde_json::Map::new();
     options.insert(
         "com.docker.network.driver.overlay.vxlanid_list".into(),

@@ -57,11 +57,11 @@ pub async fn list(m: &Manager, filter: Option<String>) -> Result<Vec<NodeRow>, A
 pub async fn update_node(m: &Manager, id: &NodeId, update: NodeUpdate) -> Result<(), ApiError> {
     m.store()
         .propose(Command::UpdateNode {
-        id: id.clone(),
-        update,
-        at: now_ms(),
-    })
-    .await
+            id: id.clone(),
+            update,
+            at: now_ms(),
+        })
+        .await
 }
 
 /// `node update --availability`.

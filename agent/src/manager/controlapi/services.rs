@@ -19,11 +19,11 @@ pub async fn create(m: &Manager, spec: ServiceSpec) -> Result<String, ApiError> 
     let id = NodeId::generate().to_string();
     m.store()
         .propose(Command::CreateService {
-        id: id.clone(),
-        spec,
-        at: now_ms(),
-    })
-    .await?;
+            id: id.clone(),
+            spec,
+            at: now_ms(),
+        })
+        .await?;
     Ok(id)
 }
 
@@ -49,9 +49,7 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     for n in &u.network_rm {
         let id = network::find(&nets, n)
             .map(|x| x.id.clone())
-            .ok_or_else(|| {
-                ApiError::new(ErrorCode::NotFound, format!("network {n} not found"))
-            })?;
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("network {n} not found")))?;
         if !spec.networks.contains(&id) {
             return Err(ApiError::invalid(format!(
                 "service {} is not attached to network {n}",
@@ -74,11 +72,11 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     }
     m.store()
         .propose(Command::UpdateService {
-        service: svc.id.clone(),
-        spec,
-        at: now_ms(),
-    })
-    .await?;
+            service: svc.id.clone(),
+            spec,
+            at: now_ms(),
+        })
+        .await?;
     Ok(svc.spec.name)
 }
 
@@ -87,10 +85,10 @@ pub async fn remove(m: &Manager, key: &str) -> Result<String, ApiError> {
     let svc = get(m, key).await?;
     m.store()
         .propose(Command::RemoveService {
-        service: svc.id.clone(),
-        at: now_ms(),
-    })
-    .await?;
+            service: svc.id.clone(),
+            at: now_ms(),
+        })
+        .await?;
     Ok(svc.spec.name)
 }
 

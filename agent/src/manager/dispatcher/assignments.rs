@@ -85,8 +85,7 @@ fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
         .iter()
         .flat_map(|t| t.task.endpoints.keys().cloned())
         .collect();
-    a.ingress_endpoint =
-        ingress.and_then(|i| i.endpoints.get(&ingress_endpoint_id(node)).cloned());
+    a.ingress_endpoint = ingress.and_then(|i| i.endpoints.get(&ingress_endpoint_id(node)).cloned());
     if let (Some(i), Some(_)) = (ingress, &a.ingress_endpoint) {
         nets.insert(i.id.clone());
     }
@@ -102,4 +101,3 @@ fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
         .collect();
     a
 }
-

@@ -191,13 +191,19 @@ mod tests {
         let old = Some(t0);
         let leader = at(t0, 100);
         assert_eq!(judge(old, leader, at(t0, 110), LIMIT), None);
-        assert_eq!(judge(old, leader, at(t0, 116), LIMIT), Some(NodeStatus::Down));
+        assert_eq!(
+            judge(old, leader, at(t0, 116), LIMIT),
+            Some(NodeStatus::Down)
+        );
     }
 
     #[test]
     fn a_node_that_comes_back_is_ready() {
         let t0 = Instant::now();
-        assert_eq!(judge(Some(at(t0, 200)), t0, at(t0, 201), LIMIT), Some(NodeStatus::Ready));
+        assert_eq!(
+            judge(Some(at(t0, 200)), t0, at(t0, 201), LIMIT),
+            Some(NodeStatus::Ready)
+        );
     }
 
     #[test]

@@ -140,11 +140,7 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
 
 /// On the leader: record the task states a node reported, where they move
 /// a task of that node forward (a node cannot report others' tasks).
-async fn record_task_states(
-    store: Store,
-    node: NodeId,
-    reports: Vec<TaskReport>,
-) {
+async fn record_task_states(store: Store, node: NodeId, reports: Vec<TaskReport>) {
     let ids: Vec<String> = reports.iter().map(|r| r.id.clone()).collect();
     let Ok(stored) = store
         .read_local(move |s| {

@@ -24,7 +24,11 @@ impl NodeRpc for Manager {
 
 /// Answer one call of node `peer` (this manager itself for
 /// [`NodeRpc::call`]).
-pub async fn handle(m: &Manager, peer: &NodeId, req: NodeRequest) -> Result<NodeResponse, ApiError> {
+pub async fn handle(
+    m: &Manager,
+    peer: &NodeId,
+    req: NodeRequest,
+) -> Result<NodeResponse, ApiError> {
     let store = m.store();
     match req {
         NodeRequest::Leave => {
@@ -76,7 +80,9 @@ pub async fn handle(m: &Manager, peer: &NodeId, req: NodeRequest) -> Result<Node
             let node = store
                 .read_local(move |s| s.nodes.get(&peer2).cloned())
                 .await?
-                .ok_or_else(|| ApiError::invalid(format!("node {peer} is not part of this swarm")))?;
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("node {peer} is not part of this swarm"))
+                })?;
             if node.role != Role::Manager {
                 return Err(ApiError::invalid(format!(
                     "node {peer} is not a manager (promote it first)"
