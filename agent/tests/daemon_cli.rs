@@ -355,3 +355,25 @@ fn unknown_subcommand_uses_clap_message() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly_with_exit_0() {
+    // `shoal info | grep -q active`: grep exits at the first match and the
+    // CLI's later writes fail with EPIPE. Here the reading end is closed
+    // before the CLI even starts, so every write fails.
+    let d = TestDaemon::start();
+    for args in [&["info"][..], &["version"], &["--format", "json", "info"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(SHOAL)
+            .arg("--host")
+            .arg(d.socket())
+            .args(args)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+}

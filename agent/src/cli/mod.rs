@@ -9,6 +9,7 @@ use shoal_api::{Request, Response, SwarmInitArgs, SwarmJoinArgs, VersionInfo};
 use shoal_model::Role;
 
 mod args;
+#[macro_use]
 mod output;
 mod service;
 
@@ -53,10 +54,10 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                     });
                 }
                 Format::Table => {
-                    println!("Client:");
+                    outln!("Client:");
                     print_version(&client);
                     if let Ok(s) = &server {
-                        println!("\nServer:");
+                        outln!("\nServer:");
                         print_version(s);
                     }
                 }
@@ -99,7 +100,7 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             match (cli.format, resp) {
                 (Format::Table, Response::Workloads(w)) => {
                     for w in w {
-                        println!("{}", w.id);
+                        outln!("{}", w.id);
                     }
                 }
                 (f, r) => print_response(f, r, false),
@@ -140,9 +141,9 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                         for e in &events {
                             match cli.format {
                                 Format::Json => {
-                                    println!("{}", serde_json::to_string(e).unwrap_or_default())
+                                    outln!("{}", serde_json::to_string(e).unwrap_or_default())
                                 }
-                                Format::Table => println!("{}", e.line()),
+                                Format::Table => outln!("{}", e.line()),
                             }
                         }
                         after = Some(last_seq.max(after.unwrap_or(0)));

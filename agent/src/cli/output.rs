@@ -1,10 +1,33 @@
-//! How the CLI shows rows: Docker's column formats.
+//! How the CLI shows what the daemon answered: tables in Docker's column
+//! formats, JSON, and the line writer every output goes through.
+
+/// `println!` for the CLI's output: a closed stdout (`shoal info | grep -q
+/// active`, `| head -1`) ends the command quietly with exit code 0, as
+/// `ls | head` does, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
 
 use serde::Serialize;
 use shoal_api::{NodeInfo, NodeRow, Response, ServiceRow, VersionInfo};
 use shoal_model::service::{PortConfig, Task};
 
 use super::Format;
+
+/// Write one line to stdout (see [`outln!`]).
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("Error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `2/3`-style replica column.
 pub(super) fn replicas_column(r: &ServiceRow) -> String {
@@ -101,12 +124,12 @@ pub(super) fn print_response(format: Format, resp: Response, quiet: bool) {
                 .collect(),
         ),
         (Format::Json, other) => print_json(&other),
-        (Format::Table, Response::Message(m)) => println!("{}", m.trim_end()),
+        (Format::Table, Response::Message(m)) => outln!("{}", m.trim_end()),
         (Format::Table, Response::Token { token, message }) => {
             if quiet {
-                println!("{token}");
+                outln!("{token}");
             } else {
-                println!("{}", message.trim_end());
+                outln!("{}", message.trim_end());
             }
         }
         (Format::Table, Response::Nodes(rows)) => print_nodes(&rows),
@@ -156,7 +179,7 @@ pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
                 s.push_str(&format!("{v:<w$}   ", w = *w));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end());
     };
     line(header.to_vec());
     for r in &rows {
@@ -166,41 +189,41 @@ pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 
 pub(super) fn print_json<T: Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => outln!("{s}"),
         Err(e) => eprintln!("Error: cannot encode output: {e}"),
     }
 }
 
 pub(super) fn print_version(v: &VersionInfo) {
-    println!(" Version:      {}", v.version);
-    println!(" API version:  {}", v.protocol);
-    println!(" OS/Arch:      {}", v.os_arch);
+    outln!(" Version:      {}", v.version);
+    outln!(" API version:  {}", v.protocol);
+    outln!(" OS/Arch:      {}", v.os_arch);
 }
 
 pub(super) fn print_info(i: &NodeInfo) {
-    println!("Node ID:        {}", i.node_id);
-    println!("Hostname:       {}", i.hostname);
-    println!("Addresses:      {}", i.addresses.join(", "));
-    println!("Data dir:       {}", i.data_dir);
-    println!("Daemon version: {}", i.daemon_version);
-    println!("Swarm:          {}", i.swarm.state);
+    outln!("Node ID:        {}", i.node_id);
+    outln!("Hostname:       {}", i.hostname);
+    outln!("Addresses:      {}", i.addresses.join(", "));
+    outln!("Data dir:       {}", i.data_dir);
+    outln!("Daemon version: {}", i.daemon_version);
+    outln!("Swarm:          {}", i.swarm.state);
     if let Some(c) = &i.swarm.cluster_id {
-        println!(" Cluster ID:    {c}");
+        outln!(" Cluster ID:    {c}");
     }
     if let Some(r) = &i.swarm.role {
-        println!(" Role:          {r}");
+        outln!(" Role:          {r}");
     }
     if let Some(a) = &i.swarm.node_addr {
-        println!(" Node Address:  {a}");
+        outln!(" Node Address:  {a}");
     }
     if let Some(a) = &i.swarm.data_path_addr {
-        println!(" Data Path:     {a}");
+        outln!(" Data Path:     {a}");
     }
     if !i.swarm.managers.is_empty() {
-        println!(" Managers:      {}", i.swarm.managers.join(", "));
+        outln!(" Managers:      {}", i.swarm.managers.join(", "));
     }
     if let Some(r) = &i.swarm.raft {
-        println!(
+        outln!(
             " Raft:          id {} term {} leader {} commit {} applied {} ({} of {} managers reachable)",
             r.id,
             r.term,

@@ -96,7 +96,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     },
                 })
                 .await?;
-                println!("{name} scaled to {n}");
+                outln!("{name} scaled to {n}");
             }
             return Ok(());
         }

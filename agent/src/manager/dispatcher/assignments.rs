@@ -101,3 +101,108 @@ fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
         .collect();
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::testkit::World;
+    use shoal_model::state::Command;
+
+    fn node_ids(w: &World) -> Vec<NodeId> {
+        w.state.nodes.keys().cloned().collect()
+    }
+
+    #[test]
+    fn a_node_gets_its_own_tasks_with_their_spec_and_networks() {
+        let mut w = World::new(3);
+        w.create(6);
+        w.settle();
+        for id in node_ids(&w) {
+            let a = assignments_of(&w.state, &id);
+            assert_eq!(a.version, w.state.index);
+            assert_eq!(a.node.as_ref().map(|n| &n.id), Some(&id));
+            assert_eq!(a.tasks.len(), 2, "6 replicas spread over 3 nodes");
+            for t in &a.tasks {
+                assert_eq!(t.task.node, id.as_str());
+                assert_eq!(t.command, vec!["sleep".to_string(), "1000".to_string()]);
+            }
+            // The task's network, without the endpoint list (which grows
+            // with the cluster and is gossiped instead).
+            assert_eq!(a.networks.len(), 1);
+            assert!(a
+                .networks
+                .values()
+                .all(|n| n.name == "app" && n.endpoints.is_empty()));
+            assert!(a.ingress_endpoint.is_none());
+            assert_eq!(a.heartbeat_ms, 1000);
+            assert_eq!(
+                a.managers.len(),
+                0,
+                "the test cluster's manager has no raft id"
+            );
+        }
+    }
+
+    #[test]
+    fn ended_tasks_are_not_assigned_and_a_node_without_tasks_gets_no_networks() {
+        let mut w = World::new(3);
+        w.create(1);
+        w.settle();
+        let holder = w.state.tasks.values().next().unwrap().node.clone();
+        let idle: Vec<_> = node_ids(&w)
+            .into_iter()
+            .filter(|n| n.as_str() != holder)
+            .collect();
+        for id in &idle {
+            let a = assignments_of(&w.state, id);
+            assert!(a.tasks.is_empty() && a.networks.is_empty() && a.services.is_empty());
+        }
+        w.apply(Command::RemoveService {
+            service: "svc1".into(),
+            at: w.now,
+        });
+        w.settle();
+        let holder: NodeId = holder.parse().unwrap();
+        assert!(assignments_of(&w.state, &holder).tasks.is_empty());
+    }
+
+    #[test]
+    fn services_list_running_backends_on_nodes_that_are_up() {
+        let mut w = World::new(3);
+        w.create(3);
+        w.settle();
+        let id = node_ids(&w)[0].clone();
+        let a = assignments_of(&w.state, &id);
+        assert_eq!(a.services.len(), 1);
+        let web = &a.services[0];
+        assert_eq!(web.name, "web");
+        assert_eq!(web.vips.len(), 1);
+        assert_eq!(web.backends.len(), 3);
+        // A node goes down: its task's address leaves every view at once.
+        let down = node_ids(&w)[1].clone();
+        w.apply(Command::UpdateNode {
+            id: down,
+            update: shoal_model::state::NodeUpdate {
+                status: Some(NodeStatus::Down),
+                ..Default::default()
+            },
+            at: w.now,
+        });
+        let a = assignments_of(&w.state, &id);
+        assert_eq!(a.services[0].backends.len(), 2);
+    }
+
+    #[test]
+    fn same_as_ignores_only_the_version() {
+        let mut w = World::new(2);
+        w.create(2);
+        w.settle();
+        let id = node_ids(&w)[0].clone();
+        let a = assignments_of(&w.state, &id);
+        let mut b = a.clone();
+        b.version += 7;
+        assert!(a.same_as(&b));
+        b.heartbeat_ms += 1;
+        assert!(!a.same_as(&b));
+    }
+}
