@@ -1,5 +1,5 @@
 //! Decide, then do: the `ip -batch` scripts and nftables rulesets a lab
-//! needs, as plain text built from names and addresses. `lab.rs` runs them.
+//! needs, as plain text built from names and addresses. `lab/` runs them.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
