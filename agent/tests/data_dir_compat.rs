@@ -4,6 +4,7 @@
 //! token rotation, a drain, with `snapshot_every = 6` so it holds both a
 //! snapshot and log entries after it) opens after the move with the same
 //! state, and takes new writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
