@@ -175,9 +175,14 @@ impl Manager {
         (raft, live)
     }
 
+    /// Close every node session (they fail over to another manager).
+    pub fn close_sessions(&self) {
+        self.quic.close(0u32.into(), b"shutdown");
+    }
+
     /// Stop serving sessions and stop Raft (the log is flushed).
     pub async fn shutdown(&self) {
-        self.quic.close(0u32.into(), b"shutdown");
+        self.close_sessions();
         if let Err(e) = self.store.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -335,6 +335,9 @@ impl Swarm {
                 t.abort();
             }
         }
+        if let Some(m) = &self.manager {
+            m.close_sessions();
+        }
         if let Some(g) = self.gossip.take() {
             if leave_gossip {
                 gossip::Resume::remove(&self.config.run_dir);
