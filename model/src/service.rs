@@ -397,6 +397,29 @@ pub enum ServiceError {
     /// Task id in use.
     #[error("task {0} already exists")]
     TaskExists(String),
+    /// More replicas than one service may have.
+    #[error("--replicas {0}: a service has at most {MAX_REPLICAS} replicas")]
+    TooManyReplicas(u64),
+}
+
+/// Most replicas one service may have: every replica is a task record the
+/// scheduler plans and every manager keeps, so an absurd count (a typo,
+/// or a hostile client) must not make the leader loop over it.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+/// Longest task message kept in the store (it is reported by nodes).
+pub const MAX_TASK_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_TASK_MESSAGE`] bytes on a character boundary.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_TASK_MESSAGE {
+        let mut end = MAX_TASK_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
 }
 
 fn valid_name(n: &str) -> bool {
@@ -419,6 +442,9 @@ pub fn check_spec(
     }
     if spec.command.is_empty() {
         return Err(ServiceError::NoCommand);
+    }
+    if spec.replicas > MAX_REPLICAS {
+        return Err(ServiceError::TooManyReplicas(spec.replicas));
     }
     if let Some(s) = services
         .values()
@@ -461,7 +487,8 @@ pub fn check_spec(
     Ok(spec)
 }
 
-fn vip_endpoint_id(service: &str) -> String {
+/// Id of the endpoint that holds a service's VIP on a network.
+pub fn vip_endpoint_id(service: &str) -> String {
     format!("vip-{service}")
 }
 

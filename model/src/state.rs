@@ -666,7 +666,7 @@ impl State {
                 }
                 t.state = state;
                 t.exit_code = exit_code.or(t.exit_code);
-                t.message = message;
+                t.message = service::bounded_message(message);
                 t.updated_at = at;
                 t.version = index;
                 if state.is_terminal() {
@@ -869,5 +869,65 @@ mod tests {
         assert!(
             !dbg.contains("SECRET-KEY") && !dbg.contains("wsecret") && !dbg.contains("msecret")
         );
+    }
+
+    fn spec(replicas: u64) -> crate::service::ServiceSpec {
+        crate::service::ServiceSpec {
+            name: "web".into(),
+            replicas,
+            networks: vec![],
+            ports: vec![],
+            endpoint_mode: crate::service::EndpointMode::Vip,
+            env: vec![],
+            restart_condition: crate::service::RestartCondition::Any,
+            command: vec!["sleep".into()],
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn absurd_replica_counts_are_refused_in_apply() {
+        let mut s = State::default();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: node(Some(1)),
+            },
+        )
+        .unwrap();
+        let huge = Command::CreateService {
+            id: "s1".into(),
+            spec: spec(1_000_000_000_000),
+            at: 1,
+        };
+        let e = s.apply_command(2, huge).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--replicas 1000000000000: a service has at most 10000 replicas"
+        );
+        assert!(s.services.is_empty());
+        let ok = Command::CreateService {
+            id: "s1".into(),
+            spec: spec(crate::service::MAX_REPLICAS),
+            at: 1,
+        };
+        s.apply_command(3, ok).unwrap();
+        let scale = Command::UpdateService {
+            service: "s1".into(),
+            spec: spec(crate::service::MAX_REPLICAS + 1),
+            at: 2,
+        };
+        assert!(s.apply_command(4, scale).is_err());
+        assert_eq!(s.services["s1"].spec.replicas, crate::service::MAX_REPLICAS);
+    }
+
+    #[test]
+    fn node_supplied_task_messages_are_bounded() {
+        let long = "é".repeat(4000);
+        let m = crate::service::bounded_message(long);
+        assert!(m.len() <= crate::service::MAX_TASK_MESSAGE);
+        assert!(m.len() >= crate::service::MAX_TASK_MESSAGE - 1);
+        assert_eq!(crate::service::bounded_message("short".into()), "short");
     }
 }

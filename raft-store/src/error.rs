@@ -161,4 +161,12 @@ pub enum RaftError {
     /// Invalid configuration (zero id, election ticks not above heartbeat ticks).
     #[error("invalid raft configuration: {0}")]
     Config(String),
+    /// A peer authenticated as raft id `peer` sent messages as `claimed`.
+    #[error("raft peer {peer} sent messages as raft id {claimed}: refused")]
+    Impersonation {
+        /// The raft id its certificate's node holds.
+        peer: u64,
+        /// The sender it claimed.
+        claimed: u64,
+    },
 }

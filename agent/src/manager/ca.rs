@@ -2,7 +2,7 @@
 //! certificate renewals, and the root CA rotation.
 
 use shoal_api::ApiError;
-use shoal_model::state::{Availability, CaState, Command, Node, NodeStatus};
+use shoal_model::state::{Availability, CaState, Cluster, Command, Node, NodeStatus};
 use shoal_model::{now_ms, NodeId};
 use shoal_tls::{ClusterCa, JoinSecret, Role, DEFAULT_CERT_VALIDITY};
 use tracing::{info, warn};
@@ -16,21 +16,21 @@ use crate::proto::rpc::{JoinRequest, JoinResponse, NodeResponse};
 /// node, sign its certificate (and add a manager to the Raft group).
 pub async fn handle_join(m: &Manager, req: JoinRequest) -> Result<JoinResponse, String> {
     let store = m.store();
+    // A wrong secret is refused from the local copy, before anything costs
+    // Raft a round trip (join spam must not use up read or proposal slots).
+    let local = store
+        .read_local(|s| s.cluster.clone())
+        .await
+        .map_err(|e| e.message)?
+        .ok_or("the swarm is not initialized")?;
+    role_for(&local, &req.secret)?;
+    // Then from a fresh read: the secret may have been rotated meanwhile.
     let cluster = store
         .read(|s| s.cluster.clone())
         .await
         .map_err(|e| e.message)?
         .ok_or("the swarm is not initialized")?;
-    let role = if secret_matches(&cluster.manager_secret, &req.secret) {
-        Role::Manager
-    } else if secret_matches(&cluster.worker_secret, &req.secret) {
-        Role::Worker
-    } else {
-        return Err(
-            "invalid join token: the secret matches neither this swarm's worker nor manager token"
-                .into(),
-        );
-    };
+    let role = role_for(&cluster, &req.secret)?;
     addr::check_advertisable("advertise address", req.addr.ip())?;
     let ca = ClusterCa::from_pem(&cluster.ca.cert_pem, &cluster.ca.key_pem)
         .map_err(|e| e.to_string())?;
@@ -152,6 +152,20 @@ pub async fn finish_rotation(m: &Manager) {
             info!("root CA rotation complete: every node holds a certificate from the new root")
         }
         Err(e) => warn!("cannot complete the CA rotation: {e}"),
+    }
+}
+
+/// The role a join secret grants, or why none.
+fn role_for(cluster: &Cluster, secret: &str) -> Result<Role, String> {
+    if secret_matches(&cluster.manager_secret, secret) {
+        Ok(Role::Manager)
+    } else if secret_matches(&cluster.worker_secret, secret) {
+        Ok(Role::Worker)
+    } else {
+        Err(
+            "invalid join token: the secret matches neither this swarm's worker nor manager token"
+                .into(),
+        )
     }
 }
 

@@ -113,6 +113,7 @@ impl Manager {
             tokio::spawn(keymanager::run(weak.clone())),
             tokio::spawn(scheduler::run(weak.clone())),
             tokio::spawn(events::run(weak)),
+            tokio::spawn(exit_on_fatal(m.store.clone())),
         ];
         Ok((m, tasks))
     }
@@ -194,6 +195,24 @@ impl Manager {
             "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster \
              state. Please run this command on a manager node or promote the current node to a manager.",
         )
+    }
+}
+
+/// A Raft node that stopped on a fatal error (storage failure, a panic in
+/// its loop) never commits again: end the process so that its supervisor
+/// (systemd: `Restart=on-failure`) starts it afresh from the log on disk,
+/// rather than leave a manager that answers but never commits.
+async fn exit_on_fatal(store: Store) {
+    let mut rx = store.subscribe();
+    loop {
+        if let Some(why) = rx.borrow_and_update().fatal.clone() {
+            tracing::error!("raft stopped on a fatal error, exiting: {why}");
+            eprintln!("Error: raft stopped on a fatal error: {why}");
+            std::process::exit(1);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -250,16 +250,14 @@ pub async fn run(manager: Weak<Manager>) {
             continue;
         }
         let now = now_ms();
-        let Ok(cmds) = store
-            .read_local(move |st| {
-                let mut cmds = plan(st, now, &mut || NodeId::generate().to_string());
-                cmds.extend(mesh_endpoints(st));
-                cmds
-            })
-            .await
-        else {
+        // Plan from a copy: apply needs the state's lock, and planning a
+        // big service must never hold it.
+        let Ok(st) = store.read_local(State::clone).await else {
             continue;
         };
+        let mut cmds = plan(&st, now, &mut || NodeId::generate().to_string());
+        cmds.extend(mesh_endpoints(&st));
+        drop(st);
         for cmd in cmds {
             if let Err(e) = store.propose(cmd).await {
                 debug!("scheduler: {e}");

@@ -146,6 +146,16 @@ impl Store {
         self.raft.serve_peer(stream).await
     }
 
+    /// Serve an inbound Raft stream from the manager holding raft id
+    /// `from` (known from its certificate); messages as anyone else end it.
+    pub async fn serve_peer_as<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: T,
+        from: u64,
+    ) -> Result<(), RaftError> {
+        self.raft.serve_peer_as(stream, from).await
+    }
+
     /// Stop the Raft loop; the log is flushed and closed.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         self.raft.clone().shutdown().await

@@ -448,6 +448,12 @@ fn registry(m: &Metrics, s: &Snapshot) -> Registry {
             "Commands proposed on this manager that failed (no quorum, no leader, timeout, leader change)",
             raft.proposals_failed_total,
         );
+        counter(
+            &mut r,
+            "shoal_raft_inbound_dropped",
+            "Inbound raft batches dropped because the raft loop's queue was full",
+            raft.inbound_dropped_total,
+        );
         r.register(
             "shoal_raft_apply_latency_seconds",
             "Time from a command's submission on this manager to its apply here",
@@ -910,6 +916,7 @@ mod tests {
                 voters_reachable: 2,
                 proposals_total: 50,
                 proposals_failed_total: 4,
+                inbound_dropped_total: 0,
                 apply_latency: HistogramSnapshot {
                     bounds: shoal_raft_store::APPLY_LATENCY_BOUNDS.to_vec(),
                     counts,

@@ -80,6 +80,8 @@ impl<O> Waiter<O> {
 
 /// The loop's state: everything here lives on the loop thread.
 pub(super) struct Core<S: StateMachine> {
+    /// Inbound batches queued (see `Shared::deliver`).
+    pub(super) inbound: Arc<AtomicUsize>,
     pub(super) id: u64,
     pub(super) cfg: RaftConfig,
     pub(super) node: RawNode<SledStorage>,
@@ -650,6 +652,7 @@ impl<S: StateMachine> Core<S> {
                 })
                 .collect(),
             snapshot_index: self.node.store().snapshot_metadata().index,
+            fatal: None,
         }
     }
 
@@ -684,7 +687,10 @@ impl<S: StateMachine> Core<S> {
         stop: &mut Option<oneshot::Sender<Result<(), RaftError>>>,
     ) {
         match ev {
-            Event::Inbound(b) => self.on_inbound(b, now),
+            Event::Inbound(b) => {
+                self.inbound.fetch_sub(1, Relaxed);
+                self.on_inbound(b, now)
+            }
             Event::Request(r) => self.submit(r, now, now),
             Event::Shutdown(tx) => *stop = Some(tx),
         }
@@ -741,6 +747,7 @@ impl<S: StateMachine> Core<S> {
         let mut st = self.status(Instant::now());
         st.leader = None;
         st.is_leader = false;
+        st.fatal = fatal.as_ref().map(|e| e.to_string());
         let status_tx = self.status_tx.clone();
         // Close sled before answering, so a restart on the same directory
         // can open it right away.

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -83,13 +83,43 @@ pub(super) fn decode_envelope(data: &[u8]) -> Result<(PeerMap, &[u8]), RaftError
 
 struct Shared<S: StateMachine> {
     id: u64,
-    tx: mpsc::Sender<Event<S::Output>>,
+    /// Bounded: [`INBOUND_QUEUE`] inbound batches plus room for every
+    /// request in flight (and a shutdown).
+    tx: mpsc::SyncSender<Event<S::Output>>,
+    /// Inbound batches queued and not yet taken by the loop.
+    inbound: Arc<AtomicUsize>,
     sm: Arc<Mutex<S>>,
     status: watch::Receiver<RaftStatus>,
     inflight: Arc<Semaphore>,
     /// Bound on how long a caller waits, past the loop's own deadlines.
     max_wait: Duration,
     stats: Arc<Stats>,
+}
+
+/// Inbound batches queued for the loop before more are dropped: a peer (or
+/// anyone holding a manager certificate) sending faster than the loop can
+/// step must not grow memory without bound. Raft tolerates the loss.
+pub const INBOUND_QUEUE: usize = 4096;
+
+impl<S: StateMachine> Shared<S> {
+    /// Queue an inbound batch, or drop it (counted) when the queue is full.
+    fn deliver(&self, batch: Batch) -> Result<(), RaftError> {
+        if self.inbound.fetch_add(1, Relaxed) >= INBOUND_QUEUE {
+            self.inbound.fetch_sub(1, Relaxed);
+            self.stats.inbound_dropped.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        self.tx.try_send(Event::Inbound(batch)).map_err(|e| {
+            self.inbound.fetch_sub(1, Relaxed);
+            match e {
+                mpsc::TrySendError::Full(_) => {
+                    self.stats.inbound_dropped.fetch_add(1, Relaxed);
+                    RaftError::Dropped("the raft queue is full".into())
+                }
+                mpsc::TrySendError::Disconnected(_) => RaftError::Stopped,
+            }
+        })
+    }
 }
 
 /// A manager's raft node: a cheap cloneable handle; the Ready loop runs on
@@ -112,6 +142,15 @@ impl<S: StateMachine> std::fmt::Debug for RaftNode<S> {
             .field("id", &self.inner.id)
             .finish()
     }
+}
+
+/// The sender a batch claims when it is not `id` (the batch header or any
+/// message in it).
+fn impersonated(batch: &Batch, id: u64) -> Option<u64> {
+    if batch.from != id {
+        return Some(batch.from);
+    }
+    batch.msgs.iter().map(|m| m.from).find(|f| *f != id)
 }
 
 fn validate(cfg: &RaftConfig) -> Result<(), RaftError> {
@@ -254,13 +293,15 @@ impl<S: StateMachine> RaftNode<S> {
             ..Default::default()
         });
         let sm = Arc::new(Mutex::new(sm));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(INBOUND_QUEUE + cfg.max_inflight_proposals.max(1) + 1);
+        let inbound = Arc::new(AtomicUsize::new(0));
         let id = cfg.id;
         let max_wait = cfg.propose_timeout + cfg.leader_wait + Duration::from_secs(1);
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight_proposals.max(1)));
         let stats = Arc::new(Stats::default());
         let core = Core {
             stats: stats.clone(),
+            inbound: inbound.clone(),
             id,
             node,
             sm: sm.clone(),
@@ -281,14 +322,33 @@ impl<S: StateMachine> RaftNode<S> {
             submitted_under: HashMap::new(),
             cfg,
         };
+        let on_panic = core.status_tx.clone();
         std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || core.run(rx))
+            .spawn(move || {
+                // A panic here (the loop, raft-rs, the state machine) must
+                // not leave a manager that answers but never commits.
+                let run = std::panic::AssertUnwindSafe(|| core.run(rx));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(raft_id = id, "raft loop panicked: {what}");
+                    on_panic.send_modify(|st| {
+                        st.leader = None;
+                        st.is_leader = false;
+                        st.fatal = Some(format!("raft loop panicked: {what}"));
+                    });
+                }
+            })
             .map_err(|e| RaftError::Config(format!("cannot start the raft thread: {e}")))?;
         Ok(RaftNode {
             inner: Arc::new(Shared {
                 id,
                 tx,
+                inbound,
                 sm,
                 status: status_rx,
                 inflight,
@@ -306,9 +366,9 @@ impl<S: StateMachine> RaftNode<S> {
     /// A handle for delivering inbound messages without a stream (the
     /// in-memory router, simulations).
     pub fn inbox(&self) -> Inbox {
-        let tx = Mutex::new(self.inner.tx.clone());
+        let inner = self.inner.clone();
         Inbox {
-            deliver: Arc::new(move |b| lock(&tx).send(Event::Inbound(b)).is_ok()),
+            deliver: Arc::new(move |b| inner.deliver(b).is_ok()),
         }
     }
 
@@ -323,10 +383,14 @@ impl<S: StateMachine> RaftNode<S> {
             .await
             .map_err(|_| RaftError::Stopped)?;
         let (tx, rx) = oneshot::channel();
+        // Room is reserved: at most `inflight` requests are queued.
         self.inner
             .tx
-            .send(Event::Request(make(tx)))
-            .map_err(|_| RaftError::Stopped)?;
+            .try_send(Event::Request(make(tx)))
+            .map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => RaftError::Dropped("the raft queue is full".into()),
+                mpsc::TrySendError::Disconnected(_) => RaftError::Stopped,
+            })?;
         match tokio::time::timeout(self.inner.max_wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RaftError::Stopped),
@@ -391,13 +455,34 @@ impl<S: StateMachine> RaftNode<S> {
     /// for a malformed frame (the connection should then be dropped).
     pub async fn serve_peer<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
+        stream: T,
+    ) -> Result<(), RaftError> {
+        self.serve_stream(stream, None).await
+    }
+
+    /// [`RaftNode::serve_peer`] for a stream whose sender is known from its
+    /// certificate to be raft id `from`: a batch or message claiming any
+    /// other sender is an impersonation, and ends the stream with an error.
+    pub async fn serve_peer_as<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: T,
+        from: u64,
+    ) -> Result<(), RaftError> {
+        self.serve_stream(stream, Some(from)).await
+    }
+
+    async fn serve_stream<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
         mut stream: T,
+        from: Option<u64>,
     ) -> Result<(), RaftError> {
         while let Some(batch) = read_frame(&mut stream).await? {
-            self.inner
-                .tx
-                .send(Event::Inbound(batch))
-                .map_err(|_| RaftError::Stopped)?;
+            if let Some(id) = from {
+                if let Some(claimed) = impersonated(&batch, id) {
+                    return Err(RaftError::Impersonation { peer: id, claimed });
+                }
+            }
+            self.inner.deliver(batch)?;
         }
         Ok(())
     }
@@ -425,6 +510,7 @@ impl<S: StateMachine> RaftNode<S> {
             voters_reachable: st.voters.iter().filter(|v| v.reachable).count() as u64,
             proposals_total: s.proposals.load(Relaxed),
             proposals_failed_total: s.proposals_failed.load(Relaxed),
+            inbound_dropped_total: s.inbound_dropped.load(Relaxed),
             apply_latency: s.apply_latency.snapshot(),
         }
     }
@@ -439,7 +525,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// directory works in-process). Other handles then get `Stopped`.
     pub async fn shutdown(self) -> Result<(), RaftError> {
         let (tx, rx) = oneshot::channel();
-        if self.inner.tx.send(Event::Shutdown(tx)).is_err() {
+        if self.inner.tx.try_send(Event::Shutdown(tx)).is_err() {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
@@ -449,6 +535,23 @@ impl<S: StateMachine> RaftNode<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_claiming_another_sender_is_an_impersonation() {
+        let msg = |from: u64| Message {
+            from,
+            ..Default::default()
+        };
+        let batch = |from: u64, msgs: Vec<Message>| Batch {
+            from,
+            from_addr: None,
+            msgs,
+        };
+        assert_eq!(impersonated(&batch(7, vec![msg(7), msg(7)]), 7), None);
+        assert_eq!(impersonated(&batch(8, vec![msg(7)]), 7), Some(8));
+        assert_eq!(impersonated(&batch(7, vec![msg(7), msg(9)]), 7), Some(9));
+        assert_eq!(impersonated(&batch(7, vec![]), 7), None);
+    }
     use crate::mem::MemRouter;
 
     /// Counts applied commands; enough to drive a node.

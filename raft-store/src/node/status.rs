@@ -35,6 +35,11 @@ pub struct RaftStatus {
     pub voters: Vec<VoterStatus>,
     /// Index of the latest stored snapshot.
     pub snapshot_index: u64,
+    /// Set once the loop has stopped on a fatal error (storage failure, a
+    /// panic in the loop or the state machine): this node will never commit
+    /// again, and its owner should stop the process so it is restarted.
+    #[serde(default)]
+    pub fatal: Option<String>,
 }
 
 /// Upper bounds, in seconds, of the apply-latency histogram buckets
@@ -124,6 +129,7 @@ impl LatencyHistogram {
 pub(crate) struct Stats {
     pub(crate) proposals: AtomicU64,
     pub(crate) proposals_failed: AtomicU64,
+    pub(crate) inbound_dropped: AtomicU64,
     pub(crate) apply_latency: LatencyHistogram,
 }
 
@@ -162,6 +168,9 @@ pub struct RaftStats {
     /// Of those, the ones that resolved with an error (no quorum, no
     /// leader, timeout, leader change, stopped...).
     pub proposals_failed_total: u64,
+    /// Inbound raft batches dropped because the loop's queue was full.
+    #[serde(default)]
+    pub inbound_dropped_total: u64,
     /// Seconds from a command's arrival at this node's loop to its apply
     /// here, for commands proposed on this node and applied.
     pub apply_latency: HistogramSnapshot,
