@@ -138,14 +138,6 @@ impl Store {
         self.raft.remove_voter(id).await
     }
 
-    /// Serve an authenticated inbound Raft stream.
-    pub async fn serve_peer<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-        &self,
-        stream: T,
-    ) -> Result<(), RaftError> {
-        self.raft.serve_peer(stream).await
-    }
-
     /// Serve an inbound Raft stream from the manager holding raft id
     /// `from` (known from its certificate); messages as anyone else end it.
     pub async fn serve_peer_as<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
