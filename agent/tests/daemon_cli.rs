@@ -377,3 +377,159 @@ fn a_closed_stdout_ends_the_cli_quietly_with_exit_0() {
         assert_eq!(stderr(&out), "", "{args:?}");
     }
 }
+
+/// Permission bits in octal, as `ls -l` users read them: "0700".
+fn mode(p: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode();
+    format!("{:04o}", m & 0o7777)
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP (at the time of asking).
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `spawn_daemon`, but with umask 000: whatever is private is so by the
+/// daemon's own doing.
+fn spawn_daemon_umask0(dir: &Path) -> Child {
+    let config = dir.join("shoal.toml");
+    if !config.exists() {
+        std::fs::write(&config, "").unwrap();
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(SHOAL)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("shoal.sock"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn secrets_at_rest_are_private_even_with_umask_000() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, gossip) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("shoal.toml"),
+        format!("gossip_port = {gossip}\nmetrics_addr = \"\"\nheartbeat_ms = 200\n"),
+    )
+    .unwrap();
+    let d = TestDaemon {
+        child: spawn_daemon_umask0(dir.path()),
+        dir,
+    };
+    wait_for(|| UnixStream::connect(d.socket()).is_ok(), "daemon socket");
+    let data = d.dir.path().join("data");
+    assert_eq!(mode(&data), "0700", "data dir");
+    assert_eq!(mode(&d.socket()), "0660", "API socket");
+
+    let addr = format!("127.0.0.1:{control}");
+    let out = d.cli(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&data.join("swarm/node.key")), "0600", "node.key");
+    let resume = d.dir.path().join("run/gossip.json");
+    wait_for(|| resume.exists(), "the gossip resume file");
+    assert_eq!(mode(&resume), "0600", "gossip.json");
+    assert_eq!(mode(&data), "0700", "data dir after swarm init");
+}
+
+#[test]
+fn a_data_dir_open_to_others_is_tightened_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let child = spawn_daemon(dir.path(), &[]);
+    let sock = dir.path().join("shoal.sock");
+    wait_for(|| UnixStream::connect(&sock).is_ok(), "socket");
+    assert_eq!(mode(&data), "0700");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (status, err) = wait_exit(child);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("data dir was open to others (mode 0755): restricted to 0700"),
+        "{err}"
+    );
+}
+
+/// The socket is never at its path with another mode: it is bound
+/// elsewhere and renamed there (inotify sees a move, never a create), and
+/// the private directory it was bound in is gone.
+#[test]
+fn the_api_socket_is_moved_into_place_with_its_mode() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    watch
+        .add_watch(
+            dir.path(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )
+        .unwrap();
+    let d = TestDaemon {
+        child: spawn_daemon(dir.path(), &[]),
+        dir,
+    };
+    let mut events = Vec::new();
+    let drain = |events: &mut Vec<(AddWatchFlags, String)>| {
+        while let Ok(batch) = watch.read_events() {
+            events.extend(batch.into_iter().map(|e| {
+                let name = e.name.map(|n| n.to_string_lossy().into_owned());
+                (e.mask, name.unwrap_or_default())
+            }));
+        }
+    };
+    wait_for(
+        || {
+            drain(&mut events);
+            UnixStream::connect(d.socket()).is_ok()
+        },
+        "daemon socket",
+    );
+    drain(&mut events);
+    let of_socket: Vec<_> = events.iter().filter(|(_, n)| n == "shoal.sock").collect();
+    assert!(
+        of_socket
+            .iter()
+            .all(|(m, _)| m.contains(AddWatchFlags::IN_MOVED_TO)),
+        "the socket was created in place: {events:?}"
+    );
+    assert!(!of_socket.is_empty(), "no event for the socket: {events:?}");
+    assert_eq!(mode(&d.socket()), "0660");
+    let left: Vec<String> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".s"))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use tracing::warn;
 
 use crate::swarm::file::write_atomically;
 
@@ -24,10 +25,10 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Create the data dir if needed and take its lock, or say who holds it.
+    /// Create the data dir if needed (owner-only, see [`private_data_dir`])
+    /// and take its lock, or say who holds it.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("data dir {} cannot be created", data_dir.display()))?;
+        private_data_dir(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -67,6 +68,50 @@ impl DataDirLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Make sure the data dir exists and only its owner can enter it (mode
+/// 0700: it holds the node key and, on managers, the Raft log with the CA
+/// and gossip keys). A new one is created 0700 (its missing parents with
+/// the usual mode); an existing one open to group or others is tightened,
+/// with a warning.
+pub fn private_data_dir(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("data dir {} cannot be created", data_dir.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(data_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("data dir {} cannot be created", data_dir.display()))
+        }
+    }
+    let meta = std::fs::metadata(data_dir)
+        .with_context(|| format!("data dir {} cannot be read", data_dir.display()))?;
+    if !meta.is_dir() {
+        bail!("data dir {} is not a directory", data_dir.display());
+    }
+    // The umask may have taken bits off the new dir, never added any; an
+    // older one may be open.
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "data dir {} is open to others (mode {mode:04o}) and cannot be restricted to 0700",
+                    data_dir.display()
+                )
+            },
+        )?;
+        warn!(
+            data_dir = %data_dir.display(),
+            "data dir was open to others (mode {mode:04o}): restricted to 0700"
+        );
+    }
+    Ok(())
 }
 
 /// Read this node's id from the data dir, creating one on first start.

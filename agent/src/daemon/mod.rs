@@ -25,12 +25,24 @@ pub mod notify;
 pub use handler::Daemon;
 use lock::{load_or_create_node_id, DataDirLock};
 
+/// Mode of the API socket: its owner and group may talk to the daemon.
+const SOCKET_MODE: u32 = 0o660;
+
 /// Bind the API socket, replacing a stale socket file but never a live one.
+///
+/// The socket never exists at `path` with any mode but [`SOCKET_MODE`]:
+/// it is bound inside a fresh private (0700) directory next to `path`,
+/// where nobody else can reach it, given its mode there, and then renamed
+/// into place (a rename keeps the bound socket and is atomic). The
+/// directory is removed again.
 async fn bind_socket(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             bail!(
@@ -41,12 +53,41 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set permissions of {}", path.display()))?;
-    Ok(listener)
+    // Short names: the staging path is no longer than `<dir>/shoal.sock`
+    // (unix socket paths are limited to 107 bytes).
+    let staging = dir.join(format!(".s{:06x}", rand::random::<u32>() & 0xff_ffff));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| {
+            format!(
+                "cannot create {} to bind the socket {} in",
+                staging.display(),
+                path.display()
+            )
+        })?;
+    let tmp = staging.join("s");
+    let bound = (|| -> Result<UnixListener> {
+        let listener = UnixListener::bind(&tmp)
+            .with_context(|| format!("cannot listen on {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .with_context(|| format!("cannot set permissions of {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| {
+            format!(
+                "cannot move the socket {} to {}",
+                tmp.display(),
+                path.display()
+            )
+        })?;
+        Ok(listener)
+    })();
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    if let Err(e) = std::fs::remove_dir(&staging) {
+        warn!("cannot remove {}: {e}", staging.display());
+    }
+    bound.with_context(|| format!("cannot listen on {}", path.display()))
 }
 
 /// IPv4 addresses of the non-loopback interfaces in this network namespace.

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use shoal_api::FrameError;
 use shoal_model::network::{Endpoint, Network};
 use shoal_model::service::{EndpointMode, PortConfig, Task, TaskState};
 use shoal_model::state::{GossipKey, Node};
@@ -169,4 +171,168 @@ pub fn transport() -> quinn::TransportConfig {
     t.max_concurrent_uni_streams(0u8.into());
     t.max_concurrent_bidi_streams(4u8.into());
     t
+}
+
+/// Frames read off a stream by a task of their own, so that waiting for
+/// the next one is cancellation-safe.
+///
+/// `shoal_api::read_frame` reads a length and then a body; dropped half
+/// way (another branch of a `tokio::select!` won), it loses the bytes it
+/// had read and the stream is out of step from then on. The task owns the
+/// stream and reads whole frames whatever the consumer does; the consumer
+/// waits on a channel, whose `recv` loses nothing when dropped. The first
+/// error (end of stream included) is passed on and ends the task; dropping
+/// the reader ends it too (and with it the stream).
+#[derive(Debug)]
+pub struct FrameReader<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<T, FrameError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T: DeserializeOwned + Send + 'static> FrameReader<T> {
+    /// Start reading `stream` on a task of its own.
+    pub fn spawn<R>(mut stream: R) -> FrameReader<T>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        // Room for a few frames: the reader keeps a frame's worth ahead of
+        // a busy consumer, no more.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            loop {
+                let frame = shoal_api::read_frame::<_, T>(&mut stream).await;
+                let failed = frame.is_err();
+                if tx.send(frame).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        FrameReader { rx, task }
+    }
+
+    /// The next frame. Cancellation-safe: a call dropped before it returns
+    /// loses nothing. After the stream ended it keeps saying `Closed`.
+    pub async fn recv(&mut self) -> Result<T, FrameError> {
+        self.rx.recv().await.unwrap_or(Err(FrameError::Closed))
+    }
+}
+
+impl<T> Drop for FrameReader<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::{sleep, timeout};
+
+    const FRAMES: usize = 20;
+
+    fn heartbeat(i: usize) -> ToManager {
+        ToManager::Heartbeat(NodeReport {
+            ca_digest: format!("frame-{i}"),
+            ..NodeReport::default()
+        })
+    }
+
+    /// Writes `FRAMES` heartbeats, each in three pieces (half the length
+    /// prefix, the rest of it with half the body, the rest) 5 ms apart,
+    /// then closes the stream.
+    async fn slow_writer(mut w: tokio::io::DuplexStream) {
+        for i in 0..FRAMES {
+            let body = serde_json::to_vec(&heartbeat(i)).unwrap();
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            let cut = 4 + body.len() / 2;
+            for piece in [&frame[..2], &frame[2..cut], &frame[cut..]] {
+                w.write_all(piece).await.unwrap();
+                w.flush().await.unwrap();
+                sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    fn digest(m: &ToManager) -> String {
+        let ToManager::Heartbeat(r) = m;
+        r.ca_digest.clone()
+    }
+
+    fn expected() -> Vec<String> {
+        (0..FRAMES).map(|i| format!("frame-{i}")).collect()
+    }
+
+    /// A session loop's shape: a 1 ms timer keeps winning the select while
+    /// frames trickle in; every frame still arrives whole and in order.
+    #[tokio::test(start_paused = true)]
+    async fn frames_arrive_whole_while_a_timer_keeps_winning() {
+        let (w, r) = tokio::io::duplex(64);
+        tokio::spawn(slow_writer(w));
+        let mut frames = FrameReader::<ToManager>::spawn(r);
+        let (mut got, mut ticks) = (Vec::new(), 0usize);
+        let end = timeout(Duration::from_secs(60), async {
+            loop {
+                tokio::select! {
+                    msg = frames.recv() => match msg {
+                        Ok(m) => got.push(digest(&m)),
+                        Err(e) => return e,
+                    },
+                    _ = sleep(Duration::from_millis(1)) => ticks += 1,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends");
+        assert_eq!(got, expected());
+        assert!(matches!(end, FrameError::Closed), "{end}");
+        // The timer won between the pieces of every frame.
+        assert!(ticks >= 2 * FRAMES, "only {ticks} timer wins");
+        assert!(matches!(frames.recv().await, Err(FrameError::Closed)));
+    }
+
+    /// The hazard the reader removes: `read_frame` itself in the select
+    /// loses the bytes it had read when the timer wins, and the frames
+    /// after it are garbage (this is what the session loops did).
+    #[tokio::test(start_paused = true)]
+    async fn read_frame_in_the_select_loses_bytes() {
+        let (w, mut r) = tokio::io::duplex(64);
+        tokio::spawn(slow_writer(w));
+        let mut got = Vec::new();
+        let end = timeout(Duration::from_secs(60), async {
+            loop {
+                tokio::select! {
+                    msg = shoal_api::read_frame::<_, ToManager>(&mut r) => match msg {
+                        Ok(m) => got.push(digest(&m)),
+                        Err(e) => return e,
+                    },
+                    _ = sleep(Duration::from_millis(1)) => {}
+                }
+            }
+        })
+        .await
+        .expect("the stream ends");
+        assert_ne!(got, expected(), "ended with {end}");
+    }
+
+    /// Dropping the reader ends its task, and with it the stream: the
+    /// writer sees the other end gone.
+    #[tokio::test]
+    async fn dropping_the_reader_closes_the_stream() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let frames = FrameReader::<ToManager>::spawn(r);
+        drop(frames);
+        let closed = timeout(Duration::from_secs(10), async {
+            loop {
+                if w.write_all(&[0; 64]).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the stream outlived its reader");
+    }
 }

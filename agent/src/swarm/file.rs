@@ -63,11 +63,11 @@ pub fn save_file(data_dir: &Path, sf: &SwarmFile) -> Result<()> {
 
 /// Save only the certificate, key and roots.
 pub fn save_identity(data_dir: &Path, id: &NodeIdentity) -> Result<()> {
-    let key_path = file(data_dir, "node.key");
-    write_atomically(&key_path, id.key.to_pem().as_bytes())?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", key_path.display()))?;
+    write_atomically_mode(
+        &file(data_dir, "node.key"),
+        id.key.to_pem().as_bytes(),
+        SECRET_MODE,
+    )?;
     write_atomically(
         &file(data_dir, "node.crt"),
         shoal_tls::cert_to_pem(&id.cert).as_bytes(),
@@ -127,11 +127,37 @@ pub fn wipe(data_dir: &Path) -> Result<()> {
     }
 }
 
-/// Write a file so that a crash leaves either the old or the new content.
+/// Mode of the swarm files anyone on the host may read (`swarm.json`,
+/// `node.crt`, `roots.pem`, `node-id`): still inside the 0700 data dir.
+pub const PUBLIC_MODE: u32 = 0o644;
+/// Mode of key files (`node.key`, the gossip resume file).
+pub const SECRET_MODE: u32 = 0o600;
+
+/// Write a file with [`PUBLIC_MODE`] so that a crash leaves either the old
+/// or the new content (see [`write_atomically_mode`]).
 pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomically_mode(path, data, PUBLIC_MODE)
+}
+
+/// Write a file so that a crash leaves either the old or the new content,
+/// with permissions `mode` from the start: the temp file is created with
+/// it (never written with the umask's mode and restricted afterwards) and
+/// then renamed over `path`. A temp file left by a crash is removed first,
+/// since an existing file would keep its own mode.
+pub fn write_atomically_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -141,4 +167,39 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         Ok(())
     };
     write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_secret_is_written_with_its_mode_whatever_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        // A world-readable temp file a crash left behind, and an old key.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, "stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically_mode(&path, b"secret", SECRET_MODE).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret");
+        assert_eq!(mode(&path), 0o600);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/node.key");
+        let e = write_atomically_mode(&path, b"x", SECRET_MODE).unwrap_err();
+        assert!(format!("{e:#}").contains("missing/node.key"), "{e:#}");
+    }
 }

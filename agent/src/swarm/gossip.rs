@@ -81,26 +81,47 @@ impl Resume {
         (r.node_id == node_id).then_some(r)
     }
 
-    /// Write it (owner-only).
+    /// Write it, owner-only from the start (it holds the gossip keys).
     pub fn save(&self, run_dir: &std::path::Path) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use anyhow::Context;
         let path = resume_path(run_dir);
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        let json = serde_json::to_vec(self)
+            .with_context(|| format!("cannot encode {}", path.display()))?;
+        crate::swarm::file::write_atomically_mode(&path, &json, crate::swarm::file::SECRET_MODE)
     }
 
     /// Forget it (`swarm leave`).
     pub fn remove(run_dir: &std::path::Path) {
         let _ = std::fs::remove_file(resume_path(run_dir));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_resume_file_is_owner_only_even_over_a_stale_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = resume_path(dir.path()).with_extension("tmp");
+        std::fs::write(&tmp, "stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let r = Resume {
+            node_id: "n1".into(),
+            generation: 7,
+            keys: vec![GossipKey {
+                id: 1,
+                lamport: 1,
+                key: [9; 32],
+            }],
+        };
+        r.save(dir.path()).unwrap();
+        let meta = std::fs::metadata(resume_path(dir.path())).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let back = Resume::load(dir.path(), "n1").unwrap();
+        assert_eq!((back.generation, back.keys), (7, r.keys));
+        assert!(Resume::load(dir.path(), "n2").is_none());
     }
 }

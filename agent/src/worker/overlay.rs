@@ -344,9 +344,27 @@ impl Overlay {
         Ok(())
     }
 
-    /// Start the process in the workload's namespaces; a reaper thread
+    /// Start the process in the workload's namespaces, with Docker's
+    /// default capabilities only and `no_new_privs`; a reaper thread
     /// records its exit code.
     fn spawn(&self, w: &Workload, spec: &StartSpec) -> anyhow::Result<u32> {
+        // Host-process workloads (until containers land) get Docker's
+        // default capability set only — CHOWN, DAC_OVERRIDE, FSETID,
+        // FOWNER, MKNOD, NET_RAW, SETGID, SETUID, SETFCAP, SETPCAP,
+        // NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE, i.e.
+        // `00000000a80425fb` — and `no_new_privs`. util-linux `setpriv`
+        // (beside `nsenter` and `unshare`) shrinks the bounding set and
+        // clears the inheritable and ambient sets, then execs the workload:
+        // root, it keeps exactly the bounding set as permitted and effective.
+        const DROP_PRIVILEGES: &[&str] = &[
+            "setpriv",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all,+chown,+dac_override,+fsetid,+fowner,+mknod,+net_raw,+setgid,\
+             +setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write",
+            "--",
+        ];
         let log = std::fs::File::create(self.dir().join(format!("{}.log", w.id)))?;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net={}", w.netns.display())).arg("--");
@@ -361,7 +379,11 @@ impl Overlay {
                 .arg(resolv)
                 .arg(hostname);
         }
-        cmd.args(&spec.argv)
+        // Last before the workload's own argv (after the sandbox's mount
+        // and hostname, which need CAP_SYS_ADMIN); every step execs the
+        // next, so the pid is the workload's.
+        cmd.args(DROP_PRIVILEGES)
+            .args(&spec.argv)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")

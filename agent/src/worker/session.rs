@@ -12,7 +12,9 @@ use shoal_api as api;
 use shoal_tls::{NodeIdentity, MANAGER_SERVER_NAME};
 use tracing::{debug, info};
 
-use crate::proto::session::{transport, Assignments, NodeReport, ToManager, ToNode, ALPN_SESSION};
+use crate::proto::session::{
+    transport, Assignments, FrameReader, NodeReport, ToManager, ToNode, ALPN_SESSION,
+};
 
 /// What the session loop needs from the node that owns it.
 pub trait SessionOwner: Send + Sync + 'static {
@@ -153,9 +155,12 @@ impl Client {
         )
         .await
         .map_err(|_| anyhow::anyhow!("session to {addr}: timed out"))??;
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
         // The stream exists for the peer only once something is sent.
         api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
+        // Frames are read on a task of their own: the timer and wake
+        // branches below can win while a frame is half read.
+        let mut frames = FrameReader::<ToNode>::spawn(recv);
         let mut first = true;
         let mut last: Option<Assignments> = None;
         let mut next_beat = tokio::time::Instant::now();
@@ -165,7 +170,7 @@ impl Client {
                 .map(|p| *p)
                 .unwrap_or(Duration::from_secs(5));
             tokio::select! {
-                msg = api::read_frame::<_, ToNode>(&mut recv) => {
+                msg = frames.recv() => {
                     match msg? {
                         ToNode::Redirect(to) => {
                             self.set_connected(None);

@@ -18,7 +18,9 @@ use tracing::debug;
 
 use super::store::Store;
 use super::Manager;
-use crate::proto::session::{transport, Assignments, TaskReport, ToManager, ToNode, ALPN_SESSION};
+use crate::proto::session::{
+    transport, Assignments, FrameReader, TaskReport, ToManager, ToNode, ALPN_SESSION,
+};
 
 pub mod assignments;
 pub mod liveness;
@@ -78,7 +80,7 @@ fn peer_node(conn: &quinn::Connection) -> anyhow::Result<NodeId> {
 
 async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyhow::Result<()> {
     let node = peer_node(&conn)?;
-    let (mut send, mut recv) = conn.accept_bi().await?;
+    let (mut send, recv) = conn.accept_bi().await?;
     let Some(store) = manager.upgrade().map(|m| m.store().clone()) else {
         return Ok(());
     };
@@ -98,6 +100,9 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
         return Ok(());
     }
     debug!(node = %node, "session opened");
+    // Frames are read on a task of their own: the change and check
+    // branches below can win while a frame is half read.
+    let mut frames = FrameReader::<ToManager>::spawn(recv);
     let mut changes = store.subscribe();
     let mut sent: Option<Assignments> = None;
     let mut check = tokio::time::interval(Duration::from_millis(250));
@@ -110,7 +115,7 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
             sent = Some(now);
         }
         tokio::select! {
-            msg = api::read_frame::<_, ToManager>(&mut recv) => {
+            msg = frames.recv() => {
                 match msg? {
                     ToManager::Heartbeat(report) => {
                         let Some(m) = manager.upgrade() else { return Ok(()) };
