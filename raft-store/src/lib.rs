@@ -25,6 +25,7 @@ pub mod mem;
 mod node;
 pub mod storage;
 pub mod transport;
+mod watermark;
 
 pub use codec::{decode_batch, decode_frame, encode_batch, Batch, MAX_FRAME};
 pub use error::{FrameError, RaftError, StoreError};

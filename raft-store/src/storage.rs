@@ -25,6 +25,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::error::StoreError;
+use crate::watermark::Watermark;
 
 const FORMAT_VERSION: &[u8] = b"shoal-raft-1";
 const K_FORMAT: &[u8] = b"m:format";
@@ -35,13 +36,6 @@ const K_SNAP_META: &[u8] = b"m:snapshot_meta";
 const K_SNAP_DATA: &[u8] = b"m:snapshot_data";
 const K_PEERS: &[u8] = b"m:peers";
 const ENTRY_PREFIX: u8 = b'e';
-/// A file beside sled's own, holding a commit index known durable. sled
-/// recovers a damaged file by cutting its log at the damage, which would
-/// look like a shorter (even empty) raft log; a log that ends before the
-/// watermark is refused instead.
-const WATERMARK: &str = "shoal-commit-watermark";
-const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Bound on what bincode may allocate while decoding the peer map: the map
 /// comes from disk or from a snapshot sent by a peer.
 const DECODE_LIMIT: usize = 64 << 20;
@@ -85,8 +79,7 @@ pub struct SledStorage {
     /// Set when raft asked for a snapshot newer than the stored one; the node
     /// takes a fresh one on its next pass.
     snapshot_wanted: AtomicBool,
-    watermark: u64,
-    watermark_at: std::time::Instant,
+    watermark: Watermark,
 }
 
 impl std::fmt::Debug for SledStorage {
@@ -167,6 +160,7 @@ impl SledStorage {
             source,
         })?;
         let s = SledStorage {
+            watermark: Watermark::new(&path),
             path,
             db,
             tree,
@@ -178,8 +172,6 @@ impl SledStorage {
             snap_meta: SnapshotMetadata::default(),
             peers: PeerMap::new(),
             snapshot_wanted: AtomicBool::new(false),
-            watermark: 0,
-            watermark_at: std::time::Instant::now(),
         };
         let mut b = sled::Batch::default();
         b.insert(K_HARD_STATE, s.pb(&s.hard_state)?);
@@ -306,28 +298,13 @@ impl SledStorage {
         }
         // The snapshot only holds committed state.
         hard_state.commit = hard_state.commit.max(snap_meta.index);
-        let wm_path = path.join(WATERMARK);
-        let watermark = match std::fs::read(&wm_path) {
-            Ok(b) => {
-                let b: [u8; 8] = b.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-                    path: wm_path.clone(),
-                    reason: "watermark file has the wrong size".to_string(),
-                })?;
-                u64::from_be_bytes(b)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => {
-                return Err(StoreError::File {
-                    path: wm_path,
-                    source,
-                })
-            }
-        };
-        if hard_state.commit < watermark {
+        let watermark = Watermark::read(&path)?;
+        if hard_state.commit < watermark.value() {
             return Err(corrupt(format!(
-                "the log was cut short: it holds commits up to {} but {watermark} had been committed ({} says so)",
+                "the log was cut short: it holds commits up to {} but {} had been committed ({} says so)",
                 hard_state.commit,
-                wm_path.display()
+                watermark.value(),
+                watermark.path().display()
             )));
         }
         let s = SledStorage {
@@ -343,7 +320,6 @@ impl SledStorage {
             peers,
             snapshot_wanted: AtomicBool::new(false),
             watermark,
-            watermark_at: std::time::Instant::now(),
         };
         if !stale.is_empty() {
             let mut b = sled::Batch::default();
@@ -367,43 +343,17 @@ impl SledStorage {
             path: self.path.clone(),
             source,
         })?;
-        if self.watermark_at.elapsed() >= WATERMARK_EVERY {
-            self.write_watermark()?;
-        }
-        Ok(())
+        self.watermark.record(self.hard_state.commit, false)
     }
 
-    /// Flushes, then records the durable commit index in the watermark file
-    /// (done at most once a second by [`SledStorage::flush`], and on close).
+    /// Flushes, then records the durable commit index in the watermark file,
+    /// durably (on close).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|source| StoreError::Io {
             path: self.path.clone(),
             source,
         })?;
-        self.write_watermark()
-    }
-
-    fn write_watermark(&mut self) -> Result<(), StoreError> {
-        self.watermark_at = std::time::Instant::now();
-        let commit = self.hard_state.commit;
-        if commit <= self.watermark {
-            return Ok(());
-        }
-        let path = self.path.join(WATERMARK);
-        let tmp = self.path.join(format!("{WATERMARK}.tmp"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&commit.to_be_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| StoreError::File {
-            path: path.clone(),
-            source,
-        })?;
-        self.watermark = commit;
-        Ok(())
+        self.watermark.record(self.hard_state.commit, true)
     }
 
     /// The persisted hard state (term, vote, commit).
@@ -1017,7 +967,7 @@ mod tests {
     fn corrupt_files(db: &Path, f: &dyn Fn(&Path)) {
         for entry in std::fs::read_dir(db).unwrap() {
             let p = entry.unwrap().path();
-            let keep = ["conf", WATERMARK];
+            let keep = ["conf", crate::watermark::FILE];
             if p.is_file() && p.file_name().is_some_and(|n| !keep.iter().any(|k| n == *k)) {
                 f(&p);
             }

@@ -52,6 +52,9 @@ pub const DEFAULT_QUEUE: usize = 8192;
 /// burst of appends does not build one giant frame.
 const FRAME_TARGET: usize = 8 << 20;
 
+/// How long one frame's write may block on a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -288,7 +291,18 @@ async fn run_link(
             }
         };
         if let Some((_, stream)) = conn.as_mut() {
-            if let Err(e) = write_frame(stream, &frame).await {
+            // A peer that stops reading (hung, paused, hostile) must not
+            // hold this link's writer forever: drop the connection and
+            // reconnect; raft resends what it still needs.
+            let written = match tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, &frame))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out").into())
+                }
+            };
+            if let Err(e) = written {
                 tracing::debug!(peer = link.id, error = %e, "raft link write failed");
                 conn = None;
                 tokio::time::sleep(backoff).await;

@@ -35,11 +35,19 @@ fn node_call(
     })
 }
 
+/// Ids of the gossip keys `host` holds (from `shoal info`).
+fn key_ids(lab: &shoal_lab::Lab, host: usize) -> Vec<u64> {
+    shoal_tests::info(lab, host)["swarm"]["keys"]
+        .as_array()
+        .map(|ks| ks.iter().filter_map(|k| k["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_worker_frees_only_its_own_endpoints_and_a_removed_node_is_refused() {
     shoal_tls::install_crypto_provider();
-    let lab = lab(2);
-    lab.form_swarm(2, 1).unwrap();
+    let lab = lab(3);
+    lab.form_swarm(3, 1).unwrap();
     let h2 = lab.host(2).unwrap();
     let manager: SocketAddr = format!("{}:2377", lab.host(1).unwrap().addr)
         .parse()
@@ -96,6 +104,23 @@ fn a_worker_frees_only_its_own_endpoints_and_a_removed_node_is_refused() {
     assert!(e.contains("not part of this swarm"), "{e}");
     let log = std::fs::read_to_string(&lab.host(1).unwrap().log).unwrap();
     assert!(log.contains("rejected node call"), "the manager says why");
+
+    // Nor does its session get anything more: a new gossip key reaches the
+    // remaining worker (h3), never the removed node (h2).
+    let out = cli(&lab, 1, &["swarm", "rotate-keys"]).unwrap();
+    let new: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.trim_end_matches(';').parse().ok())
+        .unwrap_or_else(|| panic!("no key id in {out:?}"));
+    shoal_tests::wait_for("the new key on h3", Duration::from_secs(20), || {
+        key_ids(&lab, 3).contains(&new)
+    });
+    assert!(
+        !key_ids(&lab, 2).contains(&new),
+        "the removed node got the new key"
+    );
+    let log = std::fs::read_to_string(&lab.host(1).unwrap().log).unwrap();
+    assert!(log.contains("session refused"), "the leader says why");
 }
 
 #[test]

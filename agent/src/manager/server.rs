@@ -139,10 +139,11 @@ async fn serve_conn(m: Arc<Manager>, tcp: TcpStream, slot: Slot) -> Result<()> {
                 }
             };
             drop(slot);
-            m.store()
-                .serve_peer_as(stream, rid)
-                .await
-                .map_err(|e| anyhow!("{e}"))
+            match rid {
+                Some(rid) => m.store().serve_peer_as(stream, rid).await,
+                None => m.store().serve_peer(stream).await,
+            }
+            .map_err(|e| anyhow!("{e}"))
         }
         Some(rpc::ALPN_JOIN) => {
             let req: JoinRequest =
@@ -207,8 +208,24 @@ pub async fn member(m: &Manager, node: &NodeId) -> Result<Node, ApiError> {
 /// The raft id a manager's stream may speak as: its node must be in the
 /// store with a raft id that is still a voter (a demoted manager keeps
 /// acking until it is out of the group; a removed one is refused).
-async fn raft_peer(m: &Manager, node: &NodeId) -> Result<u64, ApiError> {
-    let n = member(m, node).await?;
+/// `None`: this manager does not know the cluster yet (it is joining and
+/// learns the log from the very peers it must accept): any sender.
+async fn raft_peer(m: &Manager, node: &NodeId) -> Result<Option<u64>, ApiError> {
+    let n = node.clone();
+    let me = m.node_id().clone();
+    let (record, behind) = m
+        .store()
+        .read_local(move |s| (s.nodes.get(&n).cloned(), !s.nodes.contains_key(&me)))
+        .await?;
+    let n = match record {
+        Some(n) => n,
+        None if behind => return Ok(None),
+        None => {
+            return Err(ApiError::invalid(format!(
+                "node {node} is not part of this swarm (removed)"
+            )))
+        }
+    };
     let rid = n
         .raft_id
         .ok_or_else(|| ApiError::invalid(format!("node {node} is not a raft member")))?;
@@ -218,5 +235,5 @@ async fn raft_peer(m: &Manager, node: &NodeId) -> Result<u64, ApiError> {
             "node {node} is no longer a manager"
         )));
     }
-    Ok(rid)
+    Ok(Some(rid))
 }

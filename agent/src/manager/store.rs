@@ -138,6 +138,15 @@ impl Store {
         self.raft.remove_voter(id).await
     }
 
+    /// Serve an inbound Raft stream from a manager whose raft id this node
+    /// cannot know yet (it is still learning the log).
+    pub async fn serve_peer<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: T,
+    ) -> Result<(), RaftError> {
+        self.raft.serve_peer(stream).await
+    }
+
     /// Serve an inbound Raft stream from the manager holding raft id
     /// `from` (known from its certificate); messages as anyone else end it.
     pub async fn serve_peer_as<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(

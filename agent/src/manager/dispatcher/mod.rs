@@ -14,7 +14,7 @@ use shoal_api as api;
 use shoal_model::state::Command;
 use shoal_model::{now_ms, NodeId};
 use shoal_tls::NodeIdentity;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::store::Store;
 use super::Manager;
@@ -110,6 +110,13 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
         // Push when the node's assignments changed (or first time).
         let n = node.clone();
         let now = store.read_local(move |s| assignments_of(s, &n)).await?;
+        if now.node.is_none() {
+            // Not (or no longer) a member: a removed node's certificate
+            // gets no assignments, and so no new keys.
+            warn!(node = %node, "session refused: the node is not part of this swarm (removed)");
+            conn.close(1u32.into(), b"not part of this swarm");
+            anyhow::bail!("node {node} is not part of this swarm");
+        }
         if sent.as_ref().is_none_or(|s| !s.same_as(&now)) {
             api::write_frame(&mut send, &ToNode::Assign(Box::new(now.clone()))).await?;
             sent = Some(now);
