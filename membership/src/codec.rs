@@ -154,9 +154,16 @@ pub(crate) struct WireEntry {
     pub(crate) version: u64,
     pub(crate) deleted: bool,
     pub(crate) value: Vec<u8>,
+    /// The owner's signature over [`WireEntry::signed_bytes`] (empty when
+    /// the cluster runs without entry authentication).
+    pub(crate) sig: Vec<u8>,
 }
 
 const ITEM_ENTRY: u8 = 1;
+/// Longest signature accepted (Ed25519: 64 bytes).
+pub(crate) const MAX_SIG_LEN: usize = 64;
+/// Domain of entry signatures.
+const SIG_DOMAIN: &[u8] = b"shoal-gossip-entry/1";
 
 impl WireEntry {
     pub(crate) fn write(&self, w: &mut Writer) {
@@ -167,6 +174,22 @@ impl WireEntry {
         w.varint(self.version);
         w.u8(u8::from(self.deleted));
         w.bytes(&self.value);
+        w.bytes(&self.sig);
+    }
+
+    /// What the owner signs: every field but the signature, after a
+    /// domain tag (so no other signed message of the node can pass as one).
+    pub(crate) fn signed_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(SIG_DOMAIN);
+        w.bytes(self.table.as_bytes());
+        w.bytes(self.key.as_bytes());
+        w.bytes(self.owner.as_bytes());
+        w.varint(self.gen);
+        w.varint(self.version);
+        w.u8(u8::from(self.deleted));
+        w.bytes(&self.value);
+        w.buf
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, CodecError> {
@@ -184,6 +207,7 @@ impl WireEntry {
         if deleted && !value.is_empty() {
             return Err(CodecError::Invalid("tombstone with a value"));
         }
+        let sig = r.bytes(MAX_SIG_LEN, "signature")?.to_vec();
         Ok(WireEntry {
             table,
             key,
@@ -192,6 +216,7 @@ impl WireEntry {
             version,
             deleted,
             value,
+            sig,
         })
     }
 
@@ -393,6 +418,9 @@ fn write_columns(w: &mut Writer, es: &[WireEntry]) {
         for e in g {
             w.bytes(&e.value);
         }
+        for e in g {
+            w.bytes(&e.sig);
+        }
     }
 }
 
@@ -403,8 +431,9 @@ fn read_columns(r: &mut Reader<'_>) -> Result<Vec<WireEntry>, CodecError> {
         let table = r.string(MAX_TABLE_LEN, "table")?;
         let owner = r.string(MAX_NODE_ID_LEN, "owner")?;
         let gen = r.varint()?;
-        // Each entry takes at least 4 bytes (key len, version, flag, value len).
-        let n = r.count(4)?;
+        // Each entry takes at least 5 bytes (key len, version, flag, value
+        // len, signature len).
+        let n = r.count(5)?;
         let start = out.len();
         for _ in 0..n {
             out.push(WireEntry {
@@ -415,6 +444,7 @@ fn read_columns(r: &mut Reader<'_>) -> Result<Vec<WireEntry>, CodecError> {
                 version: 0,
                 deleted: false,
                 value: Vec::new(),
+                sig: Vec::new(),
             });
         }
         let mut prev = 0u64;
@@ -436,6 +466,9 @@ fn read_columns(r: &mut Reader<'_>) -> Result<Vec<WireEntry>, CodecError> {
             if e.deleted && !e.value.is_empty() {
                 return Err(CodecError::Invalid("tombstone with a value"));
             }
+        }
+        for e in &mut out[start..] {
+            e.sig = r.bytes(MAX_SIG_LEN, "signature")?.to_vec();
         }
     }
     Ok(out)
@@ -490,6 +523,7 @@ mod tests {
             version: 1_700_000_000_000 + u64::from(i),
             deleted: false,
             value: vec![i as u8; 20],
+            sig: vec![(i % 7) as u8; 64],
         }
     }
 

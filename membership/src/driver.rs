@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::EntryAuth;
 use crate::codec::{pack, unpack};
 use crate::crypto::{Channel, KeyRing};
 use crate::node::{lock, Node, NodeTimer, Output, SyncSession};
@@ -70,6 +71,18 @@ pub struct Metrics {
     pub sync_failures_total: u64,
     /// Live entries in all tables.
     pub entries: u64,
+    /// Entries refused because their signature is not their owner's
+    /// (forged, or damaged).
+    #[serde(default)]
+    pub forged_entries_total: u64,
+    /// Entries refused (and held for a retry) because no key is known for
+    /// their owner.
+    #[serde(default)]
+    pub unknown_owner_entries_total: u64,
+    /// Entries refused because their version or generation lies too far in
+    /// the future.
+    #[serde(default)]
+    pub future_entries_total: u64,
     /// Members seen alive (self excluded).
     pub members_alive: u64,
 }
@@ -145,12 +158,25 @@ impl Gossip {
         ring: KeyRing,
         seeds: Vec<SocketAddr>,
     ) -> Result<Gossip, GossipError> {
+        Gossip::start_authenticated(cfg, me, ring, seeds, None).await
+    }
+
+    /// [`Gossip::start`], signing this node's entries with `auth` and
+    /// accepting others' only with their owner's signature.
+    pub async fn start_authenticated(
+        cfg: GossipConfig,
+        me: MemberInfo,
+        ring: KeyRing,
+        seeds: Vec<SocketAddr>,
+        auth: Option<Arc<dyn EntryAuth>>,
+    ) -> Result<Gossip, GossipError> {
         let mut seed = [0u8; 8];
         SystemRandom::new()
             .fill(&mut seed)
             .map_err(|_| GossipError::Config("the OS random source failed".into()))?;
         let generation = cfg.generation.unwrap_or_else(now_ms);
-        let node = Node::new(&cfg, me.clone(), generation, u64::from_le_bytes(seed))?;
+        let mut node = Node::new(&cfg, me.clone(), generation, u64::from_le_bytes(seed))?;
+        node.set_auth(auth);
         let io = |source| GossipError::Io {
             addr: cfg.bind,
             source,
@@ -201,6 +227,38 @@ impl Gossip {
     /// Replaces the key ring (newest key seals from now on; all ring keys open).
     pub fn set_key_ring(&self, ring: KeyRing) {
         *lock(&self.inner.ring) = ring;
+    }
+
+    /// The members' signing keys changed (see [`crate::auth`]): check the
+    /// entries held for an unknown owner again.
+    pub fn keys_changed(&self) {
+        let outs = {
+            let mut n = lock(&self.inner.node);
+            n.keys_changed(now_ms());
+            n.drain()
+        };
+        self.inner.run(outs);
+    }
+
+    /// Broadcast an entry claiming to be `owner`'s (generation `gen`),
+    /// signed with this node's own key: what a hostile member would send.
+    /// For attack tests only.
+    #[doc(hidden)]
+    pub fn forge(
+        &self,
+        table: &str,
+        key: &str,
+        owner: &str,
+        gen: u64,
+        value: Vec<u8>,
+        deleted: bool,
+    ) {
+        let outs = {
+            let mut n = lock(&self.inner.node);
+            n.forge(now_ms(), table, key, owner, gen, value, deleted);
+            n.drain()
+        };
+        self.inner.run(outs);
     }
 
     /// Local membership view, self included.
@@ -255,7 +313,7 @@ impl Gossip {
     /// Current counters.
     pub fn metrics(&self) -> Metrics {
         let c = &self.inner.c;
-        let (entries, members_alive) = {
+        let (entries, members_alive, refused) = {
             let n = lock(&self.inner.node);
             let alive = n
                 .members()
@@ -263,7 +321,7 @@ impl Gossip {
                 .skip(1)
                 .filter(|m| m.state != MemberState::Down)
                 .count();
-            (n.live_entries() as u64, alive as u64)
+            (n.live_entries() as u64, alive as u64, n.refused())
         };
         Metrics {
             decrypt_failures_total: c.decrypt_failures.load(Relaxed),
@@ -281,6 +339,9 @@ impl Gossip {
             sync_failures_total: c.sync_failures.load(Relaxed),
             entries,
             members_alive,
+            forged_entries_total: refused.0,
+            unknown_owner_entries_total: refused.1,
+            future_entries_total: refused.2,
         }
     }
 

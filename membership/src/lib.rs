@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod codec;
 mod config;
 pub mod crypto;
@@ -53,6 +54,7 @@ pub mod sim;
 mod store;
 mod types;
 
+pub use auth::{AuthVerdict, Ed25519Auth, EntryAuth};
 pub use config::GossipConfig;
 pub use crypto::KeyRing;
 pub use driver::{Gossip, Metrics};

@@ -15,6 +15,7 @@ use foca::{
 use rand10::rngs::SmallRng;
 use rand10::{RngExt, SeedableRng};
 
+use crate::auth::EntryAuth;
 use crate::codec::{CodecError, Frame, WireEntry};
 pub use crate::ident::Ident;
 pub use crate::store::SyncSession;
@@ -192,6 +193,47 @@ impl Node {
             tracing::debug!(error = %e, "timer");
         }
         self.settle();
+    }
+
+    /// Sign this node's entries with `auth` and accept others' only with
+    /// their owner's signature (see [`crate::auth`]). Set it before the
+    /// first announce.
+    pub fn set_auth(&mut self, auth: Option<Arc<dyn EntryAuth>>) {
+        lock(&self.store).set_auth(auth);
+    }
+
+    /// The members' keys changed: entries held for an unknown owner are
+    /// checked again (and passed on when now valid).
+    pub fn keys_changed(&mut self, now_ms: u64) {
+        self.set_now(now_ms);
+        lock(&self.store).retry_pending();
+        self.settle();
+    }
+
+    /// Broadcast an entry claiming to be `owner`'s, signed with this
+    /// node's own key: what a hostile member would send. Attack tests only.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forge(
+        &mut self,
+        now_ms: u64,
+        table: &str,
+        key: &str,
+        owner: &str,
+        gen: u64,
+        value: Vec<u8>,
+        deleted: bool,
+    ) {
+        self.set_now(now_ms);
+        let e = lock(&self.store).forge(table, key, owner, gen, value, deleted);
+        self.push(&e.to_item());
+    }
+
+    /// Entries refused on arrival: (bad signature, unknown owner, clock
+    /// too far ahead).
+    pub fn refused(&self) -> (u64, u64, u64) {
+        let r = lock(&self.store).refused;
+        (r.forged, r.unknown_owner, r.bad_clock)
     }
 
     /// Writes an entry owned by this node and pushes it at once.
@@ -573,6 +615,7 @@ mod tests {
                     version: now - 100_000 + i,
                     deleted: false,
                     value: rec.encode(),
+                    sig: Vec::new(),
                 };
                 assert_eq!(s.apply_remote(e), Verdict::New);
             }

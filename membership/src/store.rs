@@ -18,13 +18,15 @@
 //!   and asks for what it lacks. Never a full dump of both sides.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 /// Deterministic iteration order (the simulation replays by seed).
 type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 type DetSet<K> = HashSet<K, BuildHasherDefault<DefaultHasher>>;
 
+use crate::auth::{AuthVerdict, EntryAuth};
 use crate::codec::{CodecError, Digest, Frame, WireEntry, MAX_BUCKETS};
 use crate::types::{Entry, Event};
 
@@ -70,6 +72,8 @@ pub(crate) struct Rec {
     pub(crate) version: u64,
     pub(crate) deleted: bool,
     pub(crate) value: Vec<u8>,
+    /// The owner's signature (see [`WireEntry::signed_bytes`]).
+    pub(crate) sig: Vec<u8>,
 }
 
 impl Rec {
@@ -82,6 +86,7 @@ impl Rec {
             version: e.version,
             deleted: e.deleted,
             value: e.value,
+            sig: e.sig,
         }
     }
     pub(crate) fn to_wire(&self) -> WireEntry {
@@ -93,6 +98,7 @@ impl Rec {
             version: self.version,
             deleted: self.deleted,
             value: self.value.clone(),
+            sig: self.sig.clone(),
         }
     }
     fn to_entry(&self) -> Entry {
@@ -158,7 +164,31 @@ pub(crate) struct Store {
     pub(crate) outbox: Vec<Vec<u8>>,
     /// Remote broadcast items that were news since the node last looked.
     pub(crate) news: usize,
+    /// Signs our entries and checks the others' (`None`: unsigned, trusted).
+    auth: Option<Arc<dyn EntryAuth>>,
+    /// Entries whose owner's key is not known yet, retried when keys change.
+    pending: VecDeque<WireEntry>,
+    /// Refusals, for the metrics.
+    pub(crate) refused: Refused,
 }
+
+/// Entries refused on arrival, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// Signature not the owner's (forged or damaged).
+    pub(crate) forged: u64,
+    /// No key known for the owner.
+    pub(crate) unknown_owner: u64,
+    /// Version or generation too far in the future (would freeze clocks).
+    pub(crate) bad_clock: u64,
+}
+
+/// How far in the future an entry's version or generation may be: they
+/// are wall-clock milliseconds (a hybrid clock), and one set near
+/// `u64::MAX` would freeze every clock that merges it.
+pub(crate) const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+/// Entries held while their owner's key is unknown.
+const PENDING_MAX: usize = 4096;
 
 impl Store {
     pub(crate) fn new(me: String, my_gen: u64, tombstone_ttl_ms: u64) -> Self {
@@ -175,7 +205,63 @@ impl Store {
             events: Vec::new(),
             outbox: Vec::new(),
             news: 0,
+            auth: None,
+            pending: VecDeque::new(),
+            refused: Refused::default(),
         }
+    }
+
+    /// Sign our entries and check everyone's from now on.
+    pub(crate) fn set_auth(&mut self, auth: Option<Arc<dyn EntryAuth>>) {
+        self.auth = auth;
+    }
+
+    /// Our signature over a record (empty without authentication).
+    fn sign(&self, rec: &mut Rec) {
+        if let Some(a) = &self.auth {
+            rec.sig = a.sign(&rec.to_wire().signed_bytes());
+        }
+    }
+
+    /// An entry claiming to be `owner`'s, signed with this node's key: what
+    /// a hostile member can send. For attack tests only.
+    pub(crate) fn forge(
+        &mut self,
+        table: &str,
+        key: &str,
+        owner: &str,
+        gen: u64,
+        value: Vec<u8>,
+        deleted: bool,
+    ) -> WireEntry {
+        let version = self.tick();
+        let mut rec = Rec {
+            table: table.to_owned(),
+            key: key.to_owned(),
+            owner: owner.to_owned(),
+            gen,
+            version,
+            deleted,
+            value,
+            sig: Vec::new(),
+        };
+        self.sign(&mut rec);
+        rec.to_wire()
+    }
+
+    /// Keys changed: try again the entries held for unknown owners.
+    pub(crate) fn retry_pending(&mut self) -> usize {
+        let held: Vec<WireEntry> = self.pending.drain(..).collect();
+        let mut applied = 0;
+        for e in held {
+            let item = e.to_item();
+            if self.apply_remote(e) == Verdict::New {
+                // News we could not check before: pass it on now.
+                self.outbox.push(item);
+                applied += 1;
+            }
+        }
+        applied
     }
 
     pub(crate) fn live_count(&self) -> usize {
@@ -238,7 +324,7 @@ impl Store {
     /// A local write by this node (the owner).
     pub(crate) fn put(&mut self, table: &str, key: &str, value: Vec<u8>) -> WireEntry {
         let version = self.tick();
-        let rec = Rec {
+        let mut rec = Rec {
             table: table.to_owned(),
             key: key.to_owned(),
             owner: self.me.clone(),
@@ -246,7 +332,9 @@ impl Store {
             version,
             deleted: false,
             value,
+            sig: Vec::new(),
         };
+        self.sign(&mut rec);
         let wire = rec.to_wire();
         self.install(key_hash(table, key), rec);
         wire
@@ -260,7 +348,7 @@ impl Store {
             return None;
         }
         let version = self.tick();
-        let rec = Rec {
+        let mut rec = Rec {
             table: table.to_owned(),
             key: key.to_owned(),
             owner: self.me.clone(),
@@ -268,7 +356,9 @@ impl Store {
             version,
             deleted: true,
             value: Vec::new(),
+            sig: Vec::new(),
         };
+        self.sign(&mut rec);
         let wire = rec.to_wire();
         self.install(hash, rec);
         Some(wire)
@@ -276,6 +366,31 @@ impl Store {
 
     /// An update from the network (broadcast item or sync frame).
     pub(crate) fn apply_remote(&mut self, e: WireEntry) -> Verdict {
+        if self.now_ms > 0 {
+            let limit = self.now_ms.saturating_add(MAX_CLOCK_SKEW_MS);
+            if e.version > limit || e.gen > limit {
+                self.refused.bad_clock += 1;
+                tracing::debug!(owner = %e.owner, version = e.version, gen = e.gen, "entry from the far future refused");
+                return Verdict::Rejected;
+            }
+        }
+        if let Some(auth) = &self.auth {
+            match auth.verify(&e.owner, &e.signed_bytes(), &e.sig) {
+                AuthVerdict::Valid => {}
+                AuthVerdict::Invalid => {
+                    self.refused.forged += 1;
+                    tracing::debug!(owner = %e.owner, table = %e.table, key = %e.key, "entry with a bad signature refused");
+                    return Verdict::Rejected;
+                }
+                AuthVerdict::UnknownOwner => {
+                    self.refused.unknown_owner += 1;
+                    if self.pending.len() < PENDING_MAX {
+                        self.pending.push_back(e);
+                    }
+                    return Verdict::Rejected;
+                }
+            }
+        }
         self.clock = self.clock.max(e.version);
         let hash = key_hash(&e.table, &e.key);
         if let Some(cur) = self.entries.get(&hash) {
@@ -297,7 +412,7 @@ impl Store {
                 return Verdict::Rejected;
             }
             let version = self.tick();
-            let rec = Rec {
+            let mut rec = Rec {
                 table: e.table,
                 key: e.key,
                 owner: self.me.clone(),
@@ -305,7 +420,9 @@ impl Store {
                 version,
                 deleted: true,
                 value: Vec::new(),
+                sig: Vec::new(),
             };
+            self.sign(&mut rec);
             self.outbox.push(rec.to_wire().to_item());
             self.install(hash, rec);
             return Verdict::Rejected;
@@ -379,13 +496,16 @@ impl Store {
             .collect();
         for h in mine {
             let version = self.tick();
-            if let Some(r) = self.entries.get_mut(&h) {
-                r.gen = new_gen;
-                r.version = version;
-                if !r.deleted {
-                    self.outbox.push(r.to_wire().to_item());
-                }
+            let Some(mut r) = self.entries.get(&h).cloned() else {
+                continue;
+            };
+            r.gen = new_gen;
+            r.version = version;
+            self.sign(&mut r);
+            if !r.deleted {
+                self.outbox.push(r.to_wire().to_item());
             }
+            self.entries.insert(h, r);
         }
     }
 
@@ -487,6 +607,8 @@ impl Store {
                 lists,
                 ends: 0,
                 done: false,
+                served_buckets: BTreeSet::new(),
+                served: HashSet::new(),
             },
             Frame::Summary { buckets },
         )
@@ -586,8 +708,14 @@ impl Store {
                 }
             }
             Frame::WantBuckets(bs) => {
+                // Each bucket once per exchange: repeats must not multiply
+                // what we send.
+                let bs: BTreeSet<u32> = bs.into_iter().collect();
                 let mut push = Vec::new();
                 for b in bs {
+                    if !s.served_buckets.insert(b) {
+                        continue;
+                    }
                     let Some(list) = s.lists.get(b as usize) else {
                         return Err(CodecError::Invalid("bucket out of range"));
                     };
@@ -596,7 +724,12 @@ impl Store {
                 self.entry_frames(push.into_iter(), &mut out);
             }
             Frame::Want(hs) => {
-                self.entry_frames(hs.into_iter(), &mut out);
+                // Each entry once per exchange, and no more than we hold.
+                let fresh: Vec<u64> = hs
+                    .into_iter()
+                    .filter(|h| self.entries.contains_key(h) && s.served.insert(*h))
+                    .collect();
+                self.entry_frames(fresh.into_iter(), &mut out);
             }
             Frame::End => {
                 s.ends += 1;
@@ -623,6 +756,9 @@ pub struct SyncSession {
     lists: Vec<Vec<u64>>,
     ends: u8,
     done: bool,
+    /// Buckets and entries already sent whole in this exchange.
+    served_buckets: BTreeSet<u32>,
+    served: HashSet<u64>,
 }
 
 impl SyncSession {
@@ -633,6 +769,8 @@ impl SyncSession {
             lists: Vec::new(),
             ends: 0,
             done: false,
+            served_buckets: BTreeSet::new(),
+            served: HashSet::new(),
         }
     }
 
@@ -790,5 +928,147 @@ mod tests {
         let (raw, _) = sync(&mut a, &mut b);
         assert!(same(&a, &b));
         assert!(raw < 2000, "one-change exchange was {raw} bytes");
+    }
+
+    /// Stores `a`, `b` and a forger `m` that all hold the same gossip key
+    /// but each its own signing key; `a` and `b` know each other's (and
+    /// `m`'s) public keys.
+    fn signed() -> (Store, Store, Store) {
+        use crate::auth::Ed25519Auth;
+        let key =
+            || Arc::new(Ed25519Auth::from_pkcs8(&Ed25519Auth::generate_pkcs8().unwrap()).unwrap());
+        let (ka, kb, km) = (key(), key(), key());
+        let peers: HashMap<String, Vec<u8>> = [
+            ("a".to_string(), ka.public_key()),
+            ("b".to_string(), kb.public_key()),
+            ("m".to_string(), km.public_key()),
+        ]
+        .into();
+        for k in [&ka, &kb, &km] {
+            k.set_peers(peers.clone());
+        }
+        let (mut a, mut b, mut m) = (store("a"), store("b"), store("m"));
+        a.set_auth(Some(ka));
+        b.set_auth(Some(kb));
+        m.set_auth(Some(km));
+        (a, b, m)
+    }
+
+    #[test]
+    fn a_member_cannot_write_another_members_entries() {
+        let (mut a, mut b, mut m) = signed();
+        let genuine = a.put("ep/n", "k", b"10.0.0.2".to_vec());
+        assert_eq!(b.apply_remote(genuine.clone()), Verdict::New);
+        // m rewrites a's entry (a newer version, its own value) and signs it
+        // with its key; it then tries to erase it with a tombstone.
+        let mut forged = genuine.clone();
+        forged.version += 10;
+        forged.value = b"6.6.6.6".to_vec();
+        forged.sig = m.put("x", "y", vec![]).sig;
+        assert_eq!(b.apply_remote(forged.clone()), Verdict::Rejected);
+        let mut erase = genuine.clone();
+        erase.version += 20;
+        erase.deleted = true;
+        erase.value.clear();
+        assert_eq!(b.apply_remote(erase), Verdict::Rejected);
+        // A genuine entry with a bit flipped, or no signature at all.
+        let mut flipped = genuine.clone();
+        flipped.gen += 1;
+        assert_eq!(b.apply_remote(flipped), Verdict::Rejected);
+        let mut unsigned = genuine;
+        unsigned.sig.clear();
+        unsigned.version += 30;
+        assert_eq!(b.apply_remote(unsigned), Verdict::Rejected);
+        assert_eq!(b.refused.forged, 4);
+        let e = b.entries.values().find(|r| r.key == "k").unwrap();
+        assert_eq!(e.value, b"10.0.0.2".to_vec());
+        assert!(!e.deleted);
+        // A forged echo of b's own entry does not make b tombstone it.
+        let own = b.put("ep/n", "mine", b"1".to_vec());
+        let mut echo = own.clone();
+        echo.version += 5;
+        echo.sig = m.put("x", "z", vec![]).sig;
+        assert_eq!(b.apply_remote(echo), Verdict::Rejected);
+        assert!(b.outbox.is_empty(), "no tombstone for a forged echo");
+    }
+
+    #[test]
+    fn entries_of_an_unknown_owner_wait_for_its_key() {
+        use crate::auth::Ed25519Auth;
+        let (mut a, _, _) = signed();
+        let kc =
+            Arc::new(Ed25519Auth::from_pkcs8(&Ed25519Auth::generate_pkcs8().unwrap()).unwrap());
+        let mut c = store("c");
+        c.set_auth(Some(kc.clone()));
+        let e = c.put("ep/n", "k", b"v".to_vec());
+        assert_eq!(a.apply_remote(e), Verdict::Rejected);
+        assert_eq!(a.refused.unknown_owner, 1);
+        assert_eq!(a.live_count(), 0);
+        // c's key arrives (registered in the store, delivered by the
+        // session): the held entry is checked again, applied and passed on.
+        let peers = [("c".to_string(), kc.public_key())].into();
+        let auth =
+            Arc::new(Ed25519Auth::from_pkcs8(&Ed25519Auth::generate_pkcs8().unwrap()).unwrap());
+        auth.set_peers(peers);
+        a.set_auth(Some(auth));
+        assert_eq!(a.retry_pending(), 1);
+        assert_eq!(a.live_count(), 1);
+        assert_eq!(a.outbox.len(), 1);
+    }
+
+    #[test]
+    fn versions_and_generations_from_the_far_future_are_refused() {
+        let (mut a, mut b, _) = signed();
+        b.now_ms = 1_000_000;
+        a.now_ms = 1_000_000;
+        let mut e = a.put("ep/n", "k", b"v".to_vec());
+        assert_eq!(b.apply_remote(e.clone()), Verdict::New);
+        // Even validly signed by its owner, a version near u64::MAX would
+        // freeze every clock that merges it.
+        a.clock = u64::MAX - 1;
+        e = a.put("ep/n", "k2", b"v".to_vec());
+        assert_eq!(b.apply_remote(e), Verdict::Rejected);
+        assert_eq!(b.refused.bad_clock, 1);
+        assert!(b.clock < 2_000_000, "the clock did not jump: {}", b.clock);
+    }
+
+    #[test]
+    fn repeated_bucket_and_entry_requests_are_served_once() {
+        let mut a = store("a");
+        for i in 0..100 {
+            a.put("t", &format!("k{i}"), vec![1; 100]);
+        }
+        let (mut s, _) = a.sync_open();
+        s.initiator = false;
+        let once = a.sync_step(&mut s, Frame::WantBuckets(vec![0])).unwrap();
+        let again = a
+            .sync_step(&mut s, Frame::WantBuckets(vec![0; 10_000]))
+            .unwrap();
+        assert!(!once.is_empty());
+        assert!(again.is_empty(), "a bucket is sent once per exchange");
+        let h = *a.entries.keys().next().unwrap();
+        let mut s2 = SyncSession::responder();
+        let out = a.sync_step(&mut s2, Frame::Want(vec![h; 50_000])).unwrap();
+        let sent: usize = out
+            .iter()
+            .map(|f| match f {
+                Frame::Entries(es) => es.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(sent, 1);
+    }
+
+    #[test]
+    fn a_rejoining_owner_re_signs_what_it_re_announces() {
+        let (mut a, mut b, _) = signed();
+        a.put("ep/n", "k", b"v".to_vec());
+        a.rejoin(2);
+        let items = std::mem::take(&mut a.outbox);
+        assert_eq!(items.len(), 1);
+        let e = WireEntry::from_item(&items[0]).unwrap();
+        assert_eq!(e.gen, 2);
+        assert_eq!(b.apply_remote(e), Verdict::New);
+        assert_eq!(b.refused.forged, 0);
     }
 }

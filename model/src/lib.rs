@@ -14,6 +14,7 @@
 //! and wire format. Append new variants and fields at the end, never
 //! reorder.
 
+pub mod legacy;
 pub mod network;
 pub mod service;
 pub mod state;

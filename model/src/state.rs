@@ -34,7 +34,15 @@ pub struct State {
     pub services: BTreeMap<String, Service>,
     /// Tasks by id.
     pub tasks: BTreeMap<String, Task>,
+    /// Each node's gossip signing key (Ed25519 public key), registered by
+    /// the node over its mutual-TLS session: only the owner's signature
+    /// makes a gossip entry count (see `shoal_membership::auth`). Added
+    /// after the first release: [`State::decode`] reads older snapshots.
+    pub gossip_keys: BTreeMap<NodeId, Vec<u8>>,
 }
+
+/// Length of an Ed25519 public key.
+pub const GOSSIP_KEY_LEN: usize = 32;
 
 /// How many gossip keys the ring keeps (newest encrypts, all decrypt).
 pub const KEYS_KEPT: usize = 3;
@@ -378,6 +386,13 @@ pub enum Command {
         /// Task id.
         id: String,
     },
+    /// A node registers its gossip signing key (as its certificate's node).
+    SetGossipKey {
+        /// The node.
+        id: NodeId,
+        /// Ed25519 public key ([`GOSSIP_KEY_LEN`] bytes).
+        key: Vec<u8>,
+    },
 }
 
 /// Why a command was rejected by `apply` (it is still in the log; it just
@@ -405,6 +420,9 @@ pub enum ApplyError {
     /// A service command was refused.
     #[error("{0}")]
     Service(#[from] ServiceError),
+    /// A gossip signing key of the wrong size.
+    #[error("a gossip signing key has {GOSSIP_KEY_LEN} bytes, not {0}")]
+    BadGossipKey(usize),
 }
 
 /// The result of applying one command.
@@ -469,6 +487,8 @@ impl State {
                 if self.nodes.remove(&id).is_none() {
                     return Err(ApplyError::NoSuchNode(id));
                 }
+                // A removed node's gossip entries stop counting everywhere.
+                self.gossip_keys.remove(&id);
                 // Its endpoints (workloads, ingress sandbox) go with it; its
                 // tasks are rescheduled by the scheduler.
                 for net in self.networks.values_mut() {
@@ -679,6 +699,15 @@ impl State {
                     service::free_endpoints(&t.id, &t.endpoints, &mut self.networks, index);
                 }
             }
+            Command::SetGossipKey { id, key } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(ApplyError::NoSuchNode(id));
+                }
+                if key.len() != GOSSIP_KEY_LEN {
+                    return Err(ApplyError::BadGossipKey(key.len()));
+                }
+                self.gossip_keys.insert(id, key);
+            }
         }
         Ok(())
     }
@@ -714,11 +743,29 @@ impl State {
             .map_err(|e| format!("cannot encode state snapshot: {e}"))
     }
 
-    /// Reads a state written by [`State::encode`].
+    /// Reads a state written by [`State::encode`], or by a release from
+    /// before `gossip_keys` (bincode has no optional fields: such a
+    /// snapshot is read as [`crate::legacy::StateV1`]).
     pub fn decode(data: &[u8]) -> Result<State, String> {
-        let (state, _) = bincode::serde::decode_from_slice(data, bincode::config::standard())
-            .map_err(|e| format!("corrupted state snapshot: {e}"))?;
-        Ok(state)
+        let cfg = bincode::config::standard();
+        match bincode::serde::decode_from_slice::<State, _>(data, cfg) {
+            Ok((state, n)) if n == data.len() => Ok(state),
+            first => {
+                let (v1, n) =
+                    bincode::serde::decode_from_slice::<crate::legacy::StateV1, _>(data, cfg)
+                        .map_err(|e| match first {
+                            Err(f) => format!("corrupted state snapshot: {f}"),
+                            Ok(_) => format!("corrupted state snapshot: {e}"),
+                        })?;
+                if n != data.len() {
+                    return Err(format!(
+                        "corrupted state snapshot: {} trailing bytes",
+                        data.len() - n
+                    ));
+                }
+                Ok(v1.into())
+            }
+        }
     }
 }
 
@@ -929,5 +976,40 @@ mod tests {
         assert!(m.len() <= crate::service::MAX_TASK_MESSAGE);
         assert!(m.len() >= crate::service::MAX_TASK_MESSAGE - 1);
         assert_eq!(crate::service::bounded_message("short".into()), "short");
+    }
+
+    #[test]
+    fn gossip_keys_are_registered_per_node_and_go_with_it() {
+        let mut s = State::default();
+        let n = node(Some(1));
+        let id = n.id.clone();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: n,
+            },
+        )
+        .unwrap();
+        let set = |k: Vec<u8>| Command::SetGossipKey {
+            id: id.clone(),
+            key: k,
+        };
+        assert_eq!(
+            s.apply_command(2, set(vec![1; 31])).unwrap_err(),
+            ApplyError::BadGossipKey(31)
+        );
+        s.apply_command(3, set(vec![7; 32])).unwrap();
+        assert_eq!(s.gossip_keys.get(&id), Some(&vec![7; 32]));
+        let other = Command::SetGossipKey {
+            id: NodeId::generate(),
+            key: vec![1; 32],
+        };
+        assert!(matches!(
+            s.apply_command(4, other),
+            Err(ApplyError::NoSuchNode(_))
+        ));
+        // A snapshot keeps them.
+        assert_eq!(State::decode(&s.encode().unwrap()).unwrap(), s);
     }
 }

@@ -99,6 +99,12 @@ pub enum NodeRequest {
         /// CSR (DER).
         csr_der: Vec<u8>,
     },
+    /// Register the node's gossip signing key (Ed25519 public key): the
+    /// store binds it to the node of the calling certificate.
+    SetGossipKey {
+        /// The public key.
+        key: Vec<u8>,
+    },
 }
 
 /// Answers to [`NodeRequest`].

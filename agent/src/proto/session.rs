@@ -110,6 +110,10 @@ pub struct Assignments {
     /// This node's routing-mesh endpoint on the ingress network.
     #[serde(default)]
     pub ingress_endpoint: Option<Endpoint>,
+    /// Every node's gossip signing key (node id -> Ed25519 public key):
+    /// gossip entries count only with their owner's signature.
+    #[serde(default)]
+    pub gossip_keys: BTreeMap<String, Vec<u8>>,
 }
 
 impl std::fmt::Debug for Assignments {
@@ -135,6 +139,7 @@ impl Assignments {
             && self.networks == other.networks
             && self.services == other.services
             && self.ingress_endpoint == other.ingress_endpoint
+            && self.gossip_keys == other.gossip_keys
     }
 }
 

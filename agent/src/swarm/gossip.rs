@@ -1,13 +1,47 @@
 //! The agent's use of the membership crate: every swarm member runs SWIM
 //! gossip on `<advertise ip>:7946` once it holds the cluster key ring (from
-//! its session), seeded with the managers' addresses, and stops on leave.
+//! its session) and its own signing key is registered, seeded with the
+//! managers' addresses, and stops on leave.
+//!
+//! Every entry this node writes is signed with its gossip signing key
+//! (Ed25519, `<data-dir>/swarm/gossip-sign.key`, mode 0600, made at first
+//! start); the public half is registered in the store over the node's
+//! mutual-TLS session, which binds it to the node's certificate, and every
+//! node learns all of them from its assignments. So holding the cluster's
+//! gossip key lets a member read and send gossip, but write only its own
+//! entries.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
-use shoal_membership::{Gossip, GossipConfig, KeyRing, MemberInfo};
+use anyhow::Context;
+use shoal_membership::{Ed25519Auth, EntryAuth, Gossip, GossipConfig, KeyRing, MemberInfo};
 use shoal_model::state::GossipKey;
 
 use crate::config::Config;
+use crate::swarm::file;
+
+/// This node's gossip signing key: read from the data dir, or made and
+/// kept there (owner-only) on first use.
+pub fn signing_key(data_dir: &Path) -> anyhow::Result<Ed25519Auth> {
+    let path = file::swarm_dir(data_dir).join("gossip-sign.key");
+    match std::fs::read(&path) {
+        Ok(doc) => Ed25519Auth::from_pkcs8(&doc)
+            .with_context(|| format!("{}: not a usable gossip signing key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let doc = Ed25519Auth::generate_pkcs8()?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            file::write_atomically_mode(&path, &doc, file::SECRET_MODE)?;
+            Ok(Ed25519Auth::from_pkcs8(&doc)?)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
 
 /// The key ring the gossip layer wants, newest first.
 pub fn key_ring(keys: &[GossipKey]) -> Option<KeyRing> {
@@ -17,16 +51,15 @@ pub fn key_ring(keys: &[GossipKey]) -> Option<KeyRing> {
     KeyRing::new(keys.iter().map(|k| (k.id, k.key)).collect()).ok()
 }
 
-/// Start gossip for this node.
+/// Start gossip for this node (`sf`: its id, addresses and managers).
 pub async fn start(
     config: &Config,
-    node_id: &str,
-    advertise: IpAddr,
-    data_path: IpAddr,
-    managers: &[SocketAddr],
+    sf: &file::SwarmFile,
     keys: &[GossipKey],
     generation: Option<u64>,
+    auth: Arc<Ed25519Auth>,
 ) -> anyhow::Result<Gossip> {
+    let advertise = sf.addr.ip();
     let bind = SocketAddr::new(advertise, config.gossip_port);
     let mut cfg = match config.gossip_profile.as_str() {
         "fast" => GossipConfig::fast(bind),
@@ -34,18 +67,20 @@ pub async fn start(
     };
     cfg.generation = generation;
     let ring = key_ring(keys).ok_or_else(|| anyhow::anyhow!("no gossip key yet"))?;
-    let seeds: Vec<SocketAddr> = managers
+    let seeds: Vec<SocketAddr> = sf
+        .managers
         .iter()
-        .map(|m| SocketAddr::new(m.ip(), config.gossip_port))
+        .map(|(_, m)| SocketAddr::new(m.ip(), config.gossip_port))
         .filter(|s| *s != bind)
         .collect();
     let me = MemberInfo {
-        node_id: node_id.to_string(),
+        node_id: sf.node_id.to_string(),
         gossip_addr: bind,
         advertise_addr: advertise,
-        data_path_addr: data_path,
+        data_path_addr: sf.data_path_addr,
     };
-    Ok(Gossip::start(cfg, me, ring, seeds).await?)
+    let auth: Arc<dyn EntryAuth> = auth;
+    Ok(Gossip::start_authenticated(cfg, me, ring, seeds, Some(auth)).await?)
 }
 
 /// What a daemon restart needs to rejoin gossip at once as the same member:
@@ -59,6 +94,9 @@ pub struct Resume {
     pub generation: u64,
     /// The key ring as last assigned.
     pub keys: Vec<GossipKey>,
+    /// The members' signing keys as last assigned (node id -> key).
+    #[serde(default)]
+    pub peer_keys: BTreeMap<String, Vec<u8>>,
 }
 
 impl std::fmt::Debug for Resume {
@@ -116,6 +154,7 @@ mod tests {
                 lamport: 1,
                 key: [9; 32],
             }],
+            peer_keys: BTreeMap::new(),
         };
         r.save(dir.path()).unwrap();
         let meta = std::fs::metadata(resume_path(dir.path())).unwrap();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use shoal_api::{ApiError, KeyInfo, SwarmInfo, SwarmState};
+use shoal_membership::Ed25519Auth;
 use shoal_model::state::GossipKey;
 use shoal_model::NodeId;
 use shoal_raft_store::TlsTransport;
@@ -77,6 +78,12 @@ pub struct Swarm {
     gossip: GossipSlot,
     /// Gossip is being started (do not start twice).
     gossip_starting: AtomicBool,
+    /// This node's gossip signing key and the members' public keys.
+    auth: Arc<Ed25519Auth>,
+    /// The signing key is being registered (do not call twice).
+    registering: AtomicBool,
+    /// Node calls to the managers (in process on a manager).
+    rpc: Arc<dyn NodeRpc>,
 }
 
 impl Drop for Swarm {
@@ -190,8 +197,9 @@ impl Swarm {
             &config.run_dir,
             upstreams,
             gossip.clone(),
-            rpc,
+            rpc.clone(),
         ));
+        let auth = Arc::new(gossip::signing_key(&config.data_dir)?);
         tasks.extend(worker.start());
         let swarm = Arc::new(Swarm {
             config,
@@ -209,6 +217,9 @@ impl Swarm {
             renewing: AtomicBool::new(false),
             gossip,
             gossip_starting: AtomicBool::new(false),
+            auth,
+            registering: AtomicBool::new(false),
+            rpc,
         });
         let weak = Arc::downgrade(&swarm);
         if swarm.manager.is_some() {
@@ -217,6 +228,7 @@ impl Swarm {
         // A restarted daemon rejoins gossip at once, as the same member,
         // before its session delivers the key ring again.
         if let Some(r) = gossip::Resume::load(&swarm.config.run_dir, me.as_str()) {
+            swarm.auth.set_peers(r.peer_keys.into_iter().collect());
             swarm.ensure_gossip(&r.keys);
         }
         swarm.add_task(tokio::spawn(session::run(weak)));
@@ -356,6 +368,7 @@ impl Swarm {
     fn apply_assignments(self: &Arc<Self>, a: Assignments) {
         self.worker.apply(&a);
         self.update_managers(a.managers.clone());
+        let mut resume_changed = false;
         if let Ok(mut k) = self.keys.write() {
             if *k != a.keys {
                 info!(keys = ?a.keys, "gossip key ring updated");
@@ -363,19 +376,33 @@ impl Swarm {
                 if let Some(ring) = gossip::key_ring(&a.keys) {
                     if let Some(g) = self.gossip() {
                         g.set_key_ring(ring);
-                        let r = gossip::Resume {
-                            node_id: self.node_id().to_string(),
-                            generation: g.generation(),
-                            keys: a.keys.clone(),
-                        };
-                        if let Err(e) = r.save(&self.config.run_dir) {
-                            warn!("cannot keep the gossip state for a restart: {e:#}");
-                        }
+                        resume_changed = true;
                     }
                 }
             }
         }
-        self.ensure_gossip(&a.keys);
+        // The members' signing keys: entries held for an owner whose key
+        // was unknown are checked again.
+        let peers = a.gossip_keys.clone().into_iter().collect();
+        if self.auth.set_peers(peers) {
+            if let Some(g) = self.gossip() {
+                g.keys_changed();
+                resume_changed = true;
+            }
+        }
+        if resume_changed {
+            if let Some(g) = self.gossip() {
+                self.save_resume(&g, &a.keys);
+            }
+        }
+        // Gossip starts once this node's own signing key is registered, so
+        // that its entries count on every node from the first one.
+        let me = self.node_id().to_string();
+        if a.gossip_keys.get(&me) == Some(&self.auth.public_key()) {
+            self.ensure_gossip(&a.keys);
+        } else {
+            self.register_gossip_key();
+        }
         if self.manager.is_some() {
             return; // managers follow the store directly (roles::follow_store)
         }
@@ -454,16 +481,13 @@ impl Swarm {
         let keys = keys.to_vec();
         tokio::spawn(async move {
             let f = s.file();
-            let managers: Vec<SocketAddr> = f.managers.iter().map(|(_, a)| *a).collect();
             let resume = gossip::Resume::load(&s.config.run_dir, f.node_id.as_str());
             match gossip::start(
                 &s.config,
-                f.node_id.as_str(),
-                f.addr.ip(),
-                f.data_path_addr,
-                &managers,
+                &f,
                 &keys,
                 resume.map(|r| r.generation),
+                s.auth.clone(),
             )
             .await
             {
@@ -474,19 +498,46 @@ impl Swarm {
                         generation = g.generation(),
                         "gossip started"
                     );
-                    let r = gossip::Resume {
-                        node_id: f.node_id.to_string(),
-                        generation: g.generation(),
-                        keys: keys.clone(),
-                    };
-                    if let Err(e) = r.save(&s.config.run_dir) {
-                        warn!("cannot keep the gossip state for a restart: {e:#}");
-                    }
+                    s.save_resume(&g, &keys);
                     s.gossip.set(g);
                 }
                 Err(e) => warn!("cannot start gossip: {e:#}"),
             }
             s.gossip_starting.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// What a restarted daemon needs to rejoin gossip at once (generation,
+    /// key ring, the members' signing keys).
+    fn save_resume(&self, g: &shoal_membership::Gossip, keys: &[GossipKey]) {
+        let r = gossip::Resume {
+            node_id: self.node_id().to_string(),
+            generation: g.generation(),
+            keys: keys.to_vec(),
+            peer_keys: self.auth.peers().into_iter().collect(),
+        };
+        if let Err(e) = r.save(&self.config.run_dir) {
+            warn!("cannot keep the gossip state for a restart: {e:#}");
+        }
+    }
+
+    /// Register this node's gossip signing key with the managers (once at
+    /// a time; the next assignment retries if it did not take).
+    fn register_gossip_key(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.registering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let s = self.clone();
+        tokio::spawn(async move {
+            let req = NodeRequest::SetGossipKey {
+                key: s.auth.public_key(),
+            };
+            match s.rpc.call(req).await {
+                Ok(_) => info!("gossip signing key registered"),
+                Err(e) => warn!("cannot register the gossip signing key: {e}"),
+            }
+            s.registering.store(false, Ordering::SeqCst);
         });
     }
 

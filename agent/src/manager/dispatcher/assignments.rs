@@ -61,6 +61,11 @@ pub fn assignments_of(state: &State, node: &NodeId) -> Assignments {
         networks: BTreeMap::new(),
         services: Vec::new(),
         ingress_endpoint: None,
+        gossip_keys: state
+            .gossip_keys
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.clone()))
+            .collect(),
     };
     with_tasks(a, state, node)
 }

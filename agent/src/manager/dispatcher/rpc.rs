@@ -143,6 +143,15 @@ pub async fn handle(
             Ok(NodeResponse::Raft { raft_id, managers })
         }
         NodeRequest::Renew { csr_der } => ca::renew(m, peer, &csr_der).await,
+        NodeRequest::SetGossipKey { key } => {
+            store
+                .propose(Command::SetGossipKey {
+                    id: peer.clone(),
+                    key,
+                })
+                .await?;
+            Ok(NodeResponse::Ok)
+        }
     }
 }
 
