@@ -46,6 +46,7 @@ use crate::{Lab, LabError};
 
 mod checks;
 mod faults;
+pub mod linearize;
 mod writers;
 
 pub use checks::{mac_text, overlay_fdb, Check, CheckFn};
@@ -59,7 +60,7 @@ use checks::{
     running_tasks,
 };
 use faults::{drive, Faulted};
-use writers::writer;
+use writers::{register_client, writer};
 
 /// Daemon timings for chaos labs: fast heartbeats and gossip, so a run
 /// converges quickly after the last fault.
@@ -307,10 +308,12 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     let stop = AtomicBool::new(false);
     let ledger = Mutex::new(initial);
     let scaling = Mutex::new(());
+    let registers_from = Instant::now();
     let driven = thread::scope(|s| {
         for id in 0..cfg.writers {
             let (lab, faulted, stop, ledger, scaling) = (&lab, &faulted, &stop, &ledger, &scaling);
             s.spawn(move || writer(lab, cfg, id, faulted, stop, ledger, scaling));
+            s.spawn(move || register_client(lab, cfg, id, registers_from, faulted, stop, ledger));
         }
         let r = drive(&lab, cfg, &events, &faulted);
         // Writes go on a little past the last fault, then stop.
@@ -334,7 +337,28 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         ledger.scale_unknown,
         ledger.failed
     );
+    println!(
+        "chaos: {} register operations on {} names ({} with an unknown outcome)",
+        ledger.history.len(),
+        ledger
+            .history
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
+        ledger
+            .history
+            .iter()
+            .filter(|o| o.outcome == linearize::Outcome::Unknown)
+            .count()
+    );
     let mut checks: Vec<Check> = vec![
+        Check::new("register history linearizable", |_, l| {
+            if l.history.is_empty() {
+                return Err("no register operation was recorded".into());
+            }
+            linearize::check(&l.history)
+        }),
         Check::new("acknowledged networks on every manager", {
             let managers = cfg.managers;
             move |lab, l| check_networks(lab, managers, l)

@@ -1,7 +1,10 @@
 //! The writers of a chaos run: client loops that, while the faults go on,
 //! create and remove networks, put gossip entries and scale the service
 //! through the CLI of healthy hosts, and record in the [`Ledger`] which of
-//! those writes were acknowledged.
+//! those writes were acknowledged; and register clients that create,
+//! remove and read a few shared names and record every operation's
+//! invocation, return and outcome for the linearizability check
+//! (`super::linearize`).
 //!
 //! Data flow: `super::run` starts the writers on threads next to the fault
 //! driver; they pick hosts not in the driver's `Faulted` set, and the
@@ -11,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::faults::Faulted;
+use super::linearize::{self, Kind, Op, Outcome};
 use super::{ChaosConfig, CHAOS_SERVICE, CHAOS_TABLE, CLI_TIMEOUT};
 use crate::probe::cli_timeout;
 use crate::Lab;
@@ -44,6 +48,82 @@ pub struct Ledger {
     pub scale_unknown: BTreeSet<u64>,
     /// Writes that failed or timed out (not acknowledged).
     pub failed: u64,
+    /// Every register operation, for the linearizability check.
+    pub history: Vec<Op>,
+}
+
+/// How long the register clients work on one name before the next (so
+/// that each name's history stays small enough to check exhaustively).
+const REGISTER_WINDOW: Duration = Duration::from_secs(3);
+
+/// A register client: create, remove and read the current window's name
+/// through random healthy managers, recording each operation.
+pub(super) fn register_client(
+    lab: &Lab,
+    cfg: &ChaosConfig,
+    id: usize,
+    started: Instant,
+    faulted: &Faulted,
+    stop: &AtomicBool,
+    ledger: &Mutex<Ledger>,
+) {
+    let mut rng =
+        StdRng::seed_from_u64(cfg.seed ^ 0x5151_0000 ^ (id as u64).wrapping_mul(0x2545_f491));
+    let micros = || started.elapsed().as_micros() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let managers = faulted.healthy(1..=cfg.managers);
+        let Some(&host) = managers.get(rng.gen_range(0..managers.len().max(1))) else {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let window = started.elapsed().as_secs() / REGISTER_WINDOW.as_secs();
+        let key = format!("lin-{window}");
+        let full = ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .history
+            .iter()
+            .filter(|o| o.key == key)
+            .count()
+            >= linearize::MAX_OPS_PER_KEY - cfg.writers;
+        if full {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let kind = match rng.gen_range(0..10u32) {
+            0..=3 => Kind::Create,
+            4..=6 => Kind::Remove,
+            _ => Kind::Read,
+        };
+        let args: &[&str] = match kind {
+            Kind::Create => &["network", "create", &key],
+            Kind::Remove => &["network", "rm", &key],
+            Kind::Read => &["network", "inspect", &key],
+        };
+        let invoked = micros();
+        let r = cli_timeout(lab, host, args, CLI_TIMEOUT);
+        let returned = micros();
+        let outcome = match (&r, kind) {
+            (Ok(_), Kind::Read) => Outcome::Read(true),
+            (Ok(_), _) => Outcome::Ok,
+            (Err(e), Kind::Create) if e.contains("already exists") => Outcome::Refused,
+            (Err(e), Kind::Remove) if e.contains("not found") => Outcome::Refused,
+            (Err(e), Kind::Read) if e.contains("not found") => Outcome::Read(false),
+            (Err(_), _) => Outcome::Unknown,
+        };
+        let op = Op {
+            key,
+            kind,
+            invoked,
+            returned: (outcome != Outcome::Unknown).then_some(returned),
+            outcome,
+        };
+        ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .history
+            .push(op);
+    }
 }
 
 /// One writer loop: network create/rm through healthy managers and gossip
