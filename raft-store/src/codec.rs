@@ -14,6 +14,11 @@
 //! leader. Frames come from the network: every length is checked against
 //! the bytes actually present before anything is allocated, and frames
 //! above [`MAX_FRAME`] are refused.
+//!
+//! A batch larger than one frame (a big snapshot) travels as consecutive
+//! chunk frames, each `u8 version (2) | u64 total | u64 offset | bytes`,
+//! whose bytes concatenate to the batch's version-1 payload; the receiver
+//! grows its buffer only as chunks arrive, up to [`MAX_BATCH`].
 
 use std::net::SocketAddr;
 
@@ -28,6 +33,12 @@ use crate::error::FrameError;
 pub const MAX_FRAME: usize = 64 << 20;
 
 const VERSION: u8 = 1;
+/// Version byte of a chunk frame.
+const CHUNK: u8 = 2;
+/// Header of a chunk frame: version, total, offset.
+const CHUNK_HEADER: usize = 1 + 8 + 8;
+/// Largest batch (a snapshot) accepted in chunks.
+pub const MAX_BATCH: usize = 1 << 30;
 
 /// A batch of raft messages from one peer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,11 +52,63 @@ pub struct Batch {
     pub msgs: Vec<Message>,
 }
 
-/// Encodes a batch as a complete frame (length prefix included).
+/// Encodes a batch as a complete frame (length prefix included); an error
+/// when it does not fit one frame (see [`encode_frames`]).
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, FrameError> {
+    let payload = encode_payload(batch)?;
+    if payload.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len: payload.len() as u64,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(prefixed(&payload))
+}
+
+/// Encodes a batch as the frames to write, in order: one frame, or chunk
+/// frames when it is larger than [`MAX_FRAME`].
+pub fn encode_frames(batch: &Batch) -> Result<Vec<Vec<u8>>, FrameError> {
+    encode_frames_max(batch, MAX_FRAME)
+}
+
+fn encode_frames_max(batch: &Batch, max_frame: usize) -> Result<Vec<Vec<u8>>, FrameError> {
+    let payload = encode_payload(batch)?;
+    if payload.len() <= max_frame {
+        return Ok(vec![prefixed(&payload)]);
+    }
+    if payload.len() > MAX_BATCH {
+        return Err(FrameError::TooLarge {
+            len: payload.len() as u64,
+            max: MAX_BATCH,
+        });
+    }
+    let room = max_frame.saturating_sub(CHUNK_HEADER).max(1);
+    let total = payload.len() as u64;
+    Ok(payload
+        .chunks(room)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut f = Vec::with_capacity(CHUNK_HEADER + part.len());
+            f.push(CHUNK);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&((i * room) as u64).to_be_bytes());
+            f.extend_from_slice(part);
+            prefixed(&f)
+        })
+        .collect())
+}
+
+fn prefixed(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The version-1 payload of a batch (no length prefix).
+fn encode_payload(batch: &Batch) -> Result<Vec<u8>, FrameError> {
     let addr = batch.from_addr.map(|a| a.to_string()).unwrap_or_default();
     let mut out = Vec::with_capacity(64 + batch.msgs.len() * 64);
-    out.extend_from_slice(&[0u8; 4]);
     out.push(VERSION);
     out.extend_from_slice(&batch.from.to_be_bytes());
     // A socket address is at most 47 bytes as text.
@@ -65,15 +128,6 @@ pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, FrameError> {
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&bytes);
     }
-    let payload = out.len() - 4;
-    if payload > MAX_FRAME {
-        return Err(FrameError::TooLarge {
-            len: payload as u64,
-            max: MAX_FRAME,
-        });
-    }
-    let len = (payload as u32).to_be_bytes();
-    out[..4].copy_from_slice(&len);
     Ok(out)
 }
 
@@ -110,10 +164,10 @@ impl<'a> Reader<'a> {
 
 /// Decodes a frame payload (without its length prefix).
 pub fn decode_batch(payload: &[u8]) -> Result<Batch, FrameError> {
-    if payload.len() > MAX_FRAME {
+    if payload.len() > MAX_BATCH {
         return Err(FrameError::TooLarge {
             len: payload.len() as u64,
-            max: MAX_FRAME,
+            max: MAX_BATCH,
         });
     }
     let mut r = Reader { buf: payload };
@@ -174,15 +228,60 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Batch, usize)>, FrameError> {
     Ok(Some((decode_batch(payload)?, 4 + len)))
 }
 
-/// Reads one frame from a stream. `Ok(None)` on a clean end of stream
-/// between frames; a stream cut inside a frame is an error.
+/// Reads one batch from a stream (one frame, or the chunk frames of a
+/// large one). `Ok(None)` on a clean end of stream between batches; a
+/// stream cut inside one is an error.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Batch>, FrameError> {
+    let mut assembling: Option<(usize, Vec<u8>)> = None;
+    loop {
+        let Some(payload) = read_payload(r, assembling.is_none()).await? else {
+            return Ok(None);
+        };
+        if payload.first() != Some(&CHUNK) {
+            if assembling.is_some() {
+                return Err(FrameError::Chunk("a frame inside a chunked batch"));
+            }
+            return decode_batch(&payload).map(Some);
+        }
+        let mut h = Reader {
+            buf: payload.get(1..).unwrap_or_default(),
+        };
+        let total = h.u64("chunk total")?;
+        let offset = h.u64("chunk offset")?;
+        let part = h.buf;
+        if total > MAX_BATCH as u64 {
+            return Err(FrameError::TooLarge {
+                len: total,
+                max: MAX_BATCH,
+            });
+        }
+        let (want, buf) = assembling.get_or_insert_with(|| (total as usize, Vec::new()));
+        if *want as u64 != total || buf.len() as u64 != offset || part.is_empty() {
+            return Err(FrameError::Chunk("wrong total or offset"));
+        }
+        if buf.len() + part.len() > *want {
+            return Err(FrameError::Chunk("more bytes than announced"));
+        }
+        buf.extend_from_slice(part);
+        if buf.len() == *want {
+            let (_, whole) = assembling.take().unwrap_or_default();
+            return decode_batch(&whole).map(Some);
+        }
+    }
+}
+
+/// One frame's payload; `Ok(None)` on a clean end of stream before its
+/// first byte when `may_end`.
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    may_end: bool,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
         let n = r.read(&mut prefix[got..]).await?;
         if n == 0 {
-            if got == 0 {
+            if got == 0 && may_end {
                 return Ok(None);
             }
             return Err(FrameError::Truncated("length prefix"));
@@ -204,7 +303,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Batch>
             FrameError::Io(e)
         }
     })?;
-    decode_batch(&payload).map(Some)
+    Ok(Some(payload))
 }
 
 /// Writes one encoded frame and flushes it.
@@ -360,6 +459,77 @@ mod tests {
         let mut r = &huge[..];
         assert!(matches!(
             read_frame(&mut r).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    /// A batch carrying `n` bytes of snapshot data.
+    fn big(n: usize) -> Batch {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.mut_snapshot().data = vec![0xab; n].into();
+        Batch {
+            from: 1,
+            from_addr: None,
+            msgs: vec![m],
+        }
+    }
+
+    async fn read_all(frames: &[Vec<u8>]) -> Result<Option<Batch>, FrameError> {
+        let bytes: Vec<u8> = frames.concat();
+        let mut r = &bytes[..];
+        read_frame(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_a_frame_travels_in_chunks() {
+        let b = big(10_000);
+        let frames = encode_frames_max(&b, 1_000).unwrap();
+        assert!(frames.len() >= 10, "{} frames", frames.len());
+        assert!(frames.iter().all(|f| f.len() <= 1_004));
+        assert_eq!(read_all(&frames).await.unwrap().unwrap(), b);
+        // A small batch is one ordinary frame.
+        assert_eq!(
+            encode_frames(&sample()).unwrap(),
+            vec![encode_batch(&sample()).unwrap()]
+        );
+        // And batches follow each other on one stream.
+        let mut two = encode_frames_max(&b, 1_000).unwrap();
+        two.push(encode_batch(&sample()).unwrap());
+        let bytes = two.concat();
+        let mut r = &bytes[..];
+        assert_eq!(read_frame(&mut r).await.unwrap().unwrap(), b);
+        assert_eq!(read_frame(&mut r).await.unwrap().unwrap(), sample());
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn chunks_out_of_order_or_cut_short_are_errors() {
+        let frames = encode_frames_max(&big(5_000), 1_000).unwrap();
+        let mut swapped = frames.clone();
+        swapped.swap(1, 2);
+        assert!(matches!(
+            read_all(&swapped).await,
+            Err(FrameError::Chunk(_))
+        ));
+        let mut mixed = frames.clone();
+        mixed.insert(1, encode_batch(&sample()).unwrap());
+        assert!(matches!(read_all(&mixed).await, Err(FrameError::Chunk(_))));
+        let cut = &frames[..frames.len() - 1];
+        assert!(matches!(read_all(cut).await, Err(FrameError::Truncated(_))));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_announcing_a_huge_batch_is_refused_without_allocating() {
+        let mut f = vec![CHUNK];
+        f.extend_from_slice(&(u64::MAX).to_be_bytes());
+        f.extend_from_slice(&0u64.to_be_bytes());
+        f.extend_from_slice(b"x");
+        let frame = prefixed(&f);
+        assert!(matches!(
+            read_all(&[frame]).await,
             Err(FrameError::TooLarge { .. })
         ));
     }

@@ -109,6 +109,10 @@ pub enum FrameError {
     /// Reading or writing the stream failed.
     #[error("raft stream: {0}")]
     Io(#[from] std::io::Error),
+    /// A chunk of a large batch that does not continue the one being
+    /// assembled (wrong offset or total, or a normal frame in between).
+    #[error("raft frame chunk out of order: {0}")]
+    Chunk(&'static str),
 }
 
 /// Errors returned by [`crate::RaftNode`]. The agent shows these to users

@@ -27,7 +27,9 @@ pub mod storage;
 pub mod transport;
 mod watermark;
 
-pub use codec::{decode_batch, decode_frame, encode_batch, Batch, MAX_FRAME};
+pub use codec::{
+    decode_batch, decode_frame, encode_batch, encode_frames, Batch, MAX_BATCH, MAX_FRAME,
+};
 pub use error::{FrameError, RaftError, StoreError};
 pub use node::{
     HistogramSnapshot, Inbox, RaftNode, RaftStats, RaftStatus, VoterStatus, APPLY_LATENCY_BOUNDS,

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::codec::{encode_batch, write_frame, Batch, MAX_FRAME};
+use crate::codec::{encode_frames, write_frame, Batch, MAX_BATCH};
 
 /// Outbound message delivery for a [`crate::RaftNode`]. The real one is TLS
 /// over TCP; tests use an in-memory router.
@@ -48,7 +48,7 @@ pub const MANAGER_SERVER_NAME: &str = "shoal-manager";
 /// Default per-peer queue length (messages) before the oldest are dropped.
 pub const DEFAULT_QUEUE: usize = 8192;
 
-/// Frames are cut at this many payload bytes (well under [`MAX_FRAME`]) so a
+/// Frames are cut at this many payload bytes (well under `MAX_FRAME`) so a
 /// burst of appends does not build one giant frame.
 const FRAME_TARGET: usize = 8 << 20;
 
@@ -283,10 +283,10 @@ async fn run_link(
             from_addr: l.addr,
             msgs,
         };
-        let frame = match encode_batch(&batch) {
+        let frames = match encode_frames(&batch) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(peer = link.id, error = %e, max = MAX_FRAME, "raft batch not sendable, dropped");
+                tracing::warn!(peer = link.id, error = %e, max = MAX_BATCH, "raft batch not sendable, dropped");
                 continue;
             }
         };
@@ -294,14 +294,21 @@ async fn run_link(
             // A peer that stops reading (hung, paused, hostile) must not
             // hold this link's writer forever: drop the connection and
             // reconnect; raft resends what it still needs.
-            let written = match tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, &frame))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out").into())
+            let mut written = Ok(());
+            for frame in &frames {
+                written =
+                    match tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, frame)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "write timed out",
+                        )
+                        .into()),
+                    };
+                if written.is_err() {
+                    break;
                 }
-            };
+            }
             if let Err(e) = written {
                 tracing::debug!(peer = link.id, error = %e, "raft link write failed");
                 conn = None;
