@@ -100,6 +100,10 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
         return Ok(());
     }
     debug!(node = %node, "session opened");
+    let Some(m) = manager.upgrade() else {
+        return Ok(());
+    };
+    let _open = m.liveness.session(&node);
     // Frames are read on a task of their own: the change and check
     // branches below can win while a frame is half read.
     let mut frames = FrameReader::<ToManager>::spawn(recv);
