@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -126,50 +125,6 @@ pub fn node_id(lab: &Lab, host: usize) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no node_id in shoal info of h{host}: {v}"))
         .to_string()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} ({NEEDS})"))
-}
-
-/// Asserts that nothing a lab recorded is left: no namespace with its
-/// prefix (`ip netns list`, /run/netns), no link named with it in the root
-/// namespace, none of its daemon processes, no lab directory.
-pub fn assert_cleaned(state: &LabState) {
-    let prefix = &state.prefix;
-    let netns = run(Command::new("ip").args(["netns", "list"]));
-    let listed = String::from_utf8_lossy(&netns.stdout);
-    assert!(
-        !listed.contains(prefix.as_str()),
-        "namespaces of lab {prefix} remain:\n{listed}"
-    );
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "/run/netns still holds {left:?}");
-    let links = run(Command::new("ip").args(["-o", "link"]));
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(
-        !links.contains(prefix.as_str()),
-        "links named after lab {prefix} in the root namespace:\n{links}"
-    );
-    for h in &state.hosts {
-        if let Some(rec) = h.daemon {
-            assert!(
-                !shoal_lab::is_alive(&rec),
-                "daemon of {} (pid {}) of lab {prefix} still runs",
-                h.name,
-                rec.pid
-            );
-        }
-    }
-    assert!(!state.dir.exists(), "{} still exists", state.dir.display());
 }
 
 /// The `shoal-lab` binary, found like the lab finds `shoal`: next to the
