@@ -168,22 +168,25 @@ async fn record_task_states(store: Store, node: NodeId, reports: Vec<TaskReport>
     else {
         return;
     };
-    for (r, stored) in reports.iter().zip(stored) {
-        let Some((owner, state)) = stored else {
-            continue;
-        };
-        if owner != node.as_str() || state.is_terminal() || r.state <= state {
-            continue;
-        }
-        let cmd = Command::TaskStatus {
-            id: r.id.clone(),
-            state: r.state,
-            exit_code: r.exit_code,
-            message: r.message.clone(),
-            at: now_ms(),
-        };
-        if let Err(e) = store.propose(cmd).await {
-            debug!(task = %r.id, "cannot record task state: {e}");
-        }
+    let cmds: Vec<Command> = reports
+        .iter()
+        .zip(stored)
+        .filter_map(|(r, stored)| {
+            let (owner, state) = stored?;
+            (owner == node.as_str() && !state.is_terminal() && r.state > state).then(|| {
+                Command::TaskStatus {
+                    id: r.id.clone(),
+                    state: r.state,
+                    exit_code: r.exit_code,
+                    message: r.message.clone(),
+                    at: now_ms(),
+                }
+            })
+        })
+        .collect();
+    // All at once: one Raft batch for a node's whole report.
+    let results = futures::future::join_all(cmds.into_iter().map(|c| store.propose(c))).await;
+    for e in results.into_iter().filter_map(Result::err) {
+        debug!(node = %node, "cannot record task state: {e}");
     }
 }
