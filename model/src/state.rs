@@ -734,6 +734,11 @@ impl State {
     }
 }
 
+/// Most bytes of strings a decoded state snapshot may hold (bincode's
+/// limit counts what strings allocate): as much as the largest Raft batch
+/// a snapshot can travel in (raft-store's `MAX_BATCH`, 1 GiB).
+pub const STATE_DECODE_LIMIT: usize = 1 << 30;
+
 impl State {
     /// Serializes the whole state (bincode, standard config): the snapshot
     /// format on disk and on the wire. Field order is the format: never
@@ -745,9 +750,12 @@ impl State {
 
     /// Reads a state written by [`State::encode`], or by a release from
     /// before `gossip_keys` (bincode has no optional fields: such a
-    /// snapshot is read as [`crate::legacy::StateV1`]).
+    /// snapshot is read as [`crate::legacy::StateV1`]). The bytes come from
+    /// disk and from the leader, so what they make us allocate is bounded
+    /// by [`STATE_DECODE_LIMIT`]: without a limit bincode allocates a
+    /// string of whatever length the input claims before reading it.
     pub fn decode(data: &[u8]) -> Result<State, String> {
-        let cfg = bincode::config::standard();
+        let cfg = bincode::config::standard().with_limit::<STATE_DECODE_LIMIT>();
         match bincode::serde::decode_from_slice::<State, _>(data, cfg) {
             Ok((state, n)) if n == data.len() => Ok(state),
             first => {
@@ -877,6 +885,17 @@ mod tests {
         assert_eq!(s, t);
         assert!(State::decode(&snap[..snap.len() / 2]).is_err());
         assert!(State::decode(&[0xff; 3]).is_err());
+    }
+
+    /// Found by `fuzz/` (state_snapshot): a string length of 2^40 made
+    /// bincode allocate a terabyte before reading it (an abort); now the
+    /// claim is refused.
+    #[test]
+    fn huge_claimed_string_is_refused_before_allocating() {
+        // Some(cluster), cluster id: length as varint u64 (tag 253) 2^40.
+        let bytes = [1u8, 253, 0, 0, 0, 0, 0, 1, 0, 0];
+        let err = State::decode(&bytes).unwrap_err();
+        assert!(err.contains("corrupted state snapshot"), "{err}");
     }
 
     #[test]

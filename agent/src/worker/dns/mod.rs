@@ -687,6 +687,30 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
     stream.write_all(&out).await
 }
 
+/// For `fuzz/` only: runs [`decide`] on `packet` in both server modes, over
+/// UDP and TCP, against fixed names (`web`: 2 addresses, `tasks.web`: 300,
+/// enough to need truncation over UDP, `gone`: NXDOMAIN).
+#[doc(hidden)]
+pub fn fuzz_decide(packet: &[u8]) {
+    let names = |name: &str| -> Option<Vec<Ipv4Addr>> {
+        match name {
+            "web" => Some(vec![Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 3)]),
+            "tasks.web" => Some(
+                (0..300u16)
+                    .map(|i| Ipv4Addr::from(0x0a00_0000 | u32::from(i)))
+                    .collect(),
+            ),
+            "gone" => Some(Vec::new()),
+            _ => None,
+        }
+    };
+    for mode in [EMBEDDED, STATIC] {
+        for udp in [true, false] {
+            let _ = decide(packet, &names, mode, udp);
+        }
+    }
+}
+
 mod upstream;
 
 use upstream::forward;

@@ -1,0 +1,246 @@
+//! Seed inputs: a few valid encodings per target, made with the real
+//! encoders (the gossip core, raft-store's frame encoder, bincode and
+//! serde_json of the real types, rcgen through shoal-tls, hickory), so the
+//! fuzzer starts past the first length check. Written by
+//! `SHOAL_FUZZ_SEEDS=fuzz/corpus cargo +nightly fuzz run <target>` (see
+//! [`crate::seed_hook`]); the committed `fuzz/corpus/*/seed-*` are its output.
+
+mod files;
+mod net;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::Serialize;
+use shoal_model::network::{Endpoint, Network, NetworkSpec};
+use shoal_model::service::{
+    EndpointMode, PortConfig, Protocol, PublishMode, RestartCondition, ServiceSpec,
+};
+use shoal_model::state::{
+    Availability, CaState, Cluster, Command, GossipKey, Node, NodeStatus, NodeUpdate, State,
+};
+use shoal_model::{NodeId, Role};
+
+use crate::{ca, NOW_MS};
+use files::*;
+use net::*;
+
+/// The seeds of `target` (empty for an unknown name).
+pub fn for_target(target: &str) -> Vec<Vec<u8>> {
+    match target {
+        "gossip_packet" => gossip_packets(),
+        "gossip_sealed" => gossip_sealed(),
+        "gossip_sync" => gossip_sync(),
+        "endpoint_record" => vec![endpoint_record().encode()],
+        "raft_frame" => raft_frames(),
+        "raft_snapshot" => raft_snapshots(),
+        "state_snapshot" => states().iter().map(bin).collect(),
+        "raft_command" => commands().iter().map(bin).collect(),
+        "api_frame" => api_frames(),
+        "session_frame" => session_frames(),
+        "rpc_frame" => rpc_frames(),
+        "dns_query" => dns_queries(),
+        "join_token" => join_tokens(),
+        "tls_cert" => tls_certs(),
+        "tls_pem" => tls_pems(),
+        "tls_csr" => tls_csrs(),
+        "swarm_file" => swarm_files(),
+        "workload" => vec![pretty(&workload())],
+        "gossip_resume" => gossip_resumes(),
+        "daemon_config" => daemon_configs(),
+        "net_status" => vec![json(&net_status())],
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn bin<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
+}
+
+pub(crate) fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub(crate) fn pretty<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap_or_default()
+}
+
+/// A frame as `shoal_api::write_frame` puts it on the wire.
+pub(crate) fn api_frame<T: Serialize>(v: &T) -> Vec<u8> {
+    let body = json(v);
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+pub(crate) fn node_id(n: u8) -> NodeId {
+    let s = format!("{:0>25}", format!("node{n}"));
+    s.parse().unwrap_or_else(|_| NodeId::generate())
+}
+
+fn model_node(n: u8, raft_id: Option<u64>) -> Node {
+    Node {
+        id: node_id(n),
+        hostname: format!("host{n}"),
+        role: if raft_id.is_some() {
+            Role::Manager
+        } else {
+            Role::Worker
+        },
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        addr: SocketAddr::from(([10, 0, 0, n], 2377)),
+        data_path_addr: IpAddr::from([10, 0, 0, n]),
+        raft_id,
+        created_at: 1,
+        updated_at: 1,
+        version: 0,
+    }
+}
+
+fn cluster() -> Cluster {
+    Cluster {
+        id: "fuzzcluster0000000000000".into(),
+        created_at: NOW_MS,
+        ca: CaState {
+            cert_pem: ca().cert_pem(),
+            key_pem: ca().key_pem(),
+            previous_roots: vec![],
+        },
+        worker_secret: "wsecret0000000000000000000".into(),
+        manager_secret: "msecret0000000000000000000".into(),
+        default_addr_pools: vec!["10.0.0.0/8".into()],
+        default_addr_pool_mask_len: 24,
+        data_path_port: 4789,
+        heartbeat_period_ms: 5000,
+        key_rotation_ms: 12 * 3600 * 1000,
+    }
+}
+
+pub(crate) fn service_spec() -> ServiceSpec {
+    ServiceSpec {
+        name: "web".into(),
+        replicas: 2,
+        networks: vec!["appnet".into()],
+        ports: vec![PortConfig {
+            protocol: Protocol::Tcp,
+            target: 80,
+            published: 8080,
+            mode: PublishMode::Ingress,
+        }],
+        endpoint_mode: EndpointMode::Vip,
+        env: vec!["A=1".into()],
+        restart_condition: RestartCondition::Any,
+        command: vec!["sleep".into(), "1000".into()],
+        labels: BTreeMap::from([("k".into(), "v".into())]),
+    }
+}
+
+pub(crate) fn commands() -> Vec<Command> {
+    vec![
+        Command::InitCluster {
+            cluster: Box::new(cluster()),
+            node: model_node(1, Some(1)),
+        },
+        Command::AddNode {
+            node: model_node(2, None),
+        },
+        Command::UpdateNode {
+            id: node_id(2),
+            update: NodeUpdate {
+                availability: Some(Availability::Drain),
+                ..NodeUpdate::default()
+            },
+            at: NOW_MS,
+        },
+        Command::AddKey {
+            key: GossipKey {
+                id: 7,
+                lamport: 0,
+                key: [0x42; 32],
+            },
+        },
+        Command::CreateNetwork {
+            spec: NetworkSpec {
+                id: "appnet0000000000000000000".into(),
+                name: "appnet".into(),
+                attachable: true,
+                ..NetworkSpec::default()
+            },
+            at: NOW_MS,
+        },
+        Command::AttachEndpoint {
+            network: "appnet".into(),
+            id: "ep1".into(),
+            name: "w1".into(),
+            node: node_id(2).to_string(),
+            ip: None,
+        },
+        Command::CreateService {
+            id: "svc0000000000000000000000".into(),
+            spec: service_spec(),
+            at: NOW_MS,
+        },
+        Command::SetJoinSecret {
+            role: Role::Worker,
+            secret: "wsecret1111111111111111111".into(),
+        },
+    ]
+}
+
+/// The empty state, and the state after each prefix of [`commands`].
+pub(crate) fn states() -> Vec<State> {
+    let mut out = vec![State::default()];
+    let mut s = State::default();
+    for (i, c) in commands().into_iter().enumerate() {
+        let _ = s.apply_command(i as u64 + 1, c);
+        if i % 3 == 0 || i + 1 == commands().len() {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
+pub(crate) fn full_state() -> State {
+    states().pop().unwrap_or_default()
+}
+
+pub(crate) fn network() -> Network {
+    let s = full_state();
+    s.networks
+        .values()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| Network {
+            id: "appnet0000000000000000000".into(),
+            name: "appnet".into(),
+            driver: "overlay".into(),
+            subnet: "10.0.1.0/24".parse().unwrap_or_default(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            vni: 4096,
+            attachable: true,
+            ingress: false,
+            internal: false,
+            encrypted: false,
+            mtu: None,
+            labels: BTreeMap::new(),
+            created_at: NOW_MS,
+            version: 5,
+            endpoints: BTreeMap::new(),
+        })
+}
+
+pub(crate) fn endpoint() -> Endpoint {
+    network()
+        .endpoints
+        .values()
+        .next()
+        .cloned()
+        .unwrap_or(Endpoint {
+            id: "ep1".into(),
+            name: "w1".into(),
+            node: node_id(2).to_string(),
+            ip: Ipv4Addr::new(10, 0, 1, 2),
+            mac: [2, 0x42, 10, 0, 1, 2],
+        })
+}
