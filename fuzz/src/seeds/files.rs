@@ -91,6 +91,7 @@ fn assignments() -> Assignments {
             backends: vec![(network().id, Ipv4Addr::new(10, 0, 1, 3))],
         }],
         ingress_endpoint: Some(endpoint()),
+        gossip_keys: [("node1".to_string(), vec![0x42; 32])].into(),
     }
 }
 
@@ -235,6 +236,7 @@ pub(crate) fn gossip_resumes() -> Vec<Vec<u8>> {
         node_id: "node1".into(),
         generation: NOW_MS,
         keys,
+        peer_keys: [("node1".to_string(), vec![0x42; 32])].into(),
     })]
 }
 
