@@ -350,6 +350,17 @@ fn decide(packet: &[u8], names: &dyn Names, mode: Mode, udp: bool) -> Decision {
             .set_recursion_available(mode.recursion_available);
         encode(&m).map_or(Decision::Drop, Decision::Error)
     };
+    // Every record takes at least 5 bytes (root name, type, class); a
+    // header claiming more than the packet holds is refused before the
+    // parser reserves room for them (a 12-byte query claiming 65535
+    // questions would cost megabytes).
+    let claimed = usize::from(header.query_count())
+        + usize::from(header.answer_count())
+        + usize::from(header.name_server_count())
+        + usize::from(header.additional_count());
+    if claimed.saturating_mul(5) > packet.len().saturating_sub(12) {
+        return error(ResponseCode::FormErr);
+    }
     let Ok(query) = Message::from_vec(packet) else {
         return error(ResponseCode::FormErr);
     };
@@ -1135,6 +1146,24 @@ mod tests {
         assert_eq!(sorted(a_answers(&m)), WEB.to_vec());
         let m = ask_tcp(s.tcp_addr().unwrap(), &query(0x0506, "web", RecordType::A)).await;
         assert_eq!(sorted(a_answers(&m)), WEB.to_vec());
+    }
+
+    #[test]
+    fn a_header_claiming_more_records_than_the_packet_holds_is_refused() {
+        let names = table();
+        // id, flags (a query, RD), qdcount 65535, no question bytes.
+        let packet = [0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0];
+        let Decision::Error(reply) = decide(&packet, &*names, EMBEDDED, true) else {
+            panic!("not a FORMERR reply");
+        };
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!((m.id(), m.response_code()), (0x1234, ResponseCode::FormErr));
+        // A real query still gets its answer.
+        let good = query(0x1111, "web", RecordType::A);
+        assert!(matches!(
+            decide(&good, &*names, EMBEDDED, true),
+            Decision::Local(_)
+        ));
     }
 
     #[test]
