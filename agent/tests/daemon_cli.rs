@@ -44,21 +44,29 @@ impl Drop for TestDaemon {
     }
 }
 
-fn spawn_daemon(dir: &Path, extra: &[&str]) -> Child {
+/// `shoal daemon` arguments for a daemon living in `dir` (an empty config
+/// file is made there if none exists).
+fn daemon_args(dir: &Path) -> Vec<std::ffi::OsString> {
     let config = dir.join("shoal.toml");
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
     }
+    vec![
+        "daemon".into(),
+        "--config".into(),
+        config.into(),
+        "--data-dir".into(),
+        dir.join("data").into(),
+        "--socket".into(),
+        dir.join("shoal.sock").into(),
+        "--run-dir".into(),
+        dir.join("run").into(),
+    ]
+}
+
+fn spawn_daemon(dir: &Path, extra: &[&str]) -> Child {
     Command::new(SHOAL)
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(dir.join("shoal.sock"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
+        .args(daemon_args(dir))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -402,23 +410,11 @@ fn free_port() -> u16 {
 /// `spawn_daemon`, but with umask 000: whatever is private is so by the
 /// daemon's own doing.
 fn spawn_daemon_umask0(dir: &Path) -> Child {
-    let config = dir.join("shoal.toml");
-    if !config.exists() {
-        std::fs::write(&config, "").unwrap();
-    }
     Command::new("sh")
         .arg("-c")
         .arg("umask 000 && exec \"$0\" \"$@\"")
         .arg(SHOAL)
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(dir.join("shoal.sock"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
+        .args(daemon_args(dir))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

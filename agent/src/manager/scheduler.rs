@@ -258,10 +258,7 @@ pub async fn run(manager: Weak<Manager>) {
         let mut cmds = plan(&st, now, &mut || NodeId::generate().to_string());
         cmds.extend(mesh_endpoints(&st));
         drop(st);
-        // All at once: they are submitted in order and share Raft's next
-        // batch (one fsync), instead of one round trip each.
-        let results = futures::future::join_all(cmds.into_iter().map(|c| store.propose(c))).await;
-        for e in results.into_iter().filter_map(Result::err) {
+        for e in store.propose_all(cmds).await {
             debug!("scheduler: {e}");
         }
         // Let the applied changes arrive before planning again.

@@ -104,7 +104,7 @@ impl std::fmt::Debug for Swarm {
 
 impl SessionOwner for Swarm {
     fn managers(&self) -> Vec<SocketAddr> {
-        self.file().managers.iter().map(|(_, a)| *a).collect()
+        manager_addrs(&self.file)
     }
     fn identity(&self) -> NodeIdentity {
         Swarm::identity(self)
@@ -156,10 +156,7 @@ impl Swarm {
         let file = Arc::new(Mutex::new(sf.clone()));
         let managers = {
             let file = file.clone();
-            move || match file.lock() {
-                Ok(f) => f.managers.iter().map(|(_, a)| *a).collect(),
-                Err(p) => p.into_inner().managers.iter().map(|(_, a)| *a).collect(),
-            }
+            move || manager_addrs(&file)
         };
         let remote = Arc::new(RemoteRpc::new(
             identity.client_config(&[rpc::ALPN_NODE])?,
@@ -549,6 +546,12 @@ impl Swarm {
             .find(|r| roles::issued_by(&id.cert, r))
             .map(|r| shoal_tls::CaDigest::of(r).to_string())
     }
+}
+
+/// Control addresses of the managers as the membership file lists them.
+fn manager_addrs(file: &Mutex<SwarmFile>) -> Vec<SocketAddr> {
+    let f = file.lock().unwrap_or_else(|p| p.into_inner());
+    f.managers.iter().map(|(_, a)| *a).collect()
 }
 
 /// How often a node checks its certificate and role.

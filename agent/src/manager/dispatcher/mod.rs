@@ -184,9 +184,8 @@ async fn record_task_states(store: Store, node: NodeId, reports: Vec<TaskReport>
             })
         })
         .collect();
-    // All at once: one Raft batch for a node's whole report.
-    let results = futures::future::join_all(cmds.into_iter().map(|c| store.propose(c))).await;
-    for e in results.into_iter().filter_map(Result::err) {
+    // One Raft batch for a node's whole report.
+    for e in store.propose_all(cmds).await {
         debug!(node = %node, "cannot record task state: {e}");
     }
 }
