@@ -15,6 +15,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 /// Default directory for runtime state (namespace bind mounts).
 pub const DEFAULT_RUN_DIR: &str = "/run/shoal";
+/// Default containerd socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// The daemon's settings after file and flags are merged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +48,12 @@ pub struct Config {
     pub dns_upstream: Vec<String>,
     /// Address of the Prometheus `/metrics` endpoint; empty: disabled.
     pub metrics_addr: String,
+    /// containerd's gRPC socket; tasks run as containers in its `shoal`
+    /// namespace.
+    pub containerd_socket: PathBuf,
+    /// Registries (`host[:port]`) pulled from over plain HTTP; every other
+    /// registry is reached over TLS.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Config {
@@ -109,6 +117,8 @@ impl Default for Config {
             gossip_profile: "lan".into(),
             dns_upstream: Vec::new(),
             metrics_addr: "127.0.0.1:9323".into(),
+            containerd_socket: DEFAULT_CONTAINERD_SOCKET.into(),
+            insecure_registries: Vec::new(),
         }
     }
 }
