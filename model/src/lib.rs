@@ -9,11 +9,12 @@
 //! commands without knowing them; the agent's manager side adapts this
 //! state to its `StateMachine` trait.
 //!
-//! Encoding: commands and snapshots are bincode (standard config) of these
-//! serde types, so the order of fields and enum variants is the on-disk
-//! and wire format. Append new variants and fields at the end, never
-//! reorder.
+//! Encoding ([`codec`]): commands and snapshots are CBOR of these serde
+//! types, fields by name. A new field carries `#[serde(default)]`; a new
+//! enum variant goes at the end. Data dirs of releases that wrote bincode
+//! are read through the layouts in [`legacy`].
 
+pub mod codec;
 pub mod legacy;
 pub mod network;
 pub mod service;

@@ -740,40 +740,39 @@ impl State {
 pub const STATE_DECODE_LIMIT: usize = 1 << 30;
 
 impl State {
-    /// Serializes the whole state (bincode, standard config): the snapshot
-    /// format on disk and on the wire. Field order is the format: never
-    /// reorder fields of `State` or anything inside it.
+    /// Serializes the whole state ([`crate::codec`]): the snapshot format
+    /// on disk and on the wire.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard())
-            .map_err(|e| format!("cannot encode state snapshot: {e}"))
+        crate::codec::encode(self).map_err(|e| format!("cannot encode state snapshot: {e}"))
     }
 
-    /// Reads a state written by [`State::encode`], or by a release from
-    /// before `gossip_keys` (bincode has no optional fields: such a
-    /// snapshot is read as [`crate::legacy::StateV1`]). The bytes come from
-    /// disk and from the leader, so what they make us allocate is bounded
-    /// by [`STATE_DECODE_LIMIT`]: without a limit bincode allocates a
-    /// string of whatever length the input claims before reading it.
+    /// Reads a state written by [`State::encode`], or by a release that
+    /// wrote bincode (the layouts in [`crate::legacy`]). The bytes come
+    /// from disk and from the leader, so what they make us allocate is
+    /// bounded: CBOR allocates as it reads, bincode is held to
+    /// [`STATE_DECODE_LIMIT`] (without a limit it allocates a string of
+    /// whatever length the input claims before reading it).
     pub fn decode(data: &[u8]) -> Result<State, String> {
-        let cfg = bincode::config::standard().with_limit::<STATE_DECODE_LIMIT>();
-        match bincode::serde::decode_from_slice::<State, _>(data, cfg) {
-            Ok((state, n)) if n == data.len() => Ok(state),
-            first => {
-                let (v1, n) =
-                    bincode::serde::decode_from_slice::<crate::legacy::StateV1, _>(data, cfg)
-                        .map_err(|e| match first {
-                            Err(f) => format!("corrupted state snapshot: {f}"),
-                            Ok(_) => format!("corrupted state snapshot: {e}"),
-                        })?;
-                if n != data.len() {
-                    return Err(format!(
-                        "corrupted state snapshot: {} trailing bytes",
-                        data.len() - n
-                    ));
-                }
-                Ok(v1.into())
-            }
+        if let Some(r) = crate::codec::decode(data) {
+            return r.map_err(|e| format!("corrupted state snapshot: {e}"));
         }
+        crate::legacy::decode_state(data)
+    }
+}
+
+impl Command {
+    /// The bytes of a command in the Raft log ([`crate::codec`]).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::codec::encode(self).map_err(|e| format!("cannot encode command: {e}"))
+    }
+
+    /// Reads a command written by [`Command::encode`], or by a release
+    /// that wrote bincode.
+    pub fn decode(data: &[u8]) -> Result<Command, String> {
+        if let Some(r) = crate::codec::decode(data) {
+            return r.map_err(|e| format!("corrupted command: {e}"));
+        }
+        crate::legacy::decode_command(data)
     }
 }
 
@@ -885,6 +884,20 @@ mod tests {
         assert_eq!(s, t);
         assert!(State::decode(&snap[..snap.len() / 2]).is_err());
         assert!(State::decode(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn commands_round_trip_and_bincode_commands_still_read() {
+        let cmd = Command::CreateService {
+            id: "s1".into(),
+            spec: spec(3),
+            at: 9,
+        };
+        assert_eq!(Command::decode(&cmd.encode().unwrap()).unwrap(), cmd);
+        // What the bincode releases wrote into the log.
+        let old = bincode::serde::encode_to_vec(&cmd, bincode::config::standard()).unwrap();
+        assert_eq!(Command::decode(&old).unwrap(), cmd);
+        assert!(Command::decode(&[0xd9, 0xd9, 0xf7, 0xff]).is_err());
     }
 
     /// Found by `fuzz/` (state_snapshot): a string length of 2^40 made

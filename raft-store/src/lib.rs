@@ -43,7 +43,8 @@ pub use raft::eraftpb;
 /// The replicated state: implemented by the typed Shoal state and by a
 /// small KV machine in the tests. Lives behind a mutex owned by the node.
 pub trait StateMachine: Send + 'static {
-    /// What is proposed; bincode-encoded into the raft entry.
+    /// What is proposed; written into the raft entry by
+    /// [`StateMachine::encode_command`].
     type Command: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
     /// What applying a command returns to the proposer on its own manager.
     type Output: Send + 'static;
@@ -54,7 +55,24 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replaces the whole state with a snapshot.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// The bytes of a command in the log: bincode unless the machine
+    /// versions its format (then it overrides both this and
+    /// [`StateMachine::decode_command`]).
+    fn encode_command(cmd: &Self::Command) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(cmd, bincode::config::standard()).map_err(|e| e.to_string())
+    }
+    /// Reads a committed entry's command. The bytes come from disk and
+    /// from the leader: what decoding allocates must be bounded.
+    fn decode_command(data: &[u8]) -> Result<Self::Command, String> {
+        let cfg = bincode::config::standard().with_limit::<COMMAND_LIMIT>();
+        bincode::serde::decode_from_slice(data, cfg)
+            .map(|(c, _)| c)
+            .map_err(|e| e.to_string())
+    }
 }
+
+/// Bound on what the default command decoder may allocate.
+pub const COMMAND_LIMIT: usize = 64 << 20;
 
 /// Settings of one raft node. Defaults are production values; tests shrink
 /// the timings.

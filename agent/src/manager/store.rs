@@ -14,9 +14,9 @@ use shoal_raft_store::{RaftError, RaftNode, RaftStats, RaftStatus, StateMachine}
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-/// The replicated state as raft-store applies it. Snapshots are
-/// [`State::encode`], so data dirs are the same as before the model moved
-/// out of raft-store.
+/// The replicated state as raft-store applies it. Snapshots and log
+/// entries are the model's own encoding ([`State::encode`],
+/// [`Command::encode`]), which also reads the data dirs of older releases.
 #[derive(Debug, Default)]
 pub struct StoreMachine(pub State);
 
@@ -35,6 +35,14 @@ impl StateMachine for StoreMachine {
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         self.0 = State::decode(data)?;
         Ok(())
+    }
+
+    fn encode_command(cmd: &Command) -> Result<Vec<u8>, String> {
+        cmd.encode()
+    }
+
+    fn decode_command(data: &[u8]) -> Result<Command, String> {
+        Command::decode(data)
     }
 }
 

@@ -491,7 +491,6 @@ impl<S: StateMachine> Core<S> {
         // One clock read per batch: the latencies it measures are
         // milliseconds, the batch takes microseconds.
         let now = Instant::now();
-        let cfg = bincode::config::standard().with_limit::<COMMAND_LIMIT>();
         for e in entries {
             if e.index <= self.applied {
                 continue;
@@ -502,8 +501,8 @@ impl<S: StateMachine> Core<S> {
                         let waiter = self
                             .own_seq(&e.context)
                             .and_then(|s| self.pending.remove(&s));
-                        match bincode::serde::decode_from_slice::<S::Command, _>(&e.data, cfg) {
-                            Ok((cmd, _)) => {
+                        match S::decode_command(&e.data) {
+                            Ok(cmd) => {
                                 let out = guard.apply(e.index, cmd);
                                 if let Some((Waiter::Cmd(r, since), _)) = waiter {
                                     self.stats
@@ -515,7 +514,7 @@ impl<S: StateMachine> Core<S> {
                                 // Same bytes on every manager: all skip it alike.
                                 tracing::error!(raft_id = self.id, index = e.index, error = %err, "committed command does not decode; skipped");
                                 if let Some((w, _)) = waiter {
-                                    w.fail(RaftError::Codec(err.to_string()));
+                                    w.fail(RaftError::Codec(err));
                                 }
                             }
                         }

@@ -39,9 +39,6 @@ use crate::storage::{decode_peers, encode_peers, PeerMap, SledStorage};
 use crate::transport::Transport;
 use crate::{RaftConfig, StateMachine};
 
-/// Bound on a decoded command: entries come from the network and from disk.
-const COMMAND_LIMIT: usize = 64 << 20;
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -406,9 +403,9 @@ impl<S: StateMachine> RaftNode<S> {
     pub async fn propose(&self, cmd: S::Command) -> Result<S::Output, RaftError> {
         let stats = &self.inner.stats;
         stats.proposals.fetch_add(1, Relaxed);
-        let r = match bincode::serde::encode_to_vec(&cmd, bincode::config::standard()) {
+        let r = match S::encode_command(&cmd) {
             Ok(data) => self.request(|reply| Request::Propose { data, reply }).await,
-            Err(e) => Err(RaftError::Codec(e.to_string())),
+            Err(e) => Err(RaftError::Codec(e)),
         };
         if r.is_err() {
             stats.proposals_failed.fetch_add(1, Relaxed);
