@@ -94,6 +94,12 @@ pub struct Workload {
     /// The service task it is, if any.
     #[serde(default)]
     pub task: Option<String>,
+    /// Its container in containerd (same id), when it runs from an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The image it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl Workload {

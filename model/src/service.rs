@@ -232,6 +232,68 @@ pub struct ServiceSpec {
     pub command: Vec<String>,
     /// `--label k=v`.
     pub labels: BTreeMap<String, String>,
+    /// The image each task runs (`name@sha256:…` once pinned at create);
+    /// with `--runtime host`, empty: the command runs as a host process.
+    #[serde(default)]
+    pub image: String,
+    /// How each task's container runs.
+    #[serde(default)]
+    pub container: ContainerSpec,
+}
+
+/// Where a task runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A container from the service's image (containerd).
+    #[default]
+    Container,
+    /// A host process with the daemon's privileges (`--runtime host`).
+    Host,
+}
+
+/// One `--mount`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// `bind`, `volume` or `tmpfs`.
+    pub typ: String,
+    /// Host path (bind) or volume name; empty for tmpfs.
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// `readonly`.
+    pub readonly: bool,
+}
+
+/// The container settings of a service's tasks (Docker's ContainerSpec and
+/// Resources); every field defaults, so older specs read as "none set".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerSpec {
+    /// Container or host process.
+    pub runtime: Runtime,
+    /// `--entrypoint` (`Some(vec![])`: cleared).
+    pub entrypoint: Option<Vec<String>>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--workdir`.
+    pub workdir: Option<String>,
+    /// `--mount`.
+    pub mounts: Vec<Mount>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--cap-add`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--limit-memory`, bytes.
+    pub limit_memory: Option<i64>,
+    /// `--limit-cpu`, billionths of a CPU.
+    pub limit_nano_cpus: Option<i64>,
+    /// `--reserve-memory`, bytes.
+    pub reserve_memory: Option<i64>,
+    /// `--reserve-cpu`, billionths of a CPU.
+    pub reserve_nano_cpus: Option<i64>,
 }
 
 /// A service as stored.
@@ -400,6 +462,9 @@ pub enum ServiceError {
     /// More replicas than one service may have.
     #[error("--replicas {0}: a service has at most {MAX_REPLICAS} replicas")]
     TooManyReplicas(u64),
+    /// A container service without an image.
+    #[error("a service needs an image (or --runtime host and a command)")]
+    NoImage,
 }
 
 /// Most replicas one service may have: every replica is a task record the
@@ -440,8 +505,10 @@ pub fn check_spec(
     if !valid_name(&spec.name) {
         return Err(ServiceError::BadName(spec.name));
     }
-    if spec.command.is_empty() {
-        return Err(ServiceError::NoCommand);
+    match spec.container.runtime {
+        Runtime::Host if spec.command.is_empty() => return Err(ServiceError::NoCommand),
+        Runtime::Container if spec.image.is_empty() => return Err(ServiceError::NoImage),
+        _ => {}
     }
     if spec.replicas > MAX_REPLICAS {
         return Err(ServiceError::TooManyReplicas(spec.replicas));

@@ -894,9 +894,14 @@ mod tests {
             at: 9,
         };
         assert_eq!(Command::decode(&cmd.encode().unwrap()).unwrap(), cmd);
-        // What the bincode releases wrote into the log.
-        let old = bincode::serde::encode_to_vec(&cmd, bincode::config::standard()).unwrap();
-        assert_eq!(Command::decode(&old).unwrap(), cmd);
+        // What the bincode releases wrote into the log (a command whose
+        // layout did not change; `data_dir_compat` reads older services).
+        let rm = Command::RemoveService {
+            service: "web".into(),
+            at: 3,
+        };
+        let old = bincode::serde::encode_to_vec(&rm, bincode::config::standard()).unwrap();
+        assert_eq!(Command::decode(&old).unwrap(), rm);
         assert!(Command::decode(&[0xd9, 0xd9, 0xf7, 0xff]).is_err());
     }
 

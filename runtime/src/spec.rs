@@ -244,7 +244,7 @@ pub fn build(c: &ContainerSpec, args: Vec<String>, uid: u32, gid: u32, gids: Vec
         "mounts": mounts,
         "linux": {
             "resources": resources,
-            "cgroupsPath": format!("/shoal/{}", c.id),
+            "cgroupsPath": format!("/shoal-{}", c.id),
             "namespaces": [
                 {"type": "pid"},
                 {"type": "ipc"},

@@ -147,7 +147,7 @@ pub enum NetworkCmd {
 /// `shoal service ...`
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
-    /// Create a service: `service create --name web --replicas 3 --network app -p 8080:80 -- CMD...`.
+    /// Create a service: `service create --name web --replicas 3 --network app -p 8080:80 IMAGE [COMMAND] [ARG...]`.
     Create {
         /// Service name (also its DNS name).
         #[arg(long)]
@@ -174,8 +174,13 @@ pub enum ServiceCmd {
         /// Labels `key=value`.
         #[arg(long)]
         label: Vec<String>,
-        /// The command each task runs, after `--`.
-        #[arg(last = true, required = true)]
+        #[command(flatten)]
+        container: ContainerArgs,
+        /// The image (pinned to its digest unless --no-resolve-image), then
+        /// the command and arguments replacing its CMD. With `--runtime
+        /// host`: the program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true,
+              value_name = "IMAGE [COMMAND] [ARG...]")]
         command: Vec<String>,
     },
     /// List services: ID NAME MODE REPLICAS COMMAND PORTS.
@@ -479,4 +484,95 @@ mod tests {
         assert!(parse_duration_ms("s").is_err());
         assert!(parse_duration_ms("99999999999999999999h").is_err());
     }
+}
+
+/// Where a task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    /// A container from the image (containerd, Docker's isolation defaults).
+    Container,
+    /// A host process with the daemon's own privileges (no isolation
+    /// beyond its network, mount and UTS namespaces).
+    Host,
+}
+
+/// How a task's container runs (`service create`, `run`).
+#[derive(Debug, Clone, Args)]
+pub struct ContainerArgs {
+    /// `container` (default) or `host`: run the command as a host process
+    /// with the daemon's privileges.
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Container)]
+    pub runtime: RuntimeArg,
+    /// Overwrite the image's ENTRYPOINT (`""` clears it; its CMD is dropped).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Username or UID, `user[:group]`.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Read environment variables from a file of `K=V` lines (repeatable).
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// Attach a filesystem mount:
+    /// `type=bind|volume|tmpfs,source=SRC,target=DST[,readonly]` (repeatable).
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Mount the container's root filesystem as read only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add Linux capabilities (repeatable; `ALL`).
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (repeatable; `ALL`).
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// Memory limit (`32M`, `1G`; bytes without a unit).
+    #[arg(long, value_parser = parse_bytes)]
+    pub limit_memory: Option<i64>,
+    /// CPU limit (`0.5`: half a CPU).
+    #[arg(long, value_parser = parse_cpus)]
+    pub limit_cpu: Option<i64>,
+    /// Memory reservation: placed only on a node with this much free.
+    #[arg(long, value_parser = parse_bytes)]
+    pub reserve_memory: Option<i64>,
+    /// CPU reservation.
+    #[arg(long, value_parser = parse_cpus)]
+    pub reserve_cpu: Option<i64>,
+    /// Do not query the registry to pin the image's tag to a digest.
+    #[arg(long)]
+    pub no_resolve_image: bool,
+}
+
+/// `32M`, `1g`, `512k`, `100b`, `1048576` -> bytes (docker's RAMInBytes).
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size: '{s}'"))?;
+    if !(n.is_finite() && n > 0.0) || n * mult as f64 > i64::MAX as f64 {
+        return Err(format!("invalid size: '{s}'"));
+    }
+    Ok((n * mult as f64) as i64)
+}
+
+/// `0.5` -> 500000000 billionths of a CPU (docker's NanoCPUs).
+pub fn parse_cpus(s: &str) -> Result<i64, String> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count: '{s}'"))?;
+    if !(n.is_finite() && n > 0.0 && n <= 1_000_000.0) {
+        return Err(format!("invalid CPU count: '{s}'"));
+    }
+    Ok((n * 1e9) as i64)
 }

@@ -3,9 +3,9 @@
 
 use shoal_api::client::{self, ClientError};
 use shoal_api::{Request, Response};
-use shoal_model::service::{EndpointMode, PublishMode, ServiceSpec};
+use shoal_model::service::{ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceSpec};
 
-use super::args::{Cli, NetworkCmd, ServiceCmd};
+use super::args::{Cli, NetworkCmd, RuntimeArg, ServiceCmd};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
@@ -22,6 +22,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         env,
         restart_condition,
         label,
+        container,
         command,
     } = cmd
     else {
@@ -35,11 +36,31 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
             "port published with ingress mode can't be used with dnsrr mode (use mode=host)".into(),
         ));
     }
-    for e in env {
+    let mut env = env.clone();
+    for f in &container.env_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| bad(format!("--env-file {}: {e}", f.display())))?;
+        env.extend(parse_env_file(&text));
+    }
+    for e in &env {
         if !e.contains('=') || e.starts_with('=') {
             return Err(bad(format!("--env {e:?}: expected K=V")));
         }
     }
+    let (image, command, runtime) = match container.runtime {
+        RuntimeArg::Host => (String::new(), command.clone(), Runtime::Host),
+        RuntimeArg::Container => {
+            let (image, rest) = command
+                .split_first()
+                .ok_or_else(|| bad("an image is required".into()))?;
+            (image.clone(), rest.to_vec(), Runtime::Container)
+        }
+    };
+    let mounts = container
+        .mount
+        .iter()
+        .map(|m| parse_mount(m).map_err(bad))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut labels = std::collections::BTreeMap::new();
     for l in label {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -54,11 +75,93 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         networks: network.clone(),
         ports: publish.clone(),
         endpoint_mode: *endpoint_mode,
-        env: env.clone(),
+        env,
         restart_condition: *restart_condition,
-        command: command.clone(),
+        command,
         labels,
+        image,
+        container: ContainerSpec {
+            runtime,
+            entrypoint: container.entrypoint.as_ref().map(|e| {
+                if e.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![e.clone()]
+                }
+            }),
+            user: container.user.clone(),
+            workdir: container.workdir.clone(),
+            mounts,
+            read_only: container.read_only,
+            cap_add: container.cap_add.clone(),
+            cap_drop: container.cap_drop.clone(),
+            limit_memory: container.limit_memory,
+            limit_nano_cpus: container.limit_cpu,
+            reserve_memory: container.reserve_memory,
+            reserve_nano_cpus: container.reserve_cpu,
+        },
     })
+}
+
+/// `K=V` lines of an env file; `#` comments and blank lines skipped, a
+/// bare `K` takes this shell's value (as docker).
+fn parse_env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once('=') {
+            Some(_) => l.to_string(),
+            None => format!("{l}={}", std::env::var(l).unwrap_or_default()),
+        })
+        .collect()
+}
+
+/// `type=bind|volume|tmpfs,source=SRC,target=DST[,readonly]` (docker's
+/// `--mount`, with its aliases `src`, `dst`/`destination`, `ro`).
+pub(crate) fn parse_mount(s: &str) -> Result<Mount, String> {
+    let mut m = Mount {
+        typ: "volume".into(),
+        source: String::new(),
+        target: String::new(),
+        readonly: false,
+    };
+    for field in s.split(',') {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field.trim(), None),
+        };
+        match (k, v) {
+            ("type", Some(t)) if ["bind", "volume", "tmpfs"].contains(&t) => m.typ = t.into(),
+            ("type", Some(t)) => return Err(format!("invalid mount type {t:?}: bind, volume or tmpfs")),
+            ("source" | "src", Some(v)) => m.source = v.into(),
+            ("target" | "dst" | "destination", Some(v)) => m.target = v.into(),
+            ("readonly" | "ro", None | Some("1" | "true")) => m.readonly = true,
+            ("readonly" | "ro", Some("0" | "false")) => m.readonly = false,
+            _ => return Err(format!("invalid field {field:?} in --mount {s:?}")),
+        }
+    }
+    if m.target.is_empty() {
+        return Err(format!("--mount {s:?}: target is required"));
+    }
+    if !m.target.starts_with('/') {
+        return Err(format!("--mount {s:?}: invalid mount target, must be an absolute path"));
+    }
+    match m.typ.as_str() {
+        "bind" if !m.source.starts_with('/') => {
+            Err(format!("--mount {s:?}: a bind source must be an absolute host path"))
+        }
+        "tmpfs" if !m.source.is_empty() => Err(format!("--mount {s:?}: tmpfs takes no source")),
+        "volume"
+            if m.source.is_empty()
+                || !m
+                    .source
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+        {
+            Err(format!("--mount {s:?}: a volume needs a name of [a-zA-Z0-9_.-]"))
+        }
+        _ => Ok(m),
+    }
 }
 
 pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), ClientError> {

@@ -59,6 +59,13 @@ pub struct AssignedTask {
     pub command: Vec<String>,
     /// `K=V` environment.
     pub env: Vec<String>,
+    /// The image (empty with the host runtime).
+    #[serde(default)]
+    pub image: String,
+    /// How the container runs; `None` from a manager that predates
+    /// containers (its tasks were host processes).
+    #[serde(default)]
+    pub container: Option<shoal_model::service::ContainerSpec>,
 }
 
 /// What a node needs to know of a service its tasks can reach (VIP load

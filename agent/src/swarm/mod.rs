@@ -195,6 +195,11 @@ impl Swarm {
             upstreams,
             gossip.clone(),
             rpc.clone(),
+            Arc::new(crate::worker::containers::Containers::new(
+                &config.containerd_socket,
+                config.insecure_registries.clone(),
+                &config.data_dir,
+            )),
         ));
         let auth = Arc::new(gossip::signing_key(&config.data_dir)?);
         tasks.extend(worker.start());

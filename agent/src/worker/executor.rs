@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_membership::Gossip;
-use shoal_model::service::{EndpointMode, Protocol, PublishMode, TaskState};
+use shoal_model::service::{EndpointMode, Protocol, PublishMode, Runtime, TaskState};
 use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
 use tracing::{info, warn};
 
+use crate::worker::containers::{Containers, TaskFiles};
 use crate::worker::dns::{self, DnsServer};
 use shoal_api::Workload;
 
@@ -71,7 +72,7 @@ impl std::fmt::Debug for Executor {
 }
 
 /// Where the executor runs tasks and how it reaches the data path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeCtx {
     /// This node's id.
     pub me: String,
@@ -81,6 +82,10 @@ pub struct NodeCtx {
     pub port: u16,
     /// The gossip agent, once running.
     pub gossip: Option<Gossip>,
+    /// The container runtime.
+    pub containers: Arc<Containers>,
+    /// Where a container's exit status goes (pid, status).
+    pub on_exit: Arc<dyn Fn(u32, i32) + Send + Sync>,
 }
 
 impl Executor {
@@ -180,7 +185,7 @@ impl Executor {
             let want = assigned
                 .get(id.as_str())
                 .is_some_and(|t| t.task.desired == TaskState::Running);
-            if w.pid == 0 || !alive(w.pid) {
+            if overlay.ended(&w) {
                 let stopping = self
                     .stopping
                     .lock()
@@ -326,6 +331,18 @@ impl Executor {
         // The service's own networks first (eth0), the ingress network last.
         networks.sort_by_key(|(n, _)| n.ingress);
         let task = &t.task;
+        // A container's image first: a task whose image cannot be had is
+        // rejected with the registry's reason, before anything is made.
+        let settings = t.container.clone().filter(|c| c.runtime == Runtime::Container);
+        let image = match &settings {
+            Some(_) => Some(
+                ctx.containers
+                    .image(&t.image)
+                    .await
+                    .map_err(|e| (TaskState::Rejected, anyhow::Error::from(e)))?,
+            ),
+            None => None,
+        };
         let resolv = overlay.netns_of(&task.id).with_extension("resolv.conf");
         if let Some(dir) = resolv.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -380,7 +397,33 @@ impl Executor {
             .map_err(|e| (TaskState::Failed, e))?;
         self.prepare(&w, &a.services).await;
         spec.argv = argv;
-        match overlay.launch(&w.id, &spec) {
+        let launched = match (settings, image) {
+            (Some(settings), Some(image)) => {
+                let files = TaskFiles {
+                    netns: w.netns.clone(),
+                    resolv_conf: resolv.clone(),
+                    log: overlay.log_of(&w.id),
+                };
+                let env = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let ip = w.endpoint.as_ref().map(|e| e.ip);
+                let name = image.name.clone();
+                match ctx
+                    .containers
+                    .run(&w.id, &task.id, image, &settings, &t.command, env, &files, ip)
+                    .await
+                {
+                    Ok(pid) => {
+                        let on_exit = ctx.on_exit.clone();
+                        ctx.containers
+                            .watch(w.id.clone(), move |code| on_exit(pid, code));
+                        overlay.set_container(&w.id, pid, t.command.clone(), name)
+                    }
+                    Err(e) => Err(anyhow::Error::from(e)),
+                }
+            }
+            _ => overlay.launch(&w.id, &spec),
+        };
+        match launched {
             Ok(w) => Ok(w),
             Err(e) => {
                 self.finish(overlay, ctx, &w).await;
@@ -467,11 +510,19 @@ impl Executor {
         if let Ok(mut d) = self.dns.lock() {
             d.remove(&w.id);
         }
+        if w.container.is_some() || w.task.is_some() {
+            // A container started but not yet recorded is removed too.
+            if ctx.containers.socket_exists() {
+                ctx.containers.remove(&w.id).await;
+            }
+        }
         if let Ok(mut a) = self.applied.lock() {
             a.remove(&w.id);
         }
         overlay.cleanup(&w.id, ctx.gossip.as_ref()).await;
-        let _ = std::fs::remove_file(overlay.netns_of(&w.id).with_extension("resolv.conf"));
+        for ext in ["resolv.conf", "hosts", "hostname"] {
+            let _ = std::fs::remove_file(overlay.netns_of(&w.id).with_extension(ext));
+        }
     }
 
     /// Apply an nft table unless the same body is already in place.

@@ -20,9 +20,11 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::proto::gossip::GossipSlot;
+use crate::worker::containers::Containers;
 use crate::proto::rpc::{NodeRequest, NodeResponse, NodeRpc};
 use crate::proto::session::Assignments;
 
+pub mod containers;
 pub mod dns;
 pub mod executor;
 pub mod overlay;
@@ -43,6 +45,8 @@ pub struct Worker {
     pub executor: Executor,
     gossip: GossipSlot,
     rpc: Arc<dyn NodeRpc>,
+    /// The container runtime (containerd).
+    pub containers: Arc<Containers>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -61,11 +65,13 @@ impl Worker {
         upstreams: Vec<SocketAddr>,
         gossip: GossipSlot,
         rpc: Arc<dyn NodeRpc>,
+        containers: Arc<Containers>,
     ) -> Worker {
         Worker {
             me,
             data_path_addr,
             data_path_port: AtomicU16::new(4789),
+            containers,
             overlay: Overlay::new(run_dir),
             executor: Executor::new(upstreams),
             gossip,
@@ -77,10 +83,39 @@ impl Worker {
     /// caller's to abort.
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let weak = Arc::downgrade(self);
+        self.adopt_containers();
         vec![
             tokio::spawn(overlay_loop(weak.clone())),
             tokio::spawn(executor_loop(weak)),
         ]
+    }
+
+    /// After a restart: wait again for the containers of the adopted
+    /// workloads, and remove any container no workload record names.
+    fn adopt_containers(self: &Arc<Self>) {
+        let adopted: Vec<(String, u32)> = self
+            .overlay
+            .list()
+            .into_iter()
+            .filter_map(|w| w.container.map(|c| (c, w.pid)))
+            .collect();
+        if adopted.is_empty() && !self.containers.socket_exists() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let keep: Vec<String> = adopted.iter().map(|(c, _)| c.clone()).collect();
+            me.containers.remove_unknown(&keep).await;
+            for (id, pid) in adopted {
+                let weak = Arc::downgrade(&me);
+                me.containers.watch(id, move |code| {
+                    if let Some(w) = weak.upgrade() {
+                        w.overlay.record_exit(pid, code);
+                        w.executor.kick.notify_one();
+                    }
+                });
+            }
+        });
     }
 
     fn data_path_port(&self) -> u16 {
@@ -282,11 +317,19 @@ async fn executor_loop(worker: Weak<Worker>) {
     loop {
         let Some(s) = worker.upgrade() else { return };
         if let IpAddr::V4(vtep) = s.data_path_addr {
+            let weak = worker.clone();
             let ctx = executor::NodeCtx {
                 me: s.me.to_string(),
                 vtep,
                 port: s.data_path_port(),
                 gossip: s.gossip.get(),
+                containers: s.containers.clone(),
+                on_exit: Arc::new(move |pid, code| {
+                    if let Some(w) = weak.upgrade() {
+                        w.overlay.record_exit(pid, code);
+                        w.executor.kick.notify_one();
+                    }
+                }),
             };
             s.executor.run_once(&s.overlay, &ctx).await;
         }

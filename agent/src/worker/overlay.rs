@@ -198,6 +198,8 @@ impl Overlay {
             pid: 0,
             argv: spec.argv.clone(),
             task: spec.task.clone(),
+            container: None,
+            image: None,
         };
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.clone(), w.clone());
@@ -335,6 +337,43 @@ impl Overlay {
         Ok(w)
     }
 
+    /// Record the container a workload's process runs in (started by the
+    /// executor through containerd) and persist it.
+    pub fn set_container(
+        &self,
+        id: &str,
+        pid: u32,
+        argv: Vec<String>,
+        image: String,
+    ) -> anyhow::Result<Workload> {
+        let mut w = self
+            .get(id)
+            .ok_or_else(|| anyhow::anyhow!("workload {id} is not here"))?;
+        w.pid = pid;
+        w.argv = argv;
+        w.container = Some(id.to_string());
+        w.image = Some(image);
+        self.save(&w)?;
+        if let Ok(mut m) = self.workloads.lock() {
+            m.insert(id.to_string(), w.clone());
+        }
+        info!(workload = %id, pid, "container started");
+        Ok(w)
+    }
+
+    /// A container's exit status, from its waiter.
+    pub fn record_exit(&self, pid: u32, code: i32) {
+        if let Ok(mut m) = self.exits.lock() {
+            m.insert(pid, code);
+        }
+        self.kick.notify_one();
+    }
+
+    /// Where a workload's stdout and stderr go.
+    pub fn log_of(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.log"))
+    }
+
     /// Persist a workload's record (a restarted daemon adopts it).
     fn save(&self, w: &Workload) -> anyhow::Result<()> {
         std::fs::write(
@@ -365,7 +404,7 @@ impl Overlay {
              +setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write",
             "--",
         ];
-        let log = std::fs::File::create(self.dir().join(format!("{}.log", w.id)))?;
+        let log = std::fs::File::create(self.log_of(&w.id))?;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net={}", w.netns.display())).arg("--");
         if let Some((hostname, resolv)) = &spec.sandbox {
@@ -466,6 +505,15 @@ impl Overlay {
     /// running, or not our child).
     pub fn exit_code(&self, pid: u32) -> Option<i32> {
         self.exits.lock().ok()?.get(&pid).copied()
+    }
+
+    /// Whether a workload's process has ended: a container once its
+    /// waiter recorded the exit status, a host process once its pid is gone.
+    pub fn ended(&self, w: &Workload) -> bool {
+        match w.container {
+            Some(_) => self.exit_code(w.pid).is_some(),
+            None => w.pid == 0 || !alive(w.pid),
+        }
     }
 
     /// Workloads whose process has exited.

@@ -82,6 +82,8 @@ fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
                 task: t.clone(),
                 command: spec.map(|s| s.command.clone()).unwrap_or_default(),
                 env: spec.map(|s| s.env.clone()).unwrap_or_default(),
+                image: spec.map(|s| s.image.clone()).unwrap_or_default(),
+                container: spec.map(|s| s.container.clone()),
             }
         })
         .collect();

@@ -1,0 +1,218 @@
+//! The worker's side of the container runtime: one containerd client
+//! (connected on first use, so a node without containerd still runs
+//! `--runtime host` tasks), the image a task needs (pulled unless already
+//! there), the container of a task (its spec from the service's settings,
+//! the /etc files Shoal writes for it, named volumes under the data dir),
+//! and the waiter that records each container's exit status.
+//!
+//! Data flow: executor `start` -> [`Containers::image`] (pull) ->
+//! [`Containers::run`] (containerd creates the container in the task's
+//! network namespace) -> waiter -> `Overlay::record_exit` -> the executor
+//! reports the exit; executor `finish` -> [`Containers::remove`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_model::service::ContainerSpec as Settings;
+use shoal_runtime::{ContainerSpec, ImageInfo, MountSpec, MountType, Runtime, RuntimeError};
+use tracing::{info, warn};
+
+/// The node's container runtime.
+pub struct Containers {
+    socket: PathBuf,
+    insecure: Vec<String>,
+    volumes: PathBuf,
+    runtime: tokio::sync::OnceCell<Arc<Runtime>>,
+}
+
+impl std::fmt::Debug for Containers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containers")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a task's container lives on this node.
+#[derive(Debug, Clone)]
+pub struct TaskFiles {
+    /// Its network namespace.
+    pub netns: PathBuf,
+    /// Its /etc/resolv.conf (the embedded DNS).
+    pub resolv_conf: PathBuf,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Containers {
+    /// containerd at `socket`; plain HTTP to `insecure` registries; named
+    /// volumes under `data_dir/volumes`.
+    pub fn new(socket: &Path, insecure: Vec<String>, data_dir: &Path) -> Containers {
+        Containers {
+            socket: socket.to_owned(),
+            insecure,
+            volumes: data_dir.join("volumes"),
+            runtime: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether containerd's socket is there (no socket: nothing to adopt).
+    pub fn socket_exists(&self) -> bool {
+        self.socket.exists()
+    }
+
+    /// The client, connecting on first use (a failed connect is retried
+    /// on the next call).
+    pub async fn runtime(&self) -> Result<Arc<Runtime>, RuntimeError> {
+        self.runtime
+            .get_or_try_init(|| async {
+                let rt = Runtime::connect(&self.socket, self.insecure.clone()).await?;
+                info!(socket = %self.socket.display(), "connected to containerd");
+                Ok(Arc::new(rt))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The image, pulled unless this node has it.
+    pub async fn image(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        let rt = self.runtime().await?;
+        match rt.image(reference).await {
+            Ok(i) => Ok(i),
+            Err(RuntimeError::NoSuchImage(_)) => {
+                info!(image = reference, "pulling");
+                rt.pull(reference).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A host directory for a named volume (made on first use).
+    fn volume(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        let dir = self.volumes.join(name).join("_data");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::Invalid(format!("volume {name}: {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// Creates and starts the container of task `id`; its pid.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &self,
+        id: &str,
+        hostname: &str,
+        image: ImageInfo,
+        settings: &Settings,
+        command: &[String],
+        env: Vec<String>,
+        files: &TaskFiles,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> Result<u32, RuntimeError> {
+        let rt = self.runtime().await?;
+        let etc = |ext: &str| files.resolv_conf.with_extension(ext);
+        let (hosts, hostname_file) = (etc("hosts"), etc("hostname"));
+        let mut hosts_text = String::from(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+        if let Some(ip) = ip {
+            hosts_text.push_str(&format!("{ip}\t{hostname}\n"));
+        }
+        for (p, text) in [(&hosts, hosts_text), (&hostname_file, format!("{hostname}\n"))] {
+            std::fs::write(p, text)
+                .map_err(|e| RuntimeError::Invalid(format!("write {}: {e}", p.display())))?;
+        }
+        let mut mounts = Vec::new();
+        for m in &settings.mounts {
+            let (typ, source) = match m.typ.as_str() {
+                "bind" => (MountType::Bind, PathBuf::from(&m.source)),
+                "volume" => (MountType::Bind, self.volume(&m.source)?),
+                _ => (MountType::Tmpfs, PathBuf::new()),
+            };
+            if typ == MountType::Bind && !source.exists() {
+                return Err(RuntimeError::Invalid(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                    source.display()
+                )));
+            }
+            mounts.push(MountSpec {
+                typ,
+                source,
+                target: m.target.clone(),
+                readonly: m.readonly,
+            });
+        }
+        let spec = ContainerSpec {
+            id: id.into(),
+            image,
+            entrypoint: settings.entrypoint.clone(),
+            command: command.to_vec(),
+            env,
+            user: settings.user.clone(),
+            workdir: settings.workdir.clone(),
+            hostname: hostname.into(),
+            netns: files.netns.clone(),
+            resolv_conf: files.resolv_conf.clone(),
+            hosts,
+            hostname_file,
+            mounts,
+            read_only: settings.read_only,
+            cap_add: settings.cap_add.clone(),
+            cap_drop: settings.cap_drop.clone(),
+            memory_limit: settings.limit_memory,
+            nano_cpus: settings.limit_nano_cpus,
+            log: files.log.clone(),
+        };
+        rt.run(&spec).await
+    }
+
+    /// Waits (in the background) for container `id`'s exit and hands its
+    /// status to `done`. containerd being briefly away is retried.
+    pub fn watch(self: &Arc<Self>, id: String, done: impl FnOnce(i32) + Send + 'static) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = match me.runtime().await {
+                    Ok(rt) => rt.wait(&id).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(code) => return done(code),
+                    Err(RuntimeError::NoSuchContainer(_)) => return done(-1),
+                    Err(e) => {
+                        warn!(container = %id, "waiting for the container: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Removes container `id` (and its snapshot).
+    pub async fn remove(&self, id: &str) {
+        match self.runtime().await {
+            Ok(rt) => {
+                if let Err(e) = rt.remove(id).await {
+                    warn!(container = %id, "cannot remove the container: {e}");
+                }
+            }
+            Err(e) => warn!(container = %id, "cannot remove the container: {e}"),
+        }
+    }
+
+    /// Removes every container in Shoal's namespace that `keep` does not
+    /// name (left by a daemon that died between creating one and
+    /// recording it).
+    pub async fn remove_unknown(&self, keep: &[String]) {
+        let Ok(rt) = self.runtime().await else { return };
+        match rt.containers().await {
+            Ok(cs) => {
+                for c in cs.into_iter().filter(|c| !keep.contains(&c.id)) {
+                    info!(container = %c.id, "removing a container no workload claims");
+                    let _ = rt.remove(&c.id).await;
+                }
+            }
+            Err(e) => warn!("cannot list containers: {e}"),
+        }
+    }
+}
