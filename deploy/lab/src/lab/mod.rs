@@ -9,7 +9,9 @@
 //! behind a mutex the Ctrl-C handler in `crate::registry` also reaches);
 //! the work is in the submodules: `build` (builder, namespaces, underlay,
 //! teardown), `daemon` (start, stop, signals, readiness), `exec` (commands
-//! in a host's namespace), `partition` (nftables cuts, ping) and `swarm`.
+//! in a host's namespace), `partition` (nftables cuts, ping), `swarm`,
+//! `containerd` (one containerd per host, `LabBuilder::containerd`, and its
+//! teardown) and `oci_registry` (`Lab::start_registry`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,13 +27,18 @@ use crate::state::{HostState, LabState};
 use crate::tools;
 
 mod build;
+mod containerd;
 mod daemon;
 mod exec;
+mod oci_registry;
 mod partition;
 mod swarm;
 
 pub use build::{preflight, LabBuilder};
+pub(crate) use containerd::run_within;
+pub use containerd::{processes_naming, MAX_SOCKET_PATH};
 pub use daemon::{DaemonState, Exit};
+pub use oci_registry::{registry_addr, REGISTRY_PORT};
 
 /// Where labs keep their directories (`<root>/<prefix>/`) and where the
 /// `shoal-lab` binary keeps the state of the lab it brought up.
@@ -63,6 +70,10 @@ pub(crate) struct Inner {
     /// Daemons this process started, by host index: the lab is their
     /// parent, so it reaps them and learns their exit status.
     children: BTreeMap<usize, Child>,
+    /// The containerds and registries this process started, by host index
+    /// (reaped here like the daemons).
+    containerds: BTreeMap<usize, Child>,
+    registries: BTreeMap<usize, Child>,
     /// A second place the state is saved to (the binary's lab.json).
     state_file: Option<PathBuf>,
     ready_timeout: Duration,
@@ -85,6 +96,8 @@ impl Lab {
             state,
             ip,
             children: BTreeMap::new(),
+            containerds: BTreeMap::new(),
+            registries: BTreeMap::new(),
             state_file,
             ready_timeout,
         }));
@@ -181,8 +194,9 @@ impl Lab {
     }
 
     /// Removes everything the lab created, now: daemons (SIGTERM, then
-    /// SIGKILL after 10 s), namespaces by their recorded names, the lab
-    /// directory. Idempotent.
+    /// SIGKILL after 10 s), each host's containerd with its tasks, shims,
+    /// containers and mounts, registries, namespaces by their recorded
+    /// names, the lab directory. Idempotent.
     pub fn down(mut self) -> Result<(), LabError> {
         self.cleanup_on_drop = false;
         registry::unregister(&self.inner);
