@@ -28,7 +28,11 @@ fn text(out: &Output) -> String {
 }
 
 /// `ctr` on `host`, which must succeed; its stdout.
-fn ctr_ok(lab: &Lab, host: usize, args: &[&str]) -> String {
+fn ctr_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    lab: &Lab,
+    host: usize,
+    args: &[S],
+) -> String {
     let out = lab.ctr(host, args, CTR).unwrap();
     assert!(
         out.status.success(),
@@ -36,6 +40,64 @@ fn ctr_ok(lab: &Lab, host: usize, args: &[&str]) -> String {
         text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ctr -n shoal run --net-host <lab flags> <opts> IMAGE <prefix>-hI-ID ARGS…`.
+fn ctr_run(
+    lab: &Lab,
+    host: usize,
+    id: &str,
+    opts: &[&str],
+    image: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = ["-n", "shoal", "run", "--net-host"]
+        .map(String::from)
+        .to_vec();
+    v.extend(lab.ctr_run_flags(host, id).unwrap());
+    v.extend(opts.iter().map(|s| s.to_string()));
+    v.push(image.to_string());
+    // Container ids name runc state and cgroups: the lab's prefix keeps
+    // two labs (or a system containerd) apart.
+    v.push(format!("{}-h{host}-{id}", lab.prefix()));
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Processes whose parent is `ppid` (a shim's containers).
+fn children_of(ppid: i32) -> Vec<ProcessRecord> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        if rest[1].parse::<i32>() == Ok(ppid) {
+            found.push(ProcessRecord {
+                pid,
+                start_time: rest[19].parse().unwrap(),
+            });
+        }
+    }
+    found
+}
+
+/// cgroup dirs named after the lab (`/<prefix>-…`) in any hierarchy.
+fn lab_cgroups(prefix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for c in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+            if c.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(c.path());
+            }
+        }
+    }
+    found
 }
 
 fn same_netns(pid: i32, ns: &str) -> bool {
@@ -76,12 +138,18 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// containerd name: they must be gone after teardown.
 fn shim_leftovers(host_dir: &Path, ns: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let bundles = host_dir.join("ctd/state/io.containerd.runtime.v2.task").join(ns);
+    let bundles = host_dir
+        .join("ctd/state/io.containerd.runtime.v2.task")
+        .join(ns);
     for e in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
         if let Ok(a) = std::fs::read_to_string(e.path().join("address")) {
             found.push(PathBuf::from(a.trim().trim_start_matches("unix://")));
         }
-        found.push(Path::new("/run/containerd/runc").join(ns).join(e.file_name()));
+        found.push(
+            Path::new("/run/containerd/runc")
+                .join(ns)
+                .join(e.file_name()),
+        );
     }
     found
 }
@@ -102,7 +170,11 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
         assert!(socket.starts_with(&st.dir), "{}", socket.display());
         assert_eq!(lab.containerd_socket(h).unwrap(), socket);
         let pid = st.containerd.expect("a containerd pid").pid;
-        assert!(same_netns(pid, &st.ns), "containerd of h{h} is not in {}", st.ns);
+        assert!(
+            same_netns(pid, &st.ns),
+            "containerd of h{h} is not in {}",
+            st.ns
+        );
         let version = ctr_ok(&lab, h, &["version"]);
         assert!(version.contains("Server:"), "{version}");
         let config = std::fs::read_to_string(&st.config).unwrap();
@@ -119,7 +191,11 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     // A registry on h1, the echo image pushed there from h1.
     let reg = lab.start_registry(1).unwrap();
     assert_eq!(reg, "10.77.0.1:5000");
-    assert_eq!(lab.start_registry(1).unwrap(), reg, "a second start is the same registry");
+    assert_eq!(
+        lab.start_registry(1).unwrap(),
+        reg,
+        "a second start is the same registry"
+    );
     let layout = image::build_echo_image(&dir.join("echo-oci")).unwrap();
     let reference = format!("{reg}/shoal/echo:1");
     let digest = image::push(&lab, 1, &layout, &reference).unwrap();
@@ -143,46 +219,51 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     let inspect: serde_json::Value = serde_json::from_slice(&skopeo.stdout).unwrap();
     assert_eq!(inspect["Digest"], digest.as_str(), "{inspect}");
 
-    let fifo = lab.ctr_fifo_dir(2).unwrap();
-    let fifo = fifo.to_str().unwrap();
     let t0 = Instant::now();
-    ctr_ok(&lab, 2, &["-n", "shoal", "images", "pull", "--plain-http", &reference]);
+    ctr_ok(
+        &lab,
+        2,
+        &["-n", "shoal", "images", "pull", "--plain-http", &reference],
+    );
     let pulled = t0.elapsed();
     let images = ctr_ok(&lab, 2, &["-n", "shoal", "images", "ls", "-q"]);
     assert!(images.lines().any(|l| l == reference), "{images}");
-    // Container ids are global to runc's root (/run/containerd/runc/<ns>),
-    // so they carry the lab's prefix.
-    let once = format!("{prefix}-once");
     let hi = ctr_ok(
         &lab,
         2,
-        &[
-            "-n", "shoal", "run", "--rm", "--net-host", "--fifo-dir", fifo, &reference, &once,
-            "echo", "hi",
-        ],
+        &ctr_run(&lab, 2, "once", &["--rm"], &reference, &["echo", "hi"]),
     );
     assert_eq!(hi.trim(), "hi");
 
     // The echo server itself, left running on both hosts for teardown:
     // h2's containerd keeps answering, h1's is SIGKILLed under its task.
-    ctr_ok(&lab, 1, &["-n", "shoal", "images", "pull", "--plain-http", &reference]);
-    let fifo1 = lab.ctr_fifo_dir(1).unwrap();
-    for (h, fifo) in [(1, fifo1.to_str().unwrap()), (2, fifo)] {
-        let web = format!("{prefix}-web{h}");
+    ctr_ok(
+        &lab,
+        1,
+        &["-n", "shoal", "images", "pull", "--plain-http", &reference],
+    );
+    for h in [1, 2] {
         ctr_ok(
             &lab,
             h,
-            &[
-                "-n", "shoal", "run", "-d", "--net-host", "--fifo-dir", fifo, "--env",
-                "PORT=8080", &reference, &web,
-            ],
+            &ctr_run(
+                &lab,
+                h,
+                "web",
+                &["-d", "--env", "PORT=8080"],
+                &reference,
+                &[],
+            ),
         );
         let ns = lab.host(h).unwrap().ns;
         let addr: SocketAddr = format!("10.77.0.{h}:8080").parse().unwrap();
         let (body, _) = wait_until("the echo server", Duration::from_secs(20), || {
             http_get(&ns, addr).filter(|b| !b.is_empty())
         });
-        assert!(!body.contains('<'), "GET / should be a bare host name: {body}");
+        assert!(
+            !body.contains('<'),
+            "GET / should be a bare host name: {body}"
+        );
     }
 
     // What must be gone after down: every process, mount and shim file.
@@ -200,14 +281,23 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
         .filter(|(_, argv)| argv[0].ends_with("containerd-shim-runc-v2"))
         .map(|(r, _)| r)
         .collect();
-    assert_eq!(shims.len(), 2, "one shim per running echo server: {running:?}");
+    assert_eq!(
+        shims.len(),
+        2,
+        "one shim per running echo server: {running:?}"
+    );
+    let containers: Vec<ProcessRecord> = shims.iter().flat_map(|s| children_of(s.pid)).collect();
+    assert!(containers.len() >= 2, "the echo servers: {containers:?}");
+    assert!(!lab_cgroups(&prefix).is_empty(), "the containers' cgroups");
     let leftovers: Vec<PathBuf> = st
         .hosts
         .iter()
         .flat_map(|h| shim_leftovers(&h.dir, "shoal"))
         .collect();
     assert!(
-        leftovers.iter().any(|p| p.starts_with("/run/containerd/s/")),
+        leftovers
+            .iter()
+            .any(|p| p.starts_with("/run/containerd/s/")),
         "{leftovers:?}"
     );
     assert!(!mounts_under(&dir).is_empty(), "the rootfs mounts");
@@ -226,7 +316,11 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     lab.down().unwrap();
     let down = t0.elapsed();
 
-    for rec in recorded.iter().chain(shims.iter().copied()) {
+    for rec in recorded
+        .iter()
+        .chain(shims.iter().copied())
+        .chain(&containers)
+    {
         assert!(!alive(rec), "pid {} outlived the lab", rec.pid);
     }
     let left = processes_naming(&dir);
@@ -236,7 +330,10 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     for p in &leftovers {
         assert!(!p.exists(), "{} left behind", p.display());
     }
-    eprintln!(
-        "lab_containerd: up to teardown {before_down:?} (pull {pulled:?}), down {down:?}"
+    assert!(
+        lab_cgroups(&prefix).is_empty(),
+        "{:?}",
+        lab_cgroups(&prefix)
     );
+    eprintln!("lab_containerd: up to teardown {before_down:?} (pull {pulled:?}), down {down:?}");
 }

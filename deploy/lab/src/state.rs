@@ -278,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn a_state_from_before_containerd_still_loads() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        for k in ["containerd_socket", "containerd", "registry"] {
+            v["hosts"][0].as_object_mut().unwrap().remove(k);
+        }
+        let st = LabState::from_json(&v.to_string(), Path::new("x")).unwrap();
+        assert_eq!(st.hosts[0].containerd_socket, None);
+        assert_eq!(st.hosts[0].containerd, None);
+    }
+
+    #[test]
     fn hostile_states_are_refused() {
         let mut st = sample();
         st.namespaces.push("default".into());

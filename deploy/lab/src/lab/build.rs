@@ -18,10 +18,9 @@ use crate::process;
 use crate::state::{HostState, LabState, STATE_VERSION};
 use crate::tools;
 
-use super::containerd::toml_str;
 use super::daemon::DaemonState;
 use super::exec::run;
-use super::{Inner, Lab, DEFAULT_READY_TIMEOUT, LAB_ROOT};
+use super::{toml_str, Inner, Lab, DEFAULT_READY_TIMEOUT, LAB_ROOT};
 
 /// Configures and starts a [`Lab`].
 #[derive(Debug, Clone)]

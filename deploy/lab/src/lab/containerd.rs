@@ -17,10 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,8 +32,8 @@ use crate::process::{self, Liveness};
 use crate::state::{HostState, ProcessRecord};
 use crate::tools;
 
-use super::exec::{path_with, show};
-use super::{Inner, Lab, POLL};
+use super::{output_within, run_within, spawn_in_netns, stop_process, tail, toml_str};
+use super::{Inner, Lab, KILL_TIMEOUT, POLL};
 
 /// Longest unix socket path (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -42,10 +41,6 @@ pub const MAX_SOCKET_PATH: usize = 107;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one `ctr` call (readiness probe, task removal at teardown).
 const CTR_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long containerd (and shims) get after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the kernel gets to make SIGKILLed processes disappear.
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where containerd 1.6 puts every shim's socket, whatever its config says
 /// (`<state dir default>/s/<sha256>`); the lab removes only the ones named
 /// in the bundles of its own containerd.
@@ -53,13 +48,13 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s/";
 /// runc's default root for runc-v2 shims (`<root>/<namespace>/<id>`).
 const RUNC_ROOT: &str = "/run/containerd/runc";
 const SHIM_NAME: &str = "containerd-shim-runc-v2";
-/// Plugins the lab's containerd does not load: CRI (Kubernetes), the v1
-/// runtime, snapshotters that cannot work here, and `opt` (it would make
-/// /opt/containerd outside the host's dirs).
+/// Plugins the lab's containerd does not load: CRI (Kubernetes),
+/// snapshotters that cannot work here, and `opt` (it would make
+/// /opt/containerd outside the host's dirs). The v1 runtime stays: 1.6's
+/// tasks service refuses to start without it.
 const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",
-    "io.containerd.runtime.v1.linux",
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -79,9 +74,11 @@ pub(crate) struct CtdPaths {
     pub socket: PathBuf,
     pub ttrpc: PathBuf,
     pub debug: PathBuf,
-    /// Where `Lab::ctr` asks `ctr run` to put its FIFOs (ctr's default is
-    /// /run/containerd/fifo).
+    /// Where `Lab::ctr_run_flags` puts `ctr run`'s FIFOs (ctr's default
+    /// is /run/containerd/fifo) and runc's state (the shim's default is
+    /// /run/containerd/runc).
     pub fifo: PathBuf,
+    pub runc: PathBuf,
 }
 
 impl CtdPaths {
@@ -96,6 +93,7 @@ impl CtdPaths {
             ttrpc: dir.join("c.ttrpc"),
             debug: dir.join("d.sock"),
             fifo: dir.join("fifo"),
+            runc: dir.join("runc"),
             dir,
         }
     }
@@ -148,44 +146,7 @@ impl CtdPaths {
     }
 }
 
-/// A TOML basic string.
-pub(crate) fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl Lab {
-    /// A command that runs `argv` in the host's network namespace only
-    /// (`nsenter --net=/run/netns/<ns> -- argv…`): unlike [`Lab::command`]
-    /// (`ip netns exec`), /sys and the mounts stay the root's, which
-    /// containerd, runc and skopeo need. `SHOAL_HOST` and PATH are set as
-    /// in [`Lab::command`]; the caller picks stdio and runs it.
-    pub fn net_command<S: AsRef<OsStr>>(
-        &self,
-        host: impl Into<HostId>,
-        argv: &[S],
-    ) -> Result<Command, LabError> {
-        let g = self.lock();
-        let h = g.host(host.into())?;
-        let mut cmd = Command::new(nsenter()?);
-        cmd.arg(format!("--net=/run/netns/{}", h.ns))
-            .arg("--")
-            .args(argv)
-            .env("SHOAL_HOST", &h.socket)
-            .env("PATH", path_with(&g.state.shoal_bin));
-        Ok(cmd)
-    }
-
     /// The host's containerd socket, when the lab runs one there
     /// ([`LabBuilder::containerd`](super::LabBuilder::containerd)).
     pub fn containerd_socket(&self, host: impl Into<HostId>) -> Result<PathBuf, LabError> {
@@ -196,8 +157,7 @@ impl Lab {
 
     /// A `ctr --address <the host's socket>` command in the host's network
     /// namespace, for `args` (e.g. `["-n", "shoal", "tasks", "ls"]`). For
-    /// `ctr run`, pass `--fifo-dir` [`Lab::ctr_fifo_dir`] so its FIFOs stay
-    /// under the lab's dir.
+    /// `ctr run`, add [`Lab::ctr_run_flags`].
     pub fn ctr_command<S: AsRef<OsStr>>(
         &self,
         host: impl Into<HostId>,
@@ -224,17 +184,34 @@ impl Lab {
         output_within(&mut cmd, "running ctr", timeout)
     }
 
-    /// A directory under the host's containerd dir for `ctr run --fifo-dir`.
-    pub fn ctr_fifo_dir(&self, host: impl Into<HostId>) -> Result<PathBuf, LabError> {
+    /// Flags for `ctr run` on the host that keep a container's traces
+    /// under the lab's names instead of ctr's shared defaults: FIFOs
+    /// (`--fifo-dir`) and runc state (`--runc-root`) under `hI/ctd/`, and
+    /// the cgroup `/<prefix>-hI-<id>` (`--cgroup`, one level, so removing
+    /// the container removes all of it).
+    pub fn ctr_run_flags(
+        &self,
+        host: impl Into<HostId>,
+        id: &str,
+    ) -> Result<Vec<String>, LabError> {
         let g = self.lock();
         let h = g.host(host.into())?;
         if h.containerd_socket.is_none() {
             return Err(no_containerd(h));
         }
-        let fifo = CtdPaths::of(&h.dir).fifo;
-        fs::create_dir_all(&fifo)
-            .map_err(|e| LabError::io(format!("creating {}", fifo.display()), e))?;
-        Ok(fifo)
+        let paths = CtdPaths::of(&h.dir);
+        for d in [&paths.fifo, &paths.runc] {
+            fs::create_dir_all(d)
+                .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
+        }
+        Ok(vec![
+            "--fifo-dir".into(),
+            paths.fifo.to_string_lossy().into_owned(),
+            "--runc-root".into(),
+            paths.runc.to_string_lossy().into_owned(),
+            "--cgroup".into(),
+            format!("/{}-{}-{id}", g.state.prefix, h.name),
+        ])
     }
 
     /// Waits until the containerd of every host in `hosts` answers
@@ -302,15 +279,6 @@ fn no_containerd(h: &HostState) -> LabError {
     )
 }
 
-pub(crate) fn nsenter() -> Result<PathBuf, LabError> {
-    tools::find_program("nsenter").ok_or_else(|| {
-        LabError::io(
-            "entering a host's namespace".to_string(),
-            std::io::Error::other("`nsenter` not found: apt-get install util-linux"),
-        )
-    })
-}
-
 fn ctr() -> Result<PathBuf, LabError> {
     tools::find_program("ctr").ok_or_else(|| {
         LabError::io(
@@ -318,189 +286,6 @@ fn ctr() -> Result<PathBuf, LabError> {
             std::io::Error::other("`ctr` not found: apt-get install containerd"),
         )
     })
-}
-
-/// The last `lines` lines of a log file.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Runs `cmd` (stdin null) and collects its output, killing it after
-/// `timeout`. Any exit status is returned; only not running it, or the
-/// timeout, is an error.
-pub(crate) fn output_within(
-    cmd: &mut Command,
-    what: &str,
-    timeout: Duration,
-) -> Result<Output, LabError> {
-    let line = show(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LabError::io(format!("{what}: running {line}"), e))?;
-    // Readers on their own threads, so a chatty command never blocks on a
-    // full pipe while we wait for it.
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LabError::io(
-                    format!("{what}: {line}"),
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no exit within {}s", timeout.as_secs_f32()),
-                    ),
-                ));
-            }
-            Err(e) => return Err(LabError::io(format!("{what}: waiting for {line}"), e)),
-        }
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// Like [`output_within`], and a non-zero exit is a [`LabError::Command`]
-/// carrying its stderr.
-pub(crate) fn run_within(
-    cmd: &mut Command,
-    what: &str,
-    timeout: Duration,
-) -> Result<Output, LabError> {
-    let out = output_within(cmd, what, timeout)?;
-    if out.status.success() {
-        return Ok(out);
-    }
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(LabError::Command {
-        what: what.to_string(),
-        cmd: show(cmd),
-        stderr: if err.is_empty() {
-            out.status.to_string()
-        } else {
-            err
-        },
-    })
-}
-
-/// Starts `program args…` in namespace `ns` with nsenter, in its own
-/// process group (a terminal's Ctrl-C reaches the lab, which cleans up,
-/// not the helper), output appended to `log`. nsenter execs, so the
-/// child's PID is the program's. Returns the child and its record.
-pub(crate) fn spawn_in_netns(
-    ns: &str,
-    program: &Path,
-    args: &[&OsStr],
-    log: &Path,
-    what: &str,
-) -> Result<(Child, ProcessRecord), LabError> {
-    let open_log = || {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| LabError::io(format!("opening {}", log.display()), e))
-    };
-    let mut out = open_log()?;
-    let _ = writeln!(out, "--- shoal-lab: starting {} in {ns}", program.display());
-    let mut cmd = Command::new(nsenter()?);
-    cmd.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .env_remove("SHOAL_HOST")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(open_log()?);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
-        .spawn()
-        .map_err(|e| LabError::io(format!("{what}: {}", show(&cmd)), e))?;
-    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    // Our unreaped child: its /proc entry exists even if it died already.
-    let rec = process::record(pid).unwrap_or(ProcessRecord { pid, start_time: 0 });
-    Ok((child, rec))
-}
-
-/// SIGTERM the recorded process (if it is still the one recorded), wait up
-/// to [`STOP_TIMEOUT`], then SIGKILL; reaps `child` when it is ours.
-/// Returns a problem when it survives.
-pub(crate) fn stop_process(
-    rec: ProcessRecord,
-    child: Option<&mut Child>,
-    name: &str,
-) -> Option<String> {
-    let mut child = child;
-    let gone = |child: &mut Option<&mut Child>| {
-        if let Some(c) = child.as_deref_mut() {
-            if let Ok(Some(_)) = c.try_wait() {
-                return true;
-            }
-        }
-        let dead = process::liveness(&rec) == Liveness::Gone;
-        if dead {
-            // A zombie child: reap it (it is dying, the wait is short).
-            if let Some(c) = child.as_deref_mut() {
-                let _ = c.wait();
-            }
-        }
-        dead
-    };
-    if gone(&mut child) {
-        return None;
-    }
-    let pid = Pid::from_raw(rec.pid);
-    let _ = signal::kill(pid, Signal::SIGCONT);
-    let _ = signal::kill(pid, Signal::SIGTERM);
-    for (limit, kill) in [(STOP_TIMEOUT, true), (KILL_TIMEOUT, false)] {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if gone(&mut child) {
-                return None;
-            }
-            thread::sleep(POLL);
-        }
-        // Checked just above: still the recorded process.
-        if kill && process::liveness(&rec) != Liveness::Gone {
-            let _ = signal::kill(pid, Signal::SIGKILL);
-        }
-    }
-    if gone(&mut child) {
-        None
-    } else {
-        Some(format!("{name} (pid {}) survived SIGKILL", rec.pid))
-    }
 }
 
 impl Inner {

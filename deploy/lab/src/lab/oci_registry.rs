@@ -19,7 +19,7 @@ use crate::names::{self, HostId};
 use crate::process::{self, Liveness};
 use crate::tools;
 
-use super::containerd::{spawn_in_netns, stop_process, tail};
+use super::{spawn_in_netns, stop_process, tail};
 use super::{Inner, Lab, POLL};
 
 /// The registry's port on its host's underlay address.
