@@ -6,7 +6,9 @@
 //! no containerd, shim, container or registry process and no mount behind,
 //! both for a containerd that still answers (h2: its tasks are deleted
 //! through it) and for one that was SIGKILLed under a running container
-//! (h1: the shim and the container are found in /proc and killed). Needs
+//! (h1: the shim and the container are found in /proc and killed); and the
+//! same for a lab dropped by a panicking test, after its containerd was
+//! restarted under a running task (which survives the restart). Needs
 //! root, iproute2, containerd, runc, docker-registry, skopeo,
 //! busybox-static and the built `shoal` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,11 +16,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use shoal_lab::{image, processes_naming, Lab, ProcessRecord};
+use shoal_lab::{image, processes_naming, shim_socket_path, Lab, ProcessRecord};
 use shoal_tests::{start, wait_for, wait_until};
 
 const CTR: Duration = Duration::from_secs(60);
@@ -141,9 +144,14 @@ fn shim_leftovers(host_dir: &Path, ns: &str) -> Vec<PathBuf> {
     let bundles = host_dir
         .join("ctd/state/io.containerd.runtime.v2.task")
         .join(ns);
+    let socket = host_dir.join("ctd/c.sock");
     for e in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
         if let Ok(a) = std::fs::read_to_string(e.path().join("address")) {
-            found.push(PathBuf::from(a.trim().trim_start_matches("unix://")));
+            let path = PathBuf::from(a.trim().trim_start_matches("unix://"));
+            let id = e.file_name().to_string_lossy().into_owned();
+            // The lab finds the sockets of shims already gone this way.
+            assert_eq!(path, shim_socket_path(&socket, ns, &id));
+            found.push(path);
         }
         found.push(
             Path::new("/run/containerd/runc")
@@ -154,12 +162,116 @@ fn shim_leftovers(host_dir: &Path, ns: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Pushes the echo image to a registry on h1 (started here); the reference.
+fn push_echo(lab: &Lab) -> (String, String) {
+    let reg = lab.start_registry(1).unwrap();
+    let layout = image::build_echo_image(&lab.dir().join("echo-oci")).unwrap();
+    let reference = format!("{reg}/shoal/echo:1");
+    let digest = image::push(lab, 1, &layout, &reference).unwrap();
+    (reference, digest)
+}
+
+/// Runs the echo server detached on `host` (port 8080, host network) and
+/// waits until `GET /` answers with the host name it sees.
+fn run_echo_server(lab: &Lab, host: usize, reference: &str) {
+    ctr_ok(
+        lab,
+        host,
+        &["-n", "shoal", "images", "pull", "--plain-http", reference],
+    );
+    let opts = ["-d", "--env", "PORT=8080"];
+    ctr_ok(lab, host, &ctr_run(lab, host, "web", &opts, reference, &[]));
+    let ns = lab.host(host).unwrap().ns;
+    let addr: SocketAddr = format!("10.77.0.{host}:8080").parse().unwrap();
+    let (body, _) = wait_until("the echo server", Duration::from_secs(20), || {
+        http_get(&ns, addr).filter(|b| !b.is_empty())
+    });
+    // ctr gives the container a UTS namespace of its own, a copy of the
+    // machine's (the daemon will set the task id instead).
+    let machine = nix::unistd::gethostname().unwrap();
+    assert_eq!(body, machine.to_string_lossy(), "GET / on h{host}");
+}
+
+/// Everything of a lab that must be gone after its teardown.
+struct Traces {
+    dir: PathBuf,
+    prefix: String,
+    /// containerds, registries, shims and the shims' children.
+    processes: Vec<ProcessRecord>,
+    /// Shim sockets (/run/containerd/s/…) and runc state dirs.
+    files: Vec<PathBuf>,
+}
+
+impl Traces {
+    /// Takes stock of a lab with `shims` running containers.
+    fn of(lab: &Lab, shims: usize) -> Traces {
+        let st = lab.state();
+        let mut processes: Vec<ProcessRecord> = st
+            .hosts
+            .iter()
+            .flat_map(|h| [h.containerd, h.registry])
+            .flatten()
+            .collect();
+        let running = processes_naming(&st.dir);
+        let shim_recs: Vec<ProcessRecord> = running
+            .iter()
+            .filter(|(_, argv)| argv[0].ends_with("containerd-shim-runc-v2"))
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(
+            shim_recs.len(),
+            shims,
+            "one shim per container: {running:?}"
+        );
+        let containers: Vec<ProcessRecord> =
+            shim_recs.iter().flat_map(|s| children_of(s.pid)).collect();
+        assert!(containers.len() >= shims, "the containers: {containers:?}");
+        processes.extend(shim_recs);
+        processes.extend(containers);
+        let files: Vec<PathBuf> = st
+            .hosts
+            .iter()
+            .flat_map(|h| shim_leftovers(&h.dir, "shoal"))
+            .collect();
+        assert!(
+            files.iter().any(|p| p.starts_with("/run/containerd/s/")),
+            "{files:?}"
+        );
+        assert!(
+            !lab_cgroups(&st.prefix).is_empty(),
+            "the containers' cgroups"
+        );
+        assert!(!mounts_under(&st.dir).is_empty(), "the rootfs mounts");
+        Traces {
+            dir: st.dir,
+            prefix: st.prefix,
+            processes,
+            files,
+        }
+    }
+
+    fn assert_gone(&self) {
+        for rec in &self.processes {
+            assert!(!alive(rec), "pid {} outlived the lab", rec.pid);
+        }
+        let left = processes_naming(&self.dir);
+        assert!(left.is_empty(), "processes of the lab left: {left:?}");
+        let mounts = mounts_under(&self.dir);
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        assert!(!self.dir.exists(), "{} left", self.dir.display());
+        for p in &self.files {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+        let cgroups = lab_cgroups(&self.prefix);
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    }
+}
+
 #[test]
 fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_nothing() {
     let started = Instant::now();
     let lab = start(Lab::builder().nodes(2).containerd(true));
     let dir = lab.dir();
-    let prefix = lab.prefix();
 
     // Each host: its own containerd, in its namespace, on its own socket,
     // named in its daemon's config.
@@ -189,16 +301,14 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     assert!(sockets.iter().all(|s| !s.starts_with("/run/containerd")));
 
     // A registry on h1, the echo image pushed there from h1.
-    let reg = lab.start_registry(1).unwrap();
-    assert_eq!(reg, "10.77.0.1:5000");
+    let (reference, digest) = push_echo(&lab);
+    assert!(reference.starts_with("10.77.0.1:5000/"), "{reference}");
     assert_eq!(
         lab.start_registry(1).unwrap(),
-        reg,
+        "10.77.0.1:5000",
         "a second start is the same registry"
     );
-    let layout = image::build_echo_image(&dir.join("echo-oci")).unwrap();
-    let reference = format!("{reg}/shoal/echo:1");
-    let digest = image::push(&lab, 1, &layout, &reference).unwrap();
+    let layout = dir.join("echo-oci");
     assert_eq!(digest, image::manifest_digest(&layout).unwrap());
 
     // h2 sees it, and its containerd pulls and runs it.
@@ -237,72 +347,10 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
 
     // The echo server itself, left running on both hosts for teardown:
     // h2's containerd keeps answering, h1's is SIGKILLed under its task.
-    ctr_ok(
-        &lab,
-        1,
-        &["-n", "shoal", "images", "pull", "--plain-http", &reference],
-    );
-    for h in [1, 2] {
-        ctr_ok(
-            &lab,
-            h,
-            &ctr_run(
-                &lab,
-                h,
-                "web",
-                &["-d", "--env", "PORT=8080"],
-                &reference,
-                &[],
-            ),
-        );
-        let ns = lab.host(h).unwrap().ns;
-        let addr: SocketAddr = format!("10.77.0.{h}:8080").parse().unwrap();
-        let (body, _) = wait_until("the echo server", Duration::from_secs(20), || {
-            http_get(&ns, addr).filter(|b| !b.is_empty())
-        });
-        assert!(
-            !body.contains('<'),
-            "GET / should be a bare host name: {body}"
-        );
-    }
-
-    // What must be gone after down: every process, mount and shim file.
-    let st = lab.state();
-    let recorded: Vec<ProcessRecord> = st
-        .hosts
-        .iter()
-        .flat_map(|h| [h.containerd, h.registry])
-        .flatten()
-        .collect();
-    assert_eq!(recorded.len(), 3, "two containerds and a registry");
-    let running = processes_naming(&dir);
-    let shims: Vec<&ProcessRecord> = running
-        .iter()
-        .filter(|(_, argv)| argv[0].ends_with("containerd-shim-runc-v2"))
-        .map(|(r, _)| r)
-        .collect();
-    assert_eq!(
-        shims.len(),
-        2,
-        "one shim per running echo server: {running:?}"
-    );
-    let containers: Vec<ProcessRecord> = shims.iter().flat_map(|s| children_of(s.pid)).collect();
-    assert!(containers.len() >= 2, "the echo servers: {containers:?}");
-    assert!(!lab_cgroups(&prefix).is_empty(), "the containers' cgroups");
-    let leftovers: Vec<PathBuf> = st
-        .hosts
-        .iter()
-        .flat_map(|h| shim_leftovers(&h.dir, "shoal"))
-        .collect();
-    assert!(
-        leftovers
-            .iter()
-            .any(|p| p.starts_with("/run/containerd/s/")),
-        "{leftovers:?}"
-    );
-    assert!(!mounts_under(&dir).is_empty(), "the rootfs mounts");
-
-    let h1_ctd = st.hosts[0].containerd.unwrap();
+    run_echo_server(&lab, 1, &reference);
+    run_echo_server(&lab, 2, &reference);
+    let traces = Traces::of(&lab, 2);
+    let h1_ctd = lab.host(1).unwrap().containerd.unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(h1_ctd.pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -315,25 +363,33 @@ fn each_host_runs_its_own_containerd_pulls_from_the_lab_registry_and_leaves_noth
     let t0 = Instant::now();
     lab.down().unwrap();
     let down = t0.elapsed();
-
-    for rec in recorded
-        .iter()
-        .chain(shims.iter().copied())
-        .chain(&containers)
-    {
-        assert!(!alive(rec), "pid {} outlived the lab", rec.pid);
-    }
-    let left = processes_naming(&dir);
-    assert!(left.is_empty(), "processes of the lab left: {left:?}");
-    assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
-    assert!(!dir.exists());
-    for p in &leftovers {
-        assert!(!p.exists(), "{} left behind", p.display());
-    }
-    assert!(
-        lab_cgroups(&prefix).is_empty(),
-        "{:?}",
-        lab_cgroups(&prefix)
-    );
+    traces.assert_gone();
     eprintln!("lab_containerd: up to teardown {before_down:?} (pull {pulled:?}), down {down:?}");
+}
+
+#[test]
+fn a_panicking_test_still_takes_down_its_containerd_and_what_it_runs() {
+    let mut traces = None;
+    let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let lab = start(Lab::builder().nodes(1).containerd(true));
+        let (reference, _) = push_echo(&lab);
+        run_echo_server(&lab, 1, &reference);
+        let before = lab.host(1).unwrap().containerd.unwrap();
+        lab.restart_containerd(1).unwrap();
+        let after = lab.host(1).unwrap().containerd.unwrap();
+        assert_ne!(before, after);
+        assert!(!alive(&before));
+        // The task outlived its containerd's restart.
+        let tasks = ctr_ok(&lab, 1, &["-n", "shoal", "tasks", "ls"]);
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.contains("-h1-web") && l.contains("RUNNING")),
+            "{tasks}"
+        );
+        traces = Some(Traces::of(&lab, 1));
+        panic!("on purpose, with the lab still up");
+    }));
+    assert!(res.is_err());
+    traces.expect("the lab came up").assert_gone();
 }

@@ -101,6 +101,16 @@ pub fn build_echo_image_version(dir: &Path, version: &str) -> Result<PathBuf, La
             e,
         )
     })?;
+    if !is_static_elf(&busybox) {
+        return Err(LabError::io(
+            format!("checking {BUSYBOX} for the test image"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not a statically linked ELF (Debian's `busybox` rather than \
+                 `busybox-static`?) and the image has no libc: apt-get install busybox-static",
+            ),
+        ));
+    }
     let tar = layer_tar(&busybox, version)
         .map_err(|e| LabError::io("writing the test image's layer".to_string(), e))?;
     write_layout(dir, &tar)?;
@@ -157,6 +167,39 @@ pub fn push(
     digest
         .map(|d| d.trim().to_string())
         .map_err(|e| LabError::io(format!("reading the digest skopeo wrote for {dest}"), e))
+}
+
+/// Whether `elf` is an ELF executable without a program interpreter
+/// (`PT_INTERP`), i.e. one that runs in an image with no libc.
+fn is_static_elf(elf: &[u8]) -> bool {
+    let get = |at: usize, n: usize| -> Option<u64> {
+        let b = elf.get(at..at.checked_add(n)?)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)),
+        )
+    };
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(5) != Some(&1) {
+        return false; // not ELF, or not little-endian
+    }
+    // (e_phoff, its width, e_phentsize, e_phnum) for ELF64 / ELF32.
+    let (phoff, phentsize, phnum) = match elf.get(4) {
+        Some(2) => (get(32, 8), get(54, 2), get(56, 2)),
+        Some(1) => (get(28, 4), get(42, 2), get(44, 2)),
+        _ => return false,
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    const PT_INTERP: u64 = 3;
+    (0..phnum).all(|i| {
+        i.checked_mul(phentsize)
+            .and_then(|x| x.checked_add(phoff))
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| get(at, 4))
+            .is_some_and(|t| t != PT_INTERP)
+    })
 }
 
 /// The layer: an uncompressed tar, every entry owned by root with a fixed
@@ -327,6 +370,17 @@ mod tests {
 
     fn json_of(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn only_a_static_busybox_will_do() {
+        assert!(is_static_elf(&fs::read(BUSYBOX).unwrap()));
+        // The test binary itself is dynamically linked.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(b""));
+        assert!(!is_static_elf(b"\x7fELF\x02\x01"));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
     }
 
     #[test]

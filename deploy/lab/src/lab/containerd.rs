@@ -32,8 +32,8 @@ use crate::process::{self, Liveness};
 use crate::state::{HostState, ProcessRecord};
 use crate::tools;
 
+use super::{exited, Inner, Lab, KILL_TIMEOUT, POLL};
 use super::{output_within, run_within, spawn_in_netns, stop_process, tail, toml_str};
-use super::{Inner, Lab, KILL_TIMEOUT, POLL};
 
 /// Longest unix socket path (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -214,6 +214,35 @@ impl Lab {
         ])
     }
 
+    /// Stops the host's containerd (SIGTERM, then SIGKILL after 10 s; its
+    /// shims and their containers keep running, as on a real host), starts
+    /// it again on the same root, state and socket, and waits until it
+    /// answers `ctr version`.
+    pub fn restart_containerd(&self, host: impl Into<HostId>) -> Result<(), LabError> {
+        let i = {
+            let mut g = self.lock();
+            let h = g.host(host.into())?;
+            if h.containerd_socket.is_none() {
+                return Err(no_containerd(h));
+            }
+            let (i, name) = (h.index, h.name.clone());
+            if let Some(rec) = h.containerd {
+                let child = g.containerds.get_mut(&i);
+                if let Some(p) = stop_process(rec, child, &format!("containerd of {name}")) {
+                    return Err(LabError::io(
+                        format!("restarting containerd on {name}"),
+                        std::io::Error::other(p),
+                    ));
+                }
+                g.state.hosts[i - 1].containerd = None;
+                g.containerds.remove(&i);
+            }
+            g.spawn_containerd(i)?;
+            i
+        };
+        self.wait_containerd(&[i])
+    }
+
     /// Waits until the containerd of every host in `hosts` answers
     /// `ctr version`, failing early (with its log's tail) if one exits.
     pub(super) fn wait_containerd(&self, hosts: &[usize]) -> Result<(), LabError> {
@@ -344,11 +373,13 @@ impl Inner {
         let name = h.name.clone();
         let paths = CtdPaths::of(&h.dir);
         let mut problems = Vec::new();
+        // Shim sockets are named in the bundles: read them while they exist
+        // (deleting a task removes its bundle, and its shim may still be
+        // on its way out when we come to kill it).
+        let mut shim_sockets = bundle_addresses(&paths.state);
         if self.containerd_alive(i) {
-            delete_tasks(&socket);
+            shim_sockets.extend(delete_tasks(&socket));
         }
-        // Shim sockets are named in the bundles; read them while they exist.
-        let shim_sockets = bundle_addresses(&paths.state);
         if let Some(rec) = self.state.hosts[i - 1].containerd {
             let child = self.containerds.get_mut(&i);
             match stop_process(rec, child, &format!("containerd of {name}")) {
@@ -359,12 +390,16 @@ impl Inner {
                 }
             }
         }
-        problems.extend(kill_shims(&socket));
-        for s in shim_sockets {
-            if s.exists() && !socket_in_use(&s) {
+        let survivors = kill_shims(&socket);
+        if survivors.is_empty() {
+            // No shim of this containerd is left to serve them (a shim
+            // that exits by itself may leave its socket: containerd 1.6
+            // removes it racing the shim's exit).
+            for s in shim_sockets {
                 let _ = fs::remove_file(&s);
             }
         }
+        problems.extend(survivors);
         problems.extend(unmount_under(&paths.dir));
         if problems.is_empty() && paths.dir.exists() {
             if let Err(e) = fs::remove_dir_all(&paths.dir) {
@@ -378,9 +413,13 @@ impl Inner {
 /// Through containerd: SIGKILL and delete every task in every namespace,
 /// so each shim runs `runc delete` (cgroups, runc state, rootfs mount)
 /// and exits on its own. Best effort and bounded; what is left is killed
-/// by [`kill_shims`].
-fn delete_tasks(socket: &Path) {
-    let Ok(ctr) = ctr() else { return };
+/// by [`kill_shims`]. Returns the shim socket paths of every container
+/// containerd still knows (see [`shim_socket_path`]), for after the shims
+/// are gone.
+fn delete_tasks(socket: &Path) -> Vec<PathBuf> {
+    let Ok(ctr) = ctr() else {
+        return Vec::new();
+    };
     let ctr_out = |args: &[&str]| -> Option<String> {
         let mut c = Command::new(&ctr);
         c.arg("--address").arg(socket).args(args);
@@ -388,25 +427,40 @@ fn delete_tasks(socket: &Path) {
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    let Some(namespaces) = ctr_out(&["namespaces", "ls", "-q"]) else {
-        return;
-    };
-    for ns in namespaces.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Some(tasks) = ctr_out(&["-n", ns, "tasks", "ls", "-q"]) else {
-            continue;
-        };
-        let ids: Vec<&str> = tasks
+    let lines = |text: Option<String>| -> Vec<String> {
+        text.unwrap_or_default()
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .collect();
-        if ids.is_empty() {
+            .map(str::to_string)
+            .collect()
+    };
+    let mut sockets = Vec::new();
+    for ns in lines(ctr_out(&["namespaces", "ls", "-q"])) {
+        let tasks = lines(ctr_out(&["-n", &ns, "tasks", "ls", "-q"]));
+        let containers = lines(ctr_out(&["-n", &ns, "containers", "ls", "-q"]));
+        for id in tasks.iter().chain(&containers) {
+            sockets.push(shim_socket_path(socket, &ns, id));
+        }
+        if tasks.is_empty() {
             continue;
         }
-        let mut args = vec!["-n", ns, "tasks", "delete", "--force"];
-        args.extend(&ids);
+        let mut args = vec!["-n", ns.as_str(), "tasks", "delete", "--force"];
+        args.extend(tasks.iter().map(String::as_str));
         let _ = ctr_out(&args);
     }
+    sockets
+}
+
+/// Where containerd 1.6 puts the socket of the shim `id` in namespace `ns`
+/// of the containerd on `socket`: `/run/containerd/s/<hex sha256 of
+/// "<socket>/<ns>/<id>">`, whatever that containerd's config says. The
+/// hash names the containerd, so the lab removes only its own.
+pub fn shim_socket_path(socket: &Path, ns: &str, id: &str) -> PathBuf {
+    let key = Path::new(socket).join(ns).join(id);
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_os_str().as_encoded_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SHIM_SOCKET_DIR).join(hex)
 }
 
 /// `unix://` addresses in the `address` files of the bundles under
@@ -438,12 +492,6 @@ fn read_dirs(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether a live process still listens on the unix socket `path`
-/// (a shim that survived): then its file is left alone.
-fn socket_in_use(path: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// A process found in /proc.
@@ -573,7 +621,7 @@ fn kill_shims(socket: &Path) -> Vec<String> {
     let deadline = Instant::now() + KILL_TIMEOUT;
     let alive = |v: &[(ProcessRecord, bool)]| {
         v.iter()
-            .filter(|(r, _)| process::liveness(r) != Liveness::Gone)
+            .filter(|(r, _)| !exited(r))
             .map(|(r, _)| r.pid)
             .collect::<Vec<_>>()
     };

@@ -48,7 +48,7 @@ mod partition;
 mod swarm;
 
 pub use build::{preflight, LabBuilder};
-pub use containerd::{processes_naming, MAX_SOCKET_PATH};
+pub use containerd::{processes_naming, shim_socket_path, MAX_SOCKET_PATH};
 pub use daemon::{DaemonState, Exit};
 pub use oci_registry::{registry_addr, REGISTRY_PORT};
 
@@ -429,6 +429,20 @@ pub(crate) fn spawn_in_netns(
     Ok((child, rec))
 }
 
+/// Whether the recorded process has fully exited: gone from /proc, its PID
+/// reused, or a zombie whose other threads are gone too. (A Go program's
+/// main thread can be a zombie while its other threads still hold its
+/// sockets and cgroup for a moment: `Liveness::Gone` already, not exited.)
+pub(crate) fn exited(rec: &ProcessRecord) -> bool {
+    if process::liveness(rec) != Liveness::Gone {
+        return false;
+    }
+    match fs::read_dir(format!("/proc/{}/task", rec.pid)) {
+        Ok(tasks) => process::record(rec.pid).is_none_or(|now| now != *rec) || tasks.count() <= 1,
+        Err(_) => true,
+    }
+}
+
 /// SIGTERM the recorded process (if it is still the one recorded), wait up
 /// to [`STOP_TIMEOUT`], then SIGKILL; reaps `child` when it is ours.
 /// Returns a problem when it survives.
@@ -444,7 +458,7 @@ pub(crate) fn stop_process(
                 return true;
             }
         }
-        let dead = process::liveness(&rec) == Liveness::Gone;
+        let dead = exited(&rec);
         if dead {
             // A zombie child: reap it (it is dying, the wait is short).
             if let Some(c) = child.as_deref_mut() {
