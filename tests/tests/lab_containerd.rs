@@ -393,3 +393,26 @@ fn a_panicking_test_still_takes_down_its_containerd_and_what_it_runs() {
     assert!(res.is_err());
     traces.expect("the lab came up").assert_gone();
 }
+
+#[test]
+fn a_socket_path_too_long_for_the_kernel_is_refused_by_name_and_leaves_nothing() {
+    let root = PathBuf::from(format!(
+        "/run/shoal-lab-long-{}-{}",
+        std::process::id(),
+        "x".repeat(80)
+    ));
+    let err = Lab::builder()
+        .nodes(1)
+        .containerd(true)
+        .root(&root)
+        .start()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ctd/c.sock") && err.contains("at most 107"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir(&root).unwrap();
+}

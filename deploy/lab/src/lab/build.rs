@@ -149,6 +149,11 @@ impl LabBuilder {
         };
         // From here on, dropping `lab` (error or panic) cleans up.
         let lab = Lab::new(state, ip, None, self.ready_timeout, true);
+        if self.containerd {
+            for h in lab.hosts() {
+                super::containerd::CtdPaths::of(&h.dir).check()?;
+            }
+        }
         lab.lock().save()?;
         lab.lock().build(&self.daemon_config)?;
         let all: Vec<usize> = (1..=self.nodes).collect();

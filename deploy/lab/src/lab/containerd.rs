@@ -5,13 +5,18 @@
 //! shoal.toml as `containerd_socket`. The daemon runs its tasks there; the
 //! lab only starts it, waits until it answers, and takes down exactly what
 //! it ran: its tasks, its shims and their containers, the mounts under its
-//! dirs, then containerd itself by recorded PID and start time. Any other
-//! containerd on the machine (a system one on /run/containerd) is never
-//! looked at: shims are matched by the `-address <this socket>` of their
-//! command line.
+//! dirs, then containerd itself by recorded PID and start time.
 //!
-//! Also here: [`Lab::net_command`] (a command in a host's network namespace
-//! only) and the bounded command runners the registry and image code use.
+//! Any other containerd on the machine (a system one on /run/containerd)
+//! is never looked at: shims are matched by the `-address <this socket>` of
+//! their command line, and the only files removed outside the host's dirs
+//! are shim sockets whose name hashes this containerd's socket
+//! ([`shim_socket_path`]), runc state dirs naming a process killed here,
+//! and the cgroups of those processes.
+//!
+//! [`Lab::ctr`] runs Debian's `ctr` against a host's containerd (tests use
+//! it to look at what the daemon created, or to run a container by hand
+//! with [`Lab::ctr_run_flags`]).
 //!
 //! [`LabBuilder::containerd`]: super::LabBuilder::containerd
 
@@ -42,8 +47,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one `ctr` call (readiness probe, task removal at teardown).
 const CTR_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where containerd 1.6 puts every shim's socket, whatever its config says
-/// (`<state dir default>/s/<sha256>`); the lab removes only the ones named
-/// in the bundles of its own containerd.
+/// (`/run/containerd/s/<sha256>`, see [`shim_socket_path`]).
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s/";
 /// runc's default root for runc-v2 shims (`<root>/<namespace>/<id>`).
 const RUNC_ROOT: &str = "/run/containerd/runc";
@@ -362,9 +366,9 @@ impl Inner {
 
     /// Takes down host `i`'s containerd and everything it ran: tasks
     /// (through containerd while it answers), then containerd, then any
-    /// shim left with its containers, the mounts under its dirs, the shim
-    /// sockets and runc state its bundles name, and its dirs. Returns the
-    /// problems; what is left stays recorded.
+    /// shim left with its containers, the shim sockets of the containers it
+    /// knew, the mounts under its dirs, and its dirs. Returns the problems;
+    /// what is left stays recorded.
     pub(super) fn teardown_containerd(&mut self, i: usize) -> Vec<String> {
         let h = &self.state.hosts[i - 1];
         let Some(socket) = h.containerd_socket.clone() else {
