@@ -13,6 +13,20 @@ command -v nsenter >/dev/null || need+=(util-linux)
 command -v ruby >/dev/null || need+=(ruby)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+# Containers (shoal-lab's LabBuilder::containerd, Lab::start_registry,
+# shoal_lab::image): a containerd per lab host, runc under it, a plain-HTTP
+# OCI registry, skopeo to push the test image, the static busybox that
+# image is made of, and protoc for containerd-client's gRPC bindings.
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+# Debian's plain `busybox` also installs /bin/busybox, linked against libc:
+# useless in an image without one, so it must be the static build.
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+  need+=(busybox-static)
+fi
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -21,10 +21,21 @@
 //! named in the root namespace; cleanup (on drop, on Ctrl-C, by
 //! [`Lab::down`]) removes exactly what the lab recorded in its
 //! [`LabState`], never anything found by pattern.
+//!
+//! Containers: [`LabBuilder::containerd`]`(true)` gives every host its own
+//! containerd (in its namespace, root/state/sockets under `hI/ctd/`, the
+//! socket in [`HostState::containerd_socket`] and in the daemon's
+//! shoal.toml as `containerd_socket`); [`Lab::ctr`] runs `ctr` against it.
+//! [`Lab::start_registry`] runs a plain-HTTP OCI registry on a host
+//! (`10.77.0.I:5000`, [`registry_addr`]); [`image::build_echo_image`]
+//! writes a small busybox image as an OCI layout and [`image::push`] puts
+//! it there. Teardown kills what each containerd ran (shims found by their
+//! `-address`, never another containerd's) and unmounts under its dirs.
 
 pub mod bench;
 pub mod chaos;
 mod error;
+pub mod image;
 mod lab;
 mod mounts;
 pub mod names;
@@ -36,7 +47,10 @@ mod state;
 mod tools;
 
 pub use error::LabError;
-pub use lab::{preflight, DaemonState, Exit, Lab, LabBuilder, DEFAULT_READY_TIMEOUT, LAB_ROOT};
+pub use lab::{
+    preflight, processes_naming, registry_addr, shim_socket_path, DaemonState, Exit, Lab,
+    LabBuilder, DEFAULT_READY_TIMEOUT, LAB_ROOT, MAX_SOCKET_PATH, REGISTRY_PORT,
+};
 pub use names::HostId;
 pub use state::{HostState, LabState, ProcessRecord, STATE_VERSION};
 pub use tools::find_shoal_bin;

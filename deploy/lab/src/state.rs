@@ -57,6 +57,17 @@ pub struct HostState {
     /// Hosts this one is partitioned from (indices), see `Lab::partition`.
     #[serde(default)]
     pub blocked: BTreeSet<usize>,
+    /// The gRPC socket of this host's own containerd
+    /// (`<dir>/ctd/c.sock`), when the lab runs one
+    /// (`LabBuilder::containerd`); its daemon's `containerd_socket`.
+    #[serde(default)]
+    pub containerd_socket: Option<PathBuf>,
+    /// The containerd the lab started for this host, while it runs.
+    #[serde(default)]
+    pub containerd: Option<ProcessRecord>,
+    /// The OCI registry the lab started on this host (`Lab::start_registry`).
+    #[serde(default)]
+    pub registry: Option<ProcessRecord>,
 }
 
 impl HostState {
@@ -145,6 +156,28 @@ impl LabState {
                 self.prefix
             ));
         }
+        // Cleanup removes dirs under each host dir and kills the shims of
+        // each containerd socket: both must be the lab's own.
+        for h in &self.hosts {
+            if h.dir != self.dir.join(format!("h{}", h.index)) {
+                return Err(format!(
+                    "host dir {} is not {}/h{}",
+                    h.dir.display(),
+                    self.dir.display(),
+                    h.index
+                ));
+            }
+            if let Some(s) = &h.containerd_socket {
+                if *s != h.dir.join("ctd").join("c.sock") {
+                    return Err(format!(
+                        "containerd socket {} of h{} is not the lab's {}/ctd/c.sock",
+                        s.display(),
+                        h.index,
+                        h.dir.display()
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -209,12 +242,18 @@ mod tests {
                 socket: hdir.join("shoal.sock"),
                 config: hdir.join("shoal.toml"),
                 log: hdir.join("daemon.log"),
-                dir: hdir,
+                dir: hdir.clone(),
                 daemon: Some(ProcessRecord {
                     pid: 4242,
                     start_time: 99,
                 }),
                 blocked: [2, 3].into_iter().collect(),
+                containerd_socket: Some(hdir.join("ctd/c.sock")),
+                containerd: Some(ProcessRecord {
+                    pid: 4343,
+                    start_time: 100,
+                }),
+                registry: None,
             }],
         }
     }
@@ -239,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn a_state_from_before_containerd_still_loads() {
+        let mut v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        for k in ["containerd_socket", "containerd", "registry"] {
+            v["hosts"][0].as_object_mut().unwrap().remove(k);
+        }
+        let st = LabState::from_json(&v.to_string(), Path::new("x")).unwrap();
+        assert_eq!(st.hosts[0].containerd_socket, None);
+        assert_eq!(st.hosts[0].containerd, None);
+    }
+
+    #[test]
     fn hostile_states_are_refused() {
         let mut st = sample();
         st.namespaces.push("default".into());
@@ -254,6 +304,17 @@ mod tests {
 
         let mut st = sample();
         st.prefix = "".into();
+        assert!(st.check().is_err());
+
+        // Cleanup kills the shims of the recorded socket: never another
+        // containerd's.
+        let mut st = sample();
+        st.hosts[0].containerd_socket = Some("/run/containerd/containerd.sock".into());
+        assert!(st.check().is_err());
+
+        let mut st = sample();
+        st.hosts[0].dir = PathBuf::from("/");
+        st.hosts[0].containerd_socket = Some("/ctd/c.sock".into());
         assert!(st.check().is_err());
 
         for text in ["", "{", "[]", "{\"version\":1}", "null"] {

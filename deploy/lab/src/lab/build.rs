@@ -2,7 +2,8 @@
 //! preconditions ([`preflight`]), claiming a prefix and directory, the
 //! host dirs and configs, the namespaces and the underlay (scripts from
 //! `crate::plan`), and the cleanup that removes exactly what the record
-//! lists. `start` hands the built lab to `daemon` to start its daemons.
+//! lists. `start` hands the built lab to `containerd` (when asked) and then
+//! to `daemon` to start its daemons.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,7 +20,7 @@ use crate::tools;
 
 use super::daemon::DaemonState;
 use super::exec::run;
-use super::{Inner, Lab, DEFAULT_READY_TIMEOUT, LAB_ROOT};
+use super::{toml_str, Inner, Lab, DEFAULT_READY_TIMEOUT, LAB_ROOT};
 
 /// Configures and starts a [`Lab`].
 #[derive(Debug, Clone)]
@@ -31,6 +32,7 @@ pub struct LabBuilder {
     shoal_bin: Option<PathBuf>,
     root: PathBuf,
     daemon_config: String,
+    containerd: bool,
 }
 
 impl Default for LabBuilder {
@@ -43,6 +45,7 @@ impl Default for LabBuilder {
             shoal_bin: None,
             root: PathBuf::from(LAB_ROOT),
             daemon_config: String::new(),
+            containerd: false,
         }
     }
 }
@@ -88,6 +91,18 @@ impl LabBuilder {
         self
     }
 
+    /// Give every host its own containerd (default off): started in the
+    /// host's namespace before its daemon, with root, state and sockets
+    /// under `hI/ctd/`, its socket written into the host's shoal.toml as
+    /// `containerd_socket` (so `daemon_config` must not set that key) and
+    /// kept in [`HostState::containerd_socket`]. Teardown removes its
+    /// tasks, shims, containers and mounts, then stops it. Needs Debian's
+    /// `containerd` and `runc` (deploy/install-deps.sh).
+    pub fn containerd(mut self, on: bool) -> Self {
+        self.containerd = on;
+        self
+    }
+
     /// Directory under which the lab's own directory is made (default
     /// `/run/shoal-lab`).
     pub fn root(mut self, p: impl Into<PathBuf>) -> Self {
@@ -102,6 +117,16 @@ impl LabBuilder {
         if self.nodes == 0 || self.nodes > MAX_HOSTS {
             return Err(LabError::BadNodeCount(self.nodes));
         }
+        if self.containerd && sets_key(&self.daemon_config, "containerd_socket") {
+            return Err(LabError::io(
+                "configuring the daemons".to_string(),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "daemon_config sets containerd_socket, which LabBuilder::containerd(true) \
+                     writes itself: drop one of them",
+                ),
+            ));
+        }
         let ip = preflight()?;
         let shoal_bin = match self.shoal_bin {
             Some(p) => p,
@@ -111,7 +136,7 @@ impl LabBuilder {
         let state = LabState {
             version: STATE_VERSION,
             hosts: (1..=self.nodes)
-                .map(|i| host_state(&prefix, &dir, i, self.data_path))
+                .map(|i| host_state(&prefix, &dir, i, self.data_path, self.containerd))
                 .collect(),
             underlay_ns: names::underlay_ns(&prefix),
             prefix,
@@ -124,9 +149,20 @@ impl LabBuilder {
         };
         // From here on, dropping `lab` (error or panic) cleans up.
         let lab = Lab::new(state, ip, None, self.ready_timeout, true);
+        if self.containerd {
+            for h in lab.hosts() {
+                super::containerd::CtdPaths::of(&h.dir).check()?;
+            }
+        }
         lab.lock().save()?;
         lab.lock().build(&self.daemon_config)?;
         let all: Vec<usize> = (1..=self.nodes).collect();
+        if self.containerd {
+            for &i in &all {
+                lab.lock().spawn_containerd(i)?;
+            }
+            lab.wait_containerd(&all)?;
+        }
         for &i in &all {
             lab.lock().spawn_daemon(i)?;
         }
@@ -176,8 +212,21 @@ fn claim_prefix(root: &Path) -> Result<(String, PathBuf), LabError> {
     ))
 }
 
-fn host_state(prefix: &str, dir: &Path, i: usize, data_path: bool) -> HostState {
+/// Whether TOML text sets top-level `key` (a line `key = …` before any
+/// table header).
+fn sets_key(toml: &str, key: &str) -> bool {
+    toml.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .any(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+}
+
+fn host_state(prefix: &str, dir: &Path, i: usize, data_path: bool, containerd: bool) -> HostState {
     let hdir = dir.join(format!("h{i}"));
+    let containerd_socket = containerd.then(|| super::containerd::CtdPaths::of(&hdir).socket);
     HostState {
         index: i,
         name: HostId(i).to_string(),
@@ -192,6 +241,9 @@ fn host_state(prefix: &str, dir: &Path, i: usize, data_path: bool) -> HostState 
         dir: hdir,
         daemon: None,
         blocked: BTreeSet::new(),
+        containerd_socket,
+        containerd: None,
+        registry: None,
     }
 }
 
@@ -203,10 +255,16 @@ impl Inner {
                 fs::create_dir_all(d)
                     .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
             }
+            // Top-level keys of the lab first: daemon_config may open tables.
+            let containerd = h
+                .containerd_socket
+                .as_ref()
+                .map(|s| format!("containerd_socket = {}\n", toml_str(&s.to_string_lossy())))
+                .unwrap_or_default();
             fs::write(
                 &h.config,
                 format!(
-                    "# shoal-lab {} host {}\nhostname = \"{}\"\n{daemon_config}",
+                    "# shoal-lab {} host {}\nhostname = \"{}\"\n{containerd}{daemon_config}",
                     self.state.prefix, h.name, h.name
                 ),
             )
@@ -262,6 +320,11 @@ impl Inner {
         // namespace so a reused pid is never hit).
         for h in &self.state.hosts {
             kill_recorded_workloads(&h.run_dir.join("workloads"));
+        }
+        // The daemons are stopped: nothing asks containerd for more tasks.
+        for i in 1..=self.state.hosts.len() {
+            problems.extend(self.teardown_containerd(i));
+            problems.extend(self.stop_registry(i));
         }
         for i in started {
             if matches!(self.daemon_state(i), DaemonState::Exited(_)) {
