@@ -131,6 +131,20 @@ pub enum Request {
         /// Workload id, id prefix or name.
         workload: String,
     },
+    /// `shoal exec`: a command in a workload's container.
+    Exec {
+        /// Workload or task id, id prefix or name.
+        workload: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+    },
+    /// `shoal logs`: what a workload wrote to stdout and stderr.
+    Logs {
+        /// Workload or task id, id prefix or name.
+        workload: String,
+        /// Only the last N lines.
+        tail: Option<usize>,
+    },
     /// `network rm`.
     NetworkRemove {
         /// Names, ids or id prefixes.
@@ -285,6 +299,13 @@ pub enum Response {
     Entries(Vec<GossipEntry>),
     /// Gossip counters.
     Metrics(serde_json::Value),
+    /// Answer to [`Request::Exec`].
+    Exec {
+        /// The command's exit status.
+        exit_code: i32,
+        /// Its stdout and stderr, as one stream.
+        output: String,
+    },
     /// Answer to [`Request::JoinToken`].
     Token {
         /// The token alone (`-q`).

@@ -235,7 +235,6 @@ pub fn build(c: &ContainerSpec, args: Vec<String>, uid: u32, gid: u32, gids: Vec
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
             "noNewPrivileges": true,
             "oomScoreAdj": 0
         },

@@ -90,6 +90,24 @@ pub enum Command {
         /// Workload id, id prefix or name.
         workload: String,
     },
+    /// Run a command in a container on this node (its namespaces, user,
+    /// capabilities, env and cwd): `shoal exec TASK -- CMD...`; exits with
+    /// the command's status.
+    Exec {
+        /// Task or workload id, id prefix or name.
+        workload: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
+    /// Show what a workload on this node wrote to stdout and stderr.
+    Logs {
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        /// Task or workload id, id prefix or name.
+        workload: String,
+    },
 }
 
 /// `shoal network ...`

@@ -19,6 +19,27 @@ use service::{network_spec, service_command};
 
 /// Run a client subcommand; returns the process exit code.
 pub async fn run_client(cli: Cli) -> i32 {
+    if let Command::Exec { workload, argv } = &cli.command {
+        let req = Request::Exec {
+            workload: workload.clone(),
+            argv: argv.clone(),
+        };
+        return match client::call(&cli.host, req).await {
+            Ok(Response::Exec { exit_code, output }) => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(output.as_bytes());
+                exit_code
+            }
+            Ok(other) => {
+                eprintln!("Error: unexpected answer {other:?}");
+                1
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                126
+            }
+        };
+    }
     match client_command(&cli).await {
         Ok(()) => 0,
         Err(e) => {
@@ -122,6 +143,21 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             .await?;
             print_response(cli.format, resp, false);
             Ok(())
+        }
+        Command::Exec { .. } => Err(ClientError::Unexpected("exec is run by run_client".into())),
+        Command::Logs { workload, tail } => {
+            let req = Request::Logs {
+                workload: workload.clone(),
+                tail: *tail,
+            };
+            match client::call(&cli.host, req).await? {
+                Response::Message(text) => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().write_all(text.as_bytes());
+                    Ok(())
+                }
+                other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
         }
         Command::Service(cmd) => service_command(cli, cmd).await,
         Command::Events { since, no_follow } => {

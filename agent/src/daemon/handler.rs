@@ -112,6 +112,13 @@ impl Daemon {
             Request::Stop { workload } => Ok(Response::Message(
                 self.swarm().await?.worker.stop(&workload)?,
             )),
+            Request::Exec { workload, argv } => {
+                let (exit_code, output) = self.swarm().await?.worker.exec(&workload, &argv).await?;
+                Ok(Response::Exec { exit_code, output })
+            }
+            Request::Logs { workload, tail } => Ok(Response::Message(
+                self.swarm().await?.worker.logs(&workload, tail)?,
+            )),
             Request::ServiceCreate(spec) => Ok(Response::Message(
                 services::create(self.manager().await?.as_ref(), spec).await?,
             )),

@@ -250,6 +250,88 @@ impl Worker {
     }
 }
 
+/// Most output `exec` and `logs` hand back in one answer.
+const MAX_OUTPUT: u64 = 4 << 20;
+
+/// The last `limit` bytes of a file (whole lines), as text.
+fn read_tail(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(limit);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if start > 0 {
+        if let Some(i) = text.find('\n') {
+            text.drain(..=i);
+        }
+    }
+    Ok(text)
+}
+
+impl Worker {
+    fn container_of(&self, key: &str) -> Result<(Workload, String), ApiError> {
+        let w = self.overlay.find(key).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("No such container: {key}"))
+        })?;
+        let c = w.container.clone().ok_or_else(|| {
+            ApiError::invalid(format!(
+                "workload {} is a host process (--runtime host), not a container",
+                w.name
+            ))
+        })?;
+        Ok((w, c))
+    }
+
+    /// Runs `argv` in a workload's container (its namespaces, user,
+    /// capabilities, env and cwd): its exit status and output.
+    pub async fn exec(&self, key: &str, argv: &[String]) -> Result<(i32, String), ApiError> {
+        if argv.is_empty() {
+            return Err(ApiError::invalid("exec needs a command".to_string()));
+        }
+        let (w, c) = self.container_of(key)?;
+        let rt = self
+            .containers
+            .runtime()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+        let out = self
+            .overlay
+            .log_of(&w.id)
+            .with_extension(format!("exec-{}.out", rand::random::<u32>()));
+        let code = rt.exec(&c, argv, &out).await;
+        let text = read_tail(&out, MAX_OUTPUT).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        let code = code.map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok((code, text))
+    }
+
+    /// What a workload wrote (the last `tail` lines, if given).
+    pub fn logs(&self, key: &str, tail: Option<usize>) -> Result<String, ApiError> {
+        let w = self.overlay.find(key).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("No such container: {key}"))
+        })?;
+        let text = match read_tail(&self.overlay.log_of(&w.id), MAX_OUTPUT) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ApiError::internal(format!("logs of {}: {e}", w.name))),
+        };
+        Ok(match tail {
+            Some(n) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+                if !s.is_empty() {
+                    s.push('\n');
+                }
+                s
+            }
+            None => text,
+        })
+    }
+}
+
 /// Keep workloads and the kernel in step: clean up exited workloads (and
 /// free their endpoints), then reconcile — on a timer, when kicked, and on
 /// every endpoint-table change from gossip.

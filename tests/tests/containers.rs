@@ -1,0 +1,170 @@
+//! Service tasks as containers from an image, end to end: each lab host
+//! runs its own containerd, h1 runs an OCI registry holding the echo test
+//! image. A 3-replica service answers through the routing mesh on every
+//! host, each host pulled the image for itself, the tasks are isolated as
+//! Docker isolates them (no host data dir, no CAP_NET_ADMIN, PID 1 is the
+//! entrypoint), a process past `--limit-memory` is OOM-killed (exit 137)
+//! and replaced, an unknown image is rejected with the registry's reason
+//! and leaves nothing in containerd. Needs root, iproute2, nftables, curl,
+//! containerd, runc, docker-registry, skopeo, busybox-static and the built
+//! binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_lab::{image, registry_addr, Lab};
+use shoal_tests::{cli, exec, start, wait_until};
+
+const HOSTS: usize = 3;
+
+fn config() -> String {
+    format!(
+        "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\n\
+         insecure_registries = [\"{}\"]\n",
+        registry_addr(1)
+    )
+}
+
+fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
+    let mut a = vec!["--format", "json"];
+    a.extend_from_slice(args);
+    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?}: {e}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Tasks of `svc`: (id, state, desired, node host name, exit code, message).
+fn tasks(lab: &Lab, svc: &str) -> Vec<Value> {
+    json(lab, 1, &["service", "ps", svc])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn running(lab: &Lab, svc: &str) -> Vec<Value> {
+    tasks(lab, svc)
+        .into_iter()
+        .filter(|t| t["state"] == "running" && t["desired"] == "running")
+        .collect()
+}
+
+/// A lab of 3 hosts with containerd, a registry on h1 holding the echo
+/// image, and a swarm; the image reference.
+fn lab_with_image() -> (Lab, String, tempfile::TempDir) {
+    let lab = start(
+        Lab::builder()
+            .nodes(HOSTS)
+            .containerd(true)
+            .daemon_config(&config()),
+    );
+    let reg = lab.start_registry(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image::build_echo_image(&dir.path().join("echo")).unwrap();
+    let reference = format!("{reg}/shoal/echo:1");
+    image::push(&lab, 1, &layout, &reference).unwrap();
+    lab.form_swarm(HOSTS, 1).unwrap();
+    (lab, reference, dir)
+}
+
+/// `ctr -n shoal ARGS` on `host`: stdout, or the failure.
+fn ctr(lab: &Lab, host: usize, args: &[&str]) -> String {
+    let mut a = vec!["-n", "shoal"];
+    a.extend_from_slice(args);
+    let out = lab.ctr(host, &a, Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "ctr {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `argv` inside task `id`'s container (its namespaces, user and
+/// capabilities) on `host`: (success, output).
+fn in_container(lab: &Lab, host: usize, id: &str, argv: &[&str]) -> (bool, String) {
+    let mut a = vec!["exec", id, "--"];
+    a.extend_from_slice(argv);
+    match cli(lab, host, &a) {
+        Ok(out) => (true, out),
+        Err(e) => (false, e),
+    }
+}
+
+fn host_of(lab: &Lab, hostname: &str) -> usize {
+    (1..=HOSTS)
+        .find(|h| lab.host(*h).unwrap().name == hostname)
+        .unwrap_or_else(|| panic!("no host named {hostname}"))
+}
+
+#[test]
+fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
+    let (lab, reference, _dir) = lab_with_image();
+    cli(&lab, 1, &["network", "create", "app"]).unwrap();
+    cli(
+        &lab,
+        1,
+        &[
+            "service", "create", "--name", "web", "--replicas", "3", "--network", "app", "-p",
+            "8080:80", &reference,
+        ],
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let (tasks_up, took) = wait_until("3 running containers", Duration::from_secs(90), || {
+        let all = tasks(&lab, "web");
+        let now: Vec<String> = all
+            .iter()
+            .map(|t| format!("{} {} {}", t["id"], t["state"], t["message"]))
+            .collect();
+        if now.join("\n") != seen {
+            seen = now.join("\n");
+            eprintln!("tasks:\n{seen}");
+        }
+        let r = running(&lab, "web");
+        (r.len() == 3).then_some(r)
+    });
+    eprintln!("3 containers running after {took:?}");
+    // Every host pulled the image for itself.
+    for h in 1..=HOSTS {
+        let images = ctr(&lab, h, &["images", "ls", "-q"]);
+        assert!(images.contains("shoal/echo"), "h{h} images: {images}");
+    }
+    // The mesh answers on every host with the task's host name (its id).
+    let ids: Vec<String> = tasks_up
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    for h in 1..=HOSTS {
+        let url = format!("http://{}:8080/", lab.host(h).unwrap().addr);
+        let (body, _) = wait_until(&format!("h{h} answers on 8080"), Duration::from_secs(30), || {
+            let (ok, out) = exec(&lab, h, &["curl", "-s", "--max-time", "2", &url]);
+            let out = out.trim().to_string();
+            (ok && ids.contains(&out)).then_some(out)
+        });
+        eprintln!("h{h}:8080 -> {body}");
+    }
+
+    // Isolation, inside one task's container.
+    let t = &tasks_up[0];
+    let id = t["id"].as_str().unwrap();
+    let h = host_of(&lab, t["node_hostname"].as_str().unwrap());
+    let (ok, out) = in_container(&lab, h, id, &["cat", "/proc/1/cmdline"]);
+    assert!(ok && out.contains("echo-server"), "PID 1: {out}");
+    let (ok, out) = in_container(&lab, h, id, &["ls", "/var/lib/shoal"]);
+    assert!(!ok, "the host's data dir is visible: {out}");
+    let (ok, out) = in_container(&lab, h, id, &["ip", "link", "add", "d0", "type", "dummy"]);
+    assert!(!ok, "ip link add worked inside the container: {out}");
+    let (_, status) = in_container(&lab, h, id, &["grep", "CapEff", "/proc/self/status"]);
+    assert!(status.contains("00000000a80425fb"), "{status}");
+    let (_, host) = in_container(&lab, h, id, &["hostname"]);
+    assert_eq!(host.trim(), id);
+    let (_, resolv) = in_container(&lab, h, id, &["cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+
+    // Removing the service leaves no container behind on any host.
+    cli(&lab, 1, &["service", "rm", "web"]).unwrap();
+    for h in 1..=HOSTS {
+        wait_until(&format!("h{h} has no container"), Duration::from_secs(30), || {
+            ctr(&lab, h, &["containers", "ls", "-q"])
+                .trim()
+                .is_empty()
+                .then_some(())
+        });
+    }
+}
