@@ -129,6 +129,9 @@ impl Runtime {
     /// Connects to containerd's socket and checks that it answers.
     /// `insecure_registries` are reached over plain HTTP.
     pub async fn connect(socket: &Path, insecure_registries: Vec<String>) -> Result<Runtime> {
+        // The registry client's TLS uses the process-wide provider: ring,
+        // as the rest of Shoal (a no-op when one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let name = socket.display().to_string();
         let channel = containerd_client::connect(socket)
             .await

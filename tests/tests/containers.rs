@@ -20,7 +20,7 @@ const HOSTS: usize = 3;
 
 fn config() -> String {
     format!(
-        "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\n\
+        "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\nlog_level = \"info,shoal::worker::containers=debug\"\n\
          insecure_registries = [\"{}\"]\n",
         registry_addr(1)
     )
@@ -86,6 +86,27 @@ fn in_container(lab: &Lab, host: usize, id: &str, argv: &[&str]) -> (bool, Strin
     }
 }
 
+/// Waits until `host`'s containerd has no container left; on timeout
+/// shows what is there and the daemon's log.
+fn no_container_left(lab: &Lab, host: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ctr(lab, host, &["containers", "ls", "-q"]).trim().is_empty() {
+        if std::time::Instant::now() > deadline {
+            let ctd = std::fs::read_to_string(lab.host(host).unwrap().dir.join("ctd/containerd.log")).unwrap_or_default();
+            eprintln!("containerd log:\n{}", ctd.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let log = std::fs::read_to_string(lab.host(host).unwrap().log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "h{host} still has containers: {}\ntasks: {}\nlog:\n{}",
+                ctr(lab, host, &["containers", "ls"]),
+                ctr(lab, host, &["tasks", "ls"]),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn host_of(lab: &Lab, hostname: &str) -> usize {
     (1..=HOSTS)
         .find(|h| lab.host(*h).unwrap().name == hostname)
@@ -144,8 +165,13 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     let t = &tasks_up[0];
     let id = t["id"].as_str().unwrap();
     let h = host_of(&lab, t["node_hostname"].as_str().unwrap());
+    // PID 1 is the entrypoint (/bin/echo-server execs httpd), in a PID
+    // namespace of its own: the host's processes are not there.
     let (ok, out) = in_container(&lab, h, id, &["cat", "/proc/1/cmdline"]);
-    assert!(ok && out.contains("echo-server"), "PID 1: {out}");
+    assert!(ok && out.starts_with("httpd\0-f\0-p\080"), "PID 1: {out:?}");
+    let (_, procs) = in_container(&lab, h, id, &["ls", "/proc"]);
+    let pids = procs.split_whitespace().filter(|p| p.parse::<u32>().is_ok()).count();
+    assert!(pids <= 3, "{pids} processes visible: {procs}");
     let (ok, out) = in_container(&lab, h, id, &["ls", "/var/lib/shoal"]);
     assert!(!ok, "the host's data dir is visible: {out}");
     let (ok, out) = in_container(&lab, h, id, &["ip", "link", "add", "d0", "type", "dummy"]);
@@ -160,11 +186,6 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     // Removing the service leaves no container behind on any host.
     cli(&lab, 1, &["service", "rm", "web"]).unwrap();
     for h in 1..=HOSTS {
-        wait_until(&format!("h{h} has no container"), Duration::from_secs(30), || {
-            ctr(&lab, h, &["containers", "ls", "-q"])
-                .trim()
-                .is_empty()
-                .then_some(())
-        });
+        no_container_left(&lab, h);
     }
 }

@@ -172,12 +172,16 @@ impl Containers {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                tracing::debug!(container = %id, "waiting for the container to exit");
                 let r = match me.runtime().await {
                     Ok(rt) => rt.wait(&id).await,
                     Err(e) => Err(e),
                 };
                 match r {
-                    Ok(code) => return done(code),
+                    Ok(code) => {
+                        info!(container = %id, exit_code = code, "container exited");
+                        return done(code);
+                    }
                     Err(RuntimeError::NoSuchContainer(_)) => return done(-1),
                     Err(e) => {
                         warn!(container = %id, "waiting for the container: {e}");

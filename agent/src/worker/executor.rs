@@ -499,11 +499,13 @@ impl Executor {
                 s.insert(w.id.clone(), Instant::now());
             }
             Some(t) if t.elapsed() > STOP_GRACE => {
-                let _ = kill(pid, Signal::SIGKILL);
+                if alive(w.pid) {
+                    info!(task = %w.id, pid = w.pid, "task did not stop in time: SIGKILL");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
             }
             Some(_) => {}
         }
-        self.kick.notify_one();
     }
 
     async fn finish(&self, overlay: &Overlay, ctx: &NodeCtx, w: &Workload) {
