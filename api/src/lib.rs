@@ -151,7 +151,7 @@ pub enum Request {
         networks: Vec<String>,
     },
     /// `service create`.
-    ServiceCreate(shoal_model::service::ServiceSpec),
+    ServiceCreate(Box<shoal_model::service::ServiceSpec>),
     /// `service update` / `service scale` (one service).
     ServiceUpdate {
         /// Name, id or id prefix.

@@ -966,6 +966,8 @@ mod tests {
             restart_condition: crate::service::RestartCondition::Any,
             command: vec!["sleep".into()],
             labels: Default::default(),
+            image: "busybox".into(),
+            container: Default::default(),
         }
     }
 

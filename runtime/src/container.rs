@@ -211,7 +211,12 @@ impl Runtime {
     }
 
     /// The uid, gid and groups `user` means in `image`.
-    async fn user_of(&self, id: &str, image: &ImageInfo, user: &str) -> Result<(u32, u32, Vec<u32>)> {
+    async fn user_of(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        user: &str,
+    ) -> Result<(u32, u32, Vec<u32>)> {
         if user.is_empty() || user == "root" || user == "0" {
             return Ok((0, 0, Vec::new()));
         }
@@ -374,7 +379,9 @@ impl Runtime {
     /// snapshot. Nothing there is not an error.
     pub async fn remove(&self, id: &str) -> Result<()> {
         let mut tasks = TasksClient::new(self.channel.clone());
-        let _ = self.kill(id, nix::sys::signal::Signal::SIGKILL as i32).await;
+        let _ = self
+            .kill(id, nix::sys::signal::Signal::SIGKILL as i32)
+            .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match tasks
@@ -388,8 +395,9 @@ impl Runtime {
             {
                 Ok(_) => break,
                 Err(s) if s.code() == tonic::Code::NotFound => break,
-                Err(s) if s.code() == tonic::Code::FailedPrecondition
-                    && tokio::time::Instant::now() < deadline =>
+                Err(s)
+                    if s.code() == tonic::Code::FailedPrecondition
+                        && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -540,10 +548,19 @@ mod tests {
         .unwrap();
         std::fs::write(low.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let layers = vec![top.path().to_path_buf(), low.path().to_path_buf()];
-        assert_eq!(resolve_user("nobody", &layers).unwrap(), (65534, 65534, vec![]));
+        assert_eq!(
+            resolve_user("nobody", &layers).unwrap(),
+            (65534, 65534, vec![])
+        );
         assert_eq!(resolve_user("1000", &layers).unwrap(), (1000, 0, vec![]));
-        assert_eq!(resolve_user("1000:50", &layers).unwrap(), (1000, 50, vec![]));
-        assert_eq!(resolve_user("nobody:staff", &layers).unwrap(), (65534, 50, vec![]));
+        assert_eq!(
+            resolve_user("1000:50", &layers).unwrap(),
+            (1000, 50, vec![])
+        );
+        assert_eq!(
+            resolve_user("nobody:staff", &layers).unwrap(),
+            (65534, 50, vec![])
+        );
         let e = resolve_user("alice", &layers).unwrap_err();
         assert!(e.to_string().contains("unable to find user alice"), "{e}");
         assert!(resolve_user("0:nogroup", &layers).is_err());
@@ -557,6 +574,9 @@ mod tests {
             options: vec!["index=off".into(), "lowerdir=/a:/b".into()],
             ..Default::default()
         };
-        assert_eq!(layer_dirs(&[m]), vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            layer_dirs(&[m]),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
     }
 }

@@ -145,10 +145,11 @@ struct RootFs {
 
 impl Manifest {
     fn parse(image: &str, bytes: &[u8]) -> Result<Manifest> {
-        let mut m: Manifest = serde_json::from_slice(bytes).map_err(|e| RuntimeError::BadImage {
-            image: image.into(),
-            reason: format!("manifest: {e}"),
-        })?;
+        let mut m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| RuntimeError::BadImage {
+                image: image.into(),
+                reason: format!("manifest: {e}"),
+            })?;
         if m.media_type.is_empty() {
             m.media_type = if m.manifests.is_empty() {
                 OCI_MANIFEST
@@ -169,9 +170,10 @@ impl Manifest {
         self.manifests
             .iter()
             .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_none_or(|p| p.os == "linux" && p.architecture == std::env::consts::ARCH.replace("x86_64", "amd64"))
+                d.platform.as_ref().is_none_or(|p| {
+                    p.os == "linux"
+                        && p.architecture == std::env::consts::ARCH.replace("x86_64", "amd64")
+                })
             })
             .ok_or_else(|| RuntimeError::BadImage {
                 image: image.into(),
@@ -322,10 +324,13 @@ impl Runtime {
         } else {
             (top.clone(), top_digest.clone(), top_m)
         };
-        let config_desc = manifest.config.as_ref().ok_or_else(|| RuntimeError::BadImage {
-            image: name.into(),
-            reason: "manifest has no config".into(),
-        })?;
+        let config_desc = manifest
+            .config
+            .as_ref()
+            .ok_or_else(|| RuntimeError::BadImage {
+                image: name.into(),
+                reason: "manifest has no config".into(),
+            })?;
         let mut config_bytes = Vec::new();
         client
             .pull_blob(r, config_desc.digest.as_str(), &mut config_bytes)
@@ -359,8 +364,14 @@ impl Runtime {
                 .await
                 .map_err(pull_err)?;
             let labels = HashMap::from([("containerd.io/uncompressed".into(), diff_id.clone())]);
-            self.write_content(lease, &layer.digest, layer.size, labels, stream.stream.boxed())
-                .await?;
+            self.write_content(
+                lease,
+                &layer.digest,
+                layer.size,
+                labels,
+                stream.stream.boxed(),
+            )
+            .await?;
         }
         let mut labels = HashMap::new();
         if let Some(top_chain) = chains.last() {
@@ -376,7 +387,10 @@ impl Runtime {
             config_desc.digest.clone(),
         )]);
         for (i, l) in manifest.layers.iter().enumerate() {
-            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+            labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
         }
         self.write_bytes(lease, &manifest_digest, manifest_bytes.clone(), labels)
             .await?;
@@ -385,7 +399,8 @@ impl Runtime {
                 "containerd.io/gc.ref.content.m.0".to_string(),
                 manifest_digest.clone(),
             )]);
-            self.write_bytes(lease, &top_digest, top.clone(), labels).await?;
+            self.write_bytes(lease, &top_digest, top.clone(), labels)
+                .await?;
         }
 
         // Layers unpacked into snapshots named by chain id.
@@ -561,8 +576,14 @@ impl Runtime {
             .step_by(CHUNK)
             .map(|i| Ok(data.slice(i..(i + CHUNK).min(data.len()))))
             .collect();
-        self.write_content(lease, digest, size, labels, futures::stream::iter(chunks).boxed())
-            .await
+        self.write_content(
+            lease,
+            digest,
+            size,
+            labels,
+            futures::stream::iter(chunks).boxed(),
+        )
+        .await
     }
 
     /// Streams a blob into the content store; containerd checks its size
@@ -647,7 +668,9 @@ impl Runtime {
                 image: digest.into(),
                 reason: e,
             }),
-            (false, Some(f), _) => Err(cd_err(format!("write {digest}"))(tonic::Status::unknown(f))),
+            (false, Some(f), _) => {
+                Err(cd_err(format!("write {digest}"))(tonic::Status::unknown(f)))
+            }
             (false, None, Ok(())) => Err(RuntimeError::Containerd {
                 what: format!("write {digest}"),
                 status: "ended without a commit".into(),
@@ -669,7 +692,11 @@ impl Runtime {
             .map_err(cd_err(format!("read {digest}")))?
             .into_inner();
         let mut out = Vec::new();
-        while let Some(m) = stream.message().await.map_err(cd_err(format!("read {digest}")))? {
+        while let Some(m) = stream
+            .message()
+            .await
+            .map_err(cd_err(format!("read {digest}")))?
+        {
             out.extend_from_slice(&m.data);
             if out.len() > MAX_DOCUMENT {
                 return Err(RuntimeError::BadImage {
@@ -707,14 +734,14 @@ impl Runtime {
             let d = m.platform_entry(&name)?.digest.clone();
             m = Manifest::parse(&name, &self.read_content(&d).await?)?;
         }
-        let config_digest = m
-            .config
-            .as_ref()
-            .map(|c| c.digest.clone())
-            .ok_or_else(|| RuntimeError::BadImage {
-                image: name.clone(),
-                reason: "manifest has no config".into(),
-            })?;
+        let config_digest =
+            m.config
+                .as_ref()
+                .map(|c| c.digest.clone())
+                .ok_or_else(|| RuntimeError::BadImage {
+                    image: name.clone(),
+                    reason: "manifest has no config".into(),
+                })?;
         let config: Config = serde_json::from_slice(&self.read_content(&config_digest).await?)
             .map_err(|e| RuntimeError::BadImage {
                 image: name.clone(),
@@ -727,9 +754,7 @@ impl Runtime {
             id: config_digest,
             size: m.layers.iter().map(|l| l.size.max(0) as u64).sum(),
             created: config.created,
-            chain_id: chain_ids(&config.rootfs.diff_ids)
-                .pop()
-                .unwrap_or_default(),
+            chain_id: chain_ids(&config.rootfs.diff_ids).pop().unwrap_or_default(),
             config: ImageConfig {
                 entrypoint: run.entrypoint.unwrap_or_default(),
                 cmd: run.cmd.unwrap_or_default(),
@@ -787,7 +812,9 @@ mod tests {
             "docker.io/library/busybox:latest"
         );
         assert_eq!(
-            parse_reference("10.77.0.1:5000/shoal/echo:1").unwrap().whole(),
+            parse_reference("10.77.0.1:5000/shoal/echo:1")
+                .unwrap()
+                .whole(),
             "10.77.0.1:5000/shoal/echo:1"
         );
         let d = format!("sha256:{}", "a".repeat(64));
@@ -816,7 +843,14 @@ mod tests {
         assert!(m.is_index());
         assert_eq!(m.platform_entry("x").unwrap().digest, "sha256:amd");
         let arm_only = br#"{"manifests":[{"digest":"sha256:arm","size":1,"platform":{"architecture":"arm64","os":"linux"}}]}"#;
-        let e = Manifest::parse("x", arm_only).unwrap().platform_entry("x").unwrap_err();
-        assert!(e.to_string().contains("no matching manifest for linux/amd64"), "{e}");
+        let e = Manifest::parse("x", arm_only)
+            .unwrap()
+            .platform_entry("x")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no matching manifest for linux/amd64"),
+            "{e}"
+        );
     }
 }

@@ -133,12 +133,13 @@ impl Runtime {
         // as the rest of Shoal (a no-op when one is installed already).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let name = socket.display().to_string();
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|e| RuntimeError::Connect {
-                socket: name.clone(),
-                reason: source_chain(&e),
-            })?;
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|e| RuntimeError::Connect {
+                    socket: name.clone(),
+                    reason: source_chain(&e),
+                })?;
         let rt = Runtime {
             channel,
             socket: name,

@@ -59,12 +59,47 @@ const CPU_PERIOD: u64 = 100_000;
 
 /// Every capability of Linux 5.10 and later, for `--cap-add ALL`.
 const ALL_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
 ];
 
 /// `NET_ADMIN`, `cap_net_admin` -> `CAP_NET_ADMIN`, checked against the
@@ -115,7 +150,11 @@ pub fn argv(
     match entrypoint {
         Some(ep) => ep.iter().chain(command).cloned().collect(),
         None => {
-            let cmd = if command.is_empty() { image_cmd } else { command };
+            let cmd = if command.is_empty() {
+                image_cmd
+            } else {
+                command
+            };
             image_entrypoint.iter().chain(cmd).cloned().collect()
         }
     }
@@ -146,7 +185,13 @@ pub fn env(image: &[String], overrides: &[String], hostname: &str) -> Vec<String
 }
 
 /// The spec of `c`, running `args` as `uid:gid` (+ `gids`).
-pub fn build(c: &ContainerSpec, args: Vec<String>, uid: u32, gid: u32, gids: Vec<u32>) -> Result<Spec> {
+pub fn build(
+    c: &ContainerSpec,
+    args: Vec<String>,
+    uid: u32,
+    gid: u32,
+    gids: Vec<u32>,
+) -> Result<Spec> {
     if args.is_empty() {
         return Err(RuntimeError::Invalid(
             "no command specified: the image has no ENTRYPOINT or CMD".into(),
@@ -270,7 +315,10 @@ mod tests {
     fn argv_follows_docker() {
         let (ep, cmd) = (s(&["/bin/echo-server"]), s(&["-v"]));
         assert_eq!(argv(None, &[], &ep, &cmd), s(&["/bin/echo-server", "-v"]));
-        assert_eq!(argv(None, &s(&["x"]), &ep, &cmd), s(&["/bin/echo-server", "x"]));
+        assert_eq!(
+            argv(None, &s(&["x"]), &ep, &cmd),
+            s(&["/bin/echo-server", "x"])
+        );
         assert_eq!(
             argv(Some(&s(&["sh"])), &s(&["-c", "id"]), &ep, &cmd),
             s(&["sh", "-c", "id"])
@@ -313,6 +361,9 @@ mod tests {
         assert!(capabilities(&[], &s(&["ALL"])).unwrap().is_empty());
         assert!(capabilities(&s(&["ALL"]), &[]).unwrap().len() > 30);
         let e = capabilities(&s(&["NOPE"]), &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown capability: \"NOPE\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown capability: \"NOPE\""),
+            "{e}"
+        );
     }
 }

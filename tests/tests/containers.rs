@@ -90,10 +90,25 @@ fn in_container(lab: &Lab, host: usize, id: &str, argv: &[&str]) -> (bool, Strin
 /// shows what is there and the daemon's log.
 fn no_container_left(lab: &Lab, host: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ctr(lab, host, &["containers", "ls", "-q"]).trim().is_empty() {
+    while !ctr(lab, host, &["containers", "ls", "-q"])
+        .trim()
+        .is_empty()
+    {
         if std::time::Instant::now() > deadline {
-            let ctd = std::fs::read_to_string(lab.host(host).unwrap().dir.join("ctd/containerd.log")).unwrap_or_default();
-            eprintln!("containerd log:\n{}", ctd.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let ctd =
+                std::fs::read_to_string(lab.host(host).unwrap().dir.join("ctd/containerd.log"))
+                    .unwrap_or_default();
+            eprintln!(
+                "containerd log:\n{}",
+                ctd.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             let log = std::fs::read_to_string(lab.host(host).unwrap().log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
@@ -121,8 +136,17 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         &lab,
         1,
         &[
-            "service", "create", "--name", "web", "--replicas", "3", "--network", "app", "-p",
-            "8080:80", &reference,
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "app",
+            "-p",
+            "8080:80",
+            &reference,
         ],
     )
     .unwrap();
@@ -153,11 +177,15 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         .collect();
     for h in 1..=HOSTS {
         let url = format!("http://{}:8080/", lab.host(h).unwrap().addr);
-        let (body, _) = wait_until(&format!("h{h} answers on 8080"), Duration::from_secs(30), || {
-            let (ok, out) = exec(&lab, h, &["curl", "-s", "--max-time", "2", &url]);
-            let out = out.trim().to_string();
-            (ok && ids.contains(&out)).then_some(out)
-        });
+        let (body, _) = wait_until(
+            &format!("h{h} answers on 8080"),
+            Duration::from_secs(30),
+            || {
+                let (ok, out) = exec(&lab, h, &["curl", "-s", "--max-time", "2", &url]);
+                let out = out.trim().to_string();
+                (ok && ids.contains(&out)).then_some(out)
+            },
+        );
         eprintln!("h{h}:8080 -> {body}");
     }
 
@@ -170,7 +198,10 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     let (ok, out) = in_container(&lab, h, id, &["cat", "/proc/1/cmdline"]);
     assert!(ok && out.starts_with("httpd\0-f\0-p\080"), "PID 1: {out:?}");
     let (_, procs) = in_container(&lab, h, id, &["ls", "/proc"]);
-    let pids = procs.split_whitespace().filter(|p| p.parse::<u32>().is_ok()).count();
+    let pids = procs
+        .split_whitespace()
+        .filter(|p| p.parse::<u32>().is_ok())
+        .count();
     assert!(pids <= 3, "{pids} processes visible: {procs}");
     let (ok, out) = in_container(&lab, h, id, &["ls", "/var/lib/shoal"]);
     assert!(!ok, "the host's data dir is visible: {out}");

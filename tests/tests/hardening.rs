@@ -60,6 +60,8 @@ fn a_worker_frees_only_its_own_endpoints_and_a_removed_node_is_refused() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "web",
             "--replicas",
@@ -133,6 +135,8 @@ fn an_absurd_scale_is_refused_and_the_cluster_still_writes() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "web",
             "--replicas",

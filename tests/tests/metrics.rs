@@ -62,6 +62,8 @@ fn metrics_have_sane_values() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "s",
             "--replicas",
@@ -183,7 +185,17 @@ fn events_list_and_stream_cluster_changes() {
     cli(
         &lab,
         1,
-        &["service", "create", "--name", "web", "--", "sleep", "60"],
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "web",
+            "--",
+            "sleep",
+            "60",
+        ],
     )
     .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -137,6 +137,8 @@ fn workloads_run_with_dockers_default_capabilities_and_no_new_privs() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "probe-svc",
             "--network",

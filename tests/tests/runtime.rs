@@ -12,7 +12,13 @@ use shoal_lab::{image, Lab};
 use shoal_runtime::{ContainerSpec, Runtime, RuntimeError};
 use shoal_tests::{in_netns, start};
 
-fn spec(id: &str, image: shoal_runtime::ImageInfo, dir: &std::path::Path, ns: &str, cmd: &[&str]) -> ContainerSpec {
+fn spec(
+    id: &str,
+    image: shoal_runtime::ImageInfo,
+    dir: &std::path::Path,
+    ns: &str,
+    cmd: &[&str],
+) -> ContainerSpec {
     let f = |n: &str| {
         let p = dir.join(n);
         std::fs::write(&p, "").unwrap();
@@ -56,19 +62,37 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
     in_netns(&ns.clone(), async move {
         let rt = Runtime::connect(&socket, vec![reg.clone()]).await.unwrap();
         // Unknown tag: the registry's reason, nothing recorded.
-        let e = rt.pull(&format!("{reg}/shoal/echo:nope")).await.unwrap_err();
-        assert!(e.to_string().contains("manifest unknown") || e.to_string().contains("not found"), "{e}");
-        assert!(matches!(rt.image(&format!("{reg}/shoal/echo:nope")).await, Err(RuntimeError::NoSuchImage(_))));
+        let e = rt
+            .pull(&format!("{reg}/shoal/echo:nope"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("manifest unknown") || e.to_string().contains("not found"),
+            "{e}"
+        );
+        assert!(matches!(
+            rt.image(&format!("{reg}/shoal/echo:nope")).await,
+            Err(RuntimeError::NoSuchImage(_))
+        ));
 
         let img = rt.pull(&reference).await.unwrap();
         assert_eq!(img.config.entrypoint, vec!["/bin/echo-server".to_string()]);
         // A second pull finds everything there.
         assert_eq!(rt.pull(&reference).await.unwrap(), img);
 
-        let c = spec(&id, img.clone(), &d, &ns, &["sh", "-c", "echo $GREETING from $(hostname); exit 3"]);
+        let c = spec(
+            &id,
+            img.clone(),
+            &d,
+            &ns,
+            &["sh", "-c", "echo $GREETING from $(hostname); exit 3"],
+        );
         let pid = rt.run(&c).await.unwrap();
         assert!(pid > 0);
-        let code = tokio::time::timeout(Duration::from_secs(30), rt.wait(&id)).await.expect("wait timed out").unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(30), rt.wait(&id))
+            .await
+            .expect("wait timed out")
+            .unwrap();
         assert_eq!(code, 3);
         let log = std::fs::read_to_string(&c.log).unwrap();
         assert_eq!(log.trim(), format!("hello from {id}"));
@@ -84,17 +108,38 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
             tokio::spawn(async move { rt.wait(&id).await })
         };
         let out = d.join("exec.out");
-        let code = rt.exec(&id, &["sh".into(), "-c".into(), "id -u; exit 7".into()], &out).await.unwrap();
+        let code = rt
+            .exec(
+                &id,
+                &["sh".into(), "-c".into(), "id -u; exit 7".into()],
+                &out,
+            )
+            .await
+            .unwrap();
         assert_eq!(code, 7);
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "0");
         for _ in 0..5 {
-            rt.exec(&id, &["ls".into(), "/nope".into()], &out).await.unwrap();
+            rt.exec(&id, &["ls".into(), "/nope".into()], &out)
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_secs(6)).await;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        eprintln!("after SIGTERM alive={} tasks={:?}", std::path::Path::new(&format!("/proc/{pid}")).exists(), rt.containers().await);
-        let code = tokio::time::timeout(Duration::from_secs(30), waiter).await.expect("wait timed out").unwrap().unwrap();
+        eprintln!(
+            "after SIGTERM alive={} tasks={:?}",
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            rt.containers().await
+        );
+        let code = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("wait timed out")
+            .unwrap()
+            .unwrap();
         assert_eq!(code, 137);
         rt.remove(&id).await.unwrap();
         assert!(rt.containers().await.unwrap().is_empty());

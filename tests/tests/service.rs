@@ -147,7 +147,7 @@ fn services_balance_resolve_fail_over_and_clean_up() {
         (&["-p", "published=80,target=x"], "invalid publish"),
     ];
     for (args, want) in bad {
-        let mut a = vec!["service", "create", "--name", "bad"];
+        let mut a = vec!["service", "create", "--runtime", "host", "--name", "bad"];
         a.extend_from_slice(args);
         a.extend_from_slice(&["--", "sleep", "1"]);
         let e = cli(&lab, 1, &a).unwrap_err();
@@ -164,6 +164,8 @@ fn services_balance_resolve_fail_over_and_clean_up() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "web",
             "--replicas",
@@ -185,7 +187,17 @@ fn services_balance_resolve_fail_over_and_clean_up() {
         &lab,
         1,
         &[
-            "service", "create", "--name", "other", "-p", "8080:81", "--", "sleep", "9",
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "other",
+            "-p",
+            "8080:81",
+            "--",
+            "sleep",
+            "9",
         ],
     )
     .unwrap_err();

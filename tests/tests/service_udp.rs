@@ -40,6 +40,8 @@ fn udp_ports_are_published_through_the_mesh_on_every_host() {
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "dns",
             "--replicas",

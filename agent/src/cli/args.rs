@@ -193,12 +193,16 @@ pub enum ServiceCmd {
         #[arg(long)]
         label: Vec<String>,
         #[command(flatten)]
-        container: ContainerArgs,
+        container: Box<ContainerArgs>,
         /// The image (pinned to its digest unless --no-resolve-image), then
         /// the command and arguments replacing its CMD. With `--runtime
         /// host`: the program and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true,
-              value_name = "IMAGE [COMMAND] [ARG...]")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "IMAGE [COMMAND] [ARG...]"
+        )]
         command: Vec<String>,
     },
     /// List services: ID NAME MODE REPLICAS COMMAND PORTS.
@@ -574,9 +578,7 @@ pub fn parse_bytes(s: &str) -> Result<i64, String> {
         Some('t') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size: '{s}'"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid size: '{s}'"))?;
     if !(n.is_finite() && n > 0.0) || n * mult as f64 > i64::MAX as f64 {
         return Err(format!("invalid size: '{s}'"));
     }

@@ -132,7 +132,9 @@ pub(crate) fn parse_mount(s: &str) -> Result<Mount, String> {
         };
         match (k, v) {
             ("type", Some(t)) if ["bind", "volume", "tmpfs"].contains(&t) => m.typ = t.into(),
-            ("type", Some(t)) => return Err(format!("invalid mount type {t:?}: bind, volume or tmpfs")),
+            ("type", Some(t)) => {
+                return Err(format!("invalid mount type {t:?}: bind, volume or tmpfs"))
+            }
             ("source" | "src", Some(v)) => m.source = v.into(),
             ("target" | "dst" | "destination", Some(v)) => m.target = v.into(),
             ("readonly" | "ro", None | Some("1" | "true")) => m.readonly = true,
@@ -144,12 +146,14 @@ pub(crate) fn parse_mount(s: &str) -> Result<Mount, String> {
         return Err(format!("--mount {s:?}: target is required"));
     }
     if !m.target.starts_with('/') {
-        return Err(format!("--mount {s:?}: invalid mount target, must be an absolute path"));
+        return Err(format!(
+            "--mount {s:?}: invalid mount target, must be an absolute path"
+        ));
     }
     match m.typ.as_str() {
-        "bind" if !m.source.starts_with('/') => {
-            Err(format!("--mount {s:?}: a bind source must be an absolute host path"))
-        }
+        "bind" if !m.source.starts_with('/') => Err(format!(
+            "--mount {s:?}: a bind source must be an absolute host path"
+        )),
         "tmpfs" if !m.source.is_empty() => Err(format!("--mount {s:?}: tmpfs takes no source")),
         "volume"
             if m.source.is_empty()
@@ -158,7 +162,9 @@ pub(crate) fn parse_mount(s: &str) -> Result<Mount, String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
         {
-            Err(format!("--mount {s:?}: a volume needs a name of [a-zA-Z0-9_.-]"))
+            Err(format!(
+                "--mount {s:?}: a volume needs a name of [a-zA-Z0-9_.-]"
+            ))
         }
         _ => Ok(m),
     }
@@ -168,7 +174,9 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
     use shoal_api::ServiceUpdate;
     let call = |req| client::call(&cli.host, req);
     let resp = match cmd {
-        ServiceCmd::Create { .. } => call(Request::ServiceCreate(service_spec(cmd)?)).await?,
+        ServiceCmd::Create { .. } => {
+            call(Request::ServiceCreate(Box::new(service_spec(cmd)?))).await?
+        }
         ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
         ServiceCmd::Inspect { services } => {
             match call(Request::ServiceList {

@@ -120,7 +120,7 @@ impl Daemon {
                 self.swarm().await?.worker.logs(&workload, tail)?,
             )),
             Request::ServiceCreate(spec) => Ok(Response::Message(
-                services::create(self.manager().await?.as_ref(), spec).await?,
+                services::create(self.manager().await?.as_ref(), *spec).await?,
             )),
             Request::ServiceUpdate { service, update } => Ok(Response::Message(
                 services::update(self.manager().await?.as_ref(), &service, update).await?,

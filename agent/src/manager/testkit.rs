@@ -169,6 +169,8 @@ impl World {
                 restart_condition: RestartCondition::Any,
                 command: vec!["sleep".into(), "1000".into()],
                 labels: Default::default(),
+                image: "busybox".into(),
+                container: Default::default(),
             },
             at: 0,
         });

@@ -112,13 +112,15 @@ impl Containers {
         let rt = self.runtime().await?;
         let etc = |ext: &str| files.resolv_conf.with_extension(ext);
         let (hosts, hostname_file) = (etc("hosts"), etc("hostname"));
-        let mut hosts_text = String::from(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        );
+        let mut hosts_text =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         if let Some(ip) = ip {
             hosts_text.push_str(&format!("{ip}\t{hostname}\n"));
         }
-        for (p, text) in [(&hosts, hosts_text), (&hostname_file, format!("{hostname}\n"))] {
+        for (p, text) in [
+            (&hosts, hosts_text),
+            (&hostname_file, format!("{hostname}\n")),
+        ] {
             std::fs::write(p, text)
                 .map_err(|e| RuntimeError::Invalid(format!("write {}: {e}", p.display())))?;
         }

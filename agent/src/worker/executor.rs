@@ -333,7 +333,10 @@ impl Executor {
         let task = &t.task;
         // A container's image first: a task whose image cannot be had is
         // rejected with the registry's reason, before anything is made.
-        let settings = t.container.clone().filter(|c| c.runtime == Runtime::Container);
+        let settings = t
+            .container
+            .clone()
+            .filter(|c| c.runtime == Runtime::Container);
         let image = match &settings {
             Some(_) => Some(
                 ctx.containers
@@ -409,7 +412,9 @@ impl Executor {
                 let name = image.name.clone();
                 match ctx
                     .containers
-                    .run(&w.id, &task.id, image, &settings, &t.command, env, &files, ip)
+                    .run(
+                        &w.id, &task.id, image, &settings, &t.command, env, &files, ip,
+                    )
                     .await
                 {
                     Ok(pid) => {

@@ -20,9 +20,9 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::proto::gossip::GossipSlot;
-use crate::worker::containers::Containers;
 use crate::proto::rpc::{NodeRequest, NodeResponse, NodeRpc};
 use crate::proto::session::Assignments;
+use crate::worker::containers::Containers;
 
 pub mod containers;
 pub mod dns;

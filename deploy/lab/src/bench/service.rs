@@ -307,6 +307,8 @@ fn service_in(
         &[
             "service",
             "create",
+            "--runtime",
+            "host",
             "--name",
             "web",
             "--replicas",

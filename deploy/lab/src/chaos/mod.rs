@@ -451,6 +451,8 @@ fn create_service(lab: &Lab, cfg: &ChaosConfig) -> Result<(), String> {
     let mut args = vec![
         "service",
         "create",
+        "--runtime",
+        "host",
         "--name",
         CHAOS_SERVICE,
         "--replicas",
