@@ -220,3 +220,187 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         no_container_left(&lab, h);
     }
 }
+
+/// Task rows of `svc` whose state is `state`.
+fn in_state(lab: &Lab, svc: &str, state: &str) -> Vec<Value> {
+    tasks(lab, svc)
+        .into_iter()
+        .filter(|t| t["state"] == state)
+        .collect()
+}
+
+#[test]
+fn limits_oom_kill_and_unknown_images() {
+    let (lab, reference, _dir) = lab_with_image();
+    // A process allocating past --limit-memory is OOM-killed: the task
+    // fails with 137 and is replaced.
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "hog",
+            "--limit-memory",
+            "32M",
+            "--entrypoint",
+            "awk",
+            &reference,
+            "BEGIN { s = \"x\"; while (1) s = s s }",
+        ],
+    )
+    .unwrap();
+    let (failed, _) = wait_until("an OOM-killed task", Duration::from_secs(90), || {
+        in_state(&lab, "hog", "failed").into_iter().next()
+    });
+    assert_eq!(failed["exit_code"], 137, "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("137"),
+        "{failed}"
+    );
+    wait_until("a replacement task", Duration::from_secs(60), || {
+        (tasks(&lab, "hog").len() >= 2).then_some(())
+    });
+    cli(&lab, 1, &["service", "rm", "hog"]).unwrap();
+
+    // An unknown tag: rejected with the registry's reason, nothing left in
+    // containerd on any host.
+    let ghost = reference.replace(":1", ":nope");
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "ghost",
+            "--no-resolve-image",
+            &ghost,
+        ],
+    )
+    .unwrap();
+    let (rejected, _) = wait_until("a rejected task", Duration::from_secs(60), || {
+        in_state(&lab, "ghost", "rejected").into_iter().next()
+    });
+    let msg = rejected["message"].as_str().unwrap();
+    assert!(msg.contains("manifest unknown"), "{msg}");
+    cli(&lab, 1, &["service", "rm", "ghost"]).unwrap();
+    for h in 1..=HOSTS {
+        no_container_left(&lab, h);
+        let images = ctr(&lab, h, &["images", "ls", "-q"]);
+        assert!(!images.contains(":nope"), "h{h}: {images}");
+    }
+}
+
+#[test]
+fn a_daemon_restart_keeps_its_containers_running_and_adopts_them() {
+    let (lab, reference, _dir) = lab_with_image();
+    cli(&lab, 1, &["network", "create", "app"]).unwrap();
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "app",
+            &reference,
+        ],
+    )
+    .unwrap();
+    let (up, _) = wait_until("3 running containers", Duration::from_secs(90), || {
+        let r = running(&lab, "web");
+        (r.len() == 3).then_some(r)
+    });
+    // Two tasks on different hosts: `a` pings `b` while b's daemon restarts.
+    let on = |t: &Value| host_of(&lab, t["node_hostname"].as_str().unwrap());
+    let a = up.iter().find(|t| on(t) != 1).unwrap().clone();
+    let b = up
+        .iter()
+        .find(|t| on(t) != on(&a) && on(t) != 1)
+        .unwrap_or_else(|| up.iter().find(|t| on(t) != on(&a)).unwrap())
+        .clone();
+    let (ha, hb) = (on(&a), on(&b));
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    let b_pid = json(&lab, hb, &["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == b_id.as_str())
+        .unwrap()["pid"]
+        .clone();
+    let (_, b_ip) = in_container(
+        &lab,
+        hb,
+        &b_id,
+        &[
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1",
+        ],
+    );
+    let b_ip = b_ip.trim().to_string();
+    let names: Vec<String> = (1..=HOSTS).map(|h| lab.host(h).unwrap().name).collect();
+    let on = |t: &Value| {
+        1 + names
+            .iter()
+            .position(|n| t["node_hostname"] == n.as_str())
+            .unwrap()
+    };
+    let lab = std::sync::Arc::new(lab);
+    let pinger = {
+        let (lab, a_id, b_ip) = (lab.clone(), a_id.clone(), b_ip.clone());
+        std::thread::spawn(move || {
+            in_container(
+                &lab,
+                ha,
+                &a_id,
+                &["ping", "-c", "40", "-i", "0.2", "-W", "1", &b_ip],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.restart(hb).unwrap();
+    let (ok, out) = pinger.join().unwrap();
+    assert!(
+        ok && out.contains(" 0% packet loss"),
+        "ping across the restart: {out}"
+    );
+    // The restarted daemon reports the same container, same pid, running.
+    wait_until(
+        "the adopted task still running",
+        Duration::from_secs(30),
+        || {
+            let ps = json(&lab, hb, &["ps"]);
+            let w = ps
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["id"] == b_id.as_str())?
+                .clone();
+            (w["pid"] == b_pid).then_some(())
+        },
+    );
+    assert!(running(&lab, "web")
+        .iter()
+        .any(|t| t["id"] == b_id.as_str()));
+    // No duplicate: one container per task, nothing else.
+    let list = ctr(&lab, hb, &["containers", "ls", "-q"]);
+    let ids: Vec<&str> = list.split_whitespace().collect();
+    let here: Vec<String> = running(&lab, "web")
+        .into_iter()
+        .filter(|t| on(t) == hb)
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), here.len(), "containers {ids:?}, tasks {here:?}");
+    // Its log kept flowing: `shoal logs` works for the adopted task.
+    cli(&lab, hb, &["logs", &b_id]).unwrap();
+}
