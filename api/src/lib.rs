@@ -151,7 +151,13 @@ pub enum Request {
         networks: Vec<String>,
     },
     /// `service create`.
-    ServiceCreate(Box<shoal_model::service::ServiceSpec>),
+    ServiceCreate {
+        /// The service.
+        spec: Box<shoal_model::service::ServiceSpec>,
+        /// Pin the image's tag to the digest the registry has now
+        /// (`--no-resolve-image` clears it).
+        resolve_image: bool,
+    },
     /// `service update` / `service scale` (one service).
     ServiceUpdate {
         /// Name, id or id prefix.
@@ -299,6 +305,13 @@ pub enum Response {
     Entries(Vec<GossipEntry>),
     /// Gossip counters.
     Metrics(serde_json::Value),
+    /// Answer to [`Request::ServiceCreate`].
+    Created {
+        /// The new service's id.
+        id: String,
+        /// What the user should know (an image not pinned to a digest).
+        warnings: Vec<String>,
+    },
     /// Answer to [`Request::Exec`].
     Exec {
         /// The command's exit status.

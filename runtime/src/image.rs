@@ -25,19 +25,14 @@ use containerd_client::services::v1::{
 use containerd_client::types::Descriptor;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use crate::registry::{
+    chain_ids, parse_reference, registry_client, Config, Desc, Manifest, ACCEPT,
+};
 use crate::{cd_err, req, source_chain, Result, Runtime, RuntimeError, SNAPSHOTTER};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPT: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 /// Largest manifest or config read into memory.
 const MAX_DOCUMENT: usize = 4 << 20;
 /// Bytes per content write message (gRPC's default limit is 4 MiB).
@@ -78,134 +73,6 @@ pub struct ImageInfo {
     pub chain_id: String,
 }
 
-/// A reference as docker reads it: `busybox` is
-/// `docker.io/library/busybox:latest`; `host:5000/app@sha256:…` keeps its
-/// digest.
-pub fn parse_reference(s: &str) -> Result<Reference> {
-    s.parse::<Reference>()
-        .map_err(|e| RuntimeError::Reference(format!("{s:?}: {e}")))
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-struct Desc {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize, Debug)]
-struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    #[serde(default)]
-    media_type: String,
-    #[serde(default)]
-    config: Option<Desc>,
-    #[serde(default)]
-    layers: Vec<Desc>,
-    #[serde(default)]
-    manifests: Vec<Desc>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RunConfig {
-    entrypoint: Option<Vec<String>>,
-    cmd: Option<Vec<String>>,
-    env: Option<Vec<String>>,
-    working_dir: Option<String>,
-    user: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Config {
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default)]
-    config: Option<RunConfig>,
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-impl Manifest {
-    fn parse(image: &str, bytes: &[u8]) -> Result<Manifest> {
-        let mut m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| RuntimeError::BadImage {
-                image: image.into(),
-                reason: format!("manifest: {e}"),
-            })?;
-        if m.media_type.is_empty() {
-            m.media_type = if m.manifests.is_empty() {
-                OCI_MANIFEST
-            } else {
-                OCI_INDEX
-            }
-            .into();
-        }
-        Ok(m)
-    }
-
-    fn is_index(&self) -> bool {
-        self.media_type == OCI_INDEX || self.media_type == DOCKER_LIST
-    }
-
-    /// The linux/amd64 entry of an index.
-    fn platform_entry(&self, image: &str) -> Result<&Desc> {
-        self.manifests
-            .iter()
-            .find(|d| {
-                d.platform.as_ref().is_none_or(|p| {
-                    p.os == "linux"
-                        && p.architecture == std::env::consts::ARCH.replace("x86_64", "amd64")
-                })
-            })
-            .ok_or_else(|| RuntimeError::BadImage {
-                image: image.into(),
-                reason: format!(
-                    "no matching manifest for linux/{} in the manifest list entries",
-                    std::env::consts::ARCH.replace("x86_64", "amd64")
-                ),
-            })
-    }
-}
-
-/// containerd's chain ids: the first layer's diff id, then
-/// `sha256(parent + " " + diff id)`.
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(parent) => {
-                let h = Sha256::digest(format!("{parent} {d}").as_bytes());
-                format!("sha256:{}", hex(&h))
-            }
-        };
-        out.push(next);
-    }
-    out
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn descriptor(media_type: &str, digest: &str, size: i64) -> Descriptor {
     Descriptor {
         media_type: media_type.into(),
@@ -220,33 +87,6 @@ fn not_found(s: &tonic::Status) -> bool {
 }
 
 impl Runtime {
-    fn registry_client(&self) -> oci_client::Client {
-        oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            ..Default::default()
-        })
-    }
-
-    /// The digest a reference names in its registry now (docker pins a
-    /// service's tag to it at create): `name@sha256:…`.
-    pub async fn resolve(&self, reference: &str) -> Result<String> {
-        let r = parse_reference(reference)?;
-        if r.digest().is_some() {
-            return Ok(r.whole());
-        }
-        let digest = self
-            .registry_client()
-            .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
-            .await
-            .map_err(|e| RuntimeError::Pull {
-                image: r.whole(),
-                reason: source_chain(&e),
-            })?;
-        Ok(format!("{}@{digest}", r.whole()))
-    }
-
     /// Pulls an image (nothing is fetched twice: blobs and layers already
     /// in containerd are kept) and records it under its normalized name.
     pub async fn pull(&self, reference: &str) -> Result<ImageInfo> {
@@ -293,7 +133,7 @@ impl Runtime {
     }
 
     async fn pull_leased(&self, r: &Reference, name: &str, lease: &str) -> Result<()> {
-        let client = self.registry_client();
+        let client = registry_client(&self.insecure);
         let auth = RegistryAuth::Anonymous;
         let pull_err = |e: oci_client::errors::OciDistributionError| RuntimeError::Pull {
             image: name.into(),
@@ -798,59 +638,5 @@ impl Runtime {
             Err(s) if not_found(&s) => Err(RuntimeError::NoSuchImage(reference.into())),
             Err(s) => Err(cd_err("remove image")(s)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_normalize_as_docker_does() {
-        assert_eq!(
-            parse_reference("busybox").unwrap().whole(),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            parse_reference("10.77.0.1:5000/shoal/echo:1")
-                .unwrap()
-                .whole(),
-            "10.77.0.1:5000/shoal/echo:1"
-        );
-        let d = format!("sha256:{}", "a".repeat(64));
-        let r = parse_reference(&format!("reg:5000/app@{d}")).unwrap();
-        assert_eq!(r.digest(), Some(d.as_str()));
-        assert!(parse_reference("library/Busybox").is_err());
-        assert!(parse_reference("").is_err());
-    }
-
-    #[test]
-    fn chain_ids_follow_containerd() {
-        let a = format!("sha256:{}", "1".repeat(64));
-        let b = format!("sha256:{}", "2".repeat(64));
-        let c = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(c[0], a);
-        let want = Sha256::digest(format!("{a} {b}").as_bytes());
-        assert_eq!(c[1], format!("sha256:{}", hex(&want)));
-    }
-
-    #[test]
-    fn an_index_picks_linux_amd64() {
-        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:arm","size":1,"platform":{"architecture":"arm64","os":"linux"}},
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:amd","size":1,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
-        let m = Manifest::parse("x", idx).unwrap();
-        assert!(m.is_index());
-        assert_eq!(m.platform_entry("x").unwrap().digest, "sha256:amd");
-        let arm_only = br#"{"manifests":[{"digest":"sha256:arm","size":1,"platform":{"architecture":"arm64","os":"linux"}}]}"#;
-        let e = Manifest::parse("x", arm_only)
-            .unwrap()
-            .platform_entry("x")
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("no matching manifest for linux/amd64"),
-            "{e}"
-        );
     }
 }

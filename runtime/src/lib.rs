@@ -17,6 +17,7 @@
 
 mod container;
 mod image;
+mod registry;
 mod spec;
 
 use std::path::Path;
@@ -25,7 +26,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
 pub use container::{ContainerInfo, ContainerSpec, MountSpec, MountType};
-pub use image::{parse_reference, ImageConfig, ImageInfo};
+pub use image::{ImageConfig, ImageInfo};
+pub use registry::{parse_reference, resolve};
 
 /// containerd namespace of everything Shoal creates.
 pub const NAMESPACE: &str = "shoal";
@@ -129,9 +131,6 @@ impl Runtime {
     /// Connects to containerd's socket and checks that it answers.
     /// `insecure_registries` are reached over plain HTTP.
     pub async fn connect(socket: &Path, insecure_registries: Vec<String>) -> Result<Runtime> {
-        // The registry client's TLS uses the process-wide provider: ring,
-        // as the rest of Shoal (a no-op when one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let name = socket.display().to_string();
         let channel =
             containerd_client::connect(socket)

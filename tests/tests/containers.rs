@@ -165,6 +165,16 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         (r.len() == 3).then_some(r)
     });
     eprintln!("3 containers running after {took:?}");
+    // The tag was pinned to the registry's digest at create.
+    let inspect = json(&lab, 1, &["service", "inspect", "web"]);
+    let image = inspect[0]["spec"]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        image.starts_with(&format!("{reference}@sha256:")),
+        "{inspect}"
+    );
     // Every host pulled the image for itself.
     for h in 1..=HOSTS {
         let images = ctr(&lab, h, &["images", "ls", "-q"]);

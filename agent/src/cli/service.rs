@@ -174,8 +174,21 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
     use shoal_api::ServiceUpdate;
     let call = |req| client::call(&cli.host, req);
     let resp = match cmd {
-        ServiceCmd::Create { .. } => {
-            call(Request::ServiceCreate(Box::new(service_spec(cmd)?))).await?
+        ServiceCmd::Create { container, .. } => {
+            let req = Request::ServiceCreate {
+                spec: Box::new(service_spec(cmd)?),
+                resolve_image: !container.no_resolve_image,
+            };
+            match call(req).await? {
+                Response::Created { id, warnings } => {
+                    for w in warnings {
+                        eprintln!("{w}");
+                    }
+                    outln!("{id}");
+                    return Ok(());
+                }
+                other => other,
+            }
         }
         ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
         ServiceCmd::Inspect { services } => {

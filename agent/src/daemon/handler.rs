@@ -16,6 +16,7 @@ use crate::manager::events::POLL_WAIT;
 use crate::manager::Manager;
 use crate::swarm::file::write_atomically;
 use crate::swarm::Swarm;
+use shoal_model::service::{Runtime, ServiceSpec};
 
 /// State shared by every API connection.
 #[derive(Debug)]
@@ -32,7 +33,43 @@ pub struct Daemon {
     pub(super) restart: crate::swarm::RestartTx,
 }
 
+/// How long `service create` waits for the registry to pin an image.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Daemon {
+    /// Pins the spec's image to the digest its registry names now (as
+    /// docker does at create, so every task runs the same image); the
+    /// warning docker prints when the registry cannot be asked.
+    async fn pin_image(&self, spec: &mut ServiceSpec) -> Result<Option<String>, ApiError> {
+        let insecure = &self.config.insecure_registries;
+        match tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            shoal_runtime::resolve(&spec.image, insecure),
+        )
+        .await
+        {
+            Ok(Ok(pinned)) => {
+                spec.image = pinned;
+                Ok(None)
+            }
+            Ok(Err(e @ shoal_runtime::RuntimeError::Reference(_))) => {
+                Err(ApiError::invalid(e.to_string()))
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the registry did not answer in time".into(),
+                };
+                Ok(Some(format!(
+                    "image {} could not be accessed on a registry to record its digest ({why}). \
+                     Each node will access {} independently, possibly leading to different nodes \
+                     running different versions of the image.",
+                    spec.image, spec.image
+                )))
+            }
+        }
+    }
+
     /// Answer one request.
     pub async fn handle(&self, req: Request) -> Result<Response, ApiError> {
         match req {
@@ -119,9 +156,22 @@ impl Daemon {
             Request::Logs { workload, tail } => Ok(Response::Message(
                 self.swarm().await?.worker.logs(&workload, tail)?,
             )),
-            Request::ServiceCreate(spec) => Ok(Response::Message(
-                services::create(self.manager().await?.as_ref(), *spec).await?,
-            )),
+            Request::ServiceCreate {
+                mut spec,
+                resolve_image,
+            } => {
+                let m = self.manager().await?;
+                let mut warnings = Vec::new();
+                if spec.container.runtime == Runtime::Container {
+                    shoal_runtime::parse_reference(&spec.image)
+                        .map_err(|e| ApiError::invalid(e.to_string()))?;
+                    if resolve_image {
+                        warnings.extend(self.pin_image(&mut spec).await?);
+                    }
+                }
+                let id = services::create(m.as_ref(), *spec).await?;
+                Ok(Response::Created { id, warnings })
+            }
             Request::ServiceUpdate { service, update } => Ok(Response::Message(
                 services::update(self.manager().await?.as_ref(), &service, update).await?,
             )),
