@@ -223,3 +223,20 @@ pub struct GossipEntry {
 pub fn endpoint_table(network_id: &str) -> String {
     format!("ep/{network_id}")
 }
+
+/// One image on a node (`image ls`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRow {
+    /// `registry/name`.
+    pub repository: String,
+    /// Its tag (`<none>` when pulled by digest only).
+    pub tag: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Docker's IMAGE ID (config digest).
+    pub id: String,
+    /// When it was built (RFC 3339), if the image says.
+    pub created: Option<String>,
+    /// Compressed size of its layers, bytes.
+    pub size: u64,
+}

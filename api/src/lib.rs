@@ -138,6 +138,18 @@ pub enum Request {
         /// The command and its arguments.
         argv: Vec<String>,
     },
+    /// `image ls`: the images on this node.
+    ImageList,
+    /// `image pull`.
+    ImagePull {
+        /// `[registry[:port]/]name[:tag|@sha256:…]`.
+        reference: String,
+    },
+    /// `image rm`.
+    ImageRemove {
+        /// References.
+        images: Vec<String>,
+    },
     /// `shoal logs`: what a workload wrote to stdout and stderr.
     Logs {
         /// Workload or task id, id prefix or name.
@@ -305,6 +317,8 @@ pub enum Response {
     Entries(Vec<GossipEntry>),
     /// Gossip counters.
     Metrics(serde_json::Value),
+    /// Answer to [`Request::ImageList`].
+    Images(Vec<ImageRow>),
     /// Answer to [`Request::ServiceCreate`].
     Created {
         /// The new service's id.

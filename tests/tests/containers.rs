@@ -224,11 +224,41 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     let (_, resolv) = in_container(&lab, h, id, &["cat", "/etc/resolv.conf"]);
     assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
 
+    // `image ls` lists what this node pulled; `image rm` is refused while
+    // a container here uses it; pulling an unknown tag names the reason.
+    let images = json(&lab, h, &["image", "ls"]);
+    let row = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["repository"] == format!("{}/shoal/echo", registry_addr(1)).as_str())
+        .unwrap_or_else(|| panic!("{images}"))
+        .clone();
+    assert_eq!(row["tag"], "1", "{row}");
+    let pinned = inspect[0]["spec"]["image"].as_str().unwrap().to_string();
+    let e = cli(&lab, h, &["image", "rm", &pinned]).unwrap_err();
+    assert!(e.contains("is using its referenced image"), "{e}");
+    let e = cli(
+        &lab,
+        h,
+        &["image", "pull", &reference.replace(":1", ":nope")],
+    )
+    .unwrap_err();
+    assert!(e.contains("manifest unknown"), "{e}");
+    let (ok, out) = exec(&lab, h, &["shoal", "image", "ls"]);
+    assert!(
+        ok && out.contains("REPOSITORY") && out.contains("shoal/echo"),
+        "{out}"
+    );
+
     // Removing the service leaves no container behind on any host.
     cli(&lab, 1, &["service", "rm", "web"]).unwrap();
     for h in 1..=HOSTS {
         no_container_left(&lab, h);
     }
+    // Then the image can go.
+    cli(&lab, h, &["image", "rm", &pinned]).unwrap();
+    assert!(!ctr(&lab, h, &["images", "ls", "-q"]).contains(&pinned));
 }
 
 /// Task rows of `svc` whose state is `state`.

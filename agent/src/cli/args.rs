@@ -56,6 +56,9 @@ pub enum Command {
     /// Manage services (run on a manager).
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage the images on this node (containerd's `shoal` namespace).
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Stream cluster events (node up/down, role and availability changes,
     /// networks and services created, updated, removed) as lines, or JSON
     /// objects with --format json (run on a manager).
@@ -107,6 +110,24 @@ pub enum Command {
         tail: Option<usize>,
         /// Task or workload id, id prefix or name.
         workload: String,
+    },
+}
+
+/// `shoal image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// List images: REPOSITORY TAG IMAGE ID CREATED SIZE.
+    Ls,
+    /// Pull an image from its registry: `[registry[:port]/]name[:tag|@sha256:…]`.
+    Pull {
+        /// The reference.
+        reference: String,
+    },
+    /// Remove images (refused while a container on this node uses one).
+    Rm {
+        /// References.
+        #[arg(required = true)]
+        images: Vec<String>,
     },
 }
 

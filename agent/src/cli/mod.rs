@@ -160,6 +160,20 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             }
         }
         Command::Service(cmd) => service_command(cli, cmd).await,
+        Command::Image(cmd) => {
+            let req = match cmd {
+                ImageCmd::Ls => Request::ImageList,
+                ImageCmd::Pull { reference } => Request::ImagePull {
+                    reference: reference.clone(),
+                },
+                ImageCmd::Rm { images } => Request::ImageRemove {
+                    images: images.clone(),
+                },
+            };
+            let resp = client::call(&cli.host, req).await?;
+            print_response(cli.format, resp, false);
+            Ok(())
+        }
         Command::Events { since, no_follow } => {
             let since_ms = match since {
                 Some(s) => {

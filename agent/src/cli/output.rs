@@ -63,14 +63,33 @@ pub(super) fn print_response(format: Format, resp: Response, quiet: bool) {
         }
         (Format::Json, Response::Nodes(rows)) => print_json(&rows),
         (Format::Json, Response::Members(m)) => print_json(&m),
+        (Format::Json, Response::Images(i)) => print_json(&i),
+        (Format::Table, Response::Images(i)) => print_table(
+            &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            i.iter()
+                .map(|i| {
+                    vec![
+                        i.repository.clone(),
+                        i.tag.clone(),
+                        i.id.trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect(),
+                        i.created.clone().unwrap_or_else(|| "N/A".into()),
+                        human_size(i.size),
+                    ]
+                })
+                .collect(),
+        ),
         (Format::Json, Response::Workloads(w)) => print_json(&w),
         (Format::Table, Response::Workloads(w)) => print_table(
-            &["ID", "NAME", "NETWORK", "IP", "PID", "COMMAND"],
+            &["ID", "NAME", "IMAGE", "NETWORK", "IP", "PID", "COMMAND"],
             w.iter()
                 .map(|w| {
                     vec![
                         w.id.chars().take(12).collect(),
                         w.name.clone(),
+                        w.image.clone().unwrap_or_else(|| "(host)".into()),
                         w.attachments
                             .iter()
                             .map(|a| a.network.name.as_str())
@@ -163,6 +182,17 @@ pub(super) fn print_nodes(rows: &[NodeRow]) {
 }
 
 /// Print aligned columns, docker style (three spaces between columns).
+/// Docker's image sizes: `1.23MB` (decimal units).
+fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes}B"),
+        1_000..1_000_000 => format!("{:.3}kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.3}MB", b / 1e6),
+        _ => format!("{:.3}GB", b / 1e9),
+    }
+}
+
 pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {

@@ -153,6 +153,18 @@ impl Daemon {
                 let (exit_code, output) = self.swarm().await?.worker.exec(&workload, &argv).await?;
                 Ok(Response::Exec { exit_code, output })
             }
+            Request::ImageList => Ok(Response::Images(self.swarm().await?.worker.images().await?)),
+            Request::ImagePull { reference } => Ok(Response::Message(
+                self.swarm().await?.worker.pull(&reference).await?,
+            )),
+            Request::ImageRemove { images } => {
+                let w = self.swarm().await?;
+                let mut out = Vec::new();
+                for i in images {
+                    out.push(w.worker.remove_image(&i).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
+            }
             Request::Logs { workload, tail } => Ok(Response::Message(
                 self.swarm().await?.worker.logs(&workload, tail)?,
             )),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use shoal_api::{ApiError, ErrorCode, Workload};
+use shoal_api::{ApiError, ErrorCode, ImageRow, Workload};
 use shoal_model::NodeId;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -250,6 +250,20 @@ impl Worker {
     }
 }
 
+/// `registry:5000/app:1` -> (`registry:5000/app`, `1`); a digest-only
+/// name has tag `<none>`.
+fn split_name(name: &str) -> (String, String) {
+    let base = name.split('@').next().unwrap_or(name);
+    let slash = base.rfind('/').map_or(0, |i| i + 1);
+    match base[slash..].rfind(':') {
+        Some(i) => (
+            base[..slash + i].to_string(),
+            base[slash + i + 1..].to_string(),
+        ),
+        None => (base.to_string(), "<none>".to_string()),
+    }
+}
+
 /// Most output `exec` and `logs` hand back in one answer.
 const MAX_OUTPUT: u64 = 4 << 20;
 
@@ -306,6 +320,77 @@ impl Worker {
         let _ = std::fs::remove_file(&out);
         let code = code.map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok((code, text))
+    }
+
+    async fn runtime(&self) -> Result<Arc<shoal_runtime::Runtime>, ApiError> {
+        self.containers
+            .runtime()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))
+    }
+
+    /// The images on this node.
+    pub async fn images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        let list = self
+            .runtime()
+            .await?
+            .images()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(list
+            .into_iter()
+            .map(|i| {
+                let (repository, tag) = split_name(&i.name);
+                ImageRow {
+                    repository,
+                    tag,
+                    digest: i.digest,
+                    id: i.id,
+                    created: i.created,
+                    size: i.size,
+                }
+            })
+            .collect())
+    }
+
+    /// `image pull`: `<name>: <digest>` once pulled.
+    pub async fn pull(&self, reference: &str) -> Result<String, ApiError> {
+        let rt = self.runtime().await?;
+        let i = rt.pull(reference).await.map_err(|e| match e {
+            shoal_runtime::RuntimeError::Reference(_) => ApiError::invalid(e.to_string()),
+            other => ApiError::new(ErrorCode::NotFound, other.to_string()),
+        })?;
+        Ok(format!("{}: {}", i.name, i.digest))
+    }
+
+    /// `image rm`: refused while a container here uses the image.
+    pub async fn remove_image(&self, reference: &str) -> Result<String, ApiError> {
+        let rt = self.runtime().await?;
+        let name = shoal_runtime::parse_reference(reference)
+            .map_err(|e| ApiError::invalid(e.to_string()))?
+            .whole();
+        if let Some(w) = self
+            .overlay
+            .list()
+            .into_iter()
+            .find(|w| w.image.as_deref() == Some(name.as_str()))
+        {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "conflict: unable to remove repository reference \"{reference}\" \
+                     (must force) - container {} is using its referenced image",
+                    w.id
+                ),
+            ));
+        }
+        rt.remove_image(&name).await.map_err(|e| match e {
+            shoal_runtime::RuntimeError::NoSuchImage(_) => {
+                ApiError::new(ErrorCode::NotFound, e.to_string())
+            }
+            other => ApiError::internal(other.to_string()),
+        })?;
+        Ok(format!("Untagged: {name}"))
     }
 
     /// What a workload wrote (the last `tail` lines, if given).
@@ -421,5 +506,31 @@ async fn executor_loop(worker: Weak<Worker>) {
             _ = s2.executor.kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_name;
+
+    #[test]
+    fn image_names_split_into_repository_and_tag() {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            split_name("10.0.0.1:5000/app:1"),
+            s("10.0.0.1:5000/app", "1")
+        );
+        assert_eq!(
+            split_name("10.0.0.1:5000/app:1@sha256:ab"),
+            s("10.0.0.1:5000/app", "1")
+        );
+        assert_eq!(
+            split_name("10.0.0.1:5000/app@sha256:ab"),
+            s("10.0.0.1:5000/app", "<none>")
+        );
+        assert_eq!(
+            split_name("docker.io/library/busybox:latest"),
+            s("docker.io/library/busybox", "latest")
+        );
     }
 }
