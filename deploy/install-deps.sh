@@ -1,7 +1,27 @@
 #!/usr/bin/env bash
-# Install the system packages Shoal's lab and tests need (Debian/Ubuntu).
+# Install the system packages Shoal needs (Debian/Ubuntu).
+#   deploy/install-deps.sh            what building, the lab and the tests need
+#   deploy/install-deps.sh --runtime  only what a node runs: iproute2,
+#                                     nftables, util-linux, containerd, runc
 set -euo pipefail
 need=()
+if [ "${1:-}" = --runtime ]; then
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v nft >/dev/null || need+=(nftables)
+  command -v nsenter >/dev/null || need+=(util-linux)
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}"
+  fi
+  exit 0
+elif [ -n "${1:-}" ]; then
+  echo "install-deps.sh: unknown option $1 (expected --runtime or nothing)" >&2
+  exit 2
+fi
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)

@@ -141,6 +141,10 @@ log_level = "info"
 # heartbeat_ms = 5000
 # gossip_port = 7946
 # gossip_profile = "lan"
+# containerd's socket; tasks run as containers in its `shoal` namespace.
+# containerd_socket = "/run/containerd/containerd.sock"
+# Registries pulled from over plain HTTP (host:port).
+# insecure_registries = []
 EOF
   chmod 0644 "$config_tmp"
   mv -f "$config_tmp" "$config_dest"
@@ -157,6 +161,13 @@ if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null; then
   exit 0
 fi
 systemctl daemon-reload
+# Tasks run as containers: containerd (Debian's package, installed by
+# deploy/install-deps.sh) must run.
+if systemctl list-unit-files containerd.service >/dev/null 2>&1; then
+  systemctl enable --now containerd
+else
+  echo "warning: containerd.service is not installed (apt-get install containerd runc): only --runtime host tasks can run" >&2
+fi
 if systemctl is-active --quiet shoal && [ "$changed" = 1 ]; then
   # Type=notify: returns once the new daemon listens again.
   systemctl enable shoal

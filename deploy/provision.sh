@@ -88,6 +88,8 @@ esac
 deadline=$((SECONDS + timeout))
 
 if [ "$install" = 1 ]; then
+  # containerd and runc (tasks run as containers), then Shoal itself.
+  "$here/install-deps.sh" --runtime
   "$here/install.sh" --binary "$binary"
   shoal="${shoal:-/usr/local/bin/shoal}"
 else
