@@ -180,7 +180,7 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         let images = ctr(&lab, h, &["images", "ls", "-q"]);
         assert!(images.contains("shoal/echo"), "h{h} images: {images}");
     }
-    // The mesh answers on every host with the task's host name (its id).
+    // The mesh answers on every host with the task's name and id.
     let ids: Vec<String> = tasks_up
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
@@ -193,7 +193,12 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
             || {
                 let (ok, out) = exec(&lab, h, &["curl", "-s", "--max-time", "2", &url]);
                 let out = out.trim().to_string();
-                (ok && ids.contains(&out)).then_some(out)
+                let id = out
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                (ok && out.starts_with("web.") && ids.contains(&id)).then_some(out)
             },
         );
         eprintln!("h{h}:8080 -> {body}");

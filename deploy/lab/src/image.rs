@@ -67,16 +67,22 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The entrypoint. With arguments it runs them (`ctr run … echo hi`, a
 /// service's command), like a docker-entrypoint script; without, it serves
-/// the host name (a task's id) on `GET /` and `/etc/echo-version` on
-/// `GET /version`.
+/// on `GET /` what `shoal-lab http-echo` answers in a Shoal task
+/// (`SHOAL_TASK_NAME SHOAL_TASK_ID`), or the host name elsewhere, and
+/// `/etc/echo-version` on `GET /version`.
 const ECHO_SERVER: &str = r#"#!/bin/sh
-# shoal-lab echo image: GET / answers with this container's host name,
-# GET /version with the image's version. With arguments, runs them instead.
+# shoal-lab echo image: GET / answers with "task-name task-id" in a Shoal
+# task (the host name elsewhere), GET /version with the image's version.
+# With arguments, runs them instead.
 if [ "$#" -gt 0 ]; then
   exec "$@"
 fi
 mkdir -p /www
-hostname > /www/index.html
+if [ -n "$SHOAL_TASK_NAME" ]; then
+  echo "$SHOAL_TASK_NAME $SHOAL_TASK_ID" > /www/index.html
+else
+  hostname > /www/index.html
+fi
 cat /etc/echo-version > /www/version
 exec httpd -f -p "${PORT:-80}" -h /www
 "#;

@@ -48,6 +48,12 @@ enum Cmd {
         /// Give each host a second network, eth1 10.77.1.N/24, for the data path.
         #[arg(long)]
         data_path: bool,
+        /// Give each host its own containerd, run an OCI registry on h1
+        /// (10.77.0.1:5000, plain HTTP, in every daemon's
+        /// insecure_registries) and push the echo test image to it as
+        /// 10.77.0.1:5000/shoal/echo:1.
+        #[arg(long)]
+        containerd: bool,
     },
     /// Stop the daemons and remove everything the lab created.
     Down,
@@ -123,6 +129,10 @@ enum Cmd {
         /// Tasks of the service (service).
         #[arg(long, default_value_t = 20)]
         replicas: usize,
+        /// Tasks as host processes (`--runtime host`) instead of containers
+        /// from the lab registry's echo image (service).
+        #[arg(long)]
+        host_processes: bool,
         /// Append the JSON line(s) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -228,7 +238,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nodes,
             managers,
             data_path,
-        } => up(&state_file, nodes, managers, data_path)?,
+            containerd,
+        } => up(&state_file, nodes, managers, data_path, containerd)?,
         Cmd::Down => down(&state_file)?,
         Cmd::Status => status(&load(&state_file)?)?,
         Cmd::Exec { host, argv } => {
@@ -346,6 +357,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quick,
             only,
             replicas,
+            host_processes,
         } => {
             shoal_lab::preflight()?;
             match name.as_str() {
@@ -375,6 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     3.0,
                     8,
                     &std::env::current_exe().context("finding shoal-lab itself")?,
+                    host_processes,
                     out.as_deref(),
                 )?,
                 "raft" => shoal_lab::bench::raft(seconds, out.as_deref())?,
@@ -409,7 +422,13 @@ fn load(state_file: &Path) -> Result<Lab> {
     Ok(Lab::from_state_file(state_file)?)
 }
 
-fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool) -> Result<()> {
+fn up(
+    state_file: &Path,
+    nodes: usize,
+    managers: Option<usize>,
+    data_path: bool,
+    containerd: bool,
+) -> Result<()> {
     shoal_lab::preflight()?;
     if let Some(dir) = state_file.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -436,6 +455,12 @@ fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool)
     if let Some(m) = managers {
         builder = builder.managers(m);
     }
+    if containerd {
+        builder = builder.containerd(true).daemon_config(&format!(
+            "insecure_registries = [\"{}\"]\n",
+            shoal_lab::registry_addr(1)
+        ));
+    }
     let lab = match builder.start() {
         Ok(lab) => lab,
         Err(e) => {
@@ -443,6 +468,23 @@ fn up(state_file: &Path, nodes: usize, managers: Option<usize>, data_path: bool)
             return Err(e.into());
         }
     };
+    if containerd {
+        let pushed = lab.start_registry(1).and_then(|reg| {
+            let layout = shoal_lab::image::build_echo_image(&lab.dir().join("echo-image"))?;
+            let reference = format!("{reg}/shoal/echo:1");
+            shoal_lab::image::push(&lab, 1, &layout, &reference)?;
+            Ok(reference)
+        });
+        match pushed {
+            Ok(r) => println!(
+                "registry on h1; image {r} pushed (GET / answers with the container's host name)"
+            ),
+            Err(e) => {
+                let _ = fs::remove_file(state_file);
+                return Err(e.into());
+            }
+        }
+    }
     if let Some(m) = managers {
         if let Err(e) = lab.init_swarm(m) {
             let _ = fs::remove_file(state_file);

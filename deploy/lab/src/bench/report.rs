@@ -109,6 +109,7 @@ pub const BENCHES: &[BenchSpec] = &[
                 pick(s, 3.0, 2.0),
                 8,
                 &self_exe()?,
+                false,
                 Some(o),
             )
         },
@@ -171,6 +172,18 @@ fn targets(line: &Value) -> Vec<(String, String, f64, bool)> {
             v >= 80_000.0
         }),
         "service" => {
+            add(
+                "warm create -> every host's mesh answering ms",
+                "<= 3000",
+                f("mesh_all_hosts_ms"),
+                |v| v <= 3_000.0,
+            );
+            add(
+                "replacement answering, median ms (target)",
+                "<= 2000",
+                f("replace_median_ms"),
+                |v| v <= 2_000.0,
+            );
             add(
                 "all tasks answering through the VIP ms",
                 "< 30000",

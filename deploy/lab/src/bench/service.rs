@@ -244,26 +244,146 @@ pub fn service(
     seconds: f64,
     clients: usize,
     lab_bin: &Path,
+    host_processes: bool,
     out: Option<&Path>,
 ) -> Result<(), LabError> {
     let nodes = 5;
-    let lab = Lab::builder()
-        .nodes(nodes)
-        .daemon_config(SERVICE_DAEMON_CONFIG)
-        .start()?;
+    let mut builder = Lab::builder().nodes(nodes);
+    builder = if host_processes {
+        builder.daemon_config(SERVICE_DAEMON_CONFIG)
+    } else {
+        builder.containerd(true).daemon_config(&format!(
+            "{SERVICE_DAEMON_CONFIG}insecure_registries = [\"{}\"]\n",
+            crate::registry_addr(1)
+        ))
+    };
+    let lab = builder.start()?;
     lab.init_swarm(1)?;
-    let r = service_in(&lab, nodes, replicas, kills, seconds, clients, lab_bin);
+    let tasks = if host_processes {
+        Tasks::Host(lab_bin.to_string_lossy().into_owned())
+    } else {
+        let reg = lab.start_registry(1)?;
+        let layout = crate::image::build_echo_image(&lab.dir().join("echo-image"))?;
+        let reference = format!("{reg}/shoal/echo:1");
+        crate::image::push(&lab, 1, &layout, &reference)?;
+        Tasks::Image(reference)
+    };
+    // Images: a first service pulls on every node (cold), the measured
+    // one below finds the image there (warm).
+    let cold = match &tasks {
+        Tasks::Image(_) => {
+            let r = cold_create(&lab, nodes, replicas, &tasks);
+            let cleaned = remove_services(&lab, 1, &["cold"]);
+            let r = r?;
+            cleaned.map_err(bench_err("removing the cold service"))?;
+            Some(r)
+        }
+        Tasks::Host(_) => None,
+    };
+    let r = service_in(&lab, nodes, replicas, kills, seconds, clients, &tasks);
     let cleaned = remove_services(&lab, 1, &["web"]);
-    let line = r?;
+    let mut line = r?;
     cleaned.map_err(bench_err("removing the service"))?;
+    line["tasks"] = json!(match &tasks {
+        Tasks::Image(r) => format!("containers from {r}"),
+        Tasks::Host(_) => "host processes (--runtime host)".into(),
+    });
+    if let Some(cold) = cold {
+        line["cold_mesh_all_hosts_ms"] = json!(ms(cold));
+    }
+    // Idle daemons: what each one holds once the service is gone.
+    let rss: Vec<f64> = lab
+        .hosts()
+        .iter()
+        .filter_map(|h| h.daemon.map(|d| d.pid))
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| (kib / 1024.0 * 10.0).round() / 10.0)
+        .collect();
+    line["daemon_rss_idle_mib"] = json!(rss);
     let summary = format!(
-        "service: {nodes} hosts, {replicas} replicas: create -> all {replicas} running {} ms, all {replicas} answering through the VIP {} ms, mesh answering on every host {} ms; task SIGKILL -> replacement answering through the mesh: median {} ms {}; requests/s ({clients} clients, fresh connections): mesh {}, VIP {}, direct {} (mesh/direct {})",
+        "service ({}): {nodes} hosts, {replicas} replicas: cold create (first pull) -> mesh answering on every host {} ms; create -> all {replicas} running {} ms, all {replicas} answering through the VIP {} ms, mesh answering on every host {} ms; task SIGKILL -> replacement answering through the mesh: median {} ms {}; requests/s ({clients} clients, fresh connections): mesh {}, VIP {}, direct {} (mesh/direct {}); idle daemon RSS {} MiB",
+        line["tasks"], line.get("cold_mesh_all_hosts_ms").cloned().unwrap_or(json!("-")),
         line["all_running_ms"], line["vip_all_tasks_ms"], line["mesh_all_hosts_ms"],
         line["replace_median_ms"], line["replace_ms"], line["mesh_rps"], line["vip_rps"],
-        line["direct_rps"], line["mesh_direct_ratio"]
+        line["direct_rps"], line["mesh_direct_ratio"], line["daemon_rss_idle_mib"]
     );
     emit(out, &summary, &line)?;
     lab.down()
+}
+
+/// What the service's tasks run.
+enum Tasks {
+    /// Containers from this image (in the lab's registry).
+    Image(String),
+    /// Host processes of this `shoal-lab` binary's `http-echo`.
+    Host(String),
+}
+
+impl Tasks {
+    /// `service create` arguments after the flags.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Tasks::Image(r) => vec![r.clone()],
+            Tasks::Host(bin) => ["--runtime", "host", "--", bin, "http-echo", "--port", "80"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// Creates service `cold` (nodes pull the image) and waits until every
+/// host's published port 8081 answers: the time from create.
+fn cold_create(
+    lab: &Lab,
+    nodes: usize,
+    replicas: usize,
+    tasks: &Tasks,
+) -> Result<Duration, LabError> {
+    let t = Duration::from_secs(10);
+    let n = replicas.to_string();
+    let mut args: Vec<String> = [
+        "service",
+        "create",
+        "--name",
+        "cold",
+        "--replicas",
+        &n,
+        "-p",
+        "8081:80",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(tasks.args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    cli_timeout(lab, 1, &argv, t).map_err(bench_err("service create cold"))?;
+    let limit = Duration::from_secs(180);
+    for h in 1..=nodes {
+        let from = host_netns(lab, h % nodes + 1)?;
+        let to = std::net::SocketAddr::from((lab.host(h)?.addr, 8081));
+        in_netns(&from, || {
+            while t0.elapsed() < limit {
+                if http_get(to, Duration::from_millis(500)).is_ok_and(|b| b.starts_with("cold.")) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(format!("{to} did not answer within {limit:?}"))
+        })
+        .and_then(|r| r)
+        .map_err(bench_err("cold service"))?;
+    }
+    let took = t0.elapsed();
+    println!(
+        "service: cold create (every node pulls) -> mesh answering on every host {:.0} ms",
+        ms(took)
+    );
+    Ok(took)
 }
 
 fn service_in(
@@ -273,7 +393,7 @@ fn service_in(
     kills: usize,
     seconds: f64,
     clients: usize,
-    lab_bin: &Path,
+    tasks: &Tasks,
 ) -> Result<Value, LabError> {
     let t = Duration::from_secs(10);
     cli_timeout(lab, 1, &["network", "create", "-d", "overlay", "app"], t)
@@ -289,7 +409,6 @@ fn service_in(
         },
     )?;
     let rt = runtime()?;
-    let bin = lab_bin.to_string_lossy().into_owned();
     let n = replicas.to_string();
     let mesh_addrs: Vec<std::net::SocketAddr> = (1..=nodes)
         .map(|h| {
@@ -301,31 +420,23 @@ fn service_in(
 
     // 1. create -> running, VIP and mesh answering.
     let t0 = Instant::now();
-    cli_timeout(
-        lab,
-        1,
-        &[
-            "service",
-            "create",
-            "--runtime",
-            "host",
-            "--name",
-            "web",
-            "--replicas",
-            &n,
-            "--network",
-            "app",
-            "-p",
-            "8080:80",
-            "--",
-            &bin,
-            "http-echo",
-            "--port",
-            "80",
-        ],
-        t,
-    )
-    .map_err(bench_err("service create"))?;
+    let mut args: Vec<String> = [
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        &n,
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(tasks.args());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_timeout(lab, 1, &argv, t).map_err(bench_err("service create"))?;
     let create_ack = t0.elapsed();
     let limit = Duration::from_secs(120);
     let (all_running, vip_all, mesh_each) = std::thread::scope(|s| {
