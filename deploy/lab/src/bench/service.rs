@@ -674,7 +674,10 @@ fn service_in(
             "vip": format!("task {} on h{ch} -> VIP {vip}:80 on app (any task)", client.name),
             "direct": format!("task {} on h{ch} -> task {} on h{th} at {target_ip}:80 over app", client.name, target.name),
         },
-        "server": "shoal-lab http-echo (thread per connection, HTTP/1.0, Connection: close)",
+        "server": match tasks {
+            Tasks::Image(_) => "busybox httpd in the echo image (a process per connection)",
+            Tasks::Host(_) => "shoal-lab http-echo (thread per connection, HTTP/1.0, Connection: close)",
+        },
     }))
 }
 
