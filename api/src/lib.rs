@@ -282,6 +282,9 @@ pub struct NodeRow {
     /// gossip runs).
     #[serde(default)]
     pub gossip: String,
+    /// CPUs and memory it reported (`Description.Resources`).
+    #[serde(default)]
+    pub resources: Option<shoal_model::state::NodeResources>,
 }
 
 /// Answers, one variant per request kind.

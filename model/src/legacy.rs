@@ -113,6 +113,7 @@ impl From<StateV2> for State {
             services: services(v.services),
             tasks: v.tasks,
             gossip_keys: v.gossip_keys,
+            node_resources: BTreeMap::new(),
         }
     }
 }
@@ -140,6 +141,7 @@ impl From<StateV1> for State {
             services: services(v.services),
             tasks: v.tasks,
             gossip_keys: BTreeMap::new(),
+            node_resources: BTreeMap::new(),
         }
     }
 }

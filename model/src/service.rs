@@ -416,6 +416,12 @@ pub struct Task {
 }
 
 impl Task {
+    /// Waiting for a node the scheduler could place it on (Docker's
+    /// `pending`).
+    pub fn is_pending(&self) -> bool {
+        self.node.is_empty() && self.state == TaskState::New
+    }
+
     /// `web.2` as Docker names tasks.
     pub fn name(&self) -> String {
         format!("{}.{}", self.service_name, self.slot)

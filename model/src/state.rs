@@ -39,6 +39,9 @@ pub struct State {
     /// makes a gossip entry count (see `shoal_membership::auth`). Added
     /// after the first release: [`State::decode`] reads older snapshots.
     pub gossip_keys: BTreeMap<NodeId, Vec<u8>>,
+    /// What each node offers the scheduler (reported by the node).
+    #[serde(default)]
+    pub node_resources: BTreeMap<NodeId, NodeResources>,
 }
 
 /// Length of an Ed25519 public key.
@@ -241,6 +244,15 @@ pub struct NodeUpdate {
     pub data_path_addr: Option<IpAddr>,
 }
 
+/// CPUs and memory a node offers (Docker's NodeDescription.Resources).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// Billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Bytes.
+    pub memory_bytes: i64,
+}
+
 /// Everything that can change the state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -392,6 +404,37 @@ pub enum Command {
         id: NodeId,
         /// Ed25519 public key ([`GOSSIP_KEY_LEN`] bytes).
         key: Vec<u8>,
+    },
+    /// A node's CPUs and memory, as it reported them.
+    SetNodeResources {
+        /// The node.
+        id: NodeId,
+        /// What it has.
+        resources: NodeResources,
+    },
+    /// The scheduler found no node for a slot: the task waits, `pending`
+    /// (Docker's name; state `New` without a node), with the reason. Again
+    /// on a pending task: a new reason.
+    PendTask {
+        /// Id chosen by the scheduler.
+        id: String,
+        /// Service id.
+        service: String,
+        /// Slot.
+        slot: u64,
+        /// Why no node fits (`no suitable node (insufficient memory on 3 nodes)`).
+        message: String,
+        /// Unix ms.
+        at: u64,
+    },
+    /// A pending task is placed (endpoints allocated here).
+    AssignTask {
+        /// Task id.
+        id: String,
+        /// Node.
+        node: String,
+        /// Unix ms.
+        at: u64,
     },
 }
 
@@ -707,6 +750,91 @@ impl State {
                     return Err(ApplyError::BadGossipKey(key.len()));
                 }
                 self.gossip_keys.insert(id, key);
+            }
+            Command::SetNodeResources { id, resources } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(ApplyError::NoSuchNode(id));
+                }
+                self.node_resources.insert(id, resources);
+            }
+            Command::PendTask {
+                id,
+                service: sid,
+                slot,
+                message,
+                at,
+            } => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    if !t.is_pending() {
+                        return Err(ServiceError::TaskExists(id).into());
+                    }
+                    t.message = service::bounded_message(message);
+                    t.updated_at = at;
+                    t.version = index;
+                    return Ok(());
+                }
+                let svc = self
+                    .services
+                    .get(&sid)
+                    .ok_or_else(|| ServiceError::NotFound(sid.clone()))?;
+                let (service_name, spec_version) = (svc.spec.name.clone(), svc.spec_version);
+                self.tasks.insert(
+                    id.clone(),
+                    Task {
+                        id,
+                        service: sid,
+                        service_name,
+                        slot,
+                        node: String::new(),
+                        desired: TaskState::Running,
+                        state: TaskState::New,
+                        exit_code: None,
+                        message: service::bounded_message(message),
+                        endpoints: BTreeMap::new(),
+                        spec_version,
+                        created_at: at,
+                        updated_at: at,
+                        version: index,
+                    },
+                );
+            }
+            Command::AssignTask { id, node, at } => {
+                let t = self
+                    .tasks
+                    .get(&id)
+                    .ok_or_else(|| ServiceError::NoSuchTask(id.clone()))?;
+                if !t.is_pending() || t.desired != TaskState::Running {
+                    return Err(ServiceError::TaskExists(id).into());
+                }
+                if !self.nodes.keys().any(|n| n.as_str() == node) {
+                    return Err(ApplyError::NoSuchNode(
+                        node.parse()
+                            .map_err(|_| ServiceError::NotFound(node.clone()))?,
+                    ));
+                }
+                let svc = self
+                    .services
+                    .get(&t.service)
+                    .ok_or_else(|| ServiceError::NotFound(t.service.clone()))?;
+                let ingress = self.networks.values().find(|n| n.ingress).cloned();
+                let nets = svc.task_networks(ingress.as_ref());
+                let name = format!("{}.{}.{}", svc.spec.name, t.slot, id);
+                let endpoints = service::allocate_endpoints(
+                    &id,
+                    &name,
+                    &node,
+                    &nets,
+                    &mut self.networks,
+                    index,
+                )?;
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.node = node;
+                    t.endpoints = endpoints;
+                    t.state = TaskState::Assigned;
+                    t.message = "assigned".into();
+                    t.updated_at = at;
+                    t.version = index;
+                }
             }
         }
         Ok(())

@@ -309,6 +309,46 @@ fn limits_oom_kill_and_unknown_images() {
     });
     cli(&lab, 1, &["service", "rm", "hog"]).unwrap();
 
+    // Reservations: each node reports its memory (24 GiB here, the same
+    // machine); 10 GiB per task fits twice on a node, so of 7 tasks on 3
+    // nodes one waits, pending, saying why.
+    let node = json(&lab, 1, &["node", "inspect", "self"]);
+    let mem = node[0]["resources"]["memory_bytes"].as_i64().unwrap_or(0);
+    assert!(mem > 0, "{node}");
+    let per_node = mem / (10 << 30);
+    let replicas = (per_node * HOSTS as i64 + 1).to_string();
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "big",
+            "--replicas",
+            &replicas,
+            "--reserve-memory",
+            "10G",
+            &reference,
+        ],
+    )
+    .unwrap();
+    let (pending, _) = wait_until("a pending task", Duration::from_secs(60), || {
+        let r = running(&lab, "big").len() as i64;
+        let p: Vec<Value> = tasks(&lab, "big")
+            .into_iter()
+            .filter(|t| t["node"] == "" && t["state"] == "new")
+            .collect();
+        (r == per_node * HOSTS as i64 && p.len() == 1).then(|| p[0].clone())
+    });
+    assert_eq!(
+        pending["message"], "no suitable node (insufficient memory on 3 nodes)",
+        "{pending}"
+    );
+    let (ok, table) = exec(&lab, 1, &["shoal", "service", "ps", "big"]);
+    assert!(ok && table.contains("pending"), "{table}");
+    cli(&lab, 1, &["service", "rm", "big"]).unwrap();
+
     // An unknown tag: rejected with the registry's reason, nothing left in
     // containerd on any host.
     let ghost = reference.replace(":1", ":nope");

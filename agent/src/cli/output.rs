@@ -52,6 +52,9 @@ pub fn state_column(t: &Task, now_ms: u64) -> String {
         60..=3599 => format!("{} minutes ago", ago / 60),
         _ => format!("{} hours ago", ago / 3600),
     };
+    if t.is_pending() {
+        return format!("pending {when}");
+    }
     format!("{} {}", t.state, when)
 }
 

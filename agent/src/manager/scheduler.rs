@@ -47,6 +47,36 @@ fn live(t: &Task, state: &State) -> bool {
 
 /// Whether an ended task's slot gets a new task: always after a stop or
 /// a lost node, else as the restart condition says.
+/// What one task of `svc` reserves: (memory bytes, nano CPUs).
+fn reservation(svc: &Service) -> (i64, i64) {
+    let c = &svc.spec.container;
+    (
+        c.reserve_memory.unwrap_or(0).max(0),
+        c.reserve_nano_cpus.unwrap_or(0).max(0),
+    )
+}
+
+/// Why no node takes a task, as Docker words it.
+fn no_suitable_node(
+    eligible: &[&shoal_model::state::Node],
+    short: impl Fn(&shoal_model::state::Node) -> (bool, bool),
+) -> String {
+    if eligible.is_empty() {
+        return "no suitable node (no node is ready and active)".into();
+    }
+    let lacks: Vec<(bool, bool)> = eligible.iter().map(|n| short(n)).collect();
+    let n = lacks.len();
+    let nodes = if n == 1 { "node" } else { "nodes" };
+    let what = if lacks.iter().all(|l| l.0 && !l.1) {
+        "memory"
+    } else if lacks.iter().all(|l| !l.0 && l.1) {
+        "CPU"
+    } else {
+        "resources"
+    };
+    format!("no suitable node (insufficient {what} on {n} {nodes})")
+}
+
 fn restarts(svc: &Service, t: &Task) -> bool {
     if matches!(t.state, TaskState::Shutdown | TaskState::Orphaned) {
         return true;
@@ -81,6 +111,23 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             continue;
         }
         let svc = state.services.get(&t.service);
+        if t.is_pending() {
+            // Never placed: nothing runs, so a pending task that is no
+            // longer wanted ends here and now.
+            let wanted = t.desired == TaskState::Running
+                && svc
+                    .is_some_and(|s| t.slot <= s.spec.replicas && t.spec_version >= s.spec_version);
+            if !wanted {
+                out.push(Command::TaskStatus {
+                    id: t.id.clone(),
+                    state: TaskState::Shutdown,
+                    exit_code: None,
+                    message: "shutdown".into(),
+                    at: now,
+                });
+            }
+            continue;
+        }
         match node_ok(&t.node) {
             None | Some((NodeStatus::Down, _)) => {
                 out.push(Command::TaskStatus {
@@ -120,8 +167,15 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
     let running = |t: &&Task| live(t, state) && !stopping.contains(&t.id);
     let running_ref = |t: &&&Task| running(t);
     let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    // Reservations held on each node: (memory bytes, nano CPUs).
+    let mut held: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for t in state.tasks.values().filter(running) {
         *load.entry(t.node.as_str()).or_default() += 1;
+        if let Some(s) = state.services.get(&t.service) {
+            let (m, c) = reservation(s);
+            let h = held.entry(t.node.as_str()).or_default();
+            *h = (h.0 + m, h.1 + c);
+        }
     }
     // 2. Slots without a live task.
     for svc in state.services.values() {
@@ -168,7 +222,19 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     continue;
                 }
             }
-            let candidate = state
+            let (mem, cpu) = reservation(svc);
+            // What a node lacks for this task: (memory, CPU).
+            let short = |n: &shoal_model::state::Node| -> (bool, bool) {
+                let Some(r) = state.node_resources.get(&n.id) else {
+                    return (false, false); // not reported: cannot judge
+                };
+                let (hm, hc) = held.get(n.id.as_str()).copied().unwrap_or_default();
+                (
+                    mem > 0 && hm + mem > r.memory_bytes,
+                    cpu > 0 && hc + cpu > r.nano_cpus,
+                )
+            };
+            let eligible: Vec<&shoal_model::state::Node> = state
                 .nodes
                 .values()
                 .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
@@ -176,6 +242,11 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     // Host-mode ports: one task per node.
                     host_ports.is_empty() || svc_load.get(n.id.as_str()).copied().unwrap_or(0) == 0
                 })
+                .collect();
+            let candidate = eligible
+                .iter()
+                .copied()
+                .filter(|n| short(n) == (false, false))
                 .min_by_key(|n| {
                     (
                         svc_load.get(n.id.as_str()).copied().unwrap_or(0),
@@ -183,18 +254,40 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                         n.id.as_str().to_string(),
                     )
                 });
+            let pending = last.filter(|t| t.is_pending() && !stopping.contains(&t.id));
             let Some(node) = candidate else {
-                continue; // no suitable node: the slot waits
+                // No suitable node: the slot waits as a pending task that
+                // says why.
+                let message = no_suitable_node(&eligible, short);
+                if pending.is_none_or(|p| p.message != message) {
+                    out.push(Command::PendTask {
+                        id: pending.map_or_else(&mut *new_id, |p| p.id.clone()),
+                        service: svc.id.clone(),
+                        slot,
+                        message,
+                        at: now,
+                    });
+                }
+                continue;
             };
             let nid = node.id.as_str();
             *svc_load.entry(nid).or_default() += 1;
             *load.entry(nid).or_default() += 1;
-            out.push(Command::CreateTask {
-                id: new_id(),
-                service: svc.id.clone(),
-                slot,
-                node: nid.to_string(),
-                at: now,
+            let h = held.entry(nid).or_default();
+            *h = (h.0 + mem, h.1 + cpu);
+            out.push(match pending {
+                Some(p) => Command::AssignTask {
+                    id: p.id.clone(),
+                    node: nid.to_string(),
+                    at: now,
+                },
+                None => Command::CreateTask {
+                    id: new_id(),
+                    service: svc.id.clone(),
+                    slot,
+                    node: nid.to_string(),
+                    at: now,
+                },
             });
         }
     }
@@ -302,6 +395,85 @@ fn mesh_endpoints(st: &State) -> Vec<Command> {
 mod tests {
     use super::*;
     use crate::manager::testkit::World;
+
+    #[test]
+    fn reservations_place_only_where_they_fit_and_the_rest_waits_pending() {
+        use shoal_model::state::NodeResources;
+        const GIB: i64 = 1 << 30;
+        let mut w = World::new(3);
+        let res = |cpus: i64, gib: i64| NodeResources {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: gib * GIB,
+        };
+        for id in w.state.nodes.keys().cloned().collect::<Vec<_>>() {
+            w.apply(Command::SetNodeResources {
+                id,
+                resources: res(2, 24),
+            });
+        }
+        // 10 GiB each: two fit on a 24 GiB node, the seventh waits.
+        w.create(0);
+        let mut spec = w.state.services["svc1"].spec.clone();
+        spec.replicas = 7;
+        spec.container.reserve_memory = Some(10 * GIB);
+        w.apply(Command::UpdateService {
+            service: "web".into(),
+            spec: spec.clone(),
+            at: 0,
+        });
+        w.settle();
+        let mut per = w.running_per_node();
+        per.sort();
+        assert_eq!(per, vec![2, 2, 2]);
+        let pending: Vec<&Task> = w.state.tasks.values().filter(|t| t.is_pending()).collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            pending[0].message,
+            "no suitable node (insufficient memory on 3 nodes)"
+        );
+        assert!(pending[0].endpoints.is_empty());
+        let waiting = pending[0].id.clone();
+        // A bigger node joins: the pending task is placed there, with an
+        // address, and runs.
+        let big = crate::manager::testkit::node();
+        let big_id = big.id.clone();
+        w.apply(Command::AddNode { node: big });
+        w.apply(Command::SetNodeResources {
+            id: big_id.clone(),
+            resources: res(8, 64),
+        });
+        w.settle();
+        let t = &w.state.tasks[&waiting];
+        assert_eq!(t.node, big_id.as_str());
+        assert_eq!(t.state, TaskState::Running);
+        assert!(t.endpoints.contains_key("net1"));
+        assert!(w.state.tasks.values().all(|t| !t.is_pending()));
+        // CPU that no node has: every slot waits, saying so; scaling down
+        // ends the pending tasks.
+        spec.container.reserve_memory = None;
+        spec.container.reserve_nano_cpus = Some(16_000_000_000);
+        spec.replicas = 2;
+        w.apply(Command::UpdateService {
+            service: "web".into(),
+            spec: spec.clone(),
+            at: 0,
+        });
+        w.settle();
+        let pending: Vec<&Task> = w.state.tasks.values().filter(|t| t.is_pending()).collect();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(
+            pending[0].message,
+            "no suitable node (insufficient CPU on 4 nodes)"
+        );
+        spec.replicas = 0;
+        w.apply(Command::UpdateService {
+            service: "web".into(),
+            spec,
+            at: 0,
+        });
+        w.settle();
+        assert!(w.state.tasks.values().all(|t| !t.is_pending()));
+    }
 
     #[test]
     fn spreads_and_scales() {

@@ -106,7 +106,7 @@ impl World {
                 .state
                 .tasks
                 .values()
-                .filter(|t| !t.state.is_terminal())
+                .filter(|t| !t.state.is_terminal() && !t.is_pending())
                 .filter(|t| self.node(&t.node).status != NodeStatus::Down)
                 .filter_map(|t| {
                     let to = if t.desired == TaskState::Shutdown {

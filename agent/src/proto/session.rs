@@ -35,6 +35,9 @@ pub struct NodeReport {
     /// State of every service task this node holds.
     #[serde(default)]
     pub tasks: Vec<TaskReport>,
+    /// The node's CPUs and memory.
+    #[serde(default)]
+    pub resources: Option<shoal_model::state::NodeResources>,
 }
 
 /// A task's state as its node sees it.

@@ -221,5 +221,24 @@ pub fn probe_kernel() -> NodeReport {
         esp: has("esp4"),
         ca_digest: String::new(),
         tasks: Vec::new(),
+        resources: Some(node_resources()),
+    }
+}
+
+/// This host's CPUs (those this process may run on) and memory
+/// (`MemTotal`), as the scheduler counts reservations against them.
+pub fn node_resources() -> shoal_model::state::NodeResources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+        })
+        .unwrap_or(0);
+    shoal_model::state::NodeResources {
+        nano_cpus: cpus * 1_000_000_000,
+        memory_bytes: mem_kib * 1024,
     }
 }

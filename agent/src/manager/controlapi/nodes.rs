@@ -16,8 +16,20 @@ pub async fn list(m: &Manager, filter: Option<String>) -> Result<Vec<NodeRow>, A
     let me = m.node_id().clone();
     let state_nodes = m
         .store()
-        .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+        .read(|s| {
+            s.nodes
+                .values()
+                .map(|n| (n.clone(), s.node_resources.get(&n.id).copied()))
+                .collect::<Vec<_>>()
+        })
         .await?;
+    let (state_nodes, resources): (Vec<_>, Vec<_>) = state_nodes.into_iter().unzip();
+    let resources: std::collections::BTreeMap<NodeId, shoal_model::state::NodeResources> =
+        state_nodes
+            .iter()
+            .zip(resources)
+            .filter_map(|(n, r)| r.map(|r| (n.id.clone(), r)))
+            .collect();
     let gossip_view = m.gossip.get().map(|g| g.members()).unwrap_or_default();
     let nodes = match filter {
         None => state_nodes,
@@ -44,6 +56,7 @@ pub async fn list(m: &Manager, filter: Option<String>) -> Result<Vec<NodeRow>, A
                 .map(|m| format!("{:?}", m.state).to_lowercase())
                 .unwrap_or_default();
             NodeRow {
+                resources: resources.get(&n.id).copied(),
                 gossip,
                 is_self: n.id == me,
                 node: n,

@@ -130,6 +130,9 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
                 match msg? {
                     ToManager::Heartbeat(report) => {
                         let Some(m) = manager.upgrade() else { return Ok(()) };
+                        if let Some(r) = report.resources {
+                            tokio::spawn(record_resources(store.clone(), node.clone(), r));
+                        }
                         if !report.tasks.is_empty() {
                             tokio::spawn(record_task_states(
                                 store.clone(),
@@ -150,6 +153,27 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// On the leader: record a node's CPUs and memory when they changed.
+async fn record_resources(store: Store, node: NodeId, r: shoal_model::state::NodeResources) {
+    let n = node.clone();
+    let known = store
+        .read_local(move |s| s.node_resources.get(&n).copied())
+        .await
+        .ok()
+        .flatten();
+    if known != Some(r) {
+        if let Err(e) = store
+            .propose(Command::SetNodeResources {
+                id: node.clone(),
+                resources: r,
+            })
+            .await
+        {
+            debug!(node = %node, "cannot record the node's resources: {}", e.message);
         }
     }
 }
