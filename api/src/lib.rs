@@ -121,8 +121,17 @@ pub enum Request {
         name: Option<String>,
         /// Address in the network.
         ip: Option<std::net::Ipv4Addr>,
-        /// Command and arguments.
+        /// Command and arguments (after the image's entrypoint).
         argv: Vec<String>,
+        /// The image (empty: a host process).
+        #[serde(default)]
+        image: String,
+        /// How the container runs (`None`: a host process).
+        #[serde(default)]
+        container: Option<Box<shoal_model::service::ContainerSpec>>,
+        /// `K=V` on top of the image's env (containers).
+        #[serde(default)]
+        env: Vec<String>,
     },
     /// `shoal ps`.
     Ps,

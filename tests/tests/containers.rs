@@ -256,6 +256,42 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         "{out}"
     );
 
+    // A standalone container (`shoal run`) on an attachable network: it
+    // runs, answers inside, and `stop` removes it from containerd.
+    cli(&lab, 1, &["network", "create", "--attachable", "lan"]).unwrap();
+    let solo = cli(
+        &lab,
+        2,
+        &["run", "--network", "lan", "--name", "solo", &reference],
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let (_, host) = in_container(&lab, 2, "solo", &["hostname"]);
+    assert_eq!(host.trim(), "solo");
+    let (ok, body) = wait_until("solo serves", Duration::from_secs(10), || {
+        let (ok, b) = in_container(&lab, 2, "solo", &["wget", "-qO-", "http://127.0.0.1/"]);
+        ok.then_some((ok, b))
+    })
+    .0;
+    assert!(ok && body.trim() == "solo", "{body}");
+    let ps = json(&lab, 2, &["ps"]);
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == solo.as_str()
+                && w["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("shoal/echo")),
+        "{ps}"
+    );
+    cli(&lab, 2, &["stop", "solo"]).unwrap();
+    wait_until("solo removed", Duration::from_secs(30), || {
+        (!ctr(&lab, 2, &["containers", "ls", "-q"]).contains(&solo)).then_some(())
+    });
+
     // Removing the service leaves no container behind on any host.
     cli(&lab, 1, &["service", "rm", "web"]).unwrap();
     for h in 1..=HOSTS {

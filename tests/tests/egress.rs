@@ -42,6 +42,8 @@ fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
             host,
             &[
                 "run",
+                "--runtime",
+                "host",
                 "--network",
                 net,
                 "--name",

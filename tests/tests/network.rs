@@ -134,6 +134,8 @@ fn run(lab: &Lab, host: usize, net: &str, name: &str) -> Result<String, String> 
         host,
         &[
             "run",
+            "--runtime",
+            "host",
             "--network",
             net,
             "--name",

@@ -68,7 +68,16 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     let e = cli(
         &lab,
         2,
-        &["run", "--network", "closed", "--", "sleep", "600"],
+        &[
+            "run",
+            "--runtime",
+            "host",
+            "--network",
+            "closed",
+            "--",
+            "sleep",
+            "600",
+        ],
     )
     .unwrap_err();
     assert!(e.contains("not attachable"), "{e}");
@@ -89,7 +98,16 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
     let e = cli(
         &lab,
         2,
-        &["run", "--network", "secret", "--", "sleep", "600"],
+        &[
+            "run",
+            "--runtime",
+            "host",
+            "--network",
+            "secret",
+            "--",
+            "sleep",
+            "600",
+        ],
     )
     .unwrap_err();
     assert!(
@@ -112,6 +130,8 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
         1,
         &[
             "run",
+            "--runtime",
+            "host",
             "--network",
             "app",
             "--name",
@@ -127,6 +147,8 @@ fn workloads_on_two_hosts_talk_over_the_overlay() {
         3,
         &[
             "run",
+            "--runtime",
+            "host",
             "--network",
             "app",
             "--name",
@@ -279,6 +301,8 @@ fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
                 host,
                 &[
                     "run",
+                    "--runtime",
+                    "host",
                     "--network",
                     net,
                     "--name",
@@ -568,6 +592,8 @@ fn encrypted_network_is_refused_and_sends_no_plaintext_vxlan() {
             h,
             &[
                 "run",
+                "--runtime",
+                "host",
                 "--network",
                 "secret",
                 "--name",

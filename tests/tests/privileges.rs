@@ -112,6 +112,8 @@ fn workloads_run_with_dockers_default_capabilities_and_no_new_privs() {
         1,
         &[
             "run",
+            "--runtime",
+            "host",
             "--network",
             "app",
             "--name",

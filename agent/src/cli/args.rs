@@ -70,8 +70,10 @@ pub enum Command {
         #[arg(long)]
         no_follow: bool,
     },
-    /// Run a process on this node in its own network namespace, attached
-    /// to an attachable overlay network: `shoal run --network app -- CMD`.
+    /// Run a container on this node, attached to an attachable overlay
+    /// network: `shoal run --network app IMAGE [COMMAND] [ARG...]`
+    /// (`--runtime host`: a host process, `-- PROGRAM [ARG...]`). It runs
+    /// in the background; `shoal ps`, `logs`, `exec` and `stop` reach it.
     Run {
         /// Network name or id (created with --attachable).
         #[arg(long)]
@@ -82,8 +84,19 @@ pub enum Command {
         /// Address in the network [default: the lowest free one].
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
-        /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true)]
+        /// Environment `K=V` (repeatable; containers).
+        #[arg(short, long)]
+        env: Vec<String>,
+        #[command(flatten)]
+        container: Box<ContainerArgs>,
+        /// The image, then the command and arguments replacing its CMD
+        /// (`--runtime host`: the program and its arguments).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "IMAGE [COMMAND] [ARG...]"
+        )]
         argv: Vec<String>,
     },
     /// List the workloads running on this node.

@@ -106,15 +106,27 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             network,
             name,
             ip,
+            env,
+            container,
             argv,
         } => {
+            let (image, argv, spec, env) = service::container_settings(container, argv, env)?;
+            let host = spec.runtime == shoal_model::service::Runtime::Host;
+            if !env.is_empty() && host {
+                return Err(ClientError::Api(shoal_api::ApiError::invalid(
+                    "-e/--env-file need a container (not --runtime host)",
+                )));
+            }
             let resp = client::call(
                 &cli.host,
                 Request::Run {
                     network: network.clone(),
                     name: name.clone(),
                     ip: *ip,
-                    argv: argv.clone(),
+                    argv,
+                    image,
+                    container: (!host).then(|| Box::new(spec)),
+                    env,
                 },
             )
             .await?;

@@ -5,7 +5,7 @@ use shoal_api::client::{self, ClientError};
 use shoal_api::{Request, Response};
 use shoal_model::service::{ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceSpec};
 
-use super::args::{Cli, NetworkCmd, RuntimeArg, ServiceCmd};
+use super::args::{Cli, ContainerArgs, NetworkCmd, RuntimeArg, ServiceCmd};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
@@ -36,31 +36,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
             "port published with ingress mode can't be used with dnsrr mode (use mode=host)".into(),
         ));
     }
-    let mut env = env.clone();
-    for f in &container.env_file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| bad(format!("--env-file {}: {e}", f.display())))?;
-        env.extend(parse_env_file(&text));
-    }
-    for e in &env {
-        if !e.contains('=') || e.starts_with('=') {
-            return Err(bad(format!("--env {e:?}: expected K=V")));
-        }
-    }
-    let (image, command, runtime) = match container.runtime {
-        RuntimeArg::Host => (String::new(), command.clone(), Runtime::Host),
-        RuntimeArg::Container => {
-            let (image, rest) = command
-                .split_first()
-                .ok_or_else(|| bad("an image is required".into()))?;
-            (image.clone(), rest.to_vec(), Runtime::Container)
-        }
-    };
-    let mounts = container
-        .mount
-        .iter()
-        .map(|m| parse_mount(m).map_err(bad))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (image, command, container, env) = container_settings(container, command, env)?;
     let mut labels = std::collections::BTreeMap::new();
     for l in label {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -80,27 +56,66 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         command,
         labels,
         image,
-        container: ContainerSpec {
-            runtime,
-            entrypoint: container.entrypoint.as_ref().map(|e| {
-                if e.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![e.clone()]
-                }
-            }),
-            user: container.user.clone(),
-            workdir: container.workdir.clone(),
-            mounts,
-            read_only: container.read_only,
-            cap_add: container.cap_add.clone(),
-            cap_drop: container.cap_drop.clone(),
-            limit_memory: container.limit_memory,
-            limit_nano_cpus: container.limit_cpu,
-            reserve_memory: container.reserve_memory,
-            reserve_nano_cpus: container.reserve_cpu,
-        },
+        container,
     })
+}
+
+/// What `service create` and `run` share: the image and command from the
+/// positional arguments, the container settings from the flags, and the
+/// environment (`-e` after `--env-file`, each `K=V`).
+pub(super) fn container_settings(
+    container: &ContainerArgs,
+    positional: &[String],
+    env: &[String],
+) -> Result<(String, Vec<String>, ContainerSpec, Vec<String>), ClientError> {
+    let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
+    let mut all_env = Vec::new();
+    for f in &container.env_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| bad(format!("--env-file {}: {e}", f.display())))?;
+        all_env.extend(parse_env_file(&text));
+    }
+    all_env.extend(env.iter().cloned());
+    for e in &all_env {
+        if !e.contains('=') || e.starts_with('=') {
+            return Err(bad(format!("--env {e:?}: expected K=V")));
+        }
+    }
+    let (image, command, runtime) = match container.runtime {
+        RuntimeArg::Host => (String::new(), positional.to_vec(), Runtime::Host),
+        RuntimeArg::Container => {
+            let (image, rest) = positional
+                .split_first()
+                .ok_or_else(|| bad("an image is required".into()))?;
+            (image.clone(), rest.to_vec(), Runtime::Container)
+        }
+    };
+    let mounts = container
+        .mount
+        .iter()
+        .map(|m| parse_mount(m).map_err(bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = ContainerSpec {
+        runtime,
+        entrypoint: container.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                Vec::new()
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        user: container.user.clone(),
+        workdir: container.workdir.clone(),
+        mounts,
+        read_only: container.read_only,
+        cap_add: container.cap_add.clone(),
+        cap_drop: container.cap_drop.clone(),
+        limit_memory: container.limit_memory,
+        limit_nano_cpus: container.limit_cpu,
+        reserve_memory: container.reserve_memory,
+        reserve_nano_cpus: container.reserve_cpu,
+    };
+    Ok((image, command, spec, all_env))
 }
 
 /// `K=V` lines of an env file; `#` comments and blank lines skipped, a

@@ -136,13 +136,23 @@ impl Daemon {
                 name,
                 ip,
                 argv,
-            } => Ok(Response::Workloads(vec![
-                self.swarm()
-                    .await?
-                    .worker
-                    .run(&network, name, ip, argv)
-                    .await?,
-            ])),
+                image,
+                container,
+                env,
+            } => {
+                let run = crate::worker::Run {
+                    network,
+                    name,
+                    ip,
+                    argv,
+                    image,
+                    container: container.map(|c| *c),
+                    env,
+                };
+                Ok(Response::Workloads(vec![
+                    self.swarm().await?.worker.run(run).await?,
+                ]))
+            }
             Request::Ps => Ok(Response::Workloads(
                 self.swarm().await?.worker.overlay.list(),
             )),

@@ -157,18 +157,33 @@ impl Worker {
 
     /// `shoal run`: allocate an endpoint (through a manager when this node
     /// is a worker), then start the workload here.
-    pub async fn run(
-        &self,
-        network: &str,
-        name: Option<String>,
-        ip: Option<std::net::Ipv4Addr>,
-        argv: Vec<String>,
-    ) -> Result<Workload, ApiError> {
-        if argv.is_empty() {
+    pub async fn run(&self, run: Run) -> Result<Workload, ApiError> {
+        let Run {
+            network,
+            name,
+            ip,
+            argv,
+            image,
+            container,
+            env,
+        } = run;
+        let network = network.as_str();
+        if argv.is_empty() && container.is_none() {
             return Err(ApiError::invalid(
-                "shoal run: no command given (shoal run --network NET -- CMD ...)",
+                "shoal run: no command given (shoal run --runtime host --network NET -- CMD ...)",
             ));
         }
+        // A container's image first: nothing is allocated for one that
+        // cannot be had.
+        let image = match &container {
+            Some(_) => Some(
+                self.containers
+                    .image(&image)
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::NotFound, e.to_string()))?,
+            ),
+            None => None,
+        };
         let IpAddr::V4(vtep) = self.data_path_addr else {
             return Err(ApiError::invalid(
                 "overlay networks need an IPv4 data-path address",
@@ -207,16 +222,35 @@ impl Worker {
         let gossip = self.gossip.get();
         let spec = StartSpec {
             id: ep.id.clone(),
-            name,
+            name: name.clone(),
             networks: vec![(net.clone(), ep.clone())],
-            argv,
+            argv: if container.is_some() {
+                Vec::new()
+            } else {
+                argv.clone()
+            },
             ..Default::default()
         };
-        match self
+        let started = self
             .overlay
             .start(spec, &me, vtep, port, gossip.as_ref())
-            .await
-        {
+            .await;
+        let started = match (started, container, image) {
+            (Ok(w), Some(settings), Some(image)) => {
+                match self
+                    .run_container(&w, &name, image, &settings, &argv, env)
+                    .await
+                {
+                    Ok(w) => Ok(w),
+                    Err(e) => {
+                        self.overlay.cleanup(&w.id, gossip.as_ref()).await;
+                        Err(e)
+                    }
+                }
+            }
+            (other, _, _) => other,
+        };
+        match started {
             Ok(w) => Ok(w),
             Err(e) => {
                 let _ = self.release_endpoint(&net.id, &ep.id).await;
@@ -225,6 +259,40 @@ impl Worker {
                 )))
             }
         }
+    }
+
+    /// The container of a standalone workload, in the namespace `w` has.
+    async fn run_container(
+        &self,
+        w: &Workload,
+        hostname: &str,
+        image: shoal_runtime::ImageInfo,
+        settings: &shoal_model::service::ContainerSpec,
+        argv: &[String],
+        env: Vec<String>,
+    ) -> anyhow::Result<Workload> {
+        // No embedded DNS outside tasks: the host's resolvers.
+        let resolv = self.overlay.netns_of(&w.id).with_extension("resolv.conf");
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(&resolv, host_resolv)?;
+        let files = containers::TaskFiles {
+            netns: w.netns.clone(),
+            resolv_conf: resolv,
+            log: self.overlay.log_of(&w.id),
+        };
+        let ip = w.endpoint.as_ref().map(|e| e.ip);
+        let name = image.name.clone();
+        let pid = self
+            .containers
+            .run(&w.id, hostname, image, settings, argv, env, &files, ip)
+            .await?;
+        let w = self
+            .overlay
+            .set_container(&w.id, pid, argv.to_vec(), name)?;
+        let exits = self.overlay.exit_recorder();
+        self.containers
+            .watch(w.id.clone(), move |code| exits(pid, code));
+        Ok(w)
     }
 
     /// Free an endpoint in the store.
@@ -245,6 +313,17 @@ impl Worker {
         })?;
         let pid = nix::unistd::Pid::from_raw(w.pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if w.container.is_some() {
+            // PID 1 of a container ignores SIGTERM unless it handles it:
+            // SIGKILL after the grace period, as `docker stop` does.
+            let (id, containers) = (w.id.clone(), self.containers.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(executor::STOP_GRACE).await;
+                if let Ok(rt) = containers.runtime().await {
+                    let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL as i32).await;
+                }
+            });
+        }
         self.overlay.kick.notify_one();
         Ok(w.id)
     }
@@ -262,6 +341,25 @@ fn split_name(name: &str) -> (String, String) {
         ),
         None => (base.to_string(), "<none>".to_string()),
     }
+}
+
+/// `shoal run`, as the daemon got it.
+#[derive(Debug)]
+pub struct Run {
+    /// Network name or id (attachable).
+    pub network: String,
+    /// Workload name.
+    pub name: Option<String>,
+    /// Address asked for.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Command (after the image's entrypoint), or the host program.
+    pub argv: Vec<String>,
+    /// Image reference (containers).
+    pub image: String,
+    /// Container settings; `None`: a host process.
+    pub container: Option<shoal_model::service::ContainerSpec>,
+    /// `K=V` on top of the image's env.
+    pub env: Vec<String>,
 }
 
 /// Most output `exec` and `logs` hand back in one answer.
@@ -429,6 +527,9 @@ async fn overlay_loop(worker: Weak<Worker>) {
         }
         for id in s.overlay.exited() {
             let gossip = s.gossip.get();
+            if s.overlay.get(&id).is_some_and(|w| w.container.is_some()) {
+                s.containers.remove(&id).await;
+            }
             if let Some(w) = s.overlay.cleanup(&id, gossip.as_ref()).await {
                 if w.task.is_some() {
                     continue; // tasks: the store frees endpoints on the final state

@@ -369,6 +369,17 @@ impl Overlay {
         self.kick.notify_one();
     }
 
+    /// Records exit statuses into this overlay from a waiter that may
+    /// outlive a borrow of it (standalone containers).
+    pub fn exit_recorder(&self) -> impl Fn(u32, i32) + Send + 'static {
+        let exits = self.exits.clone();
+        move |pid, code| {
+            if let Ok(mut m) = exits.lock() {
+                m.insert(pid, code);
+            }
+        }
+    }
+
     /// Where a workload's stdout and stderr go.
     pub fn log_of(&self, id: &str) -> PathBuf {
         self.dir().join(format!("{id}.log"))
@@ -521,7 +532,7 @@ impl Overlay {
     pub fn exited(&self) -> Vec<String> {
         self.list()
             .into_iter()
-            .filter(|w| w.task.is_none() && w.pid != 0 && !alive(w.pid))
+            .filter(|w| w.task.is_none() && w.pid != 0 && self.ended(w))
             .map(|w| w.id)
             .collect()
     }

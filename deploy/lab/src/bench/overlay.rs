@@ -229,6 +229,8 @@ fn overlay_pair() -> Result<(Lab, [(u32, String); 2]), LabError> {
                 h,
                 &[
                     "run",
+                    "--runtime",
+                    "host",
                     "--network",
                     "bench",
                     "--name",

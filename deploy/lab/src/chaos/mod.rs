@@ -259,6 +259,8 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
                     h,
                     &[
                         "run",
+                        "--runtime",
+                        "host",
                         "--network",
                         "chaos-wl",
                         "--name",
