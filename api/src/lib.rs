@@ -147,6 +147,14 @@ pub enum Request {
         /// The command and its arguments.
         argv: Vec<String>,
     },
+    /// `service logs`: what a service's (or one task's) tasks wrote, from
+    /// every node that holds one (served by the leader).
+    ServiceLogs {
+        /// Service name, id or id prefix; or a task id.
+        service: String,
+        /// Lines per task.
+        tail: Option<usize>,
+    },
     /// `image ls`: the images on this node.
     ImageList,
     /// `image pull`.

@@ -385,6 +385,52 @@ fn limits_oom_kill_and_unknown_images() {
     assert!(ok && table.contains("pending"), "{table}");
     cli(&lab, 1, &["service", "rm", "big"]).unwrap();
 
+    // `service logs` gathers what tasks on two different hosts wrote.
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "talk",
+            "--replicas",
+            "2",
+            "--entrypoint",
+            "sh",
+            &reference,
+            "-c",
+            "echo hello from $HOSTNAME; sleep 600",
+        ],
+    )
+    .unwrap();
+    let (up, _) = wait_until("2 talking tasks", Duration::from_secs(60), || {
+        let r = running(&lab, "talk");
+        (r.len() == 2).then_some(r)
+    });
+    let hosts: std::collections::BTreeSet<String> = up
+        .iter()
+        .map(|t| t["node_hostname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts.len(), 2, "{up:?}");
+    let (logs, _) = wait_until("both tasks' lines", Duration::from_secs(30), || {
+        let out = cli(&lab, 1, &["service", "logs", "talk"]).ok()?;
+        up.iter()
+            .all(|t| {
+                let (id, host) = (
+                    t["id"].as_str().unwrap(),
+                    t["node_hostname"].as_str().unwrap(),
+                );
+                out.lines().any(|l| {
+                    l.contains(&format!("{id}@{host}"))
+                        && l.ends_with(&format!("| hello from {id}"))
+                })
+            })
+            .then_some(out)
+    });
+    eprintln!("service logs talk:\n{logs}");
+    cli(&lab, 1, &["service", "rm", "talk"]).unwrap();
+
     // An unknown tag: rejected with the registry's reason, nothing left in
     // containerd on any host.
     let ghost = reference.replace(":1", ":nope");

@@ -247,6 +247,15 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Show what a service's tasks wrote to stdout and stderr, gathered
+    /// from every node that ran them (run on the leader).
+    Logs {
+        /// Only the last N lines of each task.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        /// Service name or id, or a task id.
+        service: String,
+    },
     /// List the tasks of services: ID NAME COMMAND NODE DESIRED STATE CURRENT STATE ERROR.
     Ps {
         /// Names or ids.

@@ -206,6 +206,21 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             }
         }
         ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
+        ServiceCmd::Logs { tail, service } => {
+            match call(Request::ServiceLogs {
+                service: service.clone(),
+                tail: *tail,
+            })
+            .await?
+            {
+                Response::Message(text) => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().write_all(text.as_bytes());
+                    return Ok(());
+                }
+                other => other,
+            }
+        }
         ServiceCmd::Inspect { services } => {
             match call(Request::ServiceList {
                 services: services.clone(),

@@ -163,6 +163,9 @@ impl Daemon {
                 let (exit_code, output) = self.swarm().await?.worker.exec(&workload, &argv).await?;
                 Ok(Response::Exec { exit_code, output })
             }
+            Request::ServiceLogs { service, tail } => Ok(Response::Message(
+                services::logs(self.manager().await?.as_ref(), &service, tail).await?,
+            )),
             Request::ImageList => Ok(Response::Images(self.swarm().await?.worker.images().await?)),
             Request::ImagePull { reference } => Ok(Response::Message(
                 self.swarm().await?.worker.pull(&reference).await?,

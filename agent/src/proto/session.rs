@@ -21,6 +21,28 @@ pub const ALPN_SESSION: &[u8] = b"shoal-session/1";
 /// Missed heartbeats before the leader marks a node down.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
+/// A call from the leader to a node, on a stream the leader opens in the
+/// node's session (`service logs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ManagerCall {
+    /// What these tasks wrote (the last `tail` lines of each, if given).
+    Logs {
+        /// Task ids.
+        tasks: Vec<String>,
+        /// Lines per task.
+        tail: Option<usize>,
+    },
+}
+
+/// A node's answer to a [`ManagerCall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CallReply {
+    /// (task id, its output) per task the node has.
+    Logs(Vec<(String, String)>),
+    /// The call failed on the node.
+    Error(String),
+}
+
 /// What a node reports with every heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {

@@ -32,7 +32,7 @@ use crate::manager::{Manager, ManagerParams};
 use crate::metrics;
 use crate::proto::gossip::GossipSlot;
 use crate::proto::rpc::{self, NodeRequest, NodeResponse, NodeRpc, RemoteRpc};
-use crate::proto::session::{Assignments, NodeReport};
+use crate::proto::session::{Assignments, CallReply, ManagerCall, NodeReport};
 use crate::worker::session::{self, SessionOwner};
 use crate::worker::Worker;
 
@@ -124,6 +124,18 @@ impl SessionOwner for Swarm {
     }
     fn report_now(&self) -> &tokio::sync::Notify {
         &self.worker.executor.report_now
+    }
+    fn answer(
+        self: Arc<Self>,
+        call: ManagerCall,
+    ) -> futures::future::BoxFuture<'static, CallReply> {
+        Box::pin(async move {
+            match call {
+                ManagerCall::Logs { tasks, tail } => {
+                    CallReply::Logs(self.worker.task_logs(&tasks, tail))
+                }
+            }
+        })
     }
 }
 

@@ -491,6 +491,27 @@ impl Worker {
         Ok(format!("Untagged: {name}"))
     }
 
+    /// `service logs` on this node: the output of each of `tasks` that is
+    /// here (at most [`MAX_OUTPUT`] in all).
+    pub fn task_logs(&self, tasks: &[String], tail: Option<usize>) -> Vec<(String, String)> {
+        let mut total = 0u64;
+        let mut out = Vec::new();
+        for t in tasks {
+            if self.overlay.get(t).is_none() {
+                continue;
+            }
+            let Ok(text) = self.logs(t, tail) else {
+                continue;
+            };
+            total += text.len() as u64;
+            if total > MAX_OUTPUT {
+                break;
+            }
+            out.push((t.clone(), text));
+        }
+        out
+    }
+
     /// What a workload wrote (the last `tail` lines, if given).
     pub fn logs(&self, key: &str, tail: Option<usize>) -> Result<String, ApiError> {
         let w = self.overlay.find(key).ok_or_else(|| {

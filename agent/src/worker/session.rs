@@ -13,8 +13,18 @@ use shoal_tls::{NodeIdentity, MANAGER_SERVER_NAME};
 use tracing::{debug, info};
 
 use crate::proto::session::{
-    transport, Assignments, FrameReader, NodeReport, ToManager, ToNode, ALPN_SESSION,
+    transport, Assignments, CallReply, FrameReader, ManagerCall, NodeReport, ToManager, ToNode,
+    ALPN_SESSION,
 };
+
+/// Aborts a task when dropped (the session's call server ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What the session loop needs from the node that owns it.
 pub trait SessionOwner: Send + Sync + 'static {
@@ -32,7 +42,44 @@ pub trait SessionOwner: Send + Sync + 'static {
     fn heartbeat(&self) -> &Mutex<Duration>;
     /// Notified when a task changed state: report now.
     fn report_now(&self) -> &tokio::sync::Notify;
+    /// Answer a call the leader makes over the session.
+    fn answer(self: Arc<Self>, call: ManagerCall)
+        -> futures::future::BoxFuture<'static, CallReply>;
 }
+
+/// Answers the leader's calls: every stream the leader opens in the
+/// session carries one call and its reply.
+async fn serve_calls(conn: quinn::Connection, answer: Answer) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let Ok(call) = api::read_frame::<_, ManagerCall>(&mut recv).await else {
+                return;
+            };
+            let reply = answer(call).await;
+            let _ = api::write_frame(&mut send, &reply).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+/// What one session uses of the node that owns it.
+pub struct Hooks<'a> {
+    /// The heartbeat report, made fresh for each beat.
+    pub report: &'a (dyn Fn() -> NodeReport + Send + Sync),
+    /// Heartbeat period, as last assigned.
+    pub heartbeat: &'a Mutex<Duration>,
+    /// Takes in an assignment.
+    pub apply: &'a (dyn Fn(Assignments) + Send + Sync),
+    /// Notified when a task changed state: report now.
+    pub wake: &'a tokio::sync::Notify,
+    /// Answers the leader's calls.
+    pub answer: Answer,
+}
+
+/// How the session loop answers the leader's calls.
+pub type Answer =
+    Arc<dyn Fn(ManagerCall) -> futures::future::BoxFuture<'static, CallReply> + Send + Sync>;
 
 /// Every node keeps one session with the leader (see `session`), failing
 /// over across the known managers with capped backoff.
@@ -72,16 +119,19 @@ pub async fn run<O: SessionOwner>(owner: Weak<O>) {
                 o.apply(a);
             }
         };
-        let result = client
-            .run_once(
-                &identity,
-                target,
-                &report,
-                o.heartbeat(),
-                &apply,
-                o.report_now(),
-            )
-            .await;
+        let w = owner.clone();
+        let answer: Answer = Arc::new(move |call| match w.upgrade() {
+            Some(o) => o.answer(call),
+            None => Box::pin(async { CallReply::Error("the node is shutting down".into()) }),
+        });
+        let hooks = Hooks {
+            report: &report,
+            heartbeat: o.heartbeat(),
+            apply: &apply,
+            wake: o.report_now(),
+            answer,
+        };
+        let result = client.run_once(&identity, target, hooks).await;
         drop(o);
         client.connected.lock().map(|mut c| *c = None).ok();
         match result {
@@ -140,11 +190,15 @@ impl Client {
         &self,
         identity: &NodeIdentity,
         addr: SocketAddr,
-        report: &(dyn Fn() -> NodeReport + Send + Sync),
-        heartbeat: &Mutex<Duration>,
-        apply: &(dyn Fn(Assignments) + Send + Sync),
-        wake: &tokio::sync::Notify,
+        hooks: Hooks<'_>,
     ) -> anyhow::Result<Option<SocketAddr>> {
+        let Hooks {
+            report,
+            heartbeat,
+            apply,
+            wake,
+            answer,
+        } = hooks;
         let tls = identity.client_config(&[ALPN_SESSION])?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -156,6 +210,8 @@ impl Client {
         .await
         .map_err(|_| anyhow::anyhow!("session to {addr}: timed out"))??;
         let (mut send, recv) = conn.open_bi().await?;
+        let calls = tokio::spawn(serve_calls(conn.clone(), answer));
+        let _calls = AbortOnDrop(calls);
         // The stream exists for the peer only once something is sent.
         api::write_frame(&mut send, &ToManager::Heartbeat(report())).await?;
         // Frames are read on a task of their own: the timer and wake

@@ -1,6 +1,8 @@
 //! Control API for services: `service create / update / scale / rm / ls
-//! / inspect / ps` (VIPs are allocated in apply; the scheduler places the
+//! / inspect / ps / logs` (VIPs are allocated in apply; the scheduler places the
 //! tasks).
+
+use std::collections::BTreeMap;
 
 use shoal_api::{ApiError, ErrorCode, ServiceRow, ServiceUpdate, TaskRow};
 use shoal_model::service::{self, Service, ServiceSpec, Task, TaskState};
@@ -25,6 +27,89 @@ pub async fn create(m: &Manager, spec: ServiceSpec) -> Result<String, ApiError> 
         })
         .await?;
     Ok(id)
+}
+
+/// `service logs SERVICE|TASK`: what the tasks wrote, gathered from the
+/// nodes that hold them over their sessions (so on the leader), each line
+/// prefixed as docker does (`web.1.<task id>@<node>    | `).
+pub async fn logs(m: &Manager, key: &str, tail: Option<usize>) -> Result<String, ApiError> {
+    use crate::proto::session::{CallReply, ManagerCall};
+    let status = m.store().status();
+    if !status.is_leader {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "service logs is served by the leader (the nodes' sessions end there): run it on the leader",
+        ));
+    }
+    let k = key.to_string();
+    let (tasks, nodes) = m
+        .store()
+        .read(move |s| {
+            let tasks: Vec<Task> = match service::find(&s.services, &k) {
+                Some(svc) => s
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == svc.id)
+                    .cloned()
+                    .collect(),
+                None => s
+                    .tasks
+                    .values()
+                    .filter(|t| t.id == k || t.id.starts_with(&k) && k.len() >= 4)
+                    .cloned()
+                    .collect(),
+            };
+            let nodes: BTreeMap<String, String> = s
+                .nodes
+                .values()
+                .map(|n| (n.id.to_string(), n.hostname.clone()))
+                .collect();
+            (tasks, nodes)
+        })
+        .await?;
+    if tasks.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no such task or service: {key}"),
+        ));
+    }
+    let mut by_node: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| !t.node.is_empty()) {
+        by_node.entry(t.node.clone()).or_default().push(t);
+    }
+    let mut out = String::new();
+    let mut errors = Vec::new();
+    for (node, ts) in by_node {
+        let host = nodes.get(&node).cloned().unwrap_or_else(|| node.clone());
+        let Some(conn) = node.parse().ok().and_then(|n| m.liveness.conn(&n)) else {
+            errors.push(format!("node {host} has no session (down?)"));
+            continue;
+        };
+        let call = ManagerCall::Logs {
+            tasks: ts.iter().map(|t| t.id.clone()).collect(),
+            tail,
+        };
+        match crate::manager::dispatcher::call_node(&conn, &call).await {
+            Ok(CallReply::Logs(texts)) => {
+                for (tid, text) in texts {
+                    let name = ts
+                        .iter()
+                        .find(|t| t.id == tid)
+                        .map(|t| format!("{}.{tid}", t.name()))
+                        .unwrap_or(tid);
+                    for line in text.lines() {
+                        out.push_str(&format!("{name}@{host}    | {line}\n"));
+                    }
+                }
+            }
+            Ok(CallReply::Error(e)) => errors.push(format!("{host}: {e}")),
+            Err(e) => errors.push(format!("{host}: {e:#}")),
+        }
+    }
+    for e in errors {
+        out.push_str(&format!("error from daemon in stream: {e}\n"));
+    }
+    Ok(out)
 }
 
 async fn get(m: &Manager, key: &str) -> Result<Service, ApiError> {

@@ -30,6 +30,9 @@ pub struct Liveness {
     reports: Mutex<HashMap<NodeId, NodeReport>>,
     /// Open sessions per node (a reconnect may overlap the old one).
     sessions: Mutex<HashMap<NodeId, usize>>,
+    /// The newest session connection of each node: the leader's way to
+    /// call the node (`service logs`).
+    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
 }
 
 /// An open session, counted in [`Liveness`] until dropped.
@@ -37,6 +40,7 @@ pub struct Liveness {
 pub struct SessionGuard<'a> {
     liveness: &'a Liveness,
     node: NodeId,
+    conn: Option<usize>,
 }
 
 impl Drop for SessionGuard<'_> {
@@ -52,18 +56,43 @@ impl Drop for SessionGuard<'_> {
                 m.remove(&self.node);
             }
         }
+        drop(m);
+        let mut c = self
+            .liveness
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if c.get(&self.node)
+            .is_some_and(|c| Some(c.stable_id()) == self.conn)
+        {
+            c.remove(&self.node);
+        }
     }
 }
 
 impl Liveness {
     /// Count an open session of `node` for as long as the guard lives.
-    pub fn session(&self, node: &NodeId) -> SessionGuard<'_> {
+    /// `conn` is the session's connection, through which the leader can
+    /// call the node.
+    pub fn session(&self, node: &NodeId, conn: Option<&quinn::Connection>) -> SessionGuard<'_> {
         let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry(node.clone()).or_insert(0) += 1;
+        if let Some(c) = conn {
+            self.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.clone(), c.clone());
+        }
         SessionGuard {
             liveness: self,
             node: node.clone(),
+            conn: conn.map(|c| c.stable_id()),
         }
+    }
+
+    /// The session connection of `node`, if it has one with this manager.
+    pub fn conn(&self, node: &NodeId) -> Option<quinn::Connection> {
+        self.conns.lock().ok()?.get(node).cloned()
     }
 
     /// Whether `node` has an open session with this manager.
@@ -312,8 +341,8 @@ mod tests {
         let l = Liveness::default();
         let a = NodeId::generate();
         assert!(!l.has_session(&a));
-        let first = l.session(&a);
-        let second = l.session(&a); // a reconnect overlapping the old one
+        let first = l.session(&a, None);
+        let second = l.session(&a, None); // a reconnect overlapping the old one
         drop(first);
         assert!(l.has_session(&a));
         drop(second);

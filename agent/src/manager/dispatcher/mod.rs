@@ -28,6 +28,25 @@ pub mod rpc;
 
 use assignments::assignments_of;
 
+/// How long a node may take to answer a call (`service logs`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Call `node` over its session with this (leader) manager: one stream,
+/// one call, one reply.
+pub async fn call_node(
+    conn: &quinn::Connection,
+    call: &crate::proto::session::ManagerCall,
+) -> anyhow::Result<crate::proto::session::CallReply> {
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        api::write_frame(&mut send, call).await?;
+        let _ = send.finish();
+        Ok(api::read_frame(&mut recv).await?)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the node did not answer within {CALL_TIMEOUT:?}"))?
+}
+
 /// Build the QUIC server endpoint for UDP `bind`.
 pub fn server_endpoint(
     identity: &NodeIdentity,
@@ -103,7 +122,7 @@ async fn serve_session(conn: quinn::Connection, manager: Weak<Manager>) -> anyho
     let Some(m) = manager.upgrade() else {
         return Ok(());
     };
-    let _open = m.liveness.session(&node);
+    let _open = m.liveness.session(&node, Some(&conn));
     // Frames are read on a task of their own: the change and check
     // branches below can win while a frame is half read.
     let mut frames = FrameReader::<ToManager>::spawn(recv);
