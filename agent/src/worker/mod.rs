@@ -329,6 +329,37 @@ impl Worker {
     }
 }
 
+/// Largest a workload's log may grow before it is cut to its newer half.
+const MAX_LOG: u64 = 16 << 20;
+
+/// Keeps a log under [`MAX_LOG`]: past it, the file keeps only its last
+/// half (the shim appends, so the cut is in place; the lines written in
+/// the microseconds of the cut may be lost).
+fn bound_log(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() <= MAX_LOG {
+        return;
+    }
+    let keep = match read_tail(path, MAX_LOG / 2) {
+        Ok(k) => k,
+        Err(e) => return warn!(log = %path.display(), "cannot read the log to bound it: {e}"),
+    };
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.set_len(0)?;
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+            f.write_all(keep.as_bytes())
+        });
+    if let Err(e) = cut {
+        warn!(log = %path.display(), "cannot bound the log: {e}");
+    }
+}
+
 /// `registry:5000/app:1` -> (`registry:5000/app`, `1`); a digest-only
 /// name has tag `<none>`.
 fn split_name(name: &str) -> (String, String) {
@@ -546,6 +577,9 @@ async fn overlay_loop(worker: Weak<Worker>) {
         if events.is_none() {
             events = s.gossip.get().map(|g| g.subscribe());
         }
+        for w in s.overlay.list() {
+            bound_log(&s.overlay.log_of(&w.id));
+        }
         for id in s.overlay.exited() {
             let gossip = s.gossip.get();
             if s.overlay.get(&id).is_some_and(|w| w.container.is_some()) {
@@ -634,6 +668,22 @@ async fn executor_loop(worker: Weak<Worker>) {
 #[cfg(test)]
 mod tests {
     use super::split_name;
+
+    #[test]
+    fn a_log_past_its_bound_keeps_its_newer_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.log");
+        let line = "x".repeat(99) + "\n";
+        let n = (super::MAX_LOG / 100 + 10) as usize;
+        let mut text: String = (0..n).map(|_| line.as_str()).collect();
+        text.push_str("last line\n");
+        std::fs::write(&p, &text).unwrap();
+        super::bound_log(&p);
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert!(after.len() as u64 <= super::MAX_LOG / 2);
+        assert!(after.ends_with("last line\n") && after.starts_with('x'));
+        assert!(after.lines().all(|l| l.len() == 99 || l == "last line"));
+    }
 
     #[test]
     fn image_names_split_into_repository_and_tag() {
