@@ -122,6 +122,38 @@ fn no_container_left(lab: &Lab, host: usize) {
     }
 }
 
+/// Network `app` and service `web` (3 replicas of the image, `extra`
+/// flags) on it; its running tasks once all 3 run, and how long that took.
+fn web_service(lab: &Lab, reference: &str, extra: &[&str]) -> (Vec<Value>, Duration) {
+    cli(lab, 1, &["network", "create", "app"]).unwrap();
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "app",
+    ];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    cli(lab, 1, &args).unwrap();
+    let mut seen = String::new();
+    wait_until("3 running containers", Duration::from_secs(90), || {
+        let now: Vec<String> = tasks(lab, "web")
+            .iter()
+            .map(|t| format!("{} {} {}", t["id"], t["state"], t["message"]))
+            .collect();
+        if now.join("\n") != seen {
+            seen = now.join("\n");
+            eprintln!("tasks:\n{seen}");
+        }
+        let r = running(lab, "web");
+        (r.len() == 3).then_some(r)
+    })
+}
+
 fn host_of(lab: &Lab, hostname: &str) -> usize {
     (1..=HOSTS)
         .find(|h| lab.host(*h).unwrap().name == hostname)
@@ -131,39 +163,7 @@ fn host_of(lab: &Lab, hostname: &str) -> usize {
 #[test]
 fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     let (lab, reference, _dir) = lab_with_image();
-    cli(&lab, 1, &["network", "create", "app"]).unwrap();
-    cli(
-        &lab,
-        1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "app",
-            "-p",
-            "8080:80",
-            &reference,
-        ],
-    )
-    .unwrap();
-    let mut seen = String::new();
-    let (tasks_up, took) = wait_until("3 running containers", Duration::from_secs(90), || {
-        let all = tasks(&lab, "web");
-        let now: Vec<String> = all
-            .iter()
-            .map(|t| format!("{} {} {}", t["id"], t["state"], t["message"]))
-            .collect();
-        if now.join("\n") != seen {
-            seen = now.join("\n");
-            eprintln!("tasks:\n{seen}");
-        }
-        let r = running(&lab, "web");
-        (r.len() == 3).then_some(r)
-    });
+    let (tasks_up, took) = web_service(&lab, &reference, &["-p", "8080:80"]);
     eprintln!("3 containers running after {took:?}");
     // The tag was pinned to the registry's digest at create.
     let inspect = json(&lab, 1, &["service", "inspect", "web"]);
@@ -463,27 +463,7 @@ fn limits_oom_kill_and_unknown_images() {
 #[test]
 fn a_daemon_restart_keeps_its_containers_running_and_adopts_them() {
     let (lab, reference, _dir) = lab_with_image();
-    cli(&lab, 1, &["network", "create", "app"]).unwrap();
-    cli(
-        &lab,
-        1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "app",
-            &reference,
-        ],
-    )
-    .unwrap();
-    let (up, _) = wait_until("3 running containers", Duration::from_secs(90), || {
-        let r = running(&lab, "web");
-        (r.len() == 3).then_some(r)
-    });
+    let (up, _) = web_service(&lab, &reference, &[]);
     // Two tasks on different hosts: `a` pings `b` while b's daemon restarts.
     let on = |t: &Value| host_of(&lab, t["node_hostname"].as_str().unwrap());
     let a = up.iter().find(|t| on(t) != 1).unwrap().clone();
