@@ -204,6 +204,49 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
         eprintln!("h{h}:8080 -> {body}");
     }
 
+    // Inside a container: `web` resolves (embedded DNS) to the VIP, which
+    // balances over the tasks. (busybox-static's resolver-using tools
+    // crash without NSS in a static glibc: the name is looked up with
+    // nslookup, the VIP asked with nc.)
+    let t0 = tasks_up[0]["id"].as_str().unwrap().to_string();
+    let h0 = host_of(&lab, tasks_up[0]["node_hostname"].as_str().unwrap());
+    let inspect = json(&lab, 1, &["service", "inspect", "web"]);
+    let (_, ns) = in_container(&lab, h0, &t0, &["nslookup", "web"]);
+    let vip = ns
+        .split("Name:")
+        .nth(1)
+        .and_then(|rest| rest.split("Address:").nth(1))
+        .map(|a| a.trim().to_string())
+        .unwrap_or_else(|| panic!("web does not resolve: {ns}"));
+    let vips: Vec<String> = inspect[0]["vips"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(vips.contains(&vip), "web -> {vip}, VIPs {vips:?}");
+    let (answer, _) = wait_until(
+        "web answering through the VIP",
+        Duration::from_secs(30),
+        || {
+            // busybox-static's wget crashes on non-loopback addresses
+            // here; nc speaks the request.
+            let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80");
+            let (ok, out) = in_container(&lab, h0, &t0, &["sh", "-c", &get]);
+            let body = out.lines().last().unwrap_or_default().to_string();
+            let id = body
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let out = body;
+            (ok && ids.contains(&id)).then_some(out)
+        },
+    );
+    eprintln!("http://web/ ({vip}) from {t0} -> {answer}");
+    let (_, ns) = in_container(&lab, h0, &t0, &["nslookup", "tasks.web", "127.0.0.11"]);
+    assert!(ns.matches("Address").count() >= 3, "tasks.web: {ns}");
+
     // Isolation, inside one task's container.
     let t = &tasks_up[0];
     let id = t["id"].as_str().unwrap();
@@ -458,6 +501,41 @@ fn limits_oom_kill_and_unknown_images() {
         let images = ctr(&lab, h, &["images", "ls", "-q"]);
         assert!(!images.contains(":nope"), "h{h}: {images}");
     }
+
+    // The registry down: a task of an image no node has yet is rejected
+    // with the reason, and runs once the registry is back.
+    let v2 = image::build_echo_image_version(&_dir.path().join("echo2"), "2").unwrap();
+    let reference2 = reference.replace(":1", ":2");
+    image::push(&lab, 1, &v2, &reference2).unwrap();
+    let reg = lab.host(1).unwrap().registry.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(reg.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the registry gone", Duration::from_secs(10), || {
+        (!shoal_lab::is_alive(&reg)).then_some(())
+    });
+    cli(
+        &lab,
+        1,
+        &["service", "create", "--name", "later", &reference2],
+    )
+    .unwrap();
+    let (rejected, _) = wait_until(
+        "a task rejected while the registry is down",
+        Duration::from_secs(60),
+        || in_state(&lab, "later", "rejected").into_iter().next(),
+    );
+    let msg = rejected["message"].as_str().unwrap().to_lowercase();
+    assert!(msg.contains("connection refused"), "{msg}");
+    lab.start_registry(1).unwrap();
+    wait_until(
+        "the task running once the registry is back",
+        Duration::from_secs(60),
+        || (running(&lab, "later").len() == 1).then_some(()),
+    );
+    cli(&lab, 1, &["service", "rm", "later"]).unwrap();
 }
 
 #[test]
