@@ -11,6 +11,8 @@ if [ "${1:-}" = --runtime ]; then
   command -v nsenter >/dev/null || need+=(util-linux)
   command -v containerd >/dev/null || need+=(containerd)
   command -v runc >/dev/null || need+=(runc)
+  # Docker's default seccomp profile (/usr/share/containers/seccomp.json).
+  [ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -47,6 +49,7 @@ if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
   need+=(busybox-static)
 fi
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -145,6 +145,8 @@ log_level = "info"
 # containerd_socket = "/run/containerd/containerd.sock"
 # Registries pulled from over plain HTTP (host:port).
 # insecure_registries = []
+# Docker's default seccomp profile for containers ("" for none).
+# seccomp_profile = "/usr/share/containers/seccomp.json"
 EOF
   chmod 0644 "$config_tmp"
   mv -f "$config_tmp" "$config_dest"

@@ -15,6 +15,9 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 /// Default directory for runtime state (namespace bind mounts).
 pub const DEFAULT_RUN_DIR: &str = "/run/shoal";
+/// Docker's default seccomp profile as Debian ships it (package
+/// `golang-github-containers-common`).
+pub const DEFAULT_SECCOMP_PROFILE: &str = "/usr/share/containers/seccomp.json";
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -54,6 +57,8 @@ pub struct Config {
     /// Registries (`host[:port]`) pulled from over plain HTTP; every other
     /// registry is reached over TLS.
     pub insecure_registries: Vec<String>,
+    /// Seccomp profile of containers, in Docker's format; `""`: none.
+    pub seccomp_profile: String,
 }
 
 impl Config {
@@ -119,6 +124,7 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9323".into(),
             containerd_socket: DEFAULT_CONTAINERD_SOCKET.into(),
             insecure_registries: Vec::new(),
+            seccomp_profile: DEFAULT_SECCOMP_PROFILE.into(),
         }
     }
 }

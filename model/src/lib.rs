@@ -15,6 +15,7 @@
 //! are read through the layouts in [`legacy`].
 
 pub mod codec;
+pub mod command;
 pub mod legacy;
 pub mod network;
 pub mod service;

@@ -95,6 +95,9 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     /// Where stdout and stderr go.
     pub log: PathBuf,
+    /// A seccomp profile in Docker's format (Docker's default profile);
+    /// `None`: no filter.
+    pub seccomp: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// A container containerd knows.

@@ -18,6 +18,7 @@
 mod container;
 mod image;
 mod registry;
+pub mod seccomp;
 mod spec;
 
 use std::path::Path;

@@ -300,6 +300,13 @@ pub fn build(
             "readonlyPaths": READONLY_PATHS
         }
     });
+    let mut v = v;
+    if let Some(profile) = &c.seccomp {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        v["linux"]["seccomp"] = crate::seccomp::oci_seccomp(profile, &caps, &release)?;
+    }
     serde_json::from_value(v).map_err(|e| RuntimeError::Invalid(format!("runtime spec: {e}")))
 }
 

@@ -265,8 +265,11 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     assert!(!ok, "the host's data dir is visible: {out}");
     let (ok, out) = in_container(&lab, h, id, &["ip", "link", "add", "d0", "type", "dummy"]);
     assert!(!ok, "ip link add worked inside the container: {out}");
-    let (_, status) = in_container(&lab, h, id, &["grep", "CapEff", "/proc/self/status"]);
-    assert!(status.contains("00000000a80425fb"), "{status}");
+    let (_, status) = in_container(&lab, h, id, &["cat", "/proc/self/status"]);
+    assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Docker's default seccomp profile filters its system calls.
+    assert!(status.contains("Seccomp:\t2"), "{status}");
     let (_, host) = in_container(&lab, h, id, &["hostname"]);
     assert_eq!(host.trim(), id);
     let (_, resolv) = in_container(&lab, h, id, &["cat", "/etc/resolv.conf"]);

@@ -44,6 +44,7 @@ fn spec(
         memory_limit: None,
         nano_cpus: None,
         log: dir.join(format!("{id}.log")),
+        seccomp: None,
     }
 }
 

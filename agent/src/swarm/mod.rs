@@ -211,6 +211,7 @@ impl Swarm {
                 &config.containerd_socket,
                 config.insecure_registries.clone(),
                 &config.data_dir,
+                &config.seccomp_profile,
             )),
         ));
         let auth = Arc::new(gossip::signing_key(&config.data_dir)?);

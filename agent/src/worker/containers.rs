@@ -24,6 +24,9 @@ pub struct Containers {
     insecure: Vec<String>,
     volumes: PathBuf,
     runtime: tokio::sync::OnceCell<Arc<Runtime>>,
+    /// The seccomp profile every container gets (`None`: none), or why
+    /// the configured one cannot be used (then containers do not start).
+    seccomp: Result<Option<Arc<serde_json::Value>>, String>,
 }
 
 impl std::fmt::Debug for Containers {
@@ -45,15 +48,50 @@ pub struct TaskFiles {
     pub log: PathBuf,
 }
 
+fn load_seccomp(path: &str) -> Result<Option<Arc<serde_json::Value>>, String> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    if !shoal_runtime::seccomp::kernel_has_seccomp() {
+        warn!("this kernel has no seccomp: containers run without a seccomp filter");
+        return Ok(None);
+    }
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if path == crate::config::DEFAULT_SECCOMP_PROFILE => {
+            warn!(
+                profile = path,
+                "Docker's default seccomp profile is not there ({e}; apt-get install \
+                 golang-github-containers-common): containers run without a seccomp filter"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("seccomp_profile {path}: {e}")),
+    };
+    serde_json::from_slice(&text)
+        .map(|v| Some(Arc::new(v)))
+        .map_err(|e| format!("seccomp_profile {path}: not JSON: {e}"))
+}
+
 impl Containers {
     /// containerd at `socket`; plain HTTP to `insecure` registries; named
     /// volumes under `data_dir/volumes`.
-    pub fn new(socket: &Path, insecure: Vec<String>, data_dir: &Path) -> Containers {
+    /// `seccomp_profile`: Docker's format; `""` for none. The default
+    /// path missing (package not installed) or a kernel without seccomp
+    /// means no filter, said once; another path that cannot be read is an
+    /// error every container start reports.
+    pub fn new(
+        socket: &Path,
+        insecure: Vec<String>,
+        data_dir: &Path,
+        seccomp_profile: &str,
+    ) -> Containers {
         Containers {
             socket: socket.to_owned(),
             insecure,
             volumes: data_dir.join("volumes"),
             runtime: tokio::sync::OnceCell::new(),
+            seccomp: load_seccomp(seccomp_profile),
         }
     }
 
@@ -144,7 +182,9 @@ impl Containers {
                 readonly: m.readonly,
             });
         }
+        let seccomp = self.seccomp.clone().map_err(RuntimeError::Invalid)?;
         let spec = ContainerSpec {
+            seccomp,
             id: id.into(),
             image,
             entrypoint: settings.entrypoint.clone(),
