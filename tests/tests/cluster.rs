@@ -36,6 +36,8 @@ fn nodes_of(lab: &Lab, host: usize) -> Result<BTreeMap<String, Value>, String> {
             o.remove("manager_status");
             o.remove("is_self");
             o.remove("gossip");
+            // Reported by each node after it joins, not part of the join.
+            o.remove("resources");
             (id, r)
         })
         .collect())

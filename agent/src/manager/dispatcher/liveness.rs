@@ -33,6 +33,10 @@ pub struct Liveness {
     /// The newest session connection of each node: the leader's way to
     /// call the node (`service logs`).
     conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Nodes that left the swarm (`swarm leave`): down for good, whatever
+    /// heartbeat was still on its way (a node that joins again gets a new
+    /// id).
+    left: Mutex<HashSet<NodeId>>,
 }
 
 /// An open session, counted in [`Liveness`] until dropped.
@@ -104,12 +108,31 @@ impl Liveness {
     }
 
     pub fn seen(&self, node: &NodeId, report: NodeReport) {
+        if self.has_left(node) {
+            return;
+        }
         if let Ok(mut m) = self.last_seen.lock() {
             m.insert(node.clone(), Instant::now());
         }
         if let Ok(mut m) = self.reports.lock() {
             m.insert(node.clone(), report);
         }
+    }
+
+    /// `node` left the swarm: its last heartbeats must not bring it back
+    /// up before it is removed.
+    pub fn leave(&self, node: &NodeId) {
+        if let Ok(mut l) = self.left.lock() {
+            l.insert(node.clone());
+        }
+        if let Ok(mut m) = self.last_seen.lock() {
+            m.remove(node);
+        }
+    }
+
+    /// Whether `node` left the swarm.
+    pub fn has_left(&self, node: &NodeId) -> bool {
+        self.left.lock().map(|l| l.contains(node)).unwrap_or(false)
     }
 
     /// Nodes that sent a heartbeat within `within`.
@@ -238,7 +261,8 @@ pub async fn watch(manager: Weak<Manager>, me: NodeId) {
             }
             let now = Instant::now();
             let last_seen = m.liveness.last_seen(&n.id);
-            let gone = gossip_down.contains(n.id.as_str()) && !m.liveness.has_session(&n.id);
+            let gone = (gossip_down.contains(n.id.as_str()) && !m.liveness.has_session(&n.id))
+                || m.liveness.has_left(&n.id);
             let Some(want) = judge(last_seen, since, now, limit, gone) else {
                 continue;
             };

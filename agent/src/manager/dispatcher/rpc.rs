@@ -66,6 +66,7 @@ pub async fn handle(
                 })?;
                 return Ok(NodeResponse::Ok);
             }
+            m.liveness.leave(peer);
             update_node(
                 m,
                 peer,
