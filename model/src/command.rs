@@ -222,3 +222,19 @@ pub enum Command {
         at: u64,
     },
 }
+
+impl Command {
+    /// The bytes of a command in the Raft log ([`crate::codec`]).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::codec::encode(self).map_err(|e| format!("cannot encode command: {e}"))
+    }
+
+    /// Reads a command written by [`Command::encode`], or by a release
+    /// that wrote bincode.
+    pub fn decode(data: &[u8]) -> Result<Command, String> {
+        if let Some(r) = crate::codec::decode(data) {
+            return r.map_err(|e| format!("corrupted command: {e}"));
+        }
+        crate::legacy::decode_command(data)
+    }
+}

@@ -452,28 +452,12 @@ impl State {
                 if self.tasks.contains_key(&id) {
                     return Err(ServiceError::TaskExists(id).into());
                 }
+                let endpoints = self.place(&id, &sid, slot, &node, index)?;
                 let svc = self
                     .services
                     .get(&sid)
                     .ok_or_else(|| ServiceError::NotFound(sid.clone()))?;
-                if !self.nodes.keys().any(|n| n.as_str() == node) {
-                    return Err(ApplyError::NoSuchNode(
-                        node.parse()
-                            .map_err(|_| ServiceError::NotFound(node.clone()))?,
-                    ));
-                }
-                let ingress = self.networks.values().find(|n| n.ingress).cloned();
-                let nets = svc.task_networks(ingress.as_ref());
-                let name = format!("{}.{}.{}", svc.spec.name, slot, id);
                 let (service_name, spec_version) = (svc.spec.name.clone(), svc.spec_version);
-                let endpoints = service::allocate_endpoints(
-                    &id,
-                    &name,
-                    &node,
-                    &nets,
-                    &mut self.networks,
-                    index,
-                )?;
                 self.tasks.insert(
                     id.clone(),
                     Task {
@@ -597,27 +581,8 @@ impl State {
                 if !t.is_pending() || t.desired != TaskState::Running {
                     return Err(ServiceError::TaskExists(id).into());
                 }
-                if !self.nodes.keys().any(|n| n.as_str() == node) {
-                    return Err(ApplyError::NoSuchNode(
-                        node.parse()
-                            .map_err(|_| ServiceError::NotFound(node.clone()))?,
-                    ));
-                }
-                let svc = self
-                    .services
-                    .get(&t.service)
-                    .ok_or_else(|| ServiceError::NotFound(t.service.clone()))?;
-                let ingress = self.networks.values().find(|n| n.ingress).cloned();
-                let nets = svc.task_networks(ingress.as_ref());
-                let name = format!("{}.{}.{}", svc.spec.name, t.slot, id);
-                let endpoints = service::allocate_endpoints(
-                    &id,
-                    &name,
-                    &node,
-                    &nets,
-                    &mut self.networks,
-                    index,
-                )?;
+                let (sid, slot) = (t.service.clone(), t.slot);
+                let endpoints = self.place(&id, &sid, slot, &node, index)?;
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.node = node;
                     t.endpoints = endpoints;
@@ -629,6 +594,39 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Placing task `id` (slot `slot` of service `sid`) on `node`, which
+    /// must exist: its endpoints on the service's networks.
+    fn place(
+        &mut self,
+        id: &str,
+        sid: &str,
+        slot: u64,
+        node: &str,
+        index: u64,
+    ) -> Result<BTreeMap<String, network::Endpoint>, ApplyError> {
+        let svc = self
+            .services
+            .get(sid)
+            .ok_or_else(|| ServiceError::NotFound(sid.to_string()))?;
+        if !self.nodes.keys().any(|n| n.as_str() == node) {
+            return Err(ApplyError::NoSuchNode(
+                node.parse()
+                    .map_err(|_| ServiceError::NotFound(node.to_string()))?,
+            ));
+        }
+        let ingress = self.networks.values().find(|n| n.ingress).cloned();
+        let nets = svc.task_networks(ingress.as_ref());
+        let name = format!("{}.{}.{}", svc.spec.name, slot, id);
+        Ok(service::allocate_endpoints(
+            id,
+            &name,
+            node,
+            &nets,
+            &mut self.networks,
+            index,
+        )?)
     }
 
     fn check_raft_id(&self, rid: u64, owner: &NodeId) -> Result<(), ApplyError> {
@@ -676,22 +674,6 @@ impl State {
             return r.map_err(|e| format!("corrupted state snapshot: {e}"));
         }
         crate::legacy::decode_state(data)
-    }
-}
-
-impl Command {
-    /// The bytes of a command in the Raft log ([`crate::codec`]).
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        crate::codec::encode(self).map_err(|e| format!("cannot encode command: {e}"))
-    }
-
-    /// Reads a command written by [`Command::encode`], or by a release
-    /// that wrote bincode.
-    pub fn decode(data: &[u8]) -> Result<Command, String> {
-        if let Some(r) = crate::codec::decode(data) {
-            return r.map_err(|e| format!("corrupted command: {e}"));
-        }
-        crate::legacy::decode_command(data)
     }
 }
 
