@@ -5,18 +5,22 @@
 //! the /etc files Shoal writes for it, named volumes under the data dir),
 //! and the waiter that records each container's exit status.
 //!
-//! Data flow: executor `start` -> [`Containers::image`] (pull) ->
-//! [`Containers::run`] (containerd creates the container in the task's
-//! network namespace) -> waiter -> `Overlay::record_exit` -> the executor
-//! reports the exit; executor `finish` -> [`Containers::remove`].
+//! Data flow: executor `start` (or `shoal run`) -> [`Containers::image`]
+//! (pull) -> [`Containers::launch`] (containerd creates the container in
+//! the workload's network namespace; the overlay records it) -> waiter ->
+//! the exit status to the overlay -> the executor reports the exit;
+//! executor `finish` -> [`Containers::remove`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_api::Workload;
 use shoal_model::service::ContainerSpec as Settings;
 use shoal_runtime::{ContainerSpec, ImageInfo, MountSpec, MountType, Runtime, RuntimeError};
 use tracing::{info, warn};
+
+use crate::worker::overlay::Overlay;
 
 /// The node's container runtime.
 pub struct Containers {
@@ -37,15 +41,22 @@ impl std::fmt::Debug for Containers {
     }
 }
 
-/// Where a task's container lives on this node.
-#[derive(Debug, Clone)]
-pub struct TaskFiles {
-    /// Its network namespace.
-    pub netns: PathBuf,
-    /// Its /etc/resolv.conf (the embedded DNS).
+/// The container a workload gets (a service task or `shoal run`).
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// Host name inside.
+    pub hostname: &'a str,
+    /// Its image.
+    pub image: ImageInfo,
+    /// The settings of its service (or of `shoal run`).
+    pub settings: &'a Settings,
+    /// Arguments replacing the image's CMD.
+    pub command: &'a [String],
+    /// `K=V` on top of the image's env.
+    pub env: Vec<String>,
+    /// The host file that becomes its /etc/resolv.conf; /etc/hosts and
+    /// /etc/hostname are written beside it.
     pub resolv_conf: PathBuf,
-    /// Its stdout and stderr.
-    pub log: PathBuf,
 }
 
 fn load_seccomp(path: &str) -> Result<Option<Arc<serde_json::Value>>, String> {
@@ -134,26 +145,40 @@ impl Containers {
         Ok(dir)
     }
 
-    /// Creates and starts the container of task `id`; its pid.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run(
-        &self,
-        id: &str,
-        hostname: &str,
-        image: ImageInfo,
-        settings: &Settings,
-        command: &[String],
-        env: Vec<String>,
-        files: &TaskFiles,
-        ip: Option<std::net::Ipv4Addr>,
-    ) -> Result<u32, RuntimeError> {
+    /// Creates and starts the container of workload `w` in its network
+    /// namespace, records it in the overlay, and waits for its exit in
+    /// the background: `on_exit(pid, status)`.
+    pub async fn launch(
+        self: &Arc<Self>,
+        overlay: &Overlay,
+        w: &Workload,
+        l: Launch<'_>,
+        on_exit: impl Fn(u32, i32) + Send + 'static,
+    ) -> anyhow::Result<Workload> {
+        let name = l.image.name.clone();
+        let command = l.command.to_vec();
+        let pid = self.run(w, l, overlay.log_of(&w.id)).await?;
+        self.watch(w.id.clone(), move |code| on_exit(pid, code));
+        overlay.set_container(&w.id, pid, command, name)
+    }
+
+    /// Creates and starts the container; its pid.
+    async fn run(&self, w: &Workload, l: Launch<'_>, log: PathBuf) -> Result<u32, RuntimeError> {
+        let Launch {
+            hostname,
+            image,
+            settings,
+            command,
+            env,
+            resolv_conf,
+        } = l;
         let rt = self.runtime().await?;
-        let etc = |ext: &str| files.resolv_conf.with_extension(ext);
+        let etc = |ext: &str| resolv_conf.with_extension(ext);
         let (hosts, hostname_file) = (etc("hosts"), etc("hostname"));
         let mut hosts_text =
             String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if let Some(ip) = ip {
-            hosts_text.push_str(&format!("{ip}\t{hostname}\n"));
+        if let Some(e) = &w.endpoint {
+            hosts_text.push_str(&format!("{}\t{hostname}\n", e.ip));
         }
         for (p, text) in [
             (&hosts, hosts_text),
@@ -185,7 +210,7 @@ impl Containers {
         let seccomp = self.seccomp.clone().map_err(RuntimeError::Invalid)?;
         let spec = ContainerSpec {
             seccomp,
-            id: id.into(),
+            id: w.id.clone(),
             image,
             entrypoint: settings.entrypoint.clone(),
             command: command.to_vec(),
@@ -193,8 +218,8 @@ impl Containers {
             user: settings.user.clone(),
             workdir: settings.workdir.clone(),
             hostname: hostname.into(),
-            netns: files.netns.clone(),
-            resolv_conf: files.resolv_conf.clone(),
+            netns: w.netns.clone(),
+            resolv_conf: resolv_conf.clone(),
             hosts,
             hostname_file,
             mounts,
@@ -203,7 +228,7 @@ impl Containers {
             cap_drop: settings.cap_drop.clone(),
             memory_limit: settings.limit_memory,
             nano_cpus: settings.limit_nano_cpus,
-            log: files.log.clone(),
+            log,
         };
         rt.run(&spec).await
     }

@@ -31,7 +31,7 @@ use shoal_model::service::{EndpointMode, Protocol, PublishMode, Runtime, TaskSta
 use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
 use tracing::{info, warn};
 
-use crate::worker::containers::{Containers, TaskFiles};
+use crate::worker::containers::{Containers, Launch};
 use crate::worker::dns::{self, DnsServer};
 use shoal_api::Workload;
 
@@ -402,29 +402,18 @@ impl Executor {
         spec.argv = argv;
         let launched = match (settings, image) {
             (Some(settings), Some(image)) => {
-                let files = TaskFiles {
-                    netns: w.netns.clone(),
+                let launch = Launch {
+                    hostname: &task.id,
+                    image,
+                    settings: &settings,
+                    command: &t.command,
+                    env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                     resolv_conf: resolv.clone(),
-                    log: overlay.log_of(&w.id),
                 };
-                let env = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let ip = w.endpoint.as_ref().map(|e| e.ip);
-                let name = image.name.clone();
-                match ctx
-                    .containers
-                    .run(
-                        &w.id, &task.id, image, &settings, &t.command, env, &files, ip,
-                    )
+                let on_exit = ctx.on_exit.clone();
+                ctx.containers
+                    .launch(overlay, &w, launch, move |pid, code| on_exit(pid, code))
                     .await
-                {
-                    Ok(pid) => {
-                        let on_exit = ctx.on_exit.clone();
-                        ctx.containers
-                            .watch(w.id.clone(), move |code| on_exit(pid, code));
-                        overlay.set_container(&w.id, pid, t.command.clone(), name)
-                    }
-                    Err(e) => Err(anyhow::Error::from(e)),
-                }
             }
             _ => overlay.launch(&w.id, &spec),
         };

@@ -275,24 +275,17 @@ impl Worker {
         let resolv = self.overlay.netns_of(&w.id).with_extension("resolv.conf");
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(&resolv, host_resolv)?;
-        let files = containers::TaskFiles {
-            netns: w.netns.clone(),
+        let launch = containers::Launch {
+            hostname,
+            image,
+            settings,
+            command: argv,
+            env,
             resolv_conf: resolv,
-            log: self.overlay.log_of(&w.id),
         };
-        let ip = w.endpoint.as_ref().map(|e| e.ip);
-        let name = image.name.clone();
-        let pid = self
-            .containers
-            .run(&w.id, hostname, image, settings, argv, env, &files, ip)
-            .await?;
-        let w = self
-            .overlay
-            .set_container(&w.id, pid, argv.to_vec(), name)?;
-        let exits = self.overlay.exit_recorder();
         self.containers
-            .watch(w.id.clone(), move |code| exits(pid, code));
-        Ok(w)
+            .launch(&self.overlay, w, launch, self.overlay.exit_recorder())
+            .await
     }
 
     /// Free an endpoint in the store.
