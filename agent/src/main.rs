@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::ContainerLog { log } => container_log(&runtime, &log),
         Command::Daemon(args) => match runtime.block_on(daemon(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -24,6 +25,23 @@ fn main() -> ExitCode {
             }
         },
         _ => ExitCode::from(runtime.block_on(shoal::cli::run_client(cli)) as u8),
+    }
+}
+
+/// The logging process of one workload (started by containerd's shim, or
+/// by the daemon beside a host process). The shim closes the pipes and
+/// then sends SIGTERM: the handler keeps the process alive until what
+/// is still in the pipes is written.
+fn container_log(runtime: &tokio::runtime::Runtime, log: &std::path::Path) -> ExitCode {
+    let _term = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    });
+    match shoal_runtime::logfile::run_logger(log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: log {}: {e}", log.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -240,3 +240,18 @@ pub struct ImageRow {
     /// Compressed size of its layers, bytes.
     pub size: u64,
 }
+
+/// A line a workload wrote, as `logs` and `service logs` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Who wrote it: `web.1.<task id>@<node>` (empty for `shoal logs`).
+    pub context: String,
+    /// Nanoseconds since the Unix epoch when it was written.
+    pub time: i64,
+    /// The same time as `--timestamps` shows it (RFC 3339, nanoseconds).
+    pub stamp: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub line: String,
+}

@@ -10,6 +10,8 @@
 //! malformed ones, and closes the connection only when it cannot find the next
 //! frame boundary (an oversized length).
 
+use std::collections::BTreeMap;
+
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use shoal_model::state::{Availability, Node};
 use shoal_model::Role;
@@ -154,6 +156,11 @@ pub enum Request {
         service: String,
         /// Lines per task.
         tail: Option<usize>,
+        /// `--follow`'s cursors: per task seen so far, the time of its
+        /// last line (0: none yet); only newer lines come back, and all
+        /// lines of tasks not named. Empty on the first call.
+        #[serde(default)]
+        after: BTreeMap<String, i64>,
     },
     /// `image ls`: the images on this node.
     ImageList,
@@ -173,6 +180,9 @@ pub enum Request {
         workload: String,
         /// Only the last N lines.
         tail: Option<usize>,
+        /// Only lines after this time (`--follow`'s cursor).
+        #[serde(default)]
+        after: Option<i64>,
     },
     /// `network rm`.
     NetworkRemove {
@@ -345,6 +355,15 @@ pub enum Response {
         id: String,
         /// What the user should know (an image not pinned to a digest).
         warnings: Vec<String>,
+    },
+    /// Answer to [`Request::Logs`] and [`Request::ServiceLogs`].
+    Logs {
+        /// The lines, oldest first.
+        lines: Vec<LogLine>,
+        /// Per task, the time of its last line (send back to follow).
+        cursors: BTreeMap<String, i64>,
+        /// Nodes that could not answer.
+        errors: Vec<String>,
     },
     /// Answer to [`Request::Exec`].
     Exec {

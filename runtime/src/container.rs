@@ -2,7 +2,8 @@
 //! namespace, wait for its exit, signal it, remove it with its snapshot,
 //! list what runs (a restarted daemon adopts those), and exec into it.
 //!
-//! Output goes to a file the shim writes itself (`file://` stdio), so logs
+//! Output goes to Shoal's logging binary, which the shim starts and keeps
+//! (`binary://` stdio, records in [`crate::logfile`]'s format), so logs
 //! keep flowing while the daemon is down.
 
 use std::collections::HashMap;
@@ -93,8 +94,11 @@ pub struct ContainerSpec {
     pub memory_limit: Option<i64>,
     /// `--limit-cpu`, billionths of a CPU.
     pub nano_cpus: Option<i64>,
-    /// Where stdout and stderr go.
+    /// The log stdout and stderr go to (see [`crate::logfile`]).
     pub log: PathBuf,
+    /// The logging binary containerd's shim starts for the container:
+    /// invoked as `LOGGER container-log LOG` (Shoal's own binary).
+    pub logger: PathBuf,
     /// A seccomp profile in Docker's format (Docker's default profile);
     /// `None`: no filter.
     pub seccomp: Option<std::sync::Arc<serde_json::Value>>,
@@ -122,6 +126,14 @@ fn any(type_url: &str, value: Vec<u8>) -> prost_types::Any {
 
 fn file_uri(p: &Path) -> String {
     format!("file://{}", p.display())
+}
+
+/// containerd's `binary://` stdio: the shim starts `logger` with the
+/// query's key and value as its arguments (`container-log LOG`).
+fn logger_uri(logger: &Path, log: &Path) -> String {
+    let arg: String =
+        url::form_urlencoded::byte_serialize(log.as_os_str().as_encoded_bytes()).collect();
+    format!("binary://{}?container-log={arg}", logger.display())
 }
 
 /// `uid[:gid]` or names, looked up in the image's /etc/passwd and
@@ -301,7 +313,7 @@ impl Runtime {
                 ))
                 .await
                 .map_err(cd_err("create container"))?;
-            let log = file_uri(&c.log);
+            let log = logger_uri(&c.logger, &c.log);
             let mut tasks = TasksClient::new(self.channel.clone());
             tasks
                 .create(req(

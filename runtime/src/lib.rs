@@ -17,6 +17,7 @@
 
 mod container;
 mod image;
+pub mod logfile;
 mod registry;
 pub mod seccomp;
 mod spec;

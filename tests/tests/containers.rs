@@ -446,7 +446,8 @@ fn limits_oom_kill_and_unknown_images() {
             "sh",
             &reference,
             "-c",
-            "echo hello from $HOSTNAME; sleep 600",
+            "echo hello from $HOSTNAME; echo oops from $HOSTNAME >&2; \
+             i=0; while sleep 1; do i=$((i+1)); echo tick $i; done",
         ],
     )
     .unwrap();
@@ -475,6 +476,77 @@ fn limits_oom_kill_and_unknown_images() {
             .then_some(out)
     });
     eprintln!("service logs talk:\n{logs}");
+    // stderr lines go to stderr, with the same context.
+    let out = lab.shoal(1, &["service", "logs", "talk"]).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for t in &up {
+        let id = t["id"].as_str().unwrap();
+        assert!(stderr.contains(&format!("| oops from {id}")), "{stderr}");
+        assert!(!stdout.contains("oops"), "{stdout}");
+    }
+    // --tail 1 --timestamps: one line per task, each with its RFC 3339
+    // nanosecond time first.
+    let out = lab
+        .shoal(1, &["service", "logs", "--tail", "1", "-t", "talk"])
+        .unwrap();
+    let last =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = last.lines().collect();
+    assert_eq!(lines.len(), 2, "{last}");
+    for l in &lines {
+        let stamp = l.split(' ').next().unwrap();
+        assert!(
+            stamp.len() == 30 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+            "{l}"
+        );
+    }
+    // --follow prints lines written after it started, from both tasks.
+    let mut follow = lab
+        .command(
+            1,
+            &[
+                lab.shoal_bin().to_str().unwrap(),
+                "service",
+                "logs",
+                "-f",
+                "--tail",
+                "0",
+                "talk",
+            ],
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            assert!(l.contains("| tick "), "only new lines: {l}");
+            for t in &up {
+                if l.contains(t["id"].as_str().unwrap()) {
+                    seen.insert(t["id"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen.len(), 2, "--follow showed new lines of {seen:?}");
     cli(&lab, 1, &["service", "rm", "talk"]).unwrap();
 
     // An unknown tag: rejected with the registry's reason, nothing left in

@@ -44,6 +44,7 @@ fn spec(
         memory_limit: None,
         nano_cpus: None,
         log: dir.join(format!("{id}.log")),
+        logger: shoal_lab::find_shoal_bin().expect("the shoal binary"),
         seccomp: None,
     }
 }
@@ -95,8 +96,12 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
             .expect("wait timed out")
             .unwrap();
         assert_eq!(code, 3);
-        let log = std::fs::read_to_string(&c.log).unwrap();
-        assert_eq!(log.trim(), format!("hello from {id}"));
+        // The shim's logging process (Shoal's binary) wrote the line as a
+        // json-file record.
+        let log = shoal_runtime::logfile::read(&c.log, None, None);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0].line, format!("hello from {id}"));
+        assert_eq!(log[0].stream, "stdout");
         rt.remove(&id).await.unwrap();
         assert!(rt.containers().await.unwrap().iter().all(|x| x.id != id));
 

@@ -37,6 +37,13 @@ pub enum Format {
 pub enum Command {
     /// Run the agent on this host (in the foreground).
     Daemon(DaemonArgs),
+    /// Internal: a workload's logging process (containerd's shim starts it
+    /// with the container's stdout on fd 3 and stderr on fd 4).
+    #[command(hide = true)]
+    ContainerLog {
+        /// The log file.
+        log: PathBuf,
+    },
     /// Show the client and daemon versions.
     Version,
     /// Show this node's id, addresses and swarm state.
@@ -118,12 +125,41 @@ pub enum Command {
     },
     /// Show what a workload on this node wrote to stdout and stderr.
     Logs {
-        /// Only the last N lines.
-        #[arg(short = 'n', long)]
-        tail: Option<usize>,
+        #[command(flatten)]
+        opts: LogArgs,
         /// Task or workload id, id prefix or name.
         workload: String,
     },
+}
+
+/// What `logs` and `service logs` show.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Number of lines to show from the end of the logs (of each task),
+    /// or `all`.
+    #[arg(short = 'n', long, default_value = "all", value_parser = parse_tail)]
+    pub tail: Tail,
+    /// Follow log output: keep printing new lines (of new tasks too)
+    /// until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Show timestamps (RFC 3339 with nanoseconds, when the line was
+    /// written).
+    #[arg(short, long)]
+    pub timestamps: bool,
+}
+
+/// `--tail`: a number of lines, or every line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail(pub Option<usize>);
+
+fn parse_tail(s: &str) -> Result<Tail, String> {
+    if s == "all" {
+        return Ok(Tail(None));
+    }
+    s.parse()
+        .map(|n| Tail(Some(n)))
+        .map_err(|_| format!("invalid --tail {s:?}: a number of lines or \"all\""))
 }
 
 /// `shoal image ...`
@@ -250,9 +286,8 @@ pub enum ServiceCmd {
     /// Show what a service's tasks wrote to stdout and stderr, gathered
     /// from every node that ran them (run on the leader).
     Logs {
-        /// Only the last N lines of each task.
-        #[arg(short = 'n', long)]
-        tail: Option<usize>,
+        #[command(flatten)]
+        opts: LogArgs,
         /// Service name or id, or a task id.
         service: String,
     },

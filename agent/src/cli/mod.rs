@@ -9,6 +9,7 @@ use shoal_api::{Request, Response, SwarmInitArgs, SwarmJoinArgs, VersionInfo};
 use shoal_model::Role;
 
 mod args;
+mod logs;
 #[macro_use]
 mod output;
 mod service;
@@ -51,9 +52,9 @@ pub async fn run_client(cli: Cli) -> i32 {
 
 async fn client_command(cli: &Cli) -> Result<(), ClientError> {
     match &cli.command {
-        Command::Daemon(_) => Err(ClientError::Unexpected(
-            "daemon is not a client command".into(),
-        )),
+        Command::Daemon(_) | Command::ContainerLog { .. } => {
+            Err(ClientError::Unexpected("not a client command".into()))
+        }
         Command::Version => {
             let client = VersionInfo::current();
             let server = client::call(&cli.host, Request::Version).await;
@@ -157,19 +158,13 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
             Ok(())
         }
         Command::Exec { .. } => Err(ClientError::Unexpected("exec is run by run_client".into())),
-        Command::Logs { workload, tail } => {
-            let req = Request::Logs {
+        Command::Logs { opts, workload } => {
+            logs::print(&cli.host, opts, |after| Request::Logs {
                 workload: workload.clone(),
-                tail: *tail,
-            };
-            match client::call(&cli.host, req).await? {
-                Response::Message(text) => {
-                    use std::io::Write;
-                    let _ = std::io::stdout().write_all(text.as_bytes());
-                    Ok(())
-                }
-                other => Err(ClientError::Unexpected(format!("{other:?}"))),
-            }
+                tail: opts.tail.0,
+                after: after.get(workload).copied(),
+            })
+            .await
         }
         Command::Service(cmd) => service_command(cli, cmd).await,
         Command::Image(cmd) => {

@@ -206,20 +206,13 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             }
         }
         ServiceCmd::Ls => call(Request::ServiceList { services: vec![] }).await?,
-        ServiceCmd::Logs { tail, service } => {
-            match call(Request::ServiceLogs {
+        ServiceCmd::Logs { opts, service } => {
+            return super::logs::print(&cli.host, opts, |after| Request::ServiceLogs {
                 service: service.clone(),
-                tail: *tail,
+                tail: opts.tail.0,
+                after: after.clone(),
             })
-            .await?
-            {
-                Response::Message(text) => {
-                    use std::io::Write;
-                    let _ = std::io::stdout().write_all(text.as_bytes());
-                    return Ok(());
-                }
-                other => other,
-            }
+            .await;
         }
         ServiceCmd::Inspect { services } => {
             match call(Request::ServiceList {

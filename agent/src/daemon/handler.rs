@@ -2,11 +2,12 @@
 //! membership — the manager side for cluster commands, the worker side for
 //! workloads, gossip for the debugging commands.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shoal_api::{
-    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState, NodeInfo,
-    Request, Response, SwarmInfo, SwarmState, VersionInfo,
+    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState, LogLine,
+    NodeInfo, Request, Response, SwarmInfo, SwarmState, VersionInfo,
 };
 
 use super::lock::{new_node_id, NODE_ID_FILE};
@@ -163,9 +164,11 @@ impl Daemon {
                 let (exit_code, output) = self.swarm().await?.worker.exec(&workload, &argv).await?;
                 Ok(Response::Exec { exit_code, output })
             }
-            Request::ServiceLogs { service, tail } => Ok(Response::Message(
-                services::logs(self.manager().await?.as_ref(), &service, tail).await?,
-            )),
+            Request::ServiceLogs {
+                service,
+                tail,
+                after,
+            } => services::logs(self.manager().await?.as_ref(), &service, tail, after).await,
             Request::ImageList => Ok(Response::Images(self.swarm().await?.worker.images().await?)),
             Request::ImagePull { reference } => Ok(Response::Message(
                 self.swarm().await?.worker.pull(&reference).await?,
@@ -178,9 +181,29 @@ impl Daemon {
                 }
                 Ok(Response::Message(out.join("\n")))
             }
-            Request::Logs { workload, tail } => Ok(Response::Message(
-                self.swarm().await?.worker.logs(&workload, tail)?,
-            )),
+            Request::Logs {
+                workload,
+                tail,
+                after,
+            } => {
+                let (records, cursor) = self.swarm().await?.worker.logs(&workload, tail, after)?;
+                let cursors = BTreeMap::from([(workload.clone(), cursor)]);
+                let lines = records
+                    .into_iter()
+                    .map(|r| LogLine {
+                        context: String::new(),
+                        time: r.time,
+                        stamp: r.stamp(),
+                        stream: r.stream,
+                        line: r.line,
+                    })
+                    .collect();
+                Ok(Response::Logs {
+                    lines,
+                    cursors,
+                    errors: Vec::new(),
+                })
+            }
             Request::ServiceCreate {
                 mut spec,
                 resolve_image,

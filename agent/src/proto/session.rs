@@ -31,14 +31,18 @@ pub enum ManagerCall {
         tasks: Vec<String>,
         /// Lines per task.
         tail: Option<usize>,
+        /// Per task, only lines after this time (`--follow`).
+        #[serde(default)]
+        after: std::collections::BTreeMap<String, i64>,
     },
 }
 
 /// A node's answer to a [`ManagerCall`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CallReply {
-    /// (task id, its output) per task the node has.
-    Logs(Vec<(String, String)>),
+    /// (task id, its lines, its cursor: the time of its newest line) per
+    /// task the node has.
+    Logs(Vec<(String, Vec<shoal_runtime::logfile::Record>, i64)>),
     /// The call failed on the node.
     Error(String),
 }

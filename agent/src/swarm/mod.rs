@@ -131,8 +131,8 @@ impl SessionOwner for Swarm {
     ) -> futures::future::BoxFuture<'static, CallReply> {
         Box::pin(async move {
             match call {
-                ManagerCall::Logs { tasks, tail } => {
-                    CallReply::Logs(self.worker.task_logs(&tasks, tail))
+                ManagerCall::Logs { tasks, tail, after } => {
+                    CallReply::Logs(self.worker.task_logs(&tasks, tail, &after))
                 }
             }
         })

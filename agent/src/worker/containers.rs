@@ -229,6 +229,7 @@ impl Containers {
             memory_limit: settings.limit_memory,
             nano_cpus: settings.limit_nano_cpus,
             log,
+            logger: logger()?,
         };
         rt.run(&spec).await
     }
@@ -286,4 +287,12 @@ impl Containers {
             Err(e) => warn!("cannot list containers: {e}"),
         }
     }
+}
+
+/// Shoal's own binary: the logging process of every workload
+/// (`shoal container-log LOG`).
+pub fn logger() -> Result<PathBuf, RuntimeError> {
+    std::env::current_exe().map_err(|e| {
+        RuntimeError::Invalid(format!("cannot find the shoal binary for logging: {e}"))
+    })
 }

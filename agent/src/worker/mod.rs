@@ -8,6 +8,7 @@
 //! - [`executor`]: service tasks, the routing mesh, VIPs;
 //! - [`dns`]: the embedded DNS server of tasks.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use shoal_api::{ApiError, ErrorCode, ImageRow, Workload};
 use shoal_model::NodeId;
+use shoal_runtime::logfile::{self, Record};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -322,37 +324,6 @@ impl Worker {
     }
 }
 
-/// Largest a workload's log may grow before it is cut to its newer half.
-const MAX_LOG: u64 = 16 << 20;
-
-/// Keeps a log under [`MAX_LOG`]: past it, the file keeps only its last
-/// half (the shim appends, so the cut is in place; the lines written in
-/// the microseconds of the cut may be lost).
-fn bound_log(path: &Path) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    if meta.len() <= MAX_LOG {
-        return;
-    }
-    let keep = match read_tail(path, MAX_LOG / 2) {
-        Ok(k) => k,
-        Err(e) => return warn!(log = %path.display(), "cannot read the log to bound it: {e}"),
-    };
-    let cut = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| {
-            f.set_len(0)?;
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-            f.write_all(keep.as_bytes())
-        });
-    if let Err(e) = cut {
-        warn!(log = %path.display(), "cannot bound the log: {e}");
-    }
-}
-
 /// `registry:5000/app:1` -> (`registry:5000/app`, `1`); a digest-only
 /// name has tag `<none>`.
 fn split_name(name: &str) -> (String, String) {
@@ -515,48 +486,62 @@ impl Worker {
         Ok(format!("Untagged: {name}"))
     }
 
-    /// `service logs` on this node: the output of each of `tasks` that is
-    /// here (at most [`MAX_OUTPUT`] in all).
-    pub fn task_logs(&self, tasks: &[String], tail: Option<usize>) -> Vec<(String, String)> {
+    /// `service logs` on this node, per task of `tasks` that is here: its
+    /// lines after its cursor in `after` (if named there) and its new
+    /// cursor; at most [`MAX_OUTPUT`] bytes in all (the cursor of a cut
+    /// task is its last line sent, so the rest comes next time).
+    pub fn task_logs(
+        &self,
+        tasks: &[String],
+        tail: Option<usize>,
+        after: &BTreeMap<String, i64>,
+    ) -> Vec<(String, Vec<Record>, i64)> {
         let mut total = 0u64;
         let mut out = Vec::new();
         for t in tasks {
             if self.overlay.get(t).is_none() {
                 continue;
             }
-            let Ok(text) = self.logs(t, tail) else {
+            let Ok((mut records, mut cursor)) = self.logs(t, tail, after.get(t).copied()) else {
                 continue;
             };
-            total += text.len() as u64;
+            let mut keep = 0;
+            for r in &records {
+                total += r.line.len() as u64 + 40;
+                if total > MAX_OUTPUT {
+                    cursor = records[..keep].last().map_or(cursor, |r| r.time);
+                    break;
+                }
+                keep += 1;
+            }
+            records.truncate(keep);
+            out.push((t.clone(), records, cursor));
             if total > MAX_OUTPUT {
                 break;
             }
-            out.push((t.clone(), text));
         }
         out
     }
 
-    /// What a workload wrote (the last `tail` lines, if given).
-    pub fn logs(&self, key: &str, tail: Option<usize>) -> Result<String, ApiError> {
+    /// What a workload wrote after time `after` (the last `tail` lines, if
+    /// given), and the time of its newest line (shown or not; `after`, or
+    /// 0, when there is none): where to continue from.
+    pub fn logs(
+        &self,
+        key: &str,
+        tail: Option<usize>,
+        after: Option<i64>,
+    ) -> Result<(Vec<Record>, i64), ApiError> {
         let w = self.overlay.find(key).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("No such container: {key}"))
         })?;
-        let text = match read_tail(&self.overlay.log_of(&w.id), MAX_OUTPUT) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(ApiError::internal(format!("logs of {}: {e}", w.name))),
+        let path = self.overlay.log_of(&w.id);
+        let records = logfile::read(&path, after, tail);
+        let newest = match records.last() {
+            Some(r) => Some(r.time),
+            None => logfile::read(&path, after, Some(1)).last().map(|r| r.time),
         };
-        Ok(match tail {
-            Some(n) => {
-                let lines: Vec<&str> = text.lines().collect();
-                let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
-                if !s.is_empty() {
-                    s.push('\n');
-                }
-                s
-            }
-            None => text,
-        })
+        Ok((records, newest.or(after).unwrap_or(0)))
     }
 }
 
@@ -569,9 +554,6 @@ async fn overlay_loop(worker: Weak<Worker>) {
         let Some(s) = worker.upgrade() else { return };
         if events.is_none() {
             events = s.gossip.get().map(|g| g.subscribe());
-        }
-        for w in s.overlay.list() {
-            bound_log(&s.overlay.log_of(&w.id));
         }
         for id in s.overlay.exited() {
             let gossip = s.gossip.get();
@@ -661,22 +643,6 @@ async fn executor_loop(worker: Weak<Worker>) {
 #[cfg(test)]
 mod tests {
     use super::split_name;
-
-    #[test]
-    fn a_log_past_its_bound_keeps_its_newer_half() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("t.log");
-        let line = "x".repeat(99) + "\n";
-        let n = (super::MAX_LOG / 100 + 10) as usize;
-        let mut text: String = (0..n).map(|_| line.as_str()).collect();
-        text.push_str("last line\n");
-        std::fs::write(&p, &text).unwrap();
-        super::bound_log(&p);
-        let after = std::fs::read_to_string(&p).unwrap();
-        assert!(after.len() as u64 <= super::MAX_LOG / 2);
-        assert!(after.ends_with("last line\n") && after.starts_with('x'));
-        assert!(after.lines().all(|l| l.len() == 99 || l == "last line"));
-    }
 
     #[test]
     fn image_names_split_into_repository_and_tag() {

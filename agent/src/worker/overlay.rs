@@ -415,7 +415,18 @@ impl Overlay {
              +setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write",
             "--",
         ];
-        let log = std::fs::File::create(self.log_of(&w.id))?;
+        // Output goes through a pipe to Shoal's logging process (one
+        // stream: stderr joins stdout), which outlives the daemon as the
+        // workload does.
+        let (log_r, log) = std::io::pipe()?;
+        let mut logger = std::process::Command::new(super::containers::logger()?)
+            .arg("container-log")
+            .arg(self.log_of(&w.id))
+            .stdin(log_r)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start the logging process: {e}"))?;
+        std::thread::spawn(move || logger.wait());
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net={}", w.netns.display())).arg("--");
         if let Some((hostname, resolv)) = &spec.sandbox {
@@ -497,7 +508,7 @@ impl Overlay {
             }
         }
         let _ = std::fs::remove_file(self.dir().join(format!("{id}.json")));
-        let _ = std::fs::remove_file(self.dir().join(format!("{id}.log")));
+        shoal_runtime::logfile::remove(&self.log_of(id));
         info!(workload = %id, "workload removed");
         self.kick.notify_one();
         Some(w)

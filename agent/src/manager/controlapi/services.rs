@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use shoal_api::{ApiError, ErrorCode, ServiceRow, ServiceUpdate, TaskRow};
+use shoal_api::{ApiError, ErrorCode, LogLine, Response, ServiceRow, ServiceUpdate, TaskRow};
 use shoal_model::service::{self, Service, ServiceSpec, Task, TaskState};
 use shoal_model::state::Command;
 use shoal_model::{network, now_ms, NodeId};
@@ -31,8 +31,15 @@ pub async fn create(m: &Manager, spec: ServiceSpec) -> Result<String, ApiError> 
 
 /// `service logs SERVICE|TASK`: what the tasks wrote, gathered from the
 /// nodes that hold them over their sessions (so on the leader), each line
-/// prefixed as docker does (`web.1.<task id>@<node>    | `).
-pub async fn logs(m: &Manager, key: &str, tail: Option<usize>) -> Result<String, ApiError> {
+/// with docker's context (`web.1.<task id>@<node>`), oldest first. With
+/// cursors (`after`, from the previous answer) only newer lines come back:
+/// `--follow` calls again with the cursors it got.
+pub async fn logs(
+    m: &Manager,
+    key: &str,
+    tail: Option<usize>,
+    after: BTreeMap<String, i64>,
+) -> Result<Response, ApiError> {
     use crate::proto::session::{CallReply, ManagerCall};
     let status = m.store().status();
     if !status.is_leader {
@@ -77,7 +84,10 @@ pub async fn logs(m: &Manager, key: &str, tail: Option<usize>) -> Result<String,
     for t in tasks.iter().filter(|t| !t.node.is_empty()) {
         by_node.entry(t.node.clone()).or_default().push(t);
     }
-    let mut out = String::new();
+    // Follow-up calls: a task new since the first call shows everything.
+    let following = !after.is_empty();
+    let mut lines = Vec::new();
+    let mut cursors = after.clone();
     let mut errors = Vec::new();
     for (node, ts) in by_node {
         let host = nodes.get(&node).cloned().unwrap_or_else(|| node.clone());
@@ -87,18 +97,26 @@ pub async fn logs(m: &Manager, key: &str, tail: Option<usize>) -> Result<String,
         };
         let call = ManagerCall::Logs {
             tasks: ts.iter().map(|t| t.id.clone()).collect(),
-            tail,
+            tail: if following { None } else { tail },
+            after: after.clone(),
         };
         match crate::manager::dispatcher::call_node(&conn, &call).await {
             Ok(CallReply::Logs(texts)) => {
-                for (tid, text) in texts {
+                for (tid, records, cursor) in texts {
                     let name = ts
                         .iter()
                         .find(|t| t.id == tid)
                         .map(|t| format!("{}.{tid}", t.name()))
-                        .unwrap_or(tid);
-                    for line in text.lines() {
-                        out.push_str(&format!("{name}@{host}    | {line}\n"));
+                        .unwrap_or_else(|| tid.clone());
+                    cursors.insert(tid, cursor);
+                    for r in records {
+                        lines.push(LogLine {
+                            context: format!("{name}@{host}"),
+                            time: r.time,
+                            stamp: r.stamp(),
+                            stream: r.stream,
+                            line: r.line,
+                        });
                     }
                 }
             }
@@ -106,10 +124,12 @@ pub async fn logs(m: &Manager, key: &str, tail: Option<usize>) -> Result<String,
             Err(e) => errors.push(format!("{host}: {e:#}")),
         }
     }
-    for e in errors {
-        out.push_str(&format!("error from daemon in stream: {e}\n"));
-    }
-    Ok(out)
+    lines.sort_by_key(|l| l.time);
+    Ok(Response::Logs {
+        lines,
+        cursors,
+        errors,
+    })
 }
 
 async fn get(m: &Manager, key: &str) -> Result<Service, ApiError> {
