@@ -169,6 +169,14 @@ pub enum Request {
         /// `[registry[:port]/]name[:tag|@sha256:…]`.
         reference: String,
     },
+    /// `image import`: an image from an OCI or `docker save` archive on
+    /// this node.
+    ImageImport {
+        /// The archive (an absolute path on this node).
+        file: std::path::PathBuf,
+        /// Its name, when the archive gives none (or another one).
+        name: Option<String>,
+    },
     /// `image rm`.
     ImageRemove {
         /// References.

@@ -82,6 +82,70 @@ fn descriptor(media_type: &str, digest: &str, size: i64) -> Descriptor {
     }
 }
 
+/// An image's documents, fetched: what [`Runtime::store`] writes.
+pub(crate) struct Fetched {
+    /// What the name points at: a manifest, or an index of them.
+    pub(crate) top: Bytes,
+    pub(crate) top_digest: String,
+    /// The linux/amd64 manifest (the same as `top` without an index).
+    pub(crate) manifest: Bytes,
+    pub(crate) manifest_digest: String,
+    pub(crate) parsed: Manifest,
+    /// The config blob the manifest names.
+    pub(crate) config: Vec<u8>,
+}
+
+/// Where a stored image's layers come from.
+pub(crate) enum Layers<'a> {
+    /// Its registry.
+    Registry {
+        client: &'a oci_client::Client,
+        reference: &'a Reference,
+    },
+    /// Files of an unpacked archive, by digest.
+    Files(&'a HashMap<String, std::path::PathBuf>),
+}
+
+impl Layers<'_> {
+    async fn open(
+        &self,
+        image: &str,
+        l: &Desc,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        match self {
+            Layers::Registry { client, reference } => Ok(client
+                .pull_blob_stream(reference, l.digest.as_str())
+                .await
+                .map_err(|e| RuntimeError::Pull {
+                    image: image.into(),
+                    reason: source_chain(&e),
+                })?
+                .stream
+                .boxed()),
+            Layers::Files(files) => {
+                let bad = |reason: String| RuntimeError::BadImage {
+                    image: image.into(),
+                    reason,
+                };
+                let path = files
+                    .get(&l.digest)
+                    .ok_or_else(|| bad(format!("no file for layer {}", l.digest)))?;
+                let f = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| bad(format!("layer {}: {e}", l.digest)))?;
+                Ok(tokio_util::io::ReaderStream::new(f).boxed())
+            }
+        }
+    }
+}
+
+fn config_of<'m>(image: &str, m: &'m Manifest) -> Result<&'m Desc> {
+    m.config.as_ref().ok_or_else(|| RuntimeError::BadImage {
+        image: image.into(),
+        reason: "manifest has no config".into(),
+    })
+}
+
 fn not_found(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::NotFound
 }
@@ -93,22 +157,24 @@ impl Runtime {
         let r = parse_reference(reference)?;
         let name = r.whole();
         let _one = self.pull_lock.lock().await;
+        let lease = self.lease().await?;
+        let result = self.pull_leased(&r, &name, &lease).await;
+        self.unlease(lease).await;
+        result?;
+        self.image(&name).await
+    }
+
+    /// A fresh containerd lease (expiring in an hour, should the daemon
+    /// die first): nothing written under it is collected before the image
+    /// record refers to it. [`Runtime::unlease`] ends it.
+    pub(crate) async fn lease(&self) -> Result<String> {
         let lease = format!("shoal-pull-{}", std::process::id());
-        let mut leases = LeasesClient::new(self.channel.clone());
         let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         let expire = expire
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let _ = leases
-            .delete(req(
-                containerd_client::services::v1::DeleteRequest {
-                    id: lease.clone(),
-                    sync: false,
-                },
-                None,
-            ))
-            .await;
-        leases
+        self.unlease(lease.clone()).await;
+        LeasesClient::new(self.channel.clone())
             .create(req(
                 containerd_client::services::v1::CreateRequest {
                     id: lease.clone(),
@@ -118,8 +184,11 @@ impl Runtime {
             ))
             .await
             .map_err(cd_err("create lease"))?;
-        let result = self.pull_leased(&r, &name, &lease).await;
-        let _ = leases
+        Ok(lease)
+    }
+
+    pub(crate) async fn unlease(&self, lease: String) {
+        let _ = LeasesClient::new(self.channel.clone())
             .delete(req(
                 containerd_client::services::v1::DeleteRequest {
                     id: lease,
@@ -128,8 +197,6 @@ impl Runtime {
                 None,
             ))
             .await;
-        result?;
-        self.image(&name).await
     }
 
     async fn pull_leased(&self, r: &Reference, name: &str, lease: &str) -> Result<()> {
@@ -164,20 +231,42 @@ impl Runtime {
         } else {
             (top.clone(), top_digest.clone(), top_m)
         };
-        let config_desc = manifest
-            .config
-            .as_ref()
-            .ok_or_else(|| RuntimeError::BadImage {
-                image: name.into(),
-                reason: "manifest has no config".into(),
-            })?;
-        let mut config_bytes = Vec::new();
+        let config_desc = config_of(name, &manifest)?;
+        let mut config = Vec::new();
         client
-            .pull_blob(r, config_desc.digest.as_str(), &mut config_bytes)
+            .pull_blob(r, config_desc.digest.as_str(), &mut config)
             .await
             .map_err(pull_err)?;
+        let fetched = Fetched {
+            top,
+            top_digest,
+            manifest: manifest_bytes,
+            manifest_digest,
+            parsed: manifest,
+            config,
+        };
+        let layers = Layers::Registry {
+            client: &client,
+            reference: r,
+        };
+        self.store(lease, name, fetched, layers).await
+    }
+
+    /// Writes an image into containerd under `lease`: its layers (from
+    /// `layer`, unless containerd has them), config, manifest and index
+    /// with the garbage-collection labels, the unpacked snapshots, and
+    /// the image record `name`.
+    pub(crate) async fn store(
+        &self,
+        lease: &str,
+        name: &str,
+        f: Fetched,
+        layers: Layers<'_>,
+    ) -> Result<()> {
+        let manifest = &f.parsed;
+        let config_desc = config_of(name, manifest)?;
         let config: Config =
-            serde_json::from_slice(&config_bytes).map_err(|e| RuntimeError::BadImage {
+            serde_json::from_slice(&f.config).map_err(|e| RuntimeError::BadImage {
                 image: name.into(),
                 reason: format!("config: {e}"),
             })?;
@@ -195,23 +284,14 @@ impl Runtime {
         let chains = chain_ids(diff_ids);
 
         // Blobs, leaves first: what refers to a blob is written after it.
-        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
-            if self.has_content(&layer.digest).await? {
+        for (l, diff_id) in manifest.layers.iter().zip(diff_ids) {
+            if self.has_content(&l.digest).await? {
                 continue;
             }
-            let stream = client
-                .pull_blob_stream(r, layer.digest.as_str())
-                .await
-                .map_err(pull_err)?;
+            let stream = layers.open(name, l).await?;
             let labels = HashMap::from([("containerd.io/uncompressed".into(), diff_id.clone())]);
-            self.write_content(
-                lease,
-                &layer.digest,
-                layer.size,
-                labels,
-                stream.stream.boxed(),
-            )
-            .await?;
+            self.write_content(lease, &l.digest, l.size, labels, stream)
+                .await?;
         }
         let mut labels = HashMap::new();
         if let Some(top_chain) = chains.last() {
@@ -220,7 +300,7 @@ impl Runtime {
                 top_chain.clone(),
             );
         }
-        self.write_bytes(lease, &config_desc.digest, config_bytes.into(), labels)
+        self.write_bytes(lease, &config_desc.digest, f.config.into(), labels)
             .await?;
         let mut labels = HashMap::from([(
             "containerd.io/gc.ref.content.config".to_string(),
@@ -232,29 +312,29 @@ impl Runtime {
                 l.digest.clone(),
             );
         }
-        self.write_bytes(lease, &manifest_digest, manifest_bytes.clone(), labels)
+        self.write_bytes(lease, &f.manifest_digest, f.manifest.clone(), labels)
             .await?;
-        if top_digest != manifest_digest {
+        if f.top_digest != f.manifest_digest {
             let labels = HashMap::from([(
                 "containerd.io/gc.ref.content.m.0".to_string(),
-                manifest_digest.clone(),
+                f.manifest_digest.clone(),
             )]);
-            self.write_bytes(lease, &top_digest, top.clone(), labels)
+            self.write_bytes(lease, &f.top_digest, f.top.clone(), labels)
                 .await?;
         }
 
         // Layers unpacked into snapshots named by chain id.
-        for (i, layer) in manifest.layers.iter().enumerate() {
+        for (i, l) in manifest.layers.iter().enumerate() {
             let parent = if i == 0 { "" } else { chains[i - 1].as_str() };
-            self.unpack(lease, name, layer, &diff_ids[i], &chains[i], parent)
+            self.unpack(lease, name, l, &diff_ids[i], &chains[i], parent)
                 .await?;
         }
 
         // The image record.
-        let top_media = Manifest::parse(name, &top)?.media_type;
+        let top_media = Manifest::parse(name, &f.top)?.media_type;
         let image = Image {
             name: name.into(),
-            target: Some(descriptor(&top_media, &top_digest, top.len() as i64)),
+            target: Some(descriptor(&top_media, &f.top_digest, f.top.len() as i64)),
             ..Default::default()
         };
         let mut images = ImagesClient::new(self.channel.clone());

@@ -15,6 +15,7 @@
 //! (Debian 12) has no server-side pull, so `image` does what containerd's
 //! Go client does in-process.
 
+mod archive;
 mod container;
 mod image;
 pub mod logfile;

@@ -65,6 +65,8 @@ pub(crate) struct Desc {
     pub(crate) size: i64,
     #[serde(default)]
     pub(crate) platform: Option<Platform>,
+    #[serde(default)]
+    pub(crate) annotations: std::collections::HashMap<String, String>,
 }
 
 #[derive(Deserialize, Debug)]

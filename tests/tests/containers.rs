@@ -162,7 +162,7 @@ fn host_of(lab: &Lab, hostname: &str) -> usize {
 
 #[test]
 fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
-    let (lab, reference, _dir) = lab_with_image();
+    let (lab, reference, dir) = lab_with_image();
     let (tasks_up, took) = web_service(&lab, &reference, &["-p", "8080:80"]);
     eprintln!("3 containers running after {took:?}");
     // The tag was pinned to the registry's digest at create.
@@ -300,6 +300,45 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     assert!(
         ok && out.contains("REPOSITORY") && out.contains("shoal/echo"),
         "{out}"
+    );
+    // `image import` of a `docker save` archive (a relative path: the CLI
+    // sends it whole), then listed under the archive's name.
+    let layout = dir.path().join("echo");
+    image::save(
+        &layout,
+        "docker-archive",
+        &dir.path().join("saved.tar"),
+        "local/echo:saved",
+    )
+    .unwrap();
+    let out = lab
+        .command(
+            h,
+            &[
+                lab.shoal_bin().to_str().unwrap(),
+                "image",
+                "import",
+                "saved.tar",
+            ],
+        )
+        .unwrap()
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("Loaded image: docker.io/local/echo:saved"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let images = json(&lab, h, &["image", "ls"]);
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["repository"] == "docker.io/local/echo" && i["tag"] == "saved"),
+        "{images}"
     );
 
     // A standalone container (`shoal run`) on an attachable network: it

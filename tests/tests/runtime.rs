@@ -82,6 +82,28 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
         // A second pull finds everything there.
         assert_eq!(rt.pull(&reference).await.unwrap(), img);
 
+        // Archives for hosts without a registry: an OCI layout tar and a
+        // `docker save` tar, both written by skopeo, both import and run.
+        for (transport, name) in [
+            ("oci-archive", "shoal/echo:oci"),
+            ("docker-archive", "shoal/echo:saved"),
+        ] {
+            let file = d.join(format!("{transport}.tar"));
+            image::save(&layout, transport, &file, name).unwrap();
+            let got = rt.import(&file, None).await.unwrap();
+            assert_eq!(got.name, format!("docker.io/{name}"));
+            assert_eq!(got.config, img.config, "{transport}");
+            assert_eq!(got.chain_id, img.chain_id, "{transport}: the same layers");
+            // A name given on the command line wins.
+            let renamed = rt.import(&file, Some("local/other:2")).await.unwrap();
+            assert_eq!(renamed.name, "docker.io/local/other:2");
+        }
+        let junk = d.join("junk.tar");
+        std::fs::write(&junk, b"no tar here").unwrap();
+        let e = rt.import(&junk, None).await.unwrap_err().to_string();
+        assert!(e.contains("junk.tar") && e.contains("tar"), "{e}");
+        let img = rt.image("shoal/echo:saved").await.unwrap();
+
         let c = spec(
             &id,
             img.clone(),

@@ -172,6 +172,17 @@ pub enum ImageCmd {
         /// The reference.
         reference: String,
     },
+    /// Load an image from an archive on this host, for hosts without a
+    /// registry: an OCI image layout in a tar (`skopeo copy …
+    /// oci-archive:FILE:NAME`, `docker save` of docker 25+) or a `docker
+    /// save` tar.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// The image's name (`[registry[:port]/]name[:tag]`) [default: the
+        /// name in the archive].
+        name: Option<String>,
+    },
     /// Remove images (refused while a container on this node uses one).
     Rm {
         /// References.

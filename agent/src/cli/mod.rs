@@ -173,6 +173,12 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                 ImageCmd::Pull { reference } => Request::ImagePull {
                     reference: reference.clone(),
                 },
+                ImageCmd::Import { file, name } => Request::ImageImport {
+                    // The daemon runs elsewhere: the archive by its full path.
+                    file: std::path::absolute(file)
+                        .map_err(|e| ClientError::Unexpected(format!("{}: {e}", file.display())))?,
+                    name: name.clone(),
+                },
                 ImageCmd::Rm { images } => Request::ImageRemove {
                     images: images.clone(),
                 },

@@ -173,6 +173,13 @@ impl Daemon {
             Request::ImagePull { reference } => Ok(Response::Message(
                 self.swarm().await?.worker.pull(&reference).await?,
             )),
+            Request::ImageImport { file, name } => Ok(Response::Message(
+                self.swarm()
+                    .await?
+                    .worker
+                    .import(&file, name.as_deref())
+                    .await?,
+            )),
             Request::ImageRemove { images } => {
                 let w = self.swarm().await?;
                 let mut out = Vec::new();

@@ -296,3 +296,19 @@ pub fn logger() -> Result<PathBuf, RuntimeError> {
         RuntimeError::Invalid(format!("cannot find the shoal binary for logging: {e}"))
     })
 }
+
+/// Starts the logging process of a host process: what is written to the
+/// returned pipe is recorded in `log` (one stream: give the workload the
+/// pipe as stdout and stderr). It outlives the daemon as the workload does.
+pub fn spawn_logger(log: &Path) -> anyhow::Result<std::io::PipeWriter> {
+    let (read, write) = std::io::pipe()?;
+    let mut child = std::process::Command::new(logger()?)
+        .arg("container-log")
+        .arg(log)
+        .stdin(read)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start the logging process: {e}"))?;
+    std::thread::spawn(move || child.wait());
+    Ok(write)
+}

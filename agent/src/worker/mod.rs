@@ -456,6 +456,16 @@ impl Worker {
         Ok(format!("{}: {}", i.name, i.digest))
     }
 
+    /// `image import`: an image from an archive on this node.
+    pub async fn import(&self, file: &Path, name: Option<&str>) -> Result<String, ApiError> {
+        let rt = self.runtime().await?;
+        let i = rt.import(file, name).await.map_err(|e| match e {
+            shoal_runtime::RuntimeError::Containerd { .. } => ApiError::internal(e.to_string()),
+            other => ApiError::invalid(other.to_string()),
+        })?;
+        Ok(format!("Loaded image: {}", i.name))
+    }
+
     /// `image rm`: refused while a container here uses the image.
     pub async fn remove_image(&self, reference: &str) -> Result<String, ApiError> {
         let rt = self.runtime().await?;

@@ -415,18 +415,7 @@ impl Overlay {
              +setuid,+setfcap,+setpcap,+net_bind_service,+sys_chroot,+kill,+audit_write",
             "--",
         ];
-        // Output goes through a pipe to Shoal's logging process (one
-        // stream: stderr joins stdout), which outlives the daemon as the
-        // workload does.
-        let (log_r, log) = std::io::pipe()?;
-        let mut logger = std::process::Command::new(super::containers::logger()?)
-            .arg("container-log")
-            .arg(self.log_of(&w.id))
-            .stdin(log_r)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start the logging process: {e}"))?;
-        std::thread::spawn(move || logger.wait());
+        let log = super::containers::spawn_logger(&self.log_of(&w.id))?;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net={}", w.netns.display())).arg("--");
         if let Some((hostname, resolv)) = &spec.sandbox {

@@ -175,6 +175,30 @@ pub fn push(
         .map_err(|e| LabError::io(format!("reading the digest skopeo wrote for {dest}"), e))
 }
 
+/// Writes the image of `layout` to the archive `file` with skopeo, as
+/// `image import` reads it: `transport` is `oci-archive` (an OCI layout
+/// in a tar) or `docker-archive` (`docker save`'s format); `name` is the
+/// name recorded in it.
+pub fn save(layout: &Path, transport: &str, file: &Path, name: &str) -> Result<(), LabError> {
+    let skopeo = crate::tools::find_program("skopeo").ok_or_else(|| {
+        LabError::io(
+            "saving the test image".to_string(),
+            std::io::Error::other("`skopeo` not found: apt-get install skopeo"),
+        )
+    })?;
+    let mut cmd = std::process::Command::new(skopeo);
+    cmd.arg("copy")
+        .arg("--quiet")
+        .arg(format!("oci:{}:{LAYOUT_REF}", layout.display()))
+        .arg(format!("{transport}:{}:{name}", file.display()));
+    crate::lab::run_within(
+        &mut cmd,
+        &format!("saving {}", file.display()),
+        PUSH_TIMEOUT,
+    )
+    .map(|_| ())
+}
+
 /// Whether `elf` is an ELF executable without a program interpreter
 /// (`PT_INTERP`), i.e. one that runs in an image with no libc.
 fn is_static_elf(elf: &[u8]) -> bool {
