@@ -5,11 +5,15 @@
 //! acknowledged write is on every manager, every node is Ready, gossip
 //! tables agree, workloads' FDB entries are right, the service has the
 //! last acknowledged number of running tasks and answers through the
-//! routing mesh on every host, and no daemon panicked.
+//! routing mesh on every host, and no daemon panicked. Tasks and
+//! workloads are containers (each host runs containerd and pulls the
+//! lab's echo image from a registry on h1), so every SIGKILLed daemon
+//! must adopt the containers it left running.
 //! One run with a fixed seed, one with a random (printed) seed; replay any
 //! with `SHOAL_SEED=… cargo test -p shoal-tests --test chaos` or the
 //! printed `shoal-lab chaos …` command. The long run is the binary's
-//! (`shoal-lab chaos --minutes 30`). Needs root and the built binaries.
+//! (`shoal-lab chaos --minutes 30`). Needs root, containerd, runc, docker-registry, skopeo, busybox-static
+//! and the built binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Mutex;
@@ -27,13 +31,7 @@ fn short_run(seed: u64) {
         nodes: 5,
         managers: 3,
         settle: Duration::from_secs(60),
-        // The service's tasks run the lab's own HTTP echo.
-        service_command: vec![
-            shoal_tests::shoal_lab_bin().display().to_string(),
-            "http-echo".into(),
-            "--port".into(),
-            "80".into(),
-        ],
+        // Containers of the lab's echo image (the default).
         ..ChaosConfig::new(seed)
     };
     eprintln!("chaos seed {seed}; replay: {}", cfg.replay_command());

@@ -165,6 +165,10 @@ enum Cmd {
         /// No service (and no service check, no scaling by the writers).
         #[arg(long)]
         no_services: bool,
+        /// Tasks and workloads as host processes (this binary's
+        /// `http-echo`) instead of containers of the lab's echo image.
+        #[arg(long)]
+        host_processes: bool,
         /// When a check fails, leave the lab running to look at.
         #[arg(long)]
         keep_on_failure: bool,
@@ -294,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             settle,
             no_workloads,
             no_services,
+            host_processes,
             keep_on_failure,
         } => {
             shoal_lab::preflight()?;
@@ -307,15 +312,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 workloads: !no_workloads,
                 services: !no_services,
                 keep_on_failure,
-                service_command: vec![
-                    std::env::current_exe()
-                        .context("finding shoal-lab itself")?
-                        .to_string_lossy()
-                        .into_owned(),
-                    "http-echo".into(),
-                    "--port".into(),
-                    "80".into(),
-                ],
+                host_processes: match host_processes {
+                    false => None,
+                    true => Some(vec![
+                        std::env::current_exe()
+                            .context("finding shoal-lab itself")?
+                            .to_string_lossy()
+                            .into_owned(),
+                        "http-echo".into(),
+                        "--port".into(),
+                        "80".into(),
+                    ]),
+                },
                 ..shoal_lab::chaos::ChaosConfig::new(seed)
             };
             let report = shoal_lab::chaos::run(&cfg, &[])?;

@@ -345,6 +345,47 @@ pub(super) fn check_fdb(lab: &Lab, net: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every host's containerd holds exactly the containers of the workloads
+/// its daemon lists: a SIGKILLed daemon adopted what it left running and
+/// removed what no workload claims (no duplicates, no strays).
+pub(super) fn check_containers(lab: &Lab) -> Result<(), String> {
+    for h in 1..=lab.len() {
+        let v = json(
+            &cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
+                .map_err(|e| format!("ps on h{h}: {e}"))?,
+            "ps",
+        )?;
+        let listed: BTreeSet<String> = v
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            // Containers only (not the ingress sandbox or host processes).
+            .filter(|w| w["image"].as_str().is_some_and(|i| !i.is_empty()))
+            .filter_map(|w| w["id"].as_str().map(str::to_string))
+            .collect();
+        let out = lab
+            .ctr(h, &["-n", "shoal", "containers", "ls", "-q"], CLI_TIMEOUT)
+            .map_err(|e| format!("ctr on h{h}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ctr on h{h}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let held: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if held != listed {
+            return Err(format!(
+                "h{h}: containerd holds {held:?}, the daemon lists {listed:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn check_logs(lab: &Lab) -> Result<(), String> {
     for h in lab.hosts() {
         let text = std::fs::read_to_string(&h.log)

@@ -56,8 +56,8 @@ pub use writers::Ledger;
 pub use crate::probe::{cli_timeout, run_timeout};
 
 use checks::{
-    check_fdb, check_gossip, check_logs, check_networks, check_nodes, check_service, mesh_answers,
-    running_tasks,
+    check_containers, check_fdb, check_gossip, check_logs, check_networks, check_nodes,
+    check_service, mesh_answers, running_tasks,
 };
 use faults::{drive, Faulted};
 use writers::{register_client, writer};
@@ -75,25 +75,6 @@ pub const CHAOS_SERVICE: &str = "web";
 pub const CHAOS_SERVICE_PORT: u16 = 18080;
 /// Replicas [`CHAOS_SERVICE`] is created with.
 const CHAOS_SERVICE_REPLICAS: u64 = 3;
-
-/// What a chaos service task runs by default: a tiny Python HTTP server
-/// answering with its task name and id (tests cannot count on a current
-/// `shoal-lab` binary; `shoal-lab chaos` runs its own `http-echo`).
-const PY_ECHO: &str = r#"
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.0'
-    def do_GET(self):
-        b = (os.environ.get('SHOAL_TASK_NAME', '?') + ' ' + os.environ.get('SHOAL_TASK_ID', '?') + '\n').encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(b)))
-        self.send_header('Connection', 'close')
-        self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
-"#;
 
 /// How long one CLI call of a writer or a check may take (a paused daemon
 /// accepts connections and never answers).
@@ -120,9 +101,13 @@ pub struct ChaosConfig {
     /// Create a service publishing a port before the faults, let the
     /// writers scale it, and check it at the end.
     pub services: bool,
-    /// The command of the service's tasks: an HTTP server on port 80 that
-    /// answers `GET /` with 200 (e.g. `shoal-lab http-echo --port 80`).
-    pub service_command: Vec<String>,
+    /// Run the service's tasks and the workloads as host processes of this
+    /// command (an HTTP server on port 80 answering `GET /` with 200, e.g.
+    /// `shoal-lab http-echo --port 80`). `None` (the default): containers
+    /// of the lab's echo image — every host runs its own containerd and
+    /// pulls from a registry on h1, so SIGKILLed daemons must adopt their
+    /// containers.
+    pub host_processes: Option<Vec<String>>,
     /// Print each fault as it is applied.
     pub verbose: bool,
     /// When a check fails, leave the lab running (recorded in the kept
@@ -142,7 +127,7 @@ impl ChaosConfig {
             settle: Duration::from_secs(90),
             workloads: true,
             services: true,
-            service_command: vec!["python3".into(), "-c".into(), PY_ECHO.into()],
+            host_processes: None,
             verbose: true,
             keep_on_failure: false,
         }
@@ -151,7 +136,7 @@ impl ChaosConfig {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "shoal-lab chaos --seed {} --minutes {} --nodes {} --managers {} --writers {}{}{}",
+            "shoal-lab chaos --seed {} --minutes {} --nodes {} --managers {} --writers {}{}{}{}",
             self.seed,
             self.duration.as_secs_f64() / 60.0,
             self.nodes,
@@ -162,7 +147,12 @@ impl ChaosConfig {
             } else {
                 " --no-workloads"
             },
-            if self.services { "" } else { " --no-services" }
+            if self.services { "" } else { " --no-services" },
+            if self.host_processes.is_some() {
+                " --host-processes"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -227,12 +217,30 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
         seed: cfg.seed,
         what,
     };
+    let containers = cfg.host_processes.is_none();
+    let mut daemon_config = CHAOS_DAEMON_CONFIG.to_string();
+    if containers {
+        daemon_config.push_str(&format!(
+            "insecure_registries = [\"{}\"]\n",
+            crate::registry_addr(1)
+        ));
+    }
     let lab = Lab::builder()
         .nodes(cfg.nodes)
         .managers(cfg.managers)
-        .daemon_config(CHAOS_DAEMON_CONFIG)
+        .containerd(containers)
+        .daemon_config(&daemon_config)
         .start()?;
     lab.init_swarm(cfg.managers)?;
+    // What tasks and workloads run: `run`/`service create` arguments.
+    let workload: Vec<String> = match &cfg.host_processes {
+        Some(cmd) => ["--runtime", "host", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(cmd.iter().cloned())
+            .collect(),
+        None => vec![echo_image(&lab, cfg.nodes).map_err(setup)?],
+    };
     let mut workload_net = None;
     if cfg.workloads {
         cli_timeout(
@@ -257,18 +265,10 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
                 let r = cli_timeout(
                     &lab,
                     h,
-                    &[
-                        "run",
-                        "--runtime",
-                        "host",
-                        "--network",
-                        "chaos-wl",
-                        "--name",
-                        &format!("wl{h}"),
-                        "--",
-                        "sleep",
-                        "1000000",
-                    ],
+                    &["run", "--network", "chaos-wl", "--name", &format!("wl{h}")]
+                        .into_iter()
+                        .chain(workload.iter().map(String::as_str))
+                        .collect::<Vec<_>>(),
                     CLI_TIMEOUT,
                 );
                 match r {
@@ -287,7 +287,7 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     // is not the faults' doing (reported as its own failed check).
     let mut baseline = None;
     if cfg.services {
-        if let Err(e) = create_service(&lab, cfg) {
+        if let Err(e) = create_service(&lab, &workload) {
             kill_workloads(&lab);
             return Err(setup(e));
         }
@@ -385,6 +385,12 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
             move |lab, l| check_service(lab, managers, l)
         }));
     }
+    if containers {
+        checks.push(Check::new(
+            "containers adopted, none left over",
+            |lab, _| check_containers(lab),
+        ));
+    }
     checks.push(Check::new("no daemon panicked", |lab, _| check_logs(lab)));
     let deadline = Instant::now() + cfg.settle;
     let mut results = Vec::new();
@@ -446,24 +452,45 @@ pub fn run(cfg: &ChaosConfig, extra: &[Check]) -> Result<ChaosReport, ChaosError
     Ok(report)
 }
 
+/// Starts a registry on h1 holding the lab's echo image and has every
+/// host pull it (so a task placed during a partition from h1 finds it):
+/// the image reference.
+fn echo_image(lab: &Lab, nodes: usize) -> Result<String, String> {
+    let reg = lab
+        .start_registry(1)
+        .map_err(|e| format!("starting the registry: {e}"))?;
+    let layout = crate::image::build_echo_image(&lab.dir().join("echo-image"))
+        .map_err(|e| format!("building the echo image: {e}"))?;
+    let reference = format!("{reg}/shoal/echo:1");
+    crate::image::push(lab, 1, &layout, &reference)
+        .map_err(|e| format!("pushing the echo image: {e}"))?;
+    for h in 1..=nodes {
+        cli_timeout(
+            lab,
+            h,
+            &["image", "pull", &reference],
+            Duration::from_secs(60),
+        )
+        .map_err(|e| format!("pulling the echo image on h{h}: {e}"))?;
+    }
+    Ok(reference)
+}
+
 /// Creates [`CHAOS_SERVICE`] and waits until its tasks run.
-fn create_service(lab: &Lab, cfg: &ChaosConfig) -> Result<(), String> {
+fn create_service(lab: &Lab, workload: &[String]) -> Result<(), String> {
     let replicas = CHAOS_SERVICE_REPLICAS.to_string();
     let publish = format!("{CHAOS_SERVICE_PORT}:80");
     let mut args = vec![
         "service",
         "create",
-        "--runtime",
-        "host",
         "--name",
         CHAOS_SERVICE,
         "--replicas",
         &replicas,
         "-p",
         &publish,
-        "--",
     ];
-    args.extend(cfg.service_command.iter().map(String::as_str));
+    args.extend(workload.iter().map(String::as_str));
     cli_timeout(lab, 1, &args, CLI_TIMEOUT).map_err(|e| format!("service create: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
