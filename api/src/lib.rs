@@ -142,12 +142,21 @@ pub enum Request {
         /// Workload id, id prefix or name.
         workload: String,
     },
-    /// `shoal exec`: a command in a workload's container.
+    /// `shoal exec`: a command in a workload's container. The daemon
+    /// answers [`Response::ExecStarted`]; from then on the connection
+    /// carries [`ExecFrame`]s both ways until [`ExecFrame::Exit`].
     Exec {
         /// Workload or task id, id prefix or name.
         workload: String,
         /// The command and its arguments.
         argv: Vec<String>,
+        /// `-i`: the client sends stdin.
+        #[serde(default)]
+        interactive: bool,
+        /// `-t`: the command gets a terminal (stdout and stderr as one
+        /// stream, resized by [`ExecFrame::Resize`]).
+        #[serde(default)]
+        tty: bool,
     },
     /// `service logs`: what a service's (or one task's) tasks wrote, from
     /// every node that holds one (served by the leader).
@@ -373,13 +382,9 @@ pub enum Response {
         /// Nodes that could not answer.
         errors: Vec<String>,
     },
-    /// Answer to [`Request::Exec`].
-    Exec {
-        /// The command's exit status.
-        exit_code: i32,
-        /// Its stdout and stderr, as one stream.
-        output: String,
-    },
+    /// Answer to [`Request::Exec`]: the command runs; [`ExecFrame`]s
+    /// follow.
+    ExecStarted,
     /// Answer to [`Request::JoinToken`].
     Token {
         /// The token alone (`-q`).
@@ -563,6 +568,29 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// What an exec connection carries after [`Response::ExecStarted`]
+/// (bytes as JSON arrays: interactive traffic is small).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecFrame {
+    /// Client to daemon: bytes for the command's stdin (`-i`).
+    Stdin(Vec<u8>),
+    /// Client to daemon: stdin ended.
+    StdinEnd,
+    /// Client to daemon: the terminal's size (`-t`).
+    Resize {
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
+    /// Daemon to client: the command wrote to stdout (or its terminal).
+    Stdout(Vec<u8>),
+    /// Daemon to client: the command wrote to stderr.
+    Stderr(Vec<u8>),
+    /// Daemon to client, last: the command's exit status.
+    Exit(i32),
 }
 
 /// Errors reading or writing a frame.

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
-use crate::network::{Network, NetworkSpec};
+use crate::network::{Endpoint, Network, NetworkSpec};
 use crate::service::{
     EndpointMode, PortConfig, RestartCondition, Service, ServiceSpec, Task, TaskState,
 };
@@ -89,6 +89,52 @@ fn services(v: BTreeMap<String, ServiceV1>) -> BTreeMap<String, Service> {
     v.into_iter().map(|(k, s)| (k, s.into())).collect()
 }
 
+/// `Network` as the bincode releases wrote it (before `last_ip`).
+#[derive(Deserialize)]
+pub struct NetworkV1 {
+    id: String,
+    name: String,
+    driver: String,
+    subnet: ipnet::Ipv4Net,
+    gateway: Ipv4Addr,
+    vni: u32,
+    attachable: bool,
+    ingress: bool,
+    internal: bool,
+    encrypted: bool,
+    mtu: Option<u32>,
+    labels: BTreeMap<String, String>,
+    created_at: u64,
+    version: u64,
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+fn networks(v: BTreeMap<String, NetworkV1>) -> BTreeMap<String, Network> {
+    v.into_iter()
+        .map(|(k, n)| {
+            let net = Network {
+                id: n.id,
+                name: n.name,
+                driver: n.driver,
+                subnet: n.subnet,
+                gateway: n.gateway,
+                vni: n.vni,
+                attachable: n.attachable,
+                ingress: n.ingress,
+                internal: n.internal,
+                encrypted: n.encrypted,
+                mtu: n.mtu,
+                labels: n.labels,
+                created_at: n.created_at,
+                version: n.version,
+                endpoints: n.endpoints,
+                last_ip: None,
+            };
+            (k, net)
+        })
+        .collect()
+}
+
 /// The last bincode `State` (with `gossip_keys`).
 #[derive(Deserialize)]
 pub struct StateV2 {
@@ -96,7 +142,7 @@ pub struct StateV2 {
     nodes: BTreeMap<NodeId, Node>,
     index: u64,
     keys: Vec<GossipKey>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, NetworkV1>,
     services: BTreeMap<String, ServiceV1>,
     tasks: BTreeMap<String, Task>,
     gossip_keys: BTreeMap<NodeId, Vec<u8>>,
@@ -109,7 +155,7 @@ impl From<StateV2> for State {
             nodes: v.nodes,
             index: v.index,
             keys: v.keys,
-            networks: v.networks,
+            networks: networks(v.networks),
             services: services(v.services),
             tasks: v.tasks,
             gossip_keys: v.gossip_keys,
@@ -125,7 +171,7 @@ pub struct StateV1 {
     nodes: BTreeMap<NodeId, Node>,
     index: u64,
     keys: Vec<GossipKey>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, NetworkV1>,
     services: BTreeMap<String, ServiceV1>,
     tasks: BTreeMap<String, Task>,
 }
@@ -137,7 +183,7 @@ impl From<StateV1> for State {
             nodes: v.nodes,
             index: v.index,
             keys: v.keys,
-            networks: v.networks,
+            networks: networks(v.networks),
             services: services(v.services),
             tasks: v.tasks,
             gossip_keys: BTreeMap::new(),

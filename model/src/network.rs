@@ -74,6 +74,12 @@ pub struct Network {
     pub version: u64,
     /// Attached endpoints by id.
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The address given out last: the next one is searched after it
+    /// (serial allocation, as swarm does), so a freed address is not
+    /// handed out again until the subnet wraps — the task that held it
+    /// may still be stopping on its node (same MAC, same host veth).
+    #[serde(default)]
+    pub last_ip: Option<Ipv4Addr>,
 }
 
 /// One attachment of a workload to a network.
@@ -231,6 +237,7 @@ pub fn create(
             created_at: at,
             version: index,
             endpoints: BTreeMap::new(),
+            last_ip: None,
         },
     );
     Ok(())
@@ -294,7 +301,8 @@ pub fn remove(nets: &mut BTreeMap<String, Network>, key: &str) -> Result<(), Net
     Ok(())
 }
 
-/// Attach an endpoint: lowest free address (or the one asked for).
+/// Attach an endpoint: the first free address after the last one given
+/// out, wrapping around (or the one asked for).
 pub fn attach(
     net: &mut Network,
     id: String,
@@ -306,21 +314,28 @@ pub fn attach(
     if net.endpoints.contains_key(&id) {
         return Err(NetworkError::EndpointExists(id));
     }
-    let taken = |a: Ipv4Addr| a == net.gateway || net.endpoints.values().any(|e| e.ip == a);
+    let mut used: std::collections::BTreeSet<Ipv4Addr> =
+        net.endpoints.values().map(|e| e.ip).collect();
+    used.insert(net.gateway);
     let ip = match ip {
-        Some(a) if usable(&net.subnet, a) && !taken(a) => a,
+        Some(a) if usable(&net.subnet, a) && !used.contains(&a) => a,
         Some(a) => {
             return Err(NetworkError::AddressUnavailable {
                 name: net.name.clone(),
                 ip: a,
             })
         }
-        None => net
-            .subnet
-            .hosts()
-            .find(|a| !taken(*a))
-            .ok_or_else(|| NetworkError::Full(net.name.clone()))?,
+        None => {
+            let free = |a: &Ipv4Addr| !used.contains(a);
+            let after = |a: &Ipv4Addr| net.last_ip.is_none_or(|l| *a > l);
+            net.subnet
+                .hosts()
+                .find(|a| free(a) && after(a))
+                .or_else(|| net.subnet.hosts().find(free))
+                .ok_or_else(|| NetworkError::Full(net.name.clone()))?
+        }
     };
+    net.last_ip = Some(ip);
     let ep = Endpoint {
         id: id.clone(),
         name,
@@ -404,6 +419,30 @@ mod tests {
             create(&mut nets, spec("k", "ingress"), &pools(), 24, 0, 2),
             Err(NetworkError::NameInUse(_))
         ));
+    }
+
+    #[test]
+    fn a_freed_address_is_not_handed_out_again_before_the_subnet_wraps() {
+        let mut nets = BTreeMap::new();
+        let mut s = spec("a", "app");
+        s.subnet = Some("10.1.0.0/29".parse().unwrap());
+        create(&mut nets, s, &pools(), 24, 0, 1).unwrap();
+        let net = nets.get_mut("a").unwrap();
+        let at = |id: &str, net: &mut Network| {
+            attach(net, id.into(), id.into(), "n".into(), None, 2)
+                .unwrap()
+                .ip
+                .to_string()
+        };
+        assert_eq!(at("e1", net), "10.1.0.2");
+        assert_eq!(at("e2", net), "10.1.0.3");
+        net.endpoints.remove("e1");
+        // .2 is free again, but the next address comes after .3.
+        assert_eq!(at("e3", net), "10.1.0.4");
+        assert_eq!(at("e4", net), "10.1.0.5");
+        assert_eq!(at("e5", net), "10.1.0.6");
+        // The end of the subnet: wrap around to what is free.
+        assert_eq!(at("e6", net), "10.1.0.2");
     }
 
     #[test]

@@ -18,9 +18,9 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, KillRequest,
-    ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
+    ListContainersRequest, ListTasksRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::Mount;
 
@@ -124,7 +124,8 @@ fn any(type_url: &str, value: Vec<u8>) -> prost_types::Any {
     }
 }
 
-fn file_uri(p: &Path) -> String {
+/// containerd's `file://` stdio: the shim appends to the file itself.
+pub fn file_uri(p: &Path) -> String {
     format!("file://{}", p.display())
 }
 
@@ -231,6 +232,7 @@ impl Runtime {
         id: &str,
         image: &ImageInfo,
         user: &str,
+        lease: &str,
     ) -> Result<(u32, u32, Vec<u32>)> {
         if user.is_empty() || user == "root" || user == "0" {
             return Ok((0, 0, Vec::new()));
@@ -245,7 +247,7 @@ impl Runtime {
                     parent: image.chain_id.clone(),
                     labels: HashMap::new(),
                 },
-                None,
+                Some(lease),
             ))
             .await
             .map_err(cd_err("view snapshot"));
@@ -255,14 +257,24 @@ impl Runtime {
     }
 
     /// Creates and starts a container; its init's pid. Whatever an earlier
-    /// attempt left under the same id is removed first.
+    /// attempt left under the same id is removed first. The snapshots it
+    /// makes are leased until the container record refers to them, so a
+    /// garbage collection in between (one a finished pull set off, say)
+    /// cannot take them.
     pub async fn run(&self, c: &ContainerSpec) -> Result<u32> {
         self.remove(&c.id).await?;
+        let lease = self.lease().await?;
+        let r = self.run_leased(c, &lease).await;
+        self.unlease(lease).await;
+        r
+    }
+
+    async fn run_leased(&self, c: &ContainerSpec, lease: &str) -> Result<u32> {
         let user = c
             .user
             .clone()
             .unwrap_or_else(|| c.image.config.user.clone());
-        let (uid, gid, gids) = self.user_of(&c.id, &c.image, &user).await?;
+        let (uid, gid, gids) = self.user_of(&c.id, &c.image, &user, lease).await?;
         let args = spec::argv(
             c.entrypoint.as_deref(),
             &c.command,
@@ -284,7 +296,7 @@ impl Runtime {
                     parent: c.image.chain_id.clone(),
                     labels: HashMap::new(),
                 },
-                None,
+                Some(lease),
             ))
             .await
             .map_err(cd_err("prepare the container's snapshot"))?
@@ -309,7 +321,7 @@ impl Runtime {
                     CreateContainerRequest {
                         container: Some(container),
                     },
-                    None,
+                    Some(lease),
                 ))
                 .await
                 .map_err(cd_err("create container"))?;
@@ -460,9 +472,10 @@ impl Runtime {
             .collect())
     }
 
-    /// Runs `argv` in the container (its namespaces, user, env and cwd);
-    /// its exit status and output (stdout and stderr as one stream).
-    pub async fn exec(&self, id: &str, argv: &[String], out: &Path) -> Result<i32> {
+    /// Starts `argv` in the container (its namespaces, user, env and cwd)
+    /// with the given stdio: the exec's id, for [`Runtime::exec_wait`],
+    /// [`Runtime::exec_resize`] and [`Runtime::exec_kill`].
+    pub async fn exec_start(&self, id: &str, argv: &[String], io: &ExecIo) -> Result<String> {
         let c = ContainersClient::new(self.channel.clone())
             .get(req(
                 containerd_client::services::v1::GetContainerRequest { id: id.into() },
@@ -483,60 +496,145 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::Invalid(format!("container {id} has no spec")))?;
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(argv);
+        process["terminal"] = serde_json::json!(io.terminal);
+        if io.terminal {
+            // As docker does for `exec -t`.
+            if let Some(env) = process["env"].as_array_mut() {
+                env.push(serde_json::json!("TERM=xterm"));
+            }
+        }
         let process = serde_json::to_vec(&process)
             .map_err(|e| RuntimeError::Invalid(format!("process spec: {e}")))?;
-        let exec_id = format!("exec-{}", std::process::id() ^ rand_u32());
-        let uri = file_uri(out);
+        let exec_id = format!("exec-{}-{}", std::process::id(), rand_u32());
         let mut tasks = TasksClient::new(self.channel.clone());
         tasks
             .exec(req(
                 ExecProcessRequest {
                     container_id: id.into(),
                     exec_id: exec_id.clone(),
-                    stdout: uri.clone(),
-                    stderr: uri,
+                    stdin: io.stdin.clone(),
+                    stdout: io.stdout.clone(),
+                    stderr: io.stderr.clone(),
+                    terminal: io.terminal,
                     spec: Some(any(PROCESS_TYPE, process)),
-                    ..Default::default()
                 },
                 None,
             ))
             .await
             .map_err(cd_err("exec"))?;
-        let run = async {
-            tasks
-                .start(req(
-                    StartRequest {
-                        container_id: id.into(),
-                        exec_id: exec_id.clone(),
-                    },
-                    None,
-                ))
-                .await
-                .map_err(cd_err("start exec"))?;
-            let w = tasks
-                .wait(req(
-                    WaitRequest {
-                        container_id: id.into(),
-                        exec_id: exec_id.clone(),
-                    },
-                    None,
-                ))
-                .await
-                .map_err(cd_err("wait exec"))?;
-            Ok(w.into_inner().exit_status as i32)
-        }
-        .await;
-        let _ = tasks
-            .delete_process(req(
-                DeleteProcessRequest {
+        let started = tasks
+            .start(req(
+                StartRequest {
                     container_id: id.into(),
-                    exec_id,
+                    exec_id: exec_id.clone(),
                 },
                 None,
             ))
             .await;
-        run
+        if let Err(s) = started {
+            self.exec_delete(id, &exec_id).await;
+            return Err(cd_err("start exec")(s));
+        }
+        Ok(exec_id)
     }
+
+    /// Waits for an exec to end: its exit status; the process is deleted.
+    pub async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<i32> {
+        let w = TasksClient::new(self.channel.clone())
+            .wait(req(
+                WaitRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+                None,
+            ))
+            .await
+            .map_err(cd_err("wait exec"));
+        self.exec_delete(id, exec_id).await;
+        Ok(w?.into_inner().exit_status as i32)
+    }
+
+    /// Sets the size of an exec's terminal.
+    pub async fn exec_resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        TasksClient::new(self.channel.clone())
+            .resize_pty(req(
+                ResizePtyRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    width,
+                    height,
+                },
+                None,
+            ))
+            .await
+            .map(|_| ())
+            .map_err(cd_err("resize"))
+    }
+
+    /// Ends an exec's stdin: the shim holds the FIFO open itself, so the
+    /// command sees end of file only when asked (containerd's CloseIO).
+    pub async fn exec_close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        TasksClient::new(self.channel.clone())
+            .close_io(req(
+                CloseIoRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    stdin: true,
+                },
+                None,
+            ))
+            .await
+            .map(|_| ())
+            .map_err(cd_err("close stdin"))
+    }
+
+    /// SIGKILLs an exec (its client went away).
+    pub async fn exec_kill(&self, id: &str, exec_id: &str) {
+        let _ = TasksClient::new(self.channel.clone())
+            .kill(req(
+                KillRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    signal: 9,
+                    all: false,
+                },
+                None,
+            ))
+            .await;
+    }
+
+    async fn exec_delete(&self, id: &str, exec_id: &str) {
+        let _ = TasksClient::new(self.channel.clone())
+            .delete_process(req(
+                DeleteProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+                None,
+            ))
+            .await;
+    }
+}
+
+/// Where an exec's stdio goes, as containerd names it: a FIFO's path
+/// (the caller made it and holds its other end) or a `file://` URI; an
+/// empty stdin is /dev/null, stderr is unused with a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct ExecIo {
+    /// The command's stdin.
+    pub stdin: String,
+    /// Its stdout (with a terminal: the terminal's output).
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+    /// Give it a terminal.
+    pub terminal: bool,
 }
 
 fn rand_u32() -> u32 {

@@ -165,10 +165,12 @@ impl Runtime {
     }
 
     /// A fresh containerd lease (expiring in an hour, should the daemon
-    /// die first): nothing written under it is collected before the image
-    /// record refers to it. [`Runtime::unlease`] ends it.
+    /// die first): nothing made under it is collected before a record (an
+    /// image, a container) refers to it. [`Runtime::unlease`] ends it.
     pub(crate) async fn lease(&self) -> Result<String> {
-        let lease = format!("shoal-pull-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lease = format!("shoal-{}-{n}", std::process::id());
         let expire = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         let expire = expire
             .format(&time::format_description::well_known::Rfc3339)

@@ -28,7 +28,7 @@ use std::path::Path;
 use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
-pub use container::{ContainerInfo, ContainerSpec, MountSpec, MountType};
+pub use container::{file_uri, ContainerInfo, ContainerSpec, ExecIo, MountSpec, MountType};
 pub use image::{ImageConfig, ImageInfo};
 pub use registry::{parse_reference, resolve};
 

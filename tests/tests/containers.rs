@@ -270,6 +270,72 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     // Docker's default seccomp profile filters its system calls.
     assert!(status.contains("Seccomp:\t2"), "{status}");
+    // exec: stdout and stderr apart, the command's status; -i feeds
+    // stdin; -it gives it a terminal (driven here through util-linux
+    // `script`, which runs the CLI on a pty).
+    let out = lab
+        .shoal(
+            h,
+            &[
+                "exec",
+                id,
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 5",
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let shoal = lab.shoal_bin().display().to_string();
+    let mut cat = lab
+        .command(
+            h,
+            &[
+                shoal.as_str(),
+                "exec",
+                "-i",
+                id,
+                "--",
+                "sh",
+                "-c",
+                "cat; echo done",
+            ],
+        )
+        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = cat.stdin.take().unwrap();
+        stdin.write_all(b"hello through stdin\n").unwrap();
+    }
+    let out = cat.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello through stdin\ndone\n"
+    );
+    let tty = lab
+        .exec(
+            h,
+            &[
+                "script",
+                "-qefc",
+                &format!("{shoal} exec -it {id} -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-tty $TERM; exit 3'"),
+                "/dev/null",
+            ],
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&tty.stdout);
+    assert!(said.contains("on-a-tty xterm"), "{said}");
+    assert_eq!(tty.status.code(), Some(3), "{tty:?}");
+    let e = cli(&lab, h, &["exec", id, "--", "/no/such/binary"]).unwrap_err();
+    assert!(e.contains("no such file") || e.contains("not found"), "{e}");
     let (_, host) = in_container(&lab, h, id, &["hostname"]);
     assert_eq!(host.trim(), id);
     let (_, resolv) = in_container(&lab, h, id, &["cat", "/etc/resolv.conf"]);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_lab::{image, Lab};
-use shoal_runtime::{ContainerSpec, Runtime, RuntimeError};
+use shoal_runtime::{ContainerSpec, ExecIo, Runtime, RuntimeError};
 use shoal_tests::{in_netns, start};
 
 fn spec(
@@ -47,6 +47,20 @@ fn spec(
         logger: shoal_lab::find_shoal_bin().expect("the shoal binary"),
         seccomp: None,
     }
+}
+
+/// Runs `argv` in container `id`, its output appended to `out`: its exit
+/// status.
+async fn exec(rt: &Runtime, id: &str, argv: &[&str], out: &std::path::Path) -> i32 {
+    let uri = shoal_runtime::file_uri(out);
+    let io = ExecIo {
+        stdout: uri.clone(),
+        stderr: uri,
+        ..Default::default()
+    };
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let e = rt.exec_start(id, &argv, &io).await.unwrap();
+    rt.exec_wait(id, &e).await.unwrap()
 }
 
 #[test]
@@ -136,22 +150,12 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
             tokio::spawn(async move { rt.wait(&id).await })
         };
         let out = d.join("exec.out");
-        let code = rt
-            .exec(
-                &id,
-                &["sh".into(), "-c".into(), "id -u; exit 7".into()],
-                &out,
-            )
-            .await
-            .unwrap();
+        let code = exec(&rt, &id, &["sh", "-c", "id -u; exit 7"], &out).await;
         assert_eq!(code, 7);
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "0");
         // Failed execs leave the init and its waiter alone.
         for _ in 0..3 {
-            let code = rt
-                .exec(&id, &["ls".into(), "/nope".into()], &out)
-                .await
-                .unwrap();
+            let code = exec(&rt, &id, &["ls", "/nope"], &out).await;
             assert_ne!(code, 0);
         }
         // PID 1 of its namespace ignores SIGTERM without a handler (as

@@ -114,9 +114,17 @@ pub enum Command {
         workload: String,
     },
     /// Run a command in a container on this node (its namespaces, user,
-    /// capabilities, env and cwd): `shoal exec TASK -- CMD...`; exits with
-    /// the command's status.
+    /// capabilities, env and cwd): `shoal exec [-i] [-t] TASK -- CMD...`;
+    /// its output as it comes, stdout and stderr apart; exits with the
+    /// command's status (126: it could not be started).
     Exec {
+        /// Keep stdin open: what this command reads goes to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal for the command (with `-i`, this terminal
+        /// is put in raw mode and its size follows).
+        #[arg(short, long)]
+        tty: bool,
         /// Task or workload id, id prefix or name.
         workload: String,
         /// The command and its arguments.

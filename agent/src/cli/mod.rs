@@ -9,6 +9,7 @@ use shoal_api::{Request, Response, SwarmInitArgs, SwarmJoinArgs, VersionInfo};
 use shoal_model::Role;
 
 mod args;
+mod exec;
 mod logs;
 #[macro_use]
 mod output;
@@ -20,26 +21,18 @@ use service::{network_spec, service_command};
 
 /// Run a client subcommand; returns the process exit code.
 pub async fn run_client(cli: Cli) -> i32 {
-    if let Command::Exec { workload, argv } = &cli.command {
-        let req = Request::Exec {
-            workload: workload.clone(),
-            argv: argv.clone(),
-        };
-        return match client::call(&cli.host, req).await {
-            Ok(Response::Exec { exit_code, output }) => {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(output.as_bytes());
-                exit_code
-            }
-            Ok(other) => {
-                eprintln!("Error: unexpected answer {other:?}");
-                1
-            }
-            Err(e) => {
-                eprintln!("Error: {e}");
-                126
-            }
-        };
+    if let Command::Exec {
+        interactive,
+        tty,
+        workload,
+        argv,
+    } = &cli.command
+    {
+        let code = exec::run(&cli.host, workload, argv, *interactive, *tty).await;
+        // The stdin reader may sit in a blocking read the runtime would
+        // wait for: leave now.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(code);
     }
     match client_command(&cli).await {
         Ok(()) => 0,

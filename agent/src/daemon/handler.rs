@@ -38,6 +38,21 @@ pub struct Daemon {
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Daemon {
+    /// `shoal exec`: starts the command; the caller relays its stdio.
+    pub(super) async fn start_exec(
+        &self,
+        workload: &str,
+        argv: &[String],
+        interactive: bool,
+        tty: bool,
+    ) -> Result<crate::worker::exec::Exec, ApiError> {
+        self.swarm()
+            .await?
+            .worker
+            .exec(workload, argv, interactive, tty)
+            .await
+    }
+
     /// Pins the spec's image to the digest its registry names now (as
     /// docker does at create, so every task runs the same image); the
     /// warning docker prints when the registry cannot be asked.
@@ -160,10 +175,9 @@ impl Daemon {
             Request::Stop { workload } => Ok(Response::Message(
                 self.swarm().await?.worker.stop(&workload)?,
             )),
-            Request::Exec { workload, argv } => {
-                let (exit_code, output) = self.swarm().await?.worker.exec(&workload, &argv).await?;
-                Ok(Response::Exec { exit_code, output })
-            }
+            Request::Exec { .. } => Err(ApiError::invalid(
+                "exec needs its own connection (serve_connection relays it)",
+            )),
             Request::ServiceLogs {
                 service,
                 tail,

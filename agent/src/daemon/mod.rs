@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use shoal_api::{
-    self as api, ApiError, ErrorCode, FrameError, RequestFrame, Response, ResponseFrame,
+    self as api, ApiError, ErrorCode, FrameError, Request, RequestFrame, Response, ResponseFrame,
     PROTOCOL_VERSION,
 };
 use tokio::net::{UnixListener, UnixStream};
@@ -136,6 +136,27 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
                         frame.version, PROTOCOL_VERSION
                     ),
                 )),
+                Ok(RequestFrame {
+                    request:
+                        Request::Exec {
+                            workload,
+                            argv,
+                            interactive,
+                            tty,
+                        },
+                    ..
+                }) => match daemon.start_exec(&workload, &argv, interactive, tty).await {
+                    // The connection now carries the exec's stdio.
+                    Ok(exec) => {
+                        if reply(&mut wr, Ok(Response::ExecStarted)).await.is_ok() {
+                            exec.relay(rd, wr).await;
+                        } else {
+                            exec.relay(tokio::io::empty(), tokio::io::sink()).await;
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                },
                 Ok(frame) => daemon.handle(frame.request).await,
             },
         };

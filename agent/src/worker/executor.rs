@@ -516,9 +516,6 @@ impl Executor {
             a.remove(&w.id);
         }
         overlay.cleanup(&w.id, ctx.gossip.as_ref()).await;
-        for ext in ["resolv.conf", "hosts", "hostname"] {
-            let _ = std::fs::remove_file(overlay.netns_of(&w.id).with_extension(ext));
-        }
     }
 
     /// Apply an nft table unless the same body is already in place.

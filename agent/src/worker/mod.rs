@@ -28,7 +28,9 @@ use crate::worker::containers::Containers;
 
 pub mod containers;
 pub mod dns;
+pub mod exec;
 pub mod executor;
+mod host;
 pub mod overlay;
 pub mod session;
 
@@ -357,26 +359,8 @@ pub struct Run {
     pub env: Vec<String>,
 }
 
-/// Most output `exec` and `logs` hand back in one answer.
+/// Most output `service logs` hands back in one answer.
 const MAX_OUTPUT: u64 = 4 << 20;
-
-/// The last `limit` bytes of a file (whole lines), as text.
-fn read_tail(path: &Path, limit: u64) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(limit);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    f.take(limit).read_to_end(&mut buf)?;
-    let mut text = String::from_utf8_lossy(&buf).into_owned();
-    if start > 0 {
-        if let Some(i) = text.find('\n') {
-            text.drain(..=i);
-        }
-    }
-    Ok(text)
-}
 
 impl Worker {
     fn container_of(&self, key: &str) -> Result<(Workload, String), ApiError> {
@@ -392,27 +376,26 @@ impl Worker {
         Ok((w, c))
     }
 
-    /// Runs `argv` in a workload's container (its namespaces, user,
-    /// capabilities, env and cwd): its exit status and output.
-    pub async fn exec(&self, key: &str, argv: &[String]) -> Result<(i32, String), ApiError> {
+    /// Starts `argv` in a workload's container (its namespaces, user,
+    /// capabilities, env and cwd): the running exec, whose stdio the
+    /// caller relays ([`exec::Exec::relay`]).
+    pub async fn exec(
+        &self,
+        key: &str,
+        argv: &[String],
+        interactive: bool,
+        tty: bool,
+    ) -> Result<exec::Exec, ApiError> {
         if argv.is_empty() {
             return Err(ApiError::invalid("exec needs a command".to_string()));
         }
         let (w, c) = self.container_of(key)?;
-        let rt = self
-            .containers
-            .runtime()
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-        let out = self
+        let rt = self.runtime().await?;
+        let dir = self
             .overlay
             .log_of(&w.id)
-            .with_extension(format!("exec-{}.out", rand::random::<u32>()));
-        let code = rt.exec(&c, argv, &out).await;
-        let text = read_tail(&out, MAX_OUTPUT).unwrap_or_default();
-        let _ = std::fs::remove_file(&out);
-        let code = code.map_err(|e| ApiError::invalid(e.to_string()))?;
-        Ok((code, text))
+            .with_extension(format!("exec-{}", rand::random::<u32>()));
+        exec::Exec::start(rt, c, argv, dir, interactive, tty).await
     }
 
     async fn runtime(&self) -> Result<Arc<shoal_runtime::Runtime>, ApiError> {
