@@ -19,6 +19,7 @@ mod archive;
 mod container;
 mod image;
 pub mod logfile;
+mod reference;
 mod registry;
 pub mod seccomp;
 mod spec;

@@ -52,8 +52,7 @@ pub async fn resolve(reference: &str, insecure: &[String]) -> Result<String> {
 /// `docker.io/library/busybox:latest`; `host:5000/app@sha256:…` keeps its
 /// digest.
 pub fn parse_reference(s: &str) -> Result<Reference> {
-    s.parse::<Reference>()
-        .map_err(|e| RuntimeError::Reference(format!("{s:?}: {e}")))
+    crate::reference::parse(s).map_err(|e| RuntimeError::Reference(format!("{s:?}: {e}")))
 }
 
 #[derive(Deserialize, Debug)]
