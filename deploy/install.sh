@@ -145,6 +145,10 @@ log_level = "info"
 # containerd_socket = "/run/containerd/containerd.sock"
 # Registries pulled from over plain HTTP (host:port).
 # insecure_registries = []
+# CA roots of TLS registries: <dir>/<host:port>/*.crt
+# registry_certs_dir = "/etc/shoal/certs.d"
+# Registry credentials, as `docker login` writes them.
+# registry_auth_file = "/root/.docker/config.json"
 # Docker's default seccomp profile for containers ("" for none).
 # seccomp_profile = "/usr/share/containers/seccomp.json"
 EOF

@@ -18,6 +18,10 @@ pub const DEFAULT_RUN_DIR: &str = "/run/shoal";
 /// Docker's default seccomp profile as Debian ships it (package
 /// `golang-github-containers-common`).
 pub const DEFAULT_SECCOMP_PROFILE: &str = "/usr/share/containers/seccomp.json";
+/// Default `registry_certs_dir`.
+pub const DEFAULT_REGISTRY_CERTS_DIR: &str = "/etc/shoal/certs.d";
+/// Default `registry_auth_file`: root's docker credentials.
+pub const DEFAULT_REGISTRY_AUTH_FILE: &str = "/root/.docker/config.json";
 /// Default containerd socket.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -57,11 +61,26 @@ pub struct Config {
     /// Registries (`host[:port]`) pulled from over plain HTTP; every other
     /// registry is reached over TLS.
     pub insecure_registries: Vec<String>,
+    /// Extra CA roots of TLS registries, docker's layout:
+    /// `<dir>/<host[:port]>/*.crt` (PEM).
+    pub registry_certs_dir: PathBuf,
+    /// Registry credentials in docker's `config.json` format (what
+    /// `docker login` writes; credential helpers are not read).
+    pub registry_auth_file: PathBuf,
     /// Seccomp profile of containers, in Docker's format; `""`: none.
     pub seccomp_profile: String,
 }
 
 impl Config {
+    /// How images are pulled: insecure registries, CA roots, credentials.
+    pub fn registries(&self) -> shoal_runtime::Registries {
+        shoal_runtime::Registries {
+            insecure: self.insecure_registries.clone(),
+            certs_dir: self.registry_certs_dir.clone(),
+            auth_file: self.registry_auth_file.clone(),
+        }
+    }
+
     /// The upstream resolvers: `dns_upstream`, else the host's.
     pub fn upstreams(&self) -> Result<Vec<std::net::SocketAddr>, String> {
         if self.dns_upstream.is_empty() {
@@ -124,6 +143,8 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9323".into(),
             containerd_socket: DEFAULT_CONTAINERD_SOCKET.into(),
             insecure_registries: Vec::new(),
+            registry_certs_dir: DEFAULT_REGISTRY_CERTS_DIR.into(),
+            registry_auth_file: DEFAULT_REGISTRY_AUTH_FILE.into(),
             seccomp_profile: DEFAULT_SECCOMP_PROFILE.into(),
         }
     }

@@ -25,13 +25,10 @@ use containerd_client::services::v1::{
 use containerd_client::types::Descriptor;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
-use crate::registry::{
-    chain_ids, parse_reference, registry_client, Config, Desc, Manifest, ACCEPT,
-};
-use crate::{cd_err, req, source_chain, Result, Runtime, RuntimeError, SNAPSHOTTER};
+use crate::registry::{chain_ids, parse_reference, pull_reason, Config, Desc, Manifest, ACCEPT};
+use crate::{cd_err, req, Result, Runtime, RuntimeError, SNAPSHOTTER};
 
 /// Largest manifest or config read into memory.
 const MAX_DOCUMENT: usize = 4 << 20;
@@ -118,7 +115,7 @@ impl Layers<'_> {
                 .await
                 .map_err(|e| RuntimeError::Pull {
                     image: image.into(),
-                    reason: source_chain(&e),
+                    reason: pull_reason(&e),
                 })?
                 .stream
                 .boxed()),
@@ -202,11 +199,11 @@ impl Runtime {
     }
 
     async fn pull_leased(&self, r: &Reference, name: &str, lease: &str) -> Result<()> {
-        let client = registry_client(&self.insecure);
-        let auth = RegistryAuth::Anonymous;
+        let client = self.registries.client(r.registry());
+        let auth = self.registries.auth(r.registry());
         let pull_err = |e: oci_client::errors::OciDistributionError| RuntimeError::Pull {
             image: name.into(),
-            reason: source_chain(&e),
+            reason: pull_reason(&e),
         };
         let (top, top_digest) = client
             .pull_manifest_raw(r, &auth, ACCEPT)

@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 
 pub use container::{file_uri, ContainerInfo, ContainerSpec, ExecIo, MountSpec, MountType};
 pub use image::{ImageConfig, ImageInfo};
-pub use registry::{parse_reference, resolve};
+pub use registry::{parse_reference, resolve, Registries};
 
 /// containerd namespace of everything Shoal creates.
 pub const NAMESPACE: &str = "shoal";
@@ -118,7 +118,7 @@ fn req<T>(msg: T, lease: Option<&str>) -> tonic::Request<T> {
 pub struct Runtime {
     channel: Channel,
     socket: String,
-    insecure: Vec<String>,
+    registries: Registries,
     /// One pull at a time on a node: two tasks of the same image share it.
     pull_lock: tokio::sync::Mutex<()>,
 }
@@ -132,9 +132,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Connects to containerd's socket and checks that it answers.
-    /// `insecure_registries` are reached over plain HTTP.
-    pub async fn connect(socket: &Path, insecure_registries: Vec<String>) -> Result<Runtime> {
+    /// Connects to containerd's socket and checks that it answers; images
+    /// are pulled as `registries` says.
+    pub async fn connect(socket: &Path, registries: Registries) -> Result<Runtime> {
         let name = socket.display().to_string();
         let channel =
             containerd_client::connect(socket)
@@ -146,7 +146,7 @@ impl Runtime {
         let rt = Runtime {
             channel,
             socket: name,
-            insecure: insecure_registries,
+            registries,
             pull_lock: tokio::sync::Mutex::new(()),
         };
         rt.version().await?;

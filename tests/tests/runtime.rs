@@ -76,7 +76,15 @@ fn pull_run_wait_exec_and_remove_through_containerd() {
     let id = format!("{}-rt1", lab.prefix());
     let d = dir.path().to_path_buf();
     in_netns(&ns.clone(), async move {
-        let rt = Runtime::connect(&socket, vec![reg.clone()]).await.unwrap();
+        let rt = Runtime::connect(
+            &socket,
+            shoal_runtime::Registries {
+                insecure: vec![reg.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         // Unknown tag: the registry's reason, nothing recorded.
         let e = rt
             .pull(&format!("{reg}/shoal/echo:nope"))

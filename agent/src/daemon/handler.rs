@@ -57,10 +57,10 @@ impl Daemon {
     /// docker does at create, so every task runs the same image); the
     /// warning docker prints when the registry cannot be asked.
     async fn pin_image(&self, spec: &mut ServiceSpec) -> Result<Option<String>, ApiError> {
-        let insecure = &self.config.insecure_registries;
+        let registries = self.config.registries();
         match tokio::time::timeout(
             RESOLVE_TIMEOUT,
-            shoal_runtime::resolve(&spec.image, insecure),
+            shoal_runtime::resolve(&spec.image, &registries),
         )
         .await
         {

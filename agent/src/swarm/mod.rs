@@ -209,7 +209,7 @@ impl Swarm {
             rpc.clone(),
             Arc::new(crate::worker::containers::Containers::new(
                 &config.containerd_socket,
-                config.insecure_registries.clone(),
+                config.registries(),
                 &config.data_dir,
                 &config.seccomp_profile,
             )),

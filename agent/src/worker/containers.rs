@@ -25,7 +25,7 @@ use crate::worker::overlay::Overlay;
 /// The node's container runtime.
 pub struct Containers {
     socket: PathBuf,
-    insecure: Vec<String>,
+    registries: shoal_runtime::Registries,
     volumes: PathBuf,
     runtime: tokio::sync::OnceCell<Arc<Runtime>>,
     /// The seccomp profile every container gets (`None`: none), or why
@@ -85,7 +85,7 @@ fn load_seccomp(path: &str) -> Result<Option<Arc<serde_json::Value>>, String> {
 }
 
 impl Containers {
-    /// containerd at `socket`; plain HTTP to `insecure` registries; named
+    /// containerd at `socket`; images pulled as `registries` says; named
     /// volumes under `data_dir/volumes`.
     /// `seccomp_profile`: Docker's format; `""` for none. The default
     /// path missing (package not installed) or a kernel without seccomp
@@ -93,13 +93,13 @@ impl Containers {
     /// error every container start reports.
     pub fn new(
         socket: &Path,
-        insecure: Vec<String>,
+        registries: shoal_runtime::Registries,
         data_dir: &Path,
         seccomp_profile: &str,
     ) -> Containers {
         Containers {
             socket: socket.to_owned(),
-            insecure,
+            registries,
             volumes: data_dir.join("volumes"),
             runtime: tokio::sync::OnceCell::new(),
             seccomp: load_seccomp(seccomp_profile),
@@ -116,7 +116,7 @@ impl Containers {
     pub async fn runtime(&self) -> Result<Arc<Runtime>, RuntimeError> {
         self.runtime
             .get_or_try_init(|| async {
-                let rt = Runtime::connect(&self.socket, self.insecure.clone()).await?;
+                let rt = Runtime::connect(&self.socket, self.registries.clone()).await?;
                 info!(socket = %self.socket.display(), "connected to containerd");
                 Ok(Arc::new(rt))
             })

@@ -151,6 +151,18 @@ pub fn push(
     layout: &Path,
     dest: &str,
 ) -> Result<String, LabError> {
+    push_as(lab, host, layout, dest, None)
+}
+
+/// [`push`] with credentials (`user:password`) for a registry that asks
+/// for them.
+pub fn push_as(
+    lab: &Lab,
+    host: impl Into<HostId>,
+    layout: &Path,
+    dest: &str,
+    creds: Option<&str>,
+) -> Result<String, LabError> {
     let skopeo = crate::tools::find_program("skopeo").ok_or_else(|| {
         LabError::io(
             "pushing the test image".to_string(),
@@ -163,8 +175,11 @@ pub fn push(
         .arg("--quiet")
         .arg("--dest-tls-verify=false")
         .arg("--digestfile")
-        .arg(&digest_file)
-        .arg(format!("oci:{}:{LAYOUT_REF}", layout.display()))
+        .arg(&digest_file);
+    if let Some(c) = creds {
+        cmd.arg("--dest-creds").arg(c);
+    }
+    cmd.arg(format!("oci:{}:{LAYOUT_REF}", layout.display()))
         .arg(format!("docker://{dest}"));
     let res = crate::lab::run_within(&mut cmd, &format!("pushing {dest}"), PUSH_TIMEOUT);
     let digest = fs::read_to_string(&digest_file);

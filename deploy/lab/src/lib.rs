@@ -49,7 +49,7 @@ mod tools;
 pub use error::LabError;
 pub use lab::{
     preflight, processes_naming, registry_addr, shim_socket_path, DaemonState, Exit, Lab,
-    LabBuilder, DEFAULT_READY_TIMEOUT, LAB_ROOT, MAX_SOCKET_PATH, REGISTRY_PORT,
+    LabBuilder, RegistryOptions, DEFAULT_READY_TIMEOUT, LAB_ROOT, MAX_SOCKET_PATH, REGISTRY_PORT,
 };
 pub use names::HostId;
 pub use state::{HostState, LabState, ProcessRecord, STATE_VERSION};

@@ -50,7 +50,7 @@ mod swarm;
 pub use build::{preflight, LabBuilder};
 pub use containerd::{processes_naming, shim_socket_path, MAX_SOCKET_PATH};
 pub use daemon::{DaemonState, Exit};
-pub use oci_registry::{registry_addr, REGISTRY_PORT};
+pub use oci_registry::{registry_addr, RegistryOptions, REGISTRY_PORT};
 
 /// Where labs keep their directories (`<root>/<prefix>/`) and where the
 /// `shoal-lab` binary keeps the state of the lab it brought up.

@@ -53,17 +53,41 @@ impl RegistryPaths {
         }
     }
 
-    fn config_yaml(&self, addr: SocketAddrV4) -> String {
+    fn config_yaml(&self, addr: SocketAddrV4, o: &RegistryOptions) -> String {
         // YAML double-quoted strings share JSON's escapes.
-        let data = serde_json::to_string(&self.data.to_string_lossy()).unwrap_or_default();
-        format!(
-            "# shoal-lab: a registry for the lab's hosts, plain HTTP\n\
+        let q = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
+        let mut y = format!(
+            "# shoal-lab: a registry for the lab's hosts\n\
              version: 0.1\n\
              log:\n  level: info\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: \"{addr}\"\n"
-        )
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: \"{addr}\"\n",
+            q(&self.data)
+        );
+        if let Some((cert, key)) = &o.tls {
+            y.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                q(cert),
+                q(key)
+            ));
+        }
+        if let Some(h) = &o.htpasswd {
+            y.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: shoal-lab\n    path: {}\n",
+                q(h)
+            ));
+        }
+        y
     }
+}
+
+/// How a lab registry is served: plain HTTP and open by default.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// TLS: the certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Basic authentication against this htpasswd file (bcrypt).
+    pub htpasswd: Option<PathBuf>,
 }
 
 impl Lab {
@@ -72,6 +96,16 @@ impl Lab {
     /// inside the host's namespace. Asking again for a host whose registry
     /// runs returns the same address.
     pub fn start_registry(&self, host: impl Into<HostId>) -> Result<String, LabError> {
+        self.start_registry_with(host, &RegistryOptions::default())
+    }
+
+    /// [`Lab::start_registry`] served as `o` says; with TLS or
+    /// authentication it is ready once it accepts connections.
+    pub fn start_registry_with(
+        &self,
+        host: impl Into<HostId>,
+        o: &RegistryOptions,
+    ) -> Result<String, LabError> {
         let host = host.into();
         let (i, ns, addr, paths) = {
             let mut g = self.lock();
@@ -82,7 +116,7 @@ impl Lab {
             if g.registry_alive(i) {
                 return Ok(addr.to_string());
             }
-            g.spawn_registry(i, addr, &paths)?;
+            g.spawn_registry(i, addr, &paths, o)?;
             (i, ns, addr, paths)
         };
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -98,7 +132,12 @@ impl Lab {
                     )),
                 ));
             }
-            match http_status_in_netns(&ns, SocketAddr::V4(addr), "/v2/") {
+            let probe = if o.tls.is_some() || o.htpasswd.is_some() {
+                connects_in_netns(&ns, SocketAddr::V4(addr)).map(|()| 200)
+            } else {
+                http_status_in_netns(&ns, SocketAddr::V4(addr), "/v2/")
+            };
+            match probe {
                 Ok(200) => return Ok(addr.to_string()),
                 Ok(code) => last = format!("status {code}"),
                 Err(e) => last = e,
@@ -128,6 +167,7 @@ impl Inner {
         i: usize,
         addr: SocketAddrV4,
         paths: &RegistryPaths,
+        o: &RegistryOptions,
     ) -> Result<(), LabError> {
         let h = &self.state.hosts[i - 1];
         let bin = tools::find_program("docker-registry").ok_or_else(|| {
@@ -140,7 +180,7 @@ impl Inner {
         })?;
         fs::create_dir_all(&paths.data)
             .map_err(|e| LabError::io(format!("creating {}", paths.data.display()), e))?;
-        fs::write(&paths.config, paths.config_yaml(addr))
+        fs::write(&paths.config, paths.config_yaml(addr, o))
             .map_err(|e| LabError::io(format!("writing {}", paths.config.display()), e))?;
         let (child, rec) = spawn_in_netns(
             &h.ns,
@@ -177,6 +217,23 @@ impl Inner {
         }
         problem
     }
+}
+
+/// Whether a TCP connection to `addr` from inside namespace `ns` opens.
+fn connects_in_netns(ns: &str, addr: SocketAddr) -> Result<(), String> {
+    let ns_file = format!("/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| -> Result<(), String> {
+            let f = fs::File::open(&ns_file).map_err(|e| format!("opening {ns_file}: {e}"))?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering {ns_file}: {e}"))?;
+            TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| format!("connecting to {addr}: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+    })
 }
 
 /// `GET path` over HTTP/1.0 to `addr` from a thread inside namespace `ns`:
@@ -231,10 +288,24 @@ mod tests {
     #[test]
     fn config_names_the_storage_and_the_address() {
         let p = RegistryPaths::of(Path::new("/run/shoal-lab/slabc123/h1"));
-        let y = p.config_yaml(registry_addr(1));
+        let y = p.config_yaml(registry_addr(1), &RegistryOptions::default());
         assert!(y.contains("version: 0.1\n"));
         assert!(y.contains("rootdirectory: \"/run/shoal-lab/slabc123/h1/registry/data\""));
         assert!(y.contains("addr: \"10.77.0.1:5000\""));
+        assert!(!y.contains("tls:") && !y.contains("auth:"));
+        let o = RegistryOptions {
+            tls: Some(("/c.pem".into(), "/k.pem".into())),
+            htpasswd: Some("/h".into()),
+        };
+        let y = p.config_yaml(registry_addr(1), &o);
+        assert!(
+            y.contains("  tls:\n    certificate: \"/c.pem\"\n    key: \"/k.pem\"\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("auth:\n  htpasswd:\n    realm: shoal-lab\n    path: \"/h\"\n"),
+            "{y}"
+        );
     }
 
     #[test]
