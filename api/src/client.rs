@@ -32,6 +32,11 @@ pub enum ClientError {
 
 /// Send one request to the daemon at `socket` and wait for its answer.
 pub async fn call(socket: &Path, request: Request) -> Result<Response, ClientError> {
+    open(socket, request).await.map(|(response, _)| response)
+}
+
+/// [`call`], keeping the connection: `exec` goes on on it.
+pub async fn open(socket: &Path, request: Request) -> Result<(Response, UnixStream), ClientError> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|_| ClientError::Unreachable(socket.to_owned()))?;
@@ -49,5 +54,5 @@ pub async fn call(socket: &Path, request: Request) -> Result<Response, ClientErr
     .await
     .map_err(proto)?;
     let frame: ResponseFrame = api::read_frame(&mut stream).await.map_err(proto)?;
-    Ok(frame.result?)
+    Ok((frame.result?, stream))
 }

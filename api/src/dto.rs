@@ -100,6 +100,10 @@ pub struct Workload {
     /// The image it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// `running`, `exited (CODE)` until it is cleaned up, or `sandbox`
+    /// (the routing mesh's, no process); filled in by `shoal ps`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 impl Workload {

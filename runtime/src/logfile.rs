@@ -84,8 +84,8 @@ impl Record {
     }
 
     /// A line of a log file; anything that is not a record (a torn write
-    /// at a crash) is skipped.
-    fn decode(text: &str) -> Option<Record> {
+    /// at a crash) is `None`, and skipped by [`read`].
+    pub fn decode(text: &str) -> Option<Record> {
         let j: JsonLine = serde_json::from_str(text).ok()?;
         Some(Record {
             time: parse_time(&j.time)?,

@@ -432,6 +432,7 @@ fn a_service_from_an_image_runs_isolated_containers_on_every_host() {
             .unwrap()
             .iter()
             .any(|w| w["id"] == solo.as_str()
+                && w["state"] == "running"
                 && w["image"]
                     .as_str()
                     .unwrap_or_default()

@@ -9,12 +9,9 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use rustix::termios::{tcgetattr, tcgetwinsize, tcsetattr, OptionalActions, Termios};
-use shoal_api::{
-    self as api, ErrorCode, ExecFrame, Request, RequestFrame, Response, ResponseFrame,
-    PROTOCOL_VERSION,
-};
+use shoal_api::client::{self, ClientError};
+use shoal_api::{self as api, ErrorCode, ExecFrame, Request, Response};
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 
 /// The local terminal in raw mode until dropped.
 struct RawMode(Termios);
@@ -73,15 +70,6 @@ async fn relay(
     interactive: bool,
     tty: bool,
 ) -> Result<i32, (i32, String)> {
-    let mut stream = UnixStream::connect(host).await.map_err(|_| {
-        (
-            1,
-            format!(
-                "cannot reach shoal daemon at {}: is `shoal daemon` running?",
-                host.display()
-            ),
-        )
-    })?;
     let broken = |e: api::FrameError| {
         (
             1,
@@ -94,22 +82,13 @@ async fn relay(
         interactive,
         tty,
     };
-    api::write_frame(
-        &mut stream,
-        &RequestFrame {
-            version: PROTOCOL_VERSION,
-            request,
-        },
-    )
-    .await
-    .map_err(broken)?;
-    let started: ResponseFrame = api::read_frame(&mut stream).await.map_err(broken)?;
-    match started.result {
-        Ok(Response::ExecStarted) => {}
-        Ok(other) => return Err((1, format!("unexpected response from daemon: {other:?}"))),
-        Err(e) if e.code == ErrorCode::NotFound => return Err((1, e.message)),
-        Err(e) => return Err((126, e.message)),
-    }
+    let stream = match client::open(host, request).await {
+        Ok((Response::ExecStarted, stream)) => stream,
+        Ok((other, _)) => return Err((1, format!("unexpected response from daemon: {other:?}"))),
+        Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound => return Err((1, e.message)),
+        Err(ClientError::Api(e)) => return Err((126, e.message)),
+        Err(e) => return Err((1, e.to_string())),
+    };
     let (mut rd, mut wr) = stream.into_split();
     let raw = if tty && std::io::stdin().is_terminal() {
         Some(RawMode::enter().map_err(|e| (1, format!("terminal: {e}")))?)

@@ -86,13 +86,16 @@ pub(super) fn print_response(format: Format, resp: Response, quiet: bool) {
         ),
         (Format::Json, Response::Workloads(w)) => print_json(&w),
         (Format::Table, Response::Workloads(w)) => print_table(
-            &["ID", "NAME", "IMAGE", "NETWORK", "IP", "PID", "COMMAND"],
+            &[
+                "ID", "NAME", "IMAGE", "STATE", "NETWORK", "IP", "PID", "COMMAND",
+            ],
             w.iter()
                 .map(|w| {
                     vec![
                         w.id.chars().take(12).collect(),
                         w.name.clone(),
                         w.image.clone().unwrap_or_else(|| "(host)".into()),
+                        w.state.clone(),
                         w.attachments
                             .iter()
                             .map(|a| a.network.name.as_str())

@@ -169,9 +169,7 @@ impl Daemon {
                     self.swarm().await?.worker.run(run).await?,
                 ]))
             }
-            Request::Ps => Ok(Response::Workloads(
-                self.swarm().await?.worker.overlay.list(),
-            )),
+            Request::Ps => Ok(Response::Workloads(self.swarm().await?.worker.overlay.ps())),
             Request::Stop { workload } => Ok(Response::Message(
                 self.swarm().await?.worker.stop(&workload)?,
             )),

@@ -200,6 +200,7 @@ impl Overlay {
             task: spec.task.clone(),
             container: None,
             image: None,
+            state: String::new(),
         };
         if let Ok(mut m) = self.workloads.lock() {
             m.insert(id.clone(), w.clone());
@@ -455,6 +456,23 @@ impl Overlay {
     /// running, or not our child).
     pub fn exit_code(&self, pid: u32) -> Option<i32> {
         self.exits.lock().ok()?.get(&pid).copied()
+    }
+
+    /// The workloads as `shoal ps` shows them, with their state.
+    pub fn ps(&self) -> Vec<Workload> {
+        let mut list = self.list();
+        for w in &mut list {
+            w.state = if w.pid == 0 && w.container.is_none() {
+                "sandbox".into()
+            } else if let Some(code) = self.exit_code(w.pid) {
+                format!("exited ({code})")
+            } else if self.ended(w) {
+                "exited".into()
+            } else {
+                "running".into()
+            };
+        }
+        list
     }
 
     /// Whether a workload's process has ended: a container once its
