@@ -37,6 +37,9 @@ pub struct ServiceRow {
     pub service: Service,
     /// Tasks running now.
     pub running: u64,
+    /// Tasks wanted: the replicas, or (global) the ready, active nodes.
+    #[serde(default)]
+    pub desired: u64,
     /// Network names by id.
     pub network_names: Vec<(String, String)>,
 }

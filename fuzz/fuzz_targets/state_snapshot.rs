@@ -1,5 +1,6 @@
 //! The replicated state snapshot (from disk and from the leader):
-//! `shoal_model::state::State::decode`.
+//! `shoal_model::state::State::decode` (CBOR, else a bincode release's
+//! layout).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

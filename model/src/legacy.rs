@@ -55,6 +55,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
                 runtime: crate::service::Runtime::Host,
                 ..Default::default()
             },
+            mode: crate::service::ServiceMode::Replicated,
         }
     }
 }

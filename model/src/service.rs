@@ -239,6 +239,30 @@ pub struct ServiceSpec {
     /// How each task's container runs.
     #[serde(default)]
     pub container: ContainerSpec,
+    /// `--mode`: `replicas` tasks, or one on every eligible node.
+    #[serde(default)]
+    pub mode: ServiceMode,
+}
+
+/// `--mode`, as docker names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `replicas` tasks, spread over the nodes.
+    #[default]
+    Replicated,
+    /// One task on every `Ready` + `Active` node, following nodes as
+    /// they join, drain and leave (its tasks have slot 0).
+    Global,
+}
+
+impl std::fmt::Display for ServiceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceMode::Replicated => "replicated",
+            ServiceMode::Global => "global",
+        })
+    }
 }
 
 /// Where a task runs.
@@ -422,9 +446,13 @@ impl Task {
         self.node.is_empty() && self.state == TaskState::New
     }
 
-    /// `web.2` as Docker names tasks.
+    /// `web.2` as Docker names tasks; `web.<node id>` for a global
+    /// service's (slot 0).
     pub fn name(&self) -> String {
-        format!("{}.{}", self.service_name, self.slot)
+        match self.slot {
+            0 => format!("{}.{}", self.service_name, self.node),
+            n => format!("{}.{n}", self.service_name),
+        }
     }
 }
 

@@ -618,7 +618,10 @@ impl State {
         }
         let ingress = self.networks.values().find(|n| n.ingress).cloned();
         let nets = svc.task_networks(ingress.as_ref());
-        let name = format!("{}.{}.{}", svc.spec.name, slot, id);
+        let name = match slot {
+            0 => format!("{}.{node}.{id}", svc.spec.name),
+            n => format!("{}.{n}.{id}", svc.spec.name),
+        };
         Ok(service::allocate_endpoints(
             id,
             &name,
@@ -869,6 +872,7 @@ mod tests {
             labels: Default::default(),
             image: "busybox".into(),
             container: Default::default(),
+            mode: Default::default(),
         }
     }
 

@@ -344,3 +344,91 @@ fn services_balance_resolve_fail_over_and_clean_up() {
     }
     assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
 }
+
+/// `--mode global`: one task on every ready, active node, through the
+/// routing mesh on every host; a drained node loses its task and gets it
+/// back when active again; `--replicas` and `scale` are refused.
+#[test]
+fn a_global_service_follows_the_nodes() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    let lab = &lab;
+    let echo = shoal_tests::shoal_lab_bin().display().to_string();
+    let create = |extra: &[&str]| {
+        let mut a = vec!["service", "create", "--runtime", "host", "--name", "g"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[
+            "-p",
+            "8090:80",
+            "--",
+            echo.as_str(),
+            "http-echo",
+            "--port",
+            "80",
+        ]);
+        cli(lab, 1, &a)
+    };
+    let e = create(&["--mode", "global", "--replicas", "2"]).unwrap_err();
+    assert!(
+        e.contains("replicas can only be used with replicated mode"),
+        "{e}"
+    );
+    create(&["--mode", "global"]).unwrap();
+    let on_every_host = |n: usize| {
+        move || {
+            let r = running(lab, "g");
+            let hosts: BTreeSet<&String> = r.iter().map(|(_, h)| h).collect();
+            (r.len() == n && hosts.len() == n).then_some(r.clone())
+        }
+    };
+    wait_until(
+        "a task on each of 3 hosts",
+        Duration::from_secs(30),
+        on_every_host(3),
+    );
+    let ls = json(lab, 1, &["service", "ls"]);
+    assert_eq!(ls[0]["spec"]["mode"], "global", "{ls}");
+    assert_eq!(
+        (ls[0]["running"].as_u64(), ls[0]["desired"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let (ok, table) = exec(lab, 1, &["shoal", "service", "ls"]);
+    assert!(
+        ok && table.contains("global") && table.contains("3/3"),
+        "{table}"
+    );
+    for h in 1..=3 {
+        let addr = format!("http://{}:8090/", lab.host(h).unwrap().addr);
+        wait_until(
+            &format!("the mesh on h{h}"),
+            Duration::from_secs(20),
+            || http(lab, h, &addr).filter(|b| b.starts_with("g.")),
+        );
+    }
+    let e = cli(lab, 1, &["service", "scale", "g=5"]).unwrap_err();
+    assert!(
+        e.contains("scale can only be used with replicated mode"),
+        "{e}"
+    );
+
+    // h3 drained: its task goes, the others stay; active: it comes back.
+    let h3 = shoal_tests::node_id(lab, 3);
+    cli(lab, 1, &["node", "update", "--availability", "drain", &h3]).unwrap();
+    let (two, _) = wait_until(
+        "2 tasks after the drain",
+        Duration::from_secs(30),
+        on_every_host(2),
+    );
+    assert!(two.iter().all(|(_, h)| h != "h3"), "{two:?}");
+    cli(lab, 1, &["node", "update", "--availability", "active", &h3]).unwrap();
+    wait_until(
+        "h3 has its task again",
+        Duration::from_secs(30),
+        on_every_host(3),
+    );
+    cli(lab, 1, &["service", "rm", "g"]).unwrap();
+}

@@ -140,6 +140,15 @@ pub enum Command {
     },
 }
 
+/// `service create --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// `--replicas` tasks spread over the nodes.
+    Replicated,
+    /// One task on every ready, active node.
+    Global,
+}
+
 /// What `logs` and `service logs` show.
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -259,9 +268,13 @@ pub enum ServiceCmd {
         /// Service name (also its DNS name).
         #[arg(long)]
         name: String,
-        /// Number of tasks.
-        #[arg(long, default_value = "1", value_parser = parse_replicas, allow_hyphen_values = true)]
-        replicas: u64,
+        /// Number of tasks (replicated mode) [default: 1].
+        #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+        replicas: Option<u64>,
+        /// `replicated` (`--replicas` tasks) or `global` (one task on every
+        /// ready, active node).
+        #[arg(long, value_enum, default_value_t = Mode::Replicated)]
+        mode: Mode,
         /// Networks to attach (repeatable).
         #[arg(long)]
         network: Vec<String>,

@@ -31,7 +31,7 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
 
 /// `2/3`-style replica column.
 pub(super) fn replicas_column(r: &ServiceRow) -> String {
-    format!("{}/{}", r.running, r.service.spec.replicas)
+    format!("{}/{}", r.running, r.desired)
 }
 
 /// `*:8080->80/tcp` list.

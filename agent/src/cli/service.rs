@@ -3,9 +3,11 @@
 
 use shoal_api::client::{self, ClientError};
 use shoal_api::{Request, Response};
-use shoal_model::service::{ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceSpec};
+use shoal_model::service::{
+    ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceMode, ServiceSpec,
+};
 
-use super::args::{Cli, ContainerArgs, NetworkCmd, RuntimeArg, ServiceCmd};
+use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, RuntimeArg, ServiceCmd};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
@@ -16,6 +18,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
     let ServiceCmd::Create {
         name,
         replicas,
+        mode,
         network,
         publish,
         endpoint_mode,
@@ -45,9 +48,17 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         }
         labels.insert(k.to_string(), v.to_string());
     }
+    let (mode, replicas) = match (mode, replicas) {
+        (Mode::Global, Some(_)) => {
+            return Err(bad("replicas can only be used with replicated mode".into()))
+        }
+        (Mode::Global, None) => (ServiceMode::Global, 0),
+        (Mode::Replicated, r) => (ServiceMode::Replicated, r.unwrap_or(1)),
+    };
     Ok(ServiceSpec {
+        mode,
         name: name.clone(),
-        replicas: *replicas,
+        replicas,
         networks: network.clone(),
         ports: publish.clone(),
         endpoint_mode: *endpoint_mode,
@@ -287,7 +298,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     vec![
                         r.service.id.chars().take(12).collect(),
                         r.service.spec.name.clone(),
-                        "replicated".to_string(),
+                        r.service.spec.mode.to_string(),
                         replicas_column(r),
                         r.service.spec.command.join(" "),
                         ports_column(&r.service.spec.ports),

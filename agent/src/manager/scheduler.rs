@@ -6,6 +6,10 @@
 //! what it returns, and runs it again; commands are level-triggered, so a
 //! lost proposal or a leader change only delays convergence.
 //!
+//! A global service (`--mode global`) wants one task on every `Ready` +
+//! `Active` node instead of slots (its tasks have slot 0, its history is
+//! per node); the rules below hold for it with "slot" read as "node".
+//!
 //! Rules (Docker's, for replicated services):
 //! - every slot `1..=replicas` has one live task (desired `Running`, not
 //!   ended, on a node that is not `Down`); a missing one is created on the
@@ -23,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use shoal_model::service::{PublishMode, RestartCondition, Service, Task, TaskState};
+use shoal_model::service::{PublishMode, RestartCondition, Service, ServiceMode, Task, TaskState};
 use shoal_model::state::{Availability, Command, NodeStatus, State};
 use shoal_model::{now_ms, NodeId};
 use tracing::debug;
@@ -115,8 +119,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             // Never placed: nothing runs, so a pending task that is no
             // longer wanted ends here and now.
             let wanted = t.desired == TaskState::Running
-                && svc
-                    .is_some_and(|s| t.slot <= s.spec.replicas && t.spec_version >= s.spec_version);
+                && svc.is_some_and(|s| wanted_slot(s, t) && t.spec_version >= s.spec_version);
             if !wanted {
                 out.push(Command::TaskStatus {
                     id: t.id.clone(),
@@ -150,7 +153,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         }
         match svc {
             None => out.push(shutdown(t, now)),
-            Some(s) if t.slot > s.spec.replicas || t.spec_version < s.spec_version => {
+            Some(s) if !wanted_slot(s, t) || t.spec_version < s.spec_version => {
                 out.push(shutdown(t, now))
             }
             Some(_) => {}
@@ -195,8 +198,25 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             .filter(|p| p.mode == PublishMode::Host)
             .map(|p| p.published)
             .collect();
-        for slot in 1..=svc.spec.replicas {
-            let in_slot: Vec<&&Task> = mine.iter().filter(|t| t.slot == slot).collect();
+        // What must hold a live task: slots 1..=replicas, or (global)
+        // every ready, active node, with slot 0.
+        let ready = |n: &&shoal_model::state::Node| {
+            n.status == NodeStatus::Ready && n.availability == Availability::Active
+        };
+        let places: Vec<(u64, Option<&str>)> = match svc.spec.mode {
+            ServiceMode::Replicated => (1..=svc.spec.replicas).map(|s| (s, None)).collect(),
+            ServiceMode::Global => state
+                .nodes
+                .values()
+                .filter(ready)
+                .map(|n| (0, Some(n.id.as_str())))
+                .collect(),
+        };
+        for (slot, on) in places {
+            let in_slot: Vec<&&Task> = mine
+                .iter()
+                .filter(|t| t.slot == slot && on.is_none_or(|n| t.node == n))
+                .collect();
             if in_slot.iter().any(|t| running(t)) {
                 continue;
             }
@@ -237,7 +257,8 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             let eligible: Vec<&shoal_model::state::Node> = state
                 .nodes
                 .values()
-                .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+                .filter(ready)
+                .filter(|n| on.is_none_or(|o| n.id.as_str() == o))
                 .filter(|n| {
                     // Host-mode ports: one task per node.
                     host_ports.is_empty() || svc_load.get(n.id.as_str()).copied().unwrap_or(0) == 0
@@ -256,6 +277,9 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                 });
             let pending = last.filter(|t| t.is_pending() && !stopping.contains(&t.id));
             let Some(node) = candidate else {
+                if on.is_some() {
+                    continue; // a global task waits until its node fits it
+                }
                 // No suitable node: the slot waits as a pending task that
                 // says why.
                 let message = no_suitable_node(&eligible, short);
@@ -293,16 +317,18 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
     }
     // 3. History: drop ended tasks beyond the limit (all of them for a
     // service that is gone).
-    let mut by_slot: BTreeMap<(&str, u64), Vec<&Task>> = BTreeMap::new();
+    // A global service's history is per node (its tasks share slot 0).
+    let mut by_slot: BTreeMap<(&str, u64, &str), Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
         if t.state.is_terminal() && t.desired == TaskState::Shutdown {
+            let node = if t.slot == 0 { t.node.as_str() } else { "" };
             by_slot
-                .entry((t.service.as_str(), t.slot))
+                .entry((t.service.as_str(), t.slot, node))
                 .or_default()
                 .push(t);
         }
     }
-    for ((sid, _), mut ended) in by_slot {
+    for ((sid, _, _), mut ended) in by_slot {
         let keep = if state.services.contains_key(sid) {
             TASK_HISTORY
         } else {
@@ -314,6 +340,15 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         }
     }
     out
+}
+
+/// Whether the task's slot is one the service wants: `1..=replicas`, or
+/// slot 0 of a global service.
+fn wanted_slot(s: &Service, t: &Task) -> bool {
+    match s.spec.mode {
+        ServiceMode::Replicated => (1..=s.spec.replicas).contains(&t.slot),
+        ServiceMode::Global => t.slot == 0,
+    }
 }
 
 fn shutdown(t: &Task, now: u64) -> Command {
@@ -539,6 +574,66 @@ mod tests {
         w.settle();
         assert_eq!(w.running_per_node()[0], 0);
         assert_eq!(w.running_per_node().iter().sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn a_global_service_runs_one_task_on_every_ready_active_node() {
+        let mut w = World::new(3);
+        w.create(1);
+        let mut svc = w.state.services["svc1"].clone();
+        svc.spec.mode = shoal_model::service::ServiceMode::Global;
+        svc.spec.replicas = 0;
+        w.apply(Command::UpdateService {
+            service: "svc1".into(),
+            spec: svc.spec,
+            at: 0,
+        });
+        w.settle();
+        assert_eq!(w.running_per_node(), vec![1, 1, 1]);
+        // Every running task has slot 0 and is named after its node.
+        for t in w
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+        {
+            assert_eq!(t.slot, 0);
+            assert_eq!(t.name(), format!("web.{}", t.node));
+        }
+        // A drained node loses its task, an active one gets it back.
+        let drained = w.state.nodes.keys().next().unwrap().clone();
+        let set = |w: &mut World, a: Availability| {
+            w.apply(Command::UpdateNode {
+                id: drained.clone(),
+                update: shoal_model::state::NodeUpdate {
+                    availability: Some(a),
+                    ..Default::default()
+                },
+                at: 0,
+            })
+        };
+        set(&mut w, Availability::Drain);
+        w.settle();
+        assert_eq!(w.running_per_node(), vec![0, 1, 1]);
+        set(&mut w, Availability::Active);
+        w.settle();
+        assert_eq!(w.running_per_node(), vec![1, 1, 1]);
+        // A node that joins gets one; history stays per node.
+        w.apply(Command::AddNode {
+            node: crate::manager::testkit::node(),
+        });
+        w.settle();
+        assert_eq!(w.running_per_node(), vec![1, 1, 1, 1]);
+        let history = w
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.node == drained.as_str())
+            .count();
+        assert!(
+            history >= 2,
+            "the drained node keeps its ended task as history"
+        );
     }
 
     #[test]

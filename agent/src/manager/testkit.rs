@@ -171,6 +171,7 @@ impl World {
                 labels: Default::default(),
                 image: "busybox".into(),
                 container: Default::default(),
+                mode: Default::default(),
             },
             at: 0,
         });

@@ -34,8 +34,33 @@ pub fn for_target(target: &str) -> Vec<Vec<u8>> {
         "endpoint_record" => vec![endpoint_record().encode()],
         "raft_frame" => raft_frames(),
         "raft_snapshot" => raft_snapshots(),
-        "state_snapshot" => states().iter().map(bin).collect(),
-        "raft_command" => commands().iter().map(bin).collect(),
+        // Both encodings a data dir may hold: CBOR, and the bincode of
+        // the releases before it.
+        "state_snapshot" => states()
+            .iter()
+            .flat_map(|s| [s.encode().unwrap_or_default(), bin(s)])
+            .collect(),
+        "raft_command" => commands()
+            .iter()
+            .flat_map(|c| [c.encode().unwrap_or_default(), bin(c)])
+            .collect(),
+        "image_reference" => [
+            "busybox",
+            "10.77.0.1:5000/shoal/echo:1",
+            "reg:5000/a/b:t@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "docker.io/library/nginx:1.25",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+        "container_log" => vec![
+            br#"{"log":"hello
+","stream":"stdout","time":"2026-12-01T13:51:30.000000042Z"}
+{"log":"oops
+","stream":"stderr","time":"2026-12-01T13:51:31.5Z"}
+{"log":"torn"#
+                .to_vec(),
+        ],
         "api_frame" => api_frames(),
         "session_frame" => session_frames(),
         "rpc_frame" => rpc_frames(),
@@ -133,6 +158,9 @@ pub(crate) fn service_spec() -> ServiceSpec {
         restart_condition: RestartCondition::Any,
         command: vec!["sleep".into(), "1000".into()],
         labels: BTreeMap::from([("k".into(), "v".into())]),
+        image: "10.77.0.1:5000/shoal/echo:1".into(),
+        container: Default::default(),
+        mode: Default::default(),
     }
 }
 

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use shoal_api::{ApiError, ErrorCode, LogLine, Response, ServiceRow, ServiceUpdate, TaskRow};
-use shoal_model::service::{self, Service, ServiceSpec, Task, TaskState};
+use shoal_model::service::{self, Service, ServiceMode, ServiceSpec, Task, TaskState};
 use shoal_model::state::Command;
+use shoal_model::state::{Availability, NodeStatus};
 use shoal_model::{network, now_ms, NodeId};
 
 use crate::manager::Manager;
@@ -146,6 +147,12 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     let nets = m.store().read(|s| s.networks.clone()).await?;
     let mut spec = svc.spec.clone();
     if let Some(r) = u.replicas {
+        if spec.mode == ServiceMode::Global {
+            return Err(ApiError::invalid(format!(
+                "{}: scale can only be used with replicated mode",
+                spec.name
+            )));
+        }
         spec.replicas = r;
     }
     for n in &u.network_add {
@@ -201,10 +208,26 @@ pub async fn remove(m: &Manager, key: &str) -> Result<String, ApiError> {
 pub async fn list(m: &Manager, keys: &[String]) -> Result<Vec<ServiceRow>, ApiError> {
     let st = m
         .store()
-        .read(|s| (s.services.clone(), s.tasks.clone(), s.networks.clone()))
+        .read(|s| {
+            let eligible = s
+                .nodes
+                .values()
+                .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+                .count() as u64;
+            (
+                s.services.clone(),
+                s.tasks.clone(),
+                s.networks.clone(),
+                eligible,
+            )
+        })
         .await?;
-    let (services, tasks, nets) = st;
+    let (services, tasks, nets, eligible) = st;
     let row = |s: &Service| ServiceRow {
+        desired: match s.spec.mode {
+            ServiceMode::Replicated => s.spec.replicas,
+            ServiceMode::Global => eligible,
+        },
         running: tasks
             .values()
             .filter(|t| t.service == s.id && t.state == TaskState::Running)
