@@ -263,6 +263,12 @@ pub enum Request {
         node: String,
         /// New availability.
         availability: Option<Availability>,
+        /// Labels to add or change.
+        #[serde(default)]
+        label_add: BTreeMap<String, String>,
+        /// Labels to remove, by key.
+        #[serde(default)]
+        label_rm: Vec<String>,
     },
     /// `node rm`.
     NodeRemove {
@@ -329,6 +335,9 @@ pub struct NodeRow {
     /// CPUs and memory it reported (`Description.Resources`).
     #[serde(default)]
     pub resources: Option<shoal_model::state::NodeResources>,
+    /// Its labels (`Spec.Labels`), for placement constraints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Answers, one variant per request kind.

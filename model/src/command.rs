@@ -3,6 +3,7 @@
 //! and the values it carries. New variants go at the end; new fields carry
 //! `#[serde(default)]` (see [`crate::codec`]).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,13 @@ pub enum Command {
         node: String,
         /// Unix ms.
         at: u64,
+    },
+    /// `node update --label-add/--label-rm`: the node's labels, whole.
+    SetNodeLabels {
+        /// The node.
+        id: NodeId,
+        /// All its labels (empty: none).
+        labels: BTreeMap<String, String>,
     },
 }
 

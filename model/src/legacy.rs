@@ -56,6 +56,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
                 ..Default::default()
             },
             mode: crate::service::ServiceMode::Replicated,
+            constraints: Vec::new(),
         }
     }
 }
@@ -161,6 +162,7 @@ impl From<StateV2> for State {
             tasks: v.tasks,
             gossip_keys: v.gossip_keys,
             node_resources: BTreeMap::new(),
+            node_labels: BTreeMap::new(),
         }
     }
 }
@@ -189,6 +191,7 @@ impl From<StateV1> for State {
             tasks: v.tasks,
             gossip_keys: BTreeMap::new(),
             node_resources: BTreeMap::new(),
+            node_labels: BTreeMap::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod command;
 pub mod legacy;
 pub mod network;
+pub mod placement;
 pub mod service;
 pub mod state;
 

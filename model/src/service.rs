@@ -242,6 +242,9 @@ pub struct ServiceSpec {
     /// `--mode`: `replicas` tasks, or one on every eligible node.
     #[serde(default)]
     pub mode: ServiceMode,
+    /// `--constraint`: where tasks may run (see [`crate::placement`]).
+    #[serde(default)]
+    pub constraints: Vec<String>,
 }
 
 /// `--mode`, as docker names it.
@@ -499,7 +502,15 @@ pub enum ServiceError {
     /// A container service without an image.
     #[error("a service needs an image (or --runtime host and a command)")]
     NoImage,
+    /// A `--constraint` docker would not take.
+    #[error("invalid constraint {0}")]
+    BadConstraint(String),
+    /// Node labels out of bounds.
+    #[error("invalid node labels: {0}")]
+    BadLabels(String),
 }
+
+pub use crate::placement::check_labels;
 
 /// Most replicas one service may have: every replica is a task record the
 /// scheduler plans and every manager keeps, so an absurd count (a typo,
@@ -543,6 +554,9 @@ pub fn check_spec(
         Runtime::Host if spec.command.is_empty() => return Err(ServiceError::NoCommand),
         Runtime::Container if spec.image.is_empty() => return Err(ServiceError::NoImage),
         _ => {}
+    }
+    for c in &spec.constraints {
+        crate::placement::Constraint::parse(c)?;
     }
     if spec.replicas > MAX_REPLICAS {
         return Err(ServiceError::TooManyReplicas(spec.replicas));

@@ -42,6 +42,10 @@ pub struct State {
     /// What each node offers the scheduler (reported by the node).
     #[serde(default)]
     pub node_resources: BTreeMap<NodeId, NodeResources>,
+    /// `node update --label-add`: each node's labels, for placement
+    /// constraints (`node.labels.K==V`).
+    #[serde(default)]
+    pub node_labels: BTreeMap<NodeId, BTreeMap<String, String>>,
 }
 
 /// Length of an Ed25519 public key.
@@ -323,6 +327,8 @@ impl State {
                 }
                 // A removed node's gossip entries stop counting everywhere.
                 self.gossip_keys.remove(&id);
+                self.node_labels.remove(&id);
+                self.node_resources.remove(&id);
                 // Its endpoints (workloads, ingress sandbox) go with it; its
                 // tasks are rescheduled by the scheduler.
                 for net in self.networks.values_mut() {
@@ -531,6 +537,17 @@ impl State {
                     return Err(ApplyError::NoSuchNode(id));
                 }
                 self.node_resources.insert(id, resources);
+            }
+            Command::SetNodeLabels { id, labels } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(ApplyError::NoSuchNode(id));
+                }
+                service::check_labels(&labels)?;
+                if labels.is_empty() {
+                    self.node_labels.remove(&id);
+                } else {
+                    self.node_labels.insert(id, labels);
+                }
             }
             Command::PendTask {
                 id,
@@ -873,6 +890,7 @@ mod tests {
             image: "busybox".into(),
             container: Default::default(),
             mode: Default::default(),
+            constraints: vec![],
         }
     }
 

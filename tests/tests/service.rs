@@ -432,3 +432,84 @@ fn a_global_service_follows_the_nodes() {
     );
     cli(lab, 1, &["service", "rm", "g"]).unwrap();
 }
+
+/// `--constraint` with node labels and roles: tasks go only where every
+/// constraint holds, wait `pending` saying so where none does, and move
+/// off a node that loses its label; bad constraints and labels are
+/// refused with the reason.
+#[test]
+fn constraints_and_node_labels_place_tasks() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    let lab = &lab;
+    let create = |name: &str, replicas: &str, constraint: &str| {
+        cli(
+            lab,
+            1,
+            &[
+                "service",
+                "create",
+                "--runtime",
+                "host",
+                "--name",
+                name,
+                "--replicas",
+                replicas,
+                "--constraint",
+                constraint,
+                "--",
+                "sleep",
+                "100000",
+            ],
+        )
+    };
+    let e = create("bad", "1", "node.role=manager").unwrap_err();
+    assert!(e.contains("expected one operator from ==, !="), "{e}");
+    let e = cli(lab, 1, &["node", "update", "--label-rm", "nope", "h2"]).unwrap_err();
+    assert!(e.contains("key nope doesn't exist in node's labels"), "{e}");
+    cli(lab, 1, &["node", "update", "--label-add", "zone=a", "h2"]).unwrap();
+    let inspect = json(lab, 1, &["node", "inspect", "h2"]);
+    assert_eq!(inspect[0]["labels"]["zone"], "a", "{inspect}");
+
+    create("zoned", "2", "node.labels.zone==a").unwrap();
+    create("boss", "1", "node.role==manager").unwrap();
+    create("nowhere", "1", "node.labels.zone==b").unwrap();
+    let hosts =
+        |svc: &str| -> Vec<String> { running(lab, svc).into_iter().map(|(_, h)| h).collect() };
+    wait_until("zoned on h2 only", Duration::from_secs(30), || {
+        (hosts("zoned") == ["h2", "h2"]).then_some(())
+    });
+    wait_until("boss on the manager", Duration::from_secs(30), || {
+        (hosts("boss") == ["h1"]).then_some(())
+    });
+    let pending = |svc: &str| {
+        json(lab, 1, &["service", "ps", svc])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["node"] == "" && t["state"] == "new")
+            .map(|t| t["message"].as_str().unwrap_or_default().to_string())
+    };
+    let (why, _) = wait_until("nowhere pending", Duration::from_secs(30), || {
+        pending("nowhere")
+    });
+    assert_eq!(
+        why,
+        "no suitable node (scheduling constraints not satisfied on 3 nodes)"
+    );
+
+    // h2 loses the label: its tasks stop and wait, as nowhere fits them.
+    cli(lab, 1, &["node", "update", "--label-rm", "zone", "h2"]).unwrap();
+    wait_until(
+        "zoned tasks off h2, pending",
+        Duration::from_secs(30),
+        || (hosts("zoned").is_empty() && pending("zoned").is_some()).then_some(()),
+    );
+    for s in ["zoned", "boss", "nowhere"] {
+        cli(lab, 1, &["service", "rm", s]).unwrap();
+    }
+}

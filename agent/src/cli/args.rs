@@ -275,6 +275,10 @@ pub enum ServiceCmd {
         /// ready, active node).
         #[arg(long, value_enum, default_value_t = Mode::Replicated)]
         mode: Mode,
+        /// Placement constraint (repeatable): `node.id`, `node.hostname`,
+        /// `node.role` or `node.labels.K`, then `==` or `!=` and a value.
+        #[arg(long)]
+        constraint: Vec<String>,
         /// Networks to attach (repeatable).
         #[arg(long)]
         network: Vec<String>,
@@ -535,6 +539,12 @@ pub enum NodeCmd {
         /// active, pause or drain.
         #[arg(long)]
         availability: Option<Availability>,
+        /// Add or change a node label, `key=value` (repeatable).
+        #[arg(long)]
+        label_add: Vec<String>,
+        /// Remove a node label by key (repeatable).
+        #[arg(long)]
+        label_rm: Vec<String>,
         /// Node id, id prefix, host name, or `self`.
         node: String,
     },

@@ -302,13 +302,32 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                     },
                     false,
                 ),
-                NodeCmd::Update { availability, node } => (
-                    Request::NodeUpdate {
-                        node: node.clone(),
-                        availability: *availability,
-                    },
-                    false,
-                ),
+                NodeCmd::Update {
+                    availability,
+                    label_add,
+                    label_rm,
+                    node,
+                } => {
+                    let mut add = std::collections::BTreeMap::new();
+                    for l in label_add {
+                        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                        if k.is_empty() {
+                            return Err(ClientError::Api(shoal_api::ApiError::invalid(format!(
+                                "--label-add {l:?}: expected key=value"
+                            ))));
+                        }
+                        add.insert(k.to_string(), v.to_string());
+                    }
+                    (
+                        Request::NodeUpdate {
+                            node: node.clone(),
+                            availability: *availability,
+                            label_add: add,
+                            label_rm: label_rm.clone(),
+                        },
+                        false,
+                    )
+                }
                 NodeCmd::Rm { force, nodes } => (
                     Request::NodeRemove {
                         nodes: nodes.clone(),

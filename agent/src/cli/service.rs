@@ -19,6 +19,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         name,
         replicas,
         mode,
+        constraint,
         network,
         publish,
         endpoint_mode,
@@ -57,6 +58,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
     };
     Ok(ServiceSpec {
         mode,
+        constraints: constraint.clone(),
         name: name.clone(),
         replicas,
         networks: network.clone(),

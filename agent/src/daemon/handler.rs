@@ -353,8 +353,20 @@ impl Daemon {
                 }
                 Ok(Response::Message(out.join("\n")))
             }
-            Request::NodeUpdate { node, availability } => Ok(Response::Message(
-                nodes::update(self.manager().await?.as_ref(), &node, availability).await?,
+            Request::NodeUpdate {
+                node,
+                availability,
+                label_add,
+                label_rm,
+            } => Ok(Response::Message(
+                nodes::update(
+                    self.manager().await?.as_ref(),
+                    &node,
+                    availability,
+                    label_add,
+                    &label_rm,
+                )
+                .await?,
             )),
             Request::NodeRemove { nodes: keys, force } => {
                 let m = self.manager().await?;

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::Duration;
 
+use shoal_model::placement;
 use shoal_model::service::{PublishMode, RestartCondition, Service, ServiceMode, Task, TaskState};
 use shoal_model::state::{Availability, Command, NodeStatus, State};
 use shoal_model::{now_ms, NodeId};
@@ -156,6 +157,16 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             Some(s) if !wanted_slot(s, t) || t.spec_version < s.spec_version => {
                 out.push(shutdown(t, now))
             }
+            // Its node no longer satisfies the constraints (a label went):
+            // it moves, as swarm's constraint enforcer does.
+            Some(s)
+                if !state.nodes.values().any(|n| {
+                    n.id.as_str() == t.node
+                        && placement::fits(&s.spec.constraints, n, state.node_labels.get(&n.id))
+                }) =>
+            {
+                out.push(shutdown(t, now))
+            }
             Some(_) => {}
         }
     }
@@ -203,12 +214,16 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         let ready = |n: &&shoal_model::state::Node| {
             n.status == NodeStatus::Ready && n.availability == Availability::Active
         };
+        let allowed = |n: &&shoal_model::state::Node| {
+            placement::fits(&svc.spec.constraints, n, state.node_labels.get(&n.id))
+        };
         let places: Vec<(u64, Option<&str>)> = match svc.spec.mode {
             ServiceMode::Replicated => (1..=svc.spec.replicas).map(|s| (s, None)).collect(),
             ServiceMode::Global => state
                 .nodes
                 .values()
                 .filter(ready)
+                .filter(allowed)
                 .map(|n| (0, Some(n.id.as_str())))
                 .collect(),
         };
@@ -254,7 +269,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     cpu > 0 && hc + cpu > r.nano_cpus,
                 )
             };
-            let eligible: Vec<&shoal_model::state::Node> = state
+            let ready_nodes: Vec<&shoal_model::state::Node> = state
                 .nodes
                 .values()
                 .filter(ready)
@@ -264,6 +279,8 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     host_ports.is_empty() || svc_load.get(n.id.as_str()).copied().unwrap_or(0) == 0
                 })
                 .collect();
+            let eligible: Vec<&shoal_model::state::Node> =
+                ready_nodes.iter().copied().filter(allowed).collect();
             let candidate = eligible
                 .iter()
                 .copied()
@@ -282,7 +299,15 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                 }
                 // No suitable node: the slot waits as a pending task that
                 // says why.
-                let message = no_suitable_node(&eligible, short);
+                let message = if eligible.is_empty() && !ready_nodes.is_empty() {
+                    let n = ready_nodes.len();
+                    let nodes = if n == 1 { "node" } else { "nodes" };
+                    format!(
+                        "no suitable node (scheduling constraints not satisfied on {n} {nodes})"
+                    )
+                } else {
+                    no_suitable_node(&eligible, short)
+                };
                 if pending.is_none_or(|p| p.message != message) {
                     out.push(Command::PendTask {
                         id: pending.map_or_else(&mut *new_id, |p| p.id.clone()),

@@ -172,6 +172,7 @@ impl World {
                 image: "busybox".into(),
                 container: Default::default(),
                 mode: Default::default(),
+                constraints: vec![],
             },
             at: 0,
         });

@@ -161,6 +161,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         image: "10.77.0.1:5000/shoal/echo:1".into(),
         container: Default::default(),
         mode: Default::default(),
+        constraints: vec!["node.role==worker".into()],
     }
 }
 

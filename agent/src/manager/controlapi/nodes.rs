@@ -2,6 +2,8 @@
 //! / rm`, and the checks they share (name resolution, quorum after a
 //! manager goes).
 
+use std::collections::BTreeMap;
+
 use shoal_api::{ApiError, ErrorCode, NodeRow};
 use shoal_model::state::{Availability, Command, Node, NodeStatus, NodeUpdate};
 use shoal_model::{now_ms, NodeId, Role};
@@ -23,6 +25,7 @@ pub async fn list(m: &Manager, filter: Option<String>) -> Result<Vec<NodeRow>, A
                 .collect::<Vec<_>>()
         })
         .await?;
+    let labels = m.store().read(|s| s.node_labels.clone()).await?;
     let (state_nodes, resources): (Vec<_>, Vec<_>) = state_nodes.into_iter().unzip();
     let resources: std::collections::BTreeMap<NodeId, shoal_model::state::NodeResources> =
         state_nodes
@@ -57,6 +60,7 @@ pub async fn list(m: &Manager, filter: Option<String>) -> Result<Vec<NodeRow>, A
                 .unwrap_or_default();
             NodeRow {
                 resources: resources.get(&n.id).copied(),
+                labels: labels.get(&n.id).cloned().unwrap_or_default(),
                 gossip,
                 is_self: n.id == me,
                 node: n,
@@ -77,26 +81,55 @@ pub async fn update_node(m: &Manager, id: &NodeId, update: NodeUpdate) -> Result
         .await
 }
 
-/// `node update --availability`.
+/// `node update --availability --label-add --label-rm`.
 pub async fn update(
     m: &Manager,
     node: &str,
     availability: Option<Availability>,
+    label_add: BTreeMap<String, String>,
+    label_rm: &[String],
 ) -> Result<String, ApiError> {
-    let nodes = m
+    let (nodes, all_labels) = m
         .store()
-        .read_local(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+        .read_local(|s| {
+            (
+                s.nodes.values().cloned().collect::<Vec<_>>(),
+                s.node_labels.clone(),
+            )
+        })
         .await?;
     let id = resolve_node(&nodes, node, m.node_id())?.id.clone();
-    update_node(
-        m,
-        &id,
-        NodeUpdate {
-            availability,
-            ..Default::default()
-        },
-    )
-    .await?;
+    if availability.is_some() {
+        update_node(
+            m,
+            &id,
+            NodeUpdate {
+                availability,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    if !label_add.is_empty() || !label_rm.is_empty() {
+        let mut labels = all_labels.get(&id).cloned().unwrap_or_default();
+        for k in label_rm {
+            if labels.remove(k).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("key {k} doesn't exist in node's labels"),
+                ));
+            }
+        }
+        labels.extend(label_add);
+        shoal_model::service::check_labels(&labels)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        m.store()
+            .propose(Command::SetNodeLabels {
+                id: id.clone(),
+                labels,
+            })
+            .await?;
+    }
     Ok(id.to_string())
 }
 

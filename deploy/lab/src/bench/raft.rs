@@ -57,6 +57,8 @@ fn update(avail: Availability) -> Request {
     Request::NodeUpdate {
         node: "self".into(),
         availability: Some(avail),
+        label_add: Default::default(),
+        label_rm: Vec::new(),
     }
 }
 
