@@ -245,6 +245,10 @@ pub struct ServiceSpec {
     /// `--constraint`: where tasks may run (see [`crate::placement`]).
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// `--replicas-max-per-node`: at most this many tasks on one node
+    /// (0: no limit).
+    #[serde(default)]
+    pub max_replicas_per_node: u64,
 }
 
 /// `--mode`, as docker names it.

@@ -891,6 +891,7 @@ mod tests {
             container: Default::default(),
             mode: Default::default(),
             constraints: vec![],
+            max_replicas_per_node: 0,
         }
     }
 

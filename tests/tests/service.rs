@@ -509,7 +509,40 @@ fn constraints_and_node_labels_place_tasks() {
         Duration::from_secs(30),
         || (hosts("zoned").is_empty() && pending("zoned").is_some()).then_some(()),
     );
-    for s in ["zoned", "boss", "nowhere"] {
+    // --replicas-max-per-node 1 on the 2 workers: 2 run, 1 waits.
+    cli(
+        lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "one-each",
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "--constraint",
+            "node.role==worker",
+            "--",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    let (why, _) = wait_until(
+        "one-each: 2 running, 1 pending",
+        Duration::from_secs(30),
+        || {
+            let mut h = hosts("one-each");
+            h.sort();
+            (h == ["h2", "h3"]).then(|| pending("one-each")).flatten()
+        },
+    );
+    assert_eq!(why, "no suitable node (max replicas per node limit exceed)");
+    for s in ["zoned", "boss", "nowhere", "one-each"] {
         cli(lab, 1, &["service", "rm", s]).unwrap();
     }
 }

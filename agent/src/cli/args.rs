@@ -279,6 +279,9 @@ pub enum ServiceCmd {
         /// `node.role` or `node.labels.K`, then `==` or `!=` and a value.
         #[arg(long)]
         constraint: Vec<String>,
+        /// Most tasks of the service on one node (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        replicas_max_per_node: u64,
         /// Networks to attach (repeatable).
         #[arg(long)]
         network: Vec<String>,

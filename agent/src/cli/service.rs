@@ -20,6 +20,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         replicas,
         mode,
         constraint,
+        replicas_max_per_node,
         network,
         publish,
         endpoint_mode,
@@ -59,6 +60,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
     Ok(ServiceSpec {
         mode,
         constraints: constraint.clone(),
+        max_replicas_per_node: *replicas_max_per_node,
         name: name.clone(),
         replicas,
         networks: network.clone(),

@@ -279,8 +279,17 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     host_ports.is_empty() || svc_load.get(n.id.as_str()).copied().unwrap_or(0) == 0
                 })
                 .collect();
-            let eligible: Vec<&shoal_model::state::Node> =
+            let allowed_nodes: Vec<&shoal_model::state::Node> =
                 ready_nodes.iter().copied().filter(allowed).collect();
+            // `--replicas-max-per-node`: nodes holding that many are full.
+            let max = svc.spec.max_replicas_per_node;
+            let eligible: Vec<&shoal_model::state::Node> = allowed_nodes
+                .iter()
+                .copied()
+                .filter(|n| {
+                    max == 0 || (svc_load.get(n.id.as_str()).copied().unwrap_or(0) as u64) < max
+                })
+                .collect();
             let candidate = eligible
                 .iter()
                 .copied()
@@ -299,12 +308,14 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                 }
                 // No suitable node: the slot waits as a pending task that
                 // says why.
-                let message = if eligible.is_empty() && !ready_nodes.is_empty() {
+                let message = if allowed_nodes.is_empty() && !ready_nodes.is_empty() {
                     let n = ready_nodes.len();
                     let nodes = if n == 1 { "node" } else { "nodes" };
                     format!(
                         "no suitable node (scheduling constraints not satisfied on {n} {nodes})"
                     )
+                } else if eligible.is_empty() && !allowed_nodes.is_empty() {
+                    "no suitable node (max replicas per node limit exceed)".to_string()
                 } else {
                     no_suitable_node(&eligible, short)
                 };

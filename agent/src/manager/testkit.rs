@@ -173,6 +173,7 @@ impl World {
                 container: Default::default(),
                 mode: Default::default(),
                 constraints: vec![],
+                max_replicas_per_node: 0,
             },
             at: 0,
         });

@@ -79,6 +79,8 @@ fn assignments() -> Assignments {
                 task: t.clone(),
                 command: vec!["sleep".into(), "1000".into()],
                 env: vec!["A=1".into()],
+                image: "10.77.0.1:5000/shoal/echo:1@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff".into(),
+                container: Some(Default::default()),
             })
             .collect(),
         networks: s.networks.clone(),
@@ -106,6 +108,10 @@ pub(crate) fn session_frames() -> Vec<Vec<u8>> {
             exit_code: None,
             message: String::new(),
         }],
+        resources: Some(shoal_model::state::NodeResources {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 24 << 30,
+        }),
     });
     let redirect = ToNode::Redirect(Some(SocketAddr::from(([10, 0, 0, 1], 2377))));
     let assign = ToNode::Assign(Box::new(assignments()));
@@ -216,6 +222,9 @@ pub(crate) fn workload() -> Workload {
         pid: 4242,
         argv: vec!["sleep".into(), "1000".into()],
         task: None,
+        container: Some("ep1".into()),
+        image: Some("10.77.0.1:5000/shoal/echo:1".into()),
+        state: "running".into(),
     }
 }
 

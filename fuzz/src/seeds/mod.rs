@@ -162,6 +162,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         container: Default::default(),
         mode: Default::default(),
         constraints: vec!["node.role==worker".into()],
+        max_replicas_per_node: 2,
     }
 }
 
@@ -256,6 +257,7 @@ pub(crate) fn network() -> Network {
             created_at: NOW_MS,
             version: 5,
             endpoints: BTreeMap::new(),
+            last_ip: None,
         })
 }
 
