@@ -58,6 +58,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             mode: crate::service::ServiceMode::Replicated,
             constraints: Vec::new(),
             max_replicas_per_node: 0,
+            placement_prefs: Vec::new(),
         }
     }
 }

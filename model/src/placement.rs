@@ -93,6 +93,23 @@ pub fn fits(
         .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(node, labels)))
 }
 
+/// The label of a `--placement-pref` (`spread=node.labels.K` → `K`), if
+/// it is one.
+pub fn spread_label(pref: &str) -> Option<&str> {
+    pref.strip_prefix("spread=")?
+        .strip_prefix("node.labels.")
+        .filter(|k| !k.is_empty())
+}
+
+/// A `--placement-pref` docker would take: `spread=node.labels.K`.
+pub fn check_pref(pref: &str) -> Result<(), ServiceError> {
+    spread_label(pref).map(|_| ()).ok_or_else(|| {
+        ServiceError::BadConstraint(format!(
+            "placement preference {pref:?}: expected spread=node.labels.<label>"
+        ))
+    })
+}
+
 /// A node's labels, bounded: at most 64, keys and values of 256 bytes.
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ServiceError> {
     if labels.len() > MAX_LABELS {
@@ -163,6 +180,15 @@ mod tests {
             &w,
             None
         ));
+    }
+
+    #[test]
+    fn spread_preferences_name_a_node_label() {
+        assert_eq!(spread_label("spread=node.labels.zone"), Some("zone"));
+        for bad in ["spread=zone", "spread=node.labels.", "pack=node.labels.zone", ""] {
+            assert_eq!(spread_label(bad), None, "{bad}");
+            assert!(check_pref(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -249,6 +249,10 @@ pub struct ServiceSpec {
     /// (0: no limit).
     #[serde(default)]
     pub max_replicas_per_node: u64,
+    /// `--placement-pref spread=node.labels.K`: tasks spread evenly over
+    /// the values of K first (see [`crate::placement::spread_label`]).
+    #[serde(default)]
+    pub placement_prefs: Vec<String>,
 }
 
 /// `--mode`, as docker names it.
@@ -561,6 +565,9 @@ pub fn check_spec(
     }
     for c in &spec.constraints {
         crate::placement::Constraint::parse(c)?;
+    }
+    for p in &spec.placement_prefs {
+        crate::placement::check_pref(p)?;
     }
     if spec.replicas > MAX_REPLICAS {
         return Err(ServiceError::TooManyReplicas(spec.replicas));

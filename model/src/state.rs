@@ -892,6 +892,7 @@ mod tests {
             mode: Default::default(),
             constraints: vec![],
             max_replicas_per_node: 0,
+            placement_prefs: vec![],
         }
     }
 

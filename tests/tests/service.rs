@@ -542,7 +542,58 @@ fn constraints_and_node_labels_place_tasks() {
         },
     );
     assert_eq!(why, "no suitable node (max replicas per node limit exceed)");
-    for s in ["zoned", "boss", "nowhere", "one-each"] {
+    // spread=node.labels.zone over zone a (h1) and zone b (h2, h3): 6
+    // tasks are 3 in each zone, so h1 takes 3 (plain spread would give 2).
+    cli(lab, 1, &["node", "update", "--label-add", "zone=a", "h1"]).unwrap();
+    for h in ["h2", "h3"] {
+        cli(lab, 1, &["node", "update", "--label-add", "zone=b", h]).unwrap();
+    }
+    let e = cli(
+        lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "x",
+            "--placement-pref",
+            "spread=zone",
+            "--",
+            "sleep",
+            "1",
+        ],
+    )
+    .unwrap_err();
+    assert!(e.contains("expected spread=node.labels.<label>"), "{e}");
+    cli(
+        lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "zones",
+            "--replicas",
+            "6",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    let (per_host, _) = wait_until("6 zones tasks", Duration::from_secs(30), || {
+        let h = hosts("zones");
+        (h.len() == 6).then_some(h)
+    });
+    let on = |name: &str| per_host.iter().filter(|h| *h == name).count();
+    assert_eq!((on("h1"), on("h2") + on("h3")), (3, 3), "{per_host:?}");
+    for s in ["zoned", "boss", "nowhere", "one-each", "zones"] {
         cli(lab, 1, &["service", "rm", s]).unwrap();
     }
 }

@@ -282,6 +282,11 @@ pub enum ServiceCmd {
         /// Most tasks of the service on one node (0: no limit).
         #[arg(long, default_value_t = 0)]
         replicas_max_per_node: u64,
+        /// Placement preference (repeatable, in order):
+        /// `spread=node.labels.K` spreads the tasks evenly over the values
+        /// of label K.
+        #[arg(long)]
+        placement_pref: Vec<String>,
         /// Networks to attach (repeatable).
         #[arg(long)]
         network: Vec<String>,

@@ -296,6 +296,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                 .filter(|n| short(n) == (false, false))
                 .min_by_key(|n| {
                     (
+                        spread_counts(&svc.spec.placement_prefs, n, state, &svc_load),
                         svc_load.get(n.id.as_str()).copied().unwrap_or(0),
                         load.get(n.id.as_str()).copied().unwrap_or(0),
                         n.id.as_str().to_string(),
@@ -376,6 +377,31 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         }
     }
     out
+}
+
+/// `--placement-pref spread=node.labels.K`, in order: for each, how many
+/// of the service's tasks run on nodes with the same value of K as `n`
+/// (nodes without K count as one group). The fewest wins first.
+fn spread_counts(
+    prefs: &[String],
+    n: &shoal_model::state::Node,
+    state: &State,
+    svc_load: &BTreeMap<&str, usize>,
+) -> Vec<usize> {
+    let label = |node: &NodeId, key: &str| state.node_labels.get(node).and_then(|l| l.get(key));
+    prefs
+        .iter()
+        .filter_map(|p| placement::spread_label(p))
+        .map(|key| {
+            let mine = label(&n.id, key);
+            state
+                .nodes
+                .values()
+                .filter(|m| label(&m.id, key) == mine)
+                .map(|m| svc_load.get(m.id.as_str()).copied().unwrap_or(0))
+                .sum()
+        })
+        .collect()
 }
 
 /// Whether the task's slot is one the service wants: `1..=replicas`, or

@@ -174,6 +174,7 @@ impl World {
                 mode: Default::default(),
                 constraints: vec![],
                 max_replicas_per_node: 0,
+                placement_prefs: vec![],
             },
             at: 0,
         });

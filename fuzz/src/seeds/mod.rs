@@ -163,6 +163,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         mode: Default::default(),
         constraints: vec!["node.role==worker".into()],
         max_replicas_per_node: 2,
+        placement_prefs: vec!["spread=node.labels.zone".into()],
     }
 }
 
