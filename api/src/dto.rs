@@ -27,6 +27,15 @@ pub struct ServiceUpdate {
     pub env_add: Vec<String>,
     /// `--force`: replace every task even if nothing changed.
     pub force: bool,
+    /// `--update-parallelism`.
+    #[serde(default)]
+    pub update_parallelism: Option<u64>,
+    /// `--update-delay`, ms.
+    #[serde(default)]
+    pub update_delay_ms: Option<u64>,
+    /// `--update-order`.
+    #[serde(default)]
+    pub update_order: Option<shoal_model::update::UpdateOrder>,
 }
 
 /// One row of `service ls` / document of `service inspect`.

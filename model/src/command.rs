@@ -222,6 +222,13 @@ pub enum Command {
         /// Unix ms.
         at: u64,
     },
+    /// The scheduler's account of a rolling update.
+    SetUpdateStatus {
+        /// Service id.
+        service: String,
+        /// Where the update is.
+        status: crate::update::UpdateStatus,
+    },
     /// `node update --label-add/--label-rm`: the node's labels, whole.
     SetNodeLabels {
         /// The node.

@@ -59,6 +59,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             constraints: Vec::new(),
             max_replicas_per_node: 0,
             placement_prefs: Vec::new(),
+            update_config: Default::default(),
         }
     }
 }
@@ -85,6 +86,7 @@ impl From<ServiceV1> for Service {
             created_at: v.created_at,
             updated_at: v.updated_at,
             version: v.version,
+            update_status: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod network;
 pub mod placement;
 pub mod service;
 pub mod state;
+pub mod update;
 
 pub use shoal_tls::{NodeId, Role};
 

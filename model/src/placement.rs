@@ -185,7 +185,12 @@ mod tests {
     #[test]
     fn spread_preferences_name_a_node_label() {
         assert_eq!(spread_label("spread=node.labels.zone"), Some("zone"));
-        for bad in ["spread=zone", "spread=node.labels.", "pack=node.labels.zone", ""] {
+        for bad in [
+            "spread=zone",
+            "spread=node.labels.",
+            "pack=node.labels.zone",
+            "",
+        ] {
             assert_eq!(spread_label(bad), None, "{bad}");
             assert!(check_pref(bad).is_err(), "{bad}");
         }

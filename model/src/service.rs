@@ -253,6 +253,9 @@ pub struct ServiceSpec {
     /// the values of K first (see [`crate::placement::spread_label`]).
     #[serde(default)]
     pub placement_prefs: Vec<String>,
+    /// How an update replaces the tasks.
+    #[serde(default)]
+    pub update_config: crate::update::UpdateConfig,
 }
 
 /// `--mode`, as docker names it.
@@ -348,6 +351,9 @@ pub struct Service {
     pub updated_at: u64,
     /// Raft index of the last change.
     pub version: u64,
+    /// How far the last update got (`None`: never updated).
+    #[serde(default)]
+    pub update_status: Option<crate::update::UpdateStatus>,
 }
 
 impl Service {

@@ -409,6 +409,7 @@ impl State {
                     created_at: at,
                     updated_at: at,
                     version: index,
+                    update_status: None,
                 };
                 service::sync_vips(&mut svc, &mut self.networks, index)?;
                 self.services.insert(id, svc);
@@ -423,8 +424,11 @@ impl State {
                     .ok_or_else(|| ServiceError::NotFound(key.clone()))?;
                 let spec =
                     service::check_spec(&self.services, &self.networks, spec, Some(&svc.id))?;
+                // Only what tasks run replaces them (not the count, not how
+                // an update rolls).
                 let mut same = spec.clone();
                 same.replicas = svc.spec.replicas;
+                same.update_config = svc.spec.update_config.clone();
                 if same != svc.spec {
                     svc.spec_version = index;
                 }
@@ -537,6 +541,20 @@ impl State {
                     return Err(ApplyError::NoSuchNode(id));
                 }
                 self.node_resources.insert(id, resources);
+            }
+            Command::SetUpdateStatus {
+                service: sid,
+                status,
+            } => {
+                let svc = self
+                    .services
+                    .get_mut(&sid)
+                    .ok_or_else(|| ServiceError::NotFound(sid.clone()))?;
+                svc.update_status = Some(crate::update::UpdateStatus {
+                    message: service::bounded_message(status.message),
+                    ..status
+                });
+                svc.version = index;
             }
             Command::SetNodeLabels { id, labels } => {
                 if !self.nodes.contains_key(&id) {
@@ -893,6 +911,7 @@ mod tests {
             constraints: vec![],
             max_replicas_per_node: 0,
             placement_prefs: vec![],
+            update_config: Default::default(),
         }
     }
 

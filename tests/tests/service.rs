@@ -597,3 +597,96 @@ fn constraints_and_node_labels_place_tasks() {
         cli(lab, 1, &["service", "rm", s]).unwrap();
     }
 }
+
+/// A rolling update with `--update-order start-first` under load: a
+/// client keeps asking through the routing mesh while every task is
+/// replaced, and no request fails; `service inspect` shows the update
+/// `completed` and every task runs the new spec.
+#[test]
+fn a_start_first_update_loses_no_request_through_the_mesh() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    let echo = shoal_tests::shoal_lab_bin().display().to_string();
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--update-order",
+            "start-first",
+            "-p",
+            "8095:80",
+            "--",
+            echo.as_str(),
+            "http-echo",
+            "--port",
+            "80",
+        ],
+    )
+    .unwrap();
+    wait_until("3 running", Duration::from_secs(30), || {
+        (running(&lab, "web").len() == 3).then_some(())
+    });
+    let addr = std::net::SocketAddr::from((lab.host(1).unwrap().addr, 8095));
+    let ns = shoal_lab::bench::host_netns(&lab, 1).unwrap();
+    wait_until("the mesh answers", Duration::from_secs(20), || {
+        shoal_lab::bench::in_netns(&ns, || {
+            shoal_lab::bench::http_get(addr, Duration::from_secs(2)).ok()
+        })
+        .ok()
+        .flatten()
+    });
+    let (stop, ok, failed) = (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
+    let errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            shoal_lab::bench::in_netns(&ns, || {
+                while !stop.load(Ordering::Relaxed) {
+                    match shoal_lab::bench::http_get(addr, Duration::from_secs(2)) {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.lock().unwrap().push(e);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+            .unwrap();
+        });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cli(&lab, 1, &["service", "update", "--env-add", "V=2", "web"]).unwrap();
+            wait_until("the update completed", Duration::from_secs(60), || {
+                let v = json(&lab, 1, &["service", "inspect", "web"]);
+                (v[0]["update_status"]["state"] == "completed").then_some(())
+            });
+        }));
+        stop.store(true, Ordering::Relaxed);
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+    });
+    let (ok, failed) = (ok.into_inner(), failed.into_inner());
+    eprintln!("{ok} requests answered during the update, {failed} failed");
+    assert!(ok > 50, "the client barely ran: {ok}");
+    assert_eq!(failed, 0, "{:?}", errors.into_inner().unwrap());
+    let tasks = json(&lab, 1, &["service", "ps", "web"]);
+    let live: Vec<&Value> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["desired"] == "running")
+        .collect();
+    assert_eq!(live.len(), 3, "{tasks}");
+}

@@ -140,6 +140,32 @@ pub enum Command {
     },
 }
 
+/// How an update replaces a service's tasks (`service create` and
+/// `service update`).
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Maximum number of tasks updated at once (0 to update all at once)
+    /// [default: 1].
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    /// Delay between one batch running and the next (500ms, 10s, 1m)
+    /// [default: 0s].
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub update_delay: Option<u64>,
+    /// Update order [default: stop-first].
+    #[arg(long, value_enum)]
+    pub update_order: Option<Order>,
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// Stop the old task, then start its replacement.
+    StopFirst,
+    /// Start the replacement, stop the old task once it runs.
+    StartFirst,
+}
+
 /// `service create --mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -282,6 +308,8 @@ pub enum ServiceCmd {
         /// Most tasks of the service on one node (0: no limit).
         #[arg(long, default_value_t = 0)]
         replicas_max_per_node: u64,
+        #[command(flatten)]
+        rolling: UpdateArgs,
         /// Placement preference (repeatable, in order):
         /// `spread=node.labels.K` spreads the tasks evenly over the values
         /// of label K.
@@ -370,6 +398,8 @@ pub enum ServiceCmd {
         /// Replace the tasks even if nothing changed.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        rolling: UpdateArgs,
         /// Service name or id.
         service: String,
     },

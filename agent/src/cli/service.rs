@@ -6,12 +6,20 @@ use shoal_api::{Request, Response};
 use shoal_model::service::{
     ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceMode, ServiceSpec,
 };
+use shoal_model::update::{UpdateConfig, UpdateOrder};
 
-use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, RuntimeArg, ServiceCmd};
+use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, Order, RuntimeArg, ServiceCmd};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
 use super::Format;
+
+fn order(o: Order) -> UpdateOrder {
+    match o {
+        Order::StopFirst => UpdateOrder::StopFirst,
+        Order::StartFirst => UpdateOrder::StartFirst,
+    }
+}
 
 /// Build a service spec from `service create` flags.
 fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
@@ -22,6 +30,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         constraint,
         replicas_max_per_node,
         placement_pref,
+        rolling,
         network,
         publish,
         endpoint_mode,
@@ -63,6 +72,11 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         constraints: constraint.clone(),
         max_replicas_per_node: *replicas_max_per_node,
         placement_prefs: placement_pref.clone(),
+        update_config: UpdateConfig {
+            parallelism: rolling.update_parallelism.unwrap_or(1),
+            delay_ms: rolling.update_delay.unwrap_or(0),
+            order: rolling.update_order.map(order).unwrap_or_default(),
+        },
         name: name.clone(),
         replicas,
         networks: network.clone(),
@@ -272,6 +286,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             publish_rm,
             env_add,
             force,
+            rolling,
             service,
         } => {
             call(Request::ServiceUpdate {
@@ -284,6 +299,9 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     publish_rm: publish_rm.clone(),
                     env_add: env_add.clone(),
                     force: *force,
+                    update_parallelism: rolling.update_parallelism,
+                    update_delay_ms: rolling.update_delay,
+                    update_order: rolling.update_order.map(order),
                 },
             })
             .await?

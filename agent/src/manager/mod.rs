@@ -31,6 +31,7 @@ pub mod controlapi;
 pub mod dispatcher;
 pub mod events;
 pub mod keymanager;
+pub mod rolling;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -33,7 +33,7 @@ use shoal_model::state::{Availability, Command, NodeStatus, State};
 use shoal_model::{now_ms, NodeId};
 use tracing::debug;
 
-use super::Manager;
+use super::{rolling, Manager};
 use crate::proto::session::ingress_endpoint_id;
 
 /// Minimum time between a task ending and its replacement starting.
@@ -103,6 +103,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             .find(|n| n.id.as_str() == id)
             .map(|n| (n.status, n.availability))
     };
+    let rolling = rolling::plan(state, now, |t| live(t, state));
     // 1. Tasks that must stop or are lost.
     for t in state.tasks.values() {
         if t.state.is_terminal() {
@@ -154,9 +155,12 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         }
         match svc {
             None => out.push(shutdown(t, now)),
-            Some(s) if !wanted_slot(s, t) || t.spec_version < s.spec_version => {
+            // Out of the wanted slots, or replaced now by a rolling update.
+            Some(s) if !wanted_slot(s, t) || rolling.stop.contains(&t.id) => {
                 out.push(shutdown(t, now))
             }
+            // Of an older spec, its turn not yet come: it keeps running.
+            Some(s) if t.spec_version < s.spec_version => {}
             // Its node no longer satisfies the constraints (a label went):
             // it moves, as swarm's constraint enforcer does.
             Some(s)
@@ -232,14 +236,21 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                 .iter()
                 .filter(|t| t.slot == slot && on.is_none_or(|n| t.node == n))
                 .collect();
-            if in_slot.iter().any(|t| running(t)) {
+            // Start-first: the replacement starts beside the old task.
+            let start_first = rolling.start_first.contains(&(
+                svc.id.clone(),
+                slot,
+                on.unwrap_or_default().to_string(),
+            ));
+            if !start_first && in_slot.iter().any(|t| running(t)) {
                 continue;
             }
             // A task of this slot still running (stopping for an update, or
             // not yet reported): wait for it to end first.
-            if in_slot
-                .iter()
-                .any(|t| !t.state.is_terminal() && !stopping.contains(&t.id) && live(t, state))
+            if !start_first
+                && in_slot
+                    .iter()
+                    .any(|t| !t.state.is_terminal() && !stopping.contains(&t.id) && live(t, state))
             {
                 continue;
             }
@@ -376,6 +387,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             out.push(Command::RemoveTask { id: t.id.clone() });
         }
     }
+    out.extend(rolling.status);
     out
 }
 
@@ -696,6 +708,60 @@ mod tests {
             history >= 2,
             "the drained node keeps its ended task as history"
         );
+    }
+
+    /// A spec change rolls: with parallelism 1, stop-first never has more
+    /// than one slot without a running task and start-first never fewer
+    /// running tasks than replicas; both end with every task on the new
+    /// spec and the status `completed`.
+    #[test]
+    fn updates_roll_one_slot_at_a_time() {
+        use shoal_model::update::{UpdateOrder, UpdateState};
+        for order in [UpdateOrder::StopFirst, UpdateOrder::StartFirst] {
+            let mut w = World::new(3);
+            w.create(3);
+            w.settle();
+            let mut spec = w.state.services["svc1"].spec.clone();
+            spec.env.push("NEW=1".into());
+            spec.update_config.order = order;
+            w.apply(Command::UpdateService {
+                service: "svc1".into(),
+                spec,
+                at: 0,
+            });
+            let mut saw_updating = false;
+            w.settle_watching(|st| {
+                let running = st
+                    .tasks
+                    .values()
+                    .filter(|t| t.state == TaskState::Running && t.desired == TaskState::Running)
+                    .count();
+                match order {
+                    UpdateOrder::StopFirst => assert!(running >= 2, "{order:?}: {running} running"),
+                    UpdateOrder::StartFirst => {
+                        assert!(running >= 3, "{order:?}: {running} running")
+                    }
+                }
+                saw_updating |= st.services["svc1"]
+                    .update_status
+                    .as_ref()
+                    .is_some_and(|s| s.state == UpdateState::Updating);
+            });
+            let svc = &w.state.services["svc1"];
+            assert!(saw_updating, "{order:?}");
+            assert_eq!(
+                svc.update_status.as_ref().map(|s| s.state),
+                Some(UpdateState::Completed)
+            );
+            let live: Vec<_> = w
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Running)
+                .collect();
+            assert_eq!(live.len(), 3, "{order:?}");
+            assert!(live.iter().all(|t| t.spec_version == svc.spec_version));
+        }
     }
 
     #[test]

@@ -91,7 +91,11 @@ impl World {
     /// Run the scheduler to a fixed point, the nodes reporting every
     /// assigned task as running and every stopped one as shut down.
     pub fn settle(&mut self) {
-        for _ in 0..20 {
+        self.settle_watching(|_| {});
+    }
+    /// [`World::settle`], showing `watch` the state after every round.
+    pub fn settle_watching(&mut self, mut watch: impl FnMut(&State)) {
+        for _ in 0..40 {
             let mut ids = self.ids;
             let cmds = plan(&self.state, self.now, &mut || {
                 ids += 1;
@@ -129,6 +133,7 @@ impl World {
             for c in reports {
                 self.apply(c);
             }
+            watch(&self.state);
             self.now += 2000;
             if !changed {
                 return;
@@ -175,6 +180,7 @@ impl World {
                 constraints: vec![],
                 max_replicas_per_node: 0,
                 placement_prefs: vec![],
+                update_config: Default::default(),
             },
             at: 0,
         });

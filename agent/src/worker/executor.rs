@@ -8,10 +8,13 @@
 //!   (endpoints allocated in the store), gwbridge egress, embedded DNS on
 //!   127.0.0.11 inside the namespace, VIP rules (nftables), the process
 //!   (own mount and UTS namespaces: resolv.conf, host name);
+//! - a started task of a service with TCP ports is reported `running`
+//!   once its first target port accepts connections (at most
+//!   [`LISTEN_WAIT`]), so it joins load balancing when it can answer;
 //! - a task whose process ended is reported `Complete`/`Failed` with its
 //!   exit code and cleaned up; one no longer assigned, or told to shut
-//!   down, is stopped (SIGTERM, SIGKILL after [`STOP_GRACE`]) and reported
-//!   `Shutdown`;
+//!   down, leaves load balancing for [`STOP_DRAIN`], is stopped (SIGTERM,
+//!   SIGKILL after [`STOP_GRACE`]) and reported `Shutdown`;
 //! - routing mesh: with a port published in ingress mode anywhere, this
 //!   node runs an ingress sandbox (namespace on the ingress network and the
 //!   gwbridge): the host DNATs published ports to the sandbox, the sandbox
@@ -27,8 +30,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_membership::Gossip;
-use shoal_model::service::{EndpointMode, Protocol, PublishMode, Runtime, TaskState};
-use shoal_netdriver::nft::{self, Backend, PortRule, Proto, VipRule};
+use shoal_model::service::{Protocol, PublishMode, Runtime, TaskState};
+use shoal_netdriver::nft::{self, Backend, PortRule, Proto};
+
+use super::directory::{lookup, vip_rules};
 use tracing::{info, warn};
 
 use crate::worker::containers::{Containers, Launch};
@@ -40,6 +45,14 @@ use crate::worker::overlay::{alive, Overlay, StartSpec};
 
 /// Time a task gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Longest a started task of a service with TCP ports stays `starting`
+/// waiting for its first port to accept connections.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(5);
+/// Time between a task being told to shut down and its SIGTERM: the leader
+/// drops it from the services' backends as it says so, and every node's
+/// load balancing (VIPs, routing mesh, DNS) follows within this, so no new
+/// connection reaches a process that is exiting (in-flight ones finish).
+pub const STOP_DRAIN: Duration = Duration::from_secs(1);
 /// Name of the routing-mesh sandbox workload (its id is its endpoint id,
 /// unique in the cluster, as gossip keys must be).
 pub const INGRESS_SANDBOX: &str = "ingress-sbox";
@@ -53,14 +66,19 @@ pub const DNS_ADDR: SocketAddr =
 pub struct Executor {
     latest: Mutex<Option<Assignments>>,
     reports: Mutex<BTreeMap<String, TaskReport>>,
-    stopping: Mutex<BTreeMap<String, Instant>>,
+    /// Tasks being stopped: when it was decided, and whether SIGTERM went.
+    stopping: Mutex<BTreeMap<String, (Instant, bool)>>,
     dns: Mutex<BTreeMap<String, DnsServer>>,
     directory: Arc<RwLock<Vec<ServiceView>>>,
     applied: Mutex<BTreeMap<String, String>>,
     upstreams: Vec<SocketAddr>,
     closed: std::sync::atomic::AtomicBool,
     /// Wakes the executor loop.
-    pub kick: tokio::sync::Notify,
+    pub kick: Arc<tokio::sync::Notify>,
+    /// Started tasks of services with TCP ports, until their first port
+    /// accepts a connection (`true`) — only then are they reported
+    /// `running`, and so become backends.
+    listening: Arc<Mutex<BTreeMap<String, bool>>>,
     /// Wakes the session, to report a state change at once.
     pub report_now: tokio::sync::Notify,
 }
@@ -100,7 +118,8 @@ impl Executor {
             applied: Mutex::new(BTreeMap::new()),
             upstreams,
             closed: std::sync::atomic::AtomicBool::new(false),
-            kick: tokio::sync::Notify::new(),
+            kick: Arc::new(tokio::sync::Notify::new()),
+            listening: Arc::new(Mutex::new(BTreeMap::new())),
             report_now: tokio::sync::Notify::new(),
         }
     }
@@ -208,7 +227,16 @@ impl Executor {
                 self.stop(&w);
                 continue;
             }
-            if self.reported(&id) != Some(TaskState::Running) {
+            // Still waiting for its port (see `await_listening`)?
+            let waiting = self.listening.lock().is_ok_and(|mut l| match l.get(&id) {
+                Some(false) => true,
+                Some(true) => {
+                    l.remove(&id);
+                    false
+                }
+                None => false,
+            });
+            if !waiting && self.reported(&id) != Some(TaskState::Running) {
                 self.report(&id, TaskState::Running, None, "running".into());
             }
         }
@@ -240,7 +268,16 @@ impl Executor {
             match self.start(overlay, ctx, &a, t).await {
                 Ok(w) => {
                     info!(task = %id, name = %w.name, pid = w.pid, "task started");
-                    self.report(id, TaskState::Running, None, "running".into());
+                    let port = a
+                        .services
+                        .iter()
+                        .find(|s| s.id == t.task.service)
+                        .and_then(|s| s.ports.iter().find(|p| p.protocol == Protocol::Tcp))
+                        .map(|p| p.target);
+                    match (port, w.gw_ip) {
+                        (Some(port), Some(ip)) => self.await_listening(id, (ip, port).into()),
+                        _ => self.report(id, TaskState::Running, None, "running".into()),
+                    }
                 }
                 Err((state, e)) => {
                     warn!(task = %id, "task did not start: {e:#}");
@@ -480,19 +517,52 @@ impl Executor {
         }
     }
 
+    /// Waits (in the background) until the task at `addr` accepts TCP
+    /// connections, at most [`LISTEN_WAIT`], then lets the next pass report
+    /// it running: a replacement joins load balancing once it can answer.
+    fn await_listening(&self, id: &str, addr: SocketAddr) {
+        if let Ok(mut l) = self.listening.lock() {
+            l.insert(id.to_string(), false);
+        }
+        let (id, listening, kick) = (id.to_string(), self.listening.clone(), self.kick.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let attempt = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    tokio::net::TcpStream::connect(addr),
+                );
+                if matches!(attempt.await, Ok(Ok(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Ok(mut l) = listening.lock() {
+                if let Some(v) = l.get_mut(&id) {
+                    *v = true;
+                }
+            }
+            kick.notify_one();
+        });
+    }
+
     fn stop(&self, w: &Workload) {
         let Ok(mut s) = self.stopping.lock() else {
             return;
         };
         let pid = nix::unistd::Pid::from_raw(w.pid as i32);
         use nix::sys::signal::{kill, Signal};
-        match s.get(&w.id) {
+        match s.get(&w.id).copied() {
             None => {
-                info!(task = %w.id, "stopping task");
-                let _ = kill(pid, Signal::SIGTERM);
-                s.insert(w.id.clone(), Instant::now());
+                info!(task = %w.id, "stopping task: out of load balancing first");
+                s.insert(w.id.clone(), (Instant::now(), false));
             }
-            Some(t) if t.elapsed() > STOP_GRACE => {
+            Some((t, false)) if t.elapsed() >= STOP_DRAIN => {
+                info!(task = %w.id, "stopping task: SIGTERM");
+                let _ = kill(pid, Signal::SIGTERM);
+                s.insert(w.id.clone(), (t, true));
+            }
+            Some((t, true)) if t.elapsed() > STOP_DRAIN + STOP_GRACE => {
                 if alive(w.pid) {
                     info!(task = %w.id, pid = w.pid, "task did not stop in time: SIGKILL");
                     let _ = kill(pid, Signal::SIGKILL);
@@ -682,104 +752,5 @@ fn proto(p: Protocol) -> Proto {
     match p {
         Protocol::Tcp => Proto::Tcp,
         Protocol::Udp => Proto::Udp,
-    }
-}
-
-/// VIP rules for a task: every VIP service on a network the task is on.
-fn vip_rules(w: &Workload, services: &[ServiceView]) -> Vec<VipRule> {
-    let mut out = Vec::new();
-    for a in &w.attachments {
-        for s in services
-            .iter()
-            .filter(|s| s.endpoint_mode == EndpointMode::Vip)
-        {
-            if let Some(vip) = s.vips.get(&a.network.id) {
-                out.push(VipRule {
-                    vip: *vip,
-                    backends: s
-                        .backends
-                        .iter()
-                        .filter(|(n, _)| *n == a.network.id)
-                        .map(|(_, ip)| *ip)
-                        .collect(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Names a task on `nets` can resolve: `<service>` (VIP, or the task
-/// addresses with dnsrr) and `tasks.<service>`, for services sharing one
-/// of its networks. `None`: not ours, forward it.
-fn lookup(dir: &RwLock<Vec<ServiceView>>, nets: &[String], name: &str) -> Option<Vec<Ipv4Addr>> {
-    let dir = dir.read().ok()?;
-    let (tasks, svc) = match name.strip_prefix("tasks.") {
-        Some(s) => (true, s),
-        None => (false, name),
-    };
-    let s = dir.iter().find(|s| s.name == svc)?;
-    let shared: Vec<&String> = nets
-        .iter()
-        .filter(|n| s.vips.contains_key(*n) || s.backends.iter().any(|(bn, _)| bn == *n))
-        .collect();
-    let on_shared = |ips: &mut Vec<Ipv4Addr>| {
-        for (n, ip) in &s.backends {
-            if shared.contains(&n) && !ips.contains(ip) {
-                ips.push(*ip);
-            }
-        }
-    };
-    let mut ips = Vec::new();
-    if shared.is_empty() {
-        // A service on none of this task's networks is not visible.
-        return None;
-    }
-    if tasks || s.endpoint_mode == EndpointMode::Dnsrr {
-        on_shared(&mut ips);
-    } else if let Some(vip) = nets.iter().find_map(|n| s.vips.get(n)) {
-        ips.push(*vip);
-    }
-    Some(ips)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn view(name: &str, mode: EndpointMode) -> ServiceView {
-        ServiceView {
-            id: format!("id-{name}"),
-            name: name.into(),
-            endpoint_mode: mode,
-            vips: if mode == EndpointMode::Vip {
-                [("n1".to_string(), Ipv4Addr::new(10, 0, 1, 2))].into()
-            } else {
-                BTreeMap::new()
-            },
-            ports: vec![],
-            backends: vec![
-                ("n1".into(), Ipv4Addr::new(10, 0, 1, 3)),
-                ("n1".into(), Ipv4Addr::new(10, 0, 1, 4)),
-            ],
-        }
-    }
-
-    #[test]
-    fn names_vip_dnsrr_tasks_and_visibility() {
-        let dir = RwLock::new(vec![
-            view("web", EndpointMode::Vip),
-            view("db", EndpointMode::Dnsrr),
-        ]);
-        let on = vec!["n1".to_string()];
-        assert_eq!(
-            lookup(&dir, &on, "web"),
-            Some(vec![Ipv4Addr::new(10, 0, 1, 2)])
-        );
-        assert_eq!(lookup(&dir, &on, "tasks.web").map(|v| v.len()), Some(2));
-        assert_eq!(lookup(&dir, &on, "db").map(|v| v.len()), Some(2));
-        assert_eq!(lookup(&dir, &on, "example.com"), None);
-        // Not on a shared network: not visible.
-        assert_eq!(lookup(&dir, &["n2".to_string()], "web"), None);
     }
 }

@@ -27,6 +27,7 @@ use crate::proto::session::Assignments;
 use crate::worker::containers::Containers;
 
 pub mod containers;
+mod directory;
 pub mod dns;
 pub mod exec;
 pub mod executor;

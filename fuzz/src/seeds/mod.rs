@@ -164,6 +164,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         constraints: vec!["node.role==worker".into()],
         max_replicas_per_node: 2,
         placement_prefs: vec!["spread=node.labels.zone".into()],
+        update_config: Default::default(),
     }
 }
 

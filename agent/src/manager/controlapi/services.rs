@@ -182,6 +182,15 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
         spec.labels
             .insert("com.shoal.force-update".into(), now_ms().to_string());
     }
+    if let Some(p) = u.update_parallelism {
+        spec.update_config.parallelism = p;
+    }
+    if let Some(d) = u.update_delay_ms {
+        spec.update_config.delay_ms = d;
+    }
+    if let Some(o) = u.update_order {
+        spec.update_config.order = o;
+    }
     m.store()
         .propose(Command::UpdateService {
             service: svc.id.clone(),

@@ -1,0 +1,140 @@
+//! Rolling updates, part of the scheduler's plan (leader): when a
+//! service's spec changes, which tasks of the old spec are replaced now —
+//! `parallelism` slots at a time (0: all), a batch only once the last one
+//! has run for `delay`, the old task stopped first or its replacement
+//! started first (`--update-order start-first`: the old task stops once
+//! the new one runs) — and the service's UpdateStatus (`updating`, then
+//! `completed`).
+//!
+//! A slot is `(slot, node)`: the node only for a global service's tasks
+//! (slot 0, one per node).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_model::service::{Service, Task, TaskState};
+use shoal_model::state::{Command, State};
+use shoal_model::update::{UpdateOrder, UpdateState, UpdateStatus};
+
+/// A slot of a service: (service id, slot, node for global tasks).
+pub type SlotKey = (String, u64, String);
+
+/// What the rolling part of a plan decided.
+#[derive(Debug, Default)]
+pub struct Rolling {
+    /// Tasks of an old spec to stop now.
+    pub stop: BTreeSet<String>,
+    /// Slots whose replacement starts while the old task still runs.
+    pub start_first: BTreeSet<SlotKey>,
+    /// UpdateStatus changes.
+    pub status: Vec<Command>,
+}
+
+/// The slot a task holds.
+pub fn slot_key(t: &Task) -> SlotKey {
+    let node = if t.slot == 0 {
+        t.node.clone()
+    } else {
+        String::new()
+    };
+    (t.service.clone(), t.slot, node)
+}
+
+/// Rolls every service with tasks of an older spec; `live` says whether a
+/// task runs (or will) on a node that is up.
+pub fn plan(state: &State, now: u64, live: impl Fn(&Task) -> bool) -> Rolling {
+    let mut out = Rolling::default();
+    for svc in state.services.values() {
+        roll(state, svc, now, &live, &mut out);
+    }
+    out
+}
+
+fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, out: &mut Rolling) {
+    let current = svc.spec_version;
+    let mut slots: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        if t.service == svc.id && !t.state.is_terminal() && !t.is_pending() {
+            slots.entry(slot_key(t)).or_default().push(t);
+        }
+    }
+    let cfg = &svc.spec.update_config;
+    let mut in_progress = 0u64;
+    let mut waiting: Vec<(SlotKey, &Task)> = Vec::new();
+    let mut outdated = false;
+    for (key, ts) in &slots {
+        let old_running = ts
+            .iter()
+            .find(|t| t.spec_version < current && t.desired == TaskState::Running && live(t));
+        let old_stopping = ts
+            .iter()
+            .any(|t| t.spec_version < current && t.desired != TaskState::Running);
+        let new = ts
+            .iter()
+            .find(|t| t.spec_version >= current && t.desired == TaskState::Running);
+        let new_running = new.is_some_and(|t| t.state == TaskState::Running);
+        outdated |= old_running.is_some() || old_stopping;
+        match (old_running, new) {
+            // Start-first: the replacement runs, the old task goes.
+            (Some(old), Some(_)) if new_running => {
+                out.stop.insert(old.id.clone());
+                in_progress += 1;
+            }
+            (Some(_), Some(_)) => in_progress += 1,
+            (Some(old), None) if !old_stopping => waiting.push((key.clone(), old)),
+            _ if old_stopping || (new.is_some() && !new_running) => in_progress += 1,
+            _ => {}
+        }
+    }
+    // `--update-delay`: the next batch waits for the last one to have run
+    // that long.
+    let last_ran = state
+        .tasks
+        .values()
+        .filter(|t| t.service == svc.id && t.spec_version >= current)
+        .filter(|t| t.state == TaskState::Running)
+        .map(|t| t.updated_at)
+        .max();
+    let rested = cfg.delay_ms == 0 || last_ran.is_none_or(|at| now >= at + cfg.delay_ms);
+    let room = match cfg.parallelism {
+        0 => usize::MAX,
+        p => p.saturating_sub(in_progress) as usize,
+    };
+    if rested {
+        for (key, old) in waiting.into_iter().take(room) {
+            match cfg.order {
+                UpdateOrder::StopFirst => {
+                    out.stop.insert(old.id.clone());
+                }
+                UpdateOrder::StartFirst => {
+                    out.start_first.insert(key);
+                }
+            }
+        }
+    }
+    let updating = svc
+        .update_status
+        .as_ref()
+        .is_some_and(|s| s.state == UpdateState::Updating);
+    if outdated && !updating {
+        out.status.push(Command::SetUpdateStatus {
+            service: svc.id.clone(),
+            status: UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: now,
+                completed_at: 0,
+                message: "update in progress".into(),
+            },
+        });
+    } else if !outdated && updating {
+        let started_at = svc.update_status.as_ref().map_or(now, |s| s.started_at);
+        out.status.push(Command::SetUpdateStatus {
+            service: svc.id.clone(),
+            status: UpdateStatus {
+                state: UpdateState::Completed,
+                started_at,
+                completed_at: now,
+                message: "update completed".into(),
+            },
+        });
+    }
+}
