@@ -36,6 +36,9 @@ pub struct ServiceUpdate {
     /// `--update-order`.
     #[serde(default)]
     pub update_order: Option<shoal_model::update::UpdateOrder>,
+    /// `--update-failure-action`.
+    #[serde(default)]
+    pub update_failure_action: Option<shoal_model::update::FailureAction>,
 }
 
 /// One row of `service ls` / document of `service inspect`.

@@ -221,6 +221,11 @@ pub enum Request {
         /// What changes.
         update: ServiceUpdate,
     },
+    /// `service rollback` / `service update --rollback`.
+    ServiceRollback {
+        /// Name, id or id prefix.
+        service: String,
+    },
     /// `service rm`.
     ServiceRemove {
         /// Names, ids or id prefixes.

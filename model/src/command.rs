@@ -222,6 +222,13 @@ pub enum Command {
         /// Unix ms.
         at: u64,
     },
+    /// `service rollback`: back to the spec before the last update.
+    RollbackService {
+        /// Id, name or id prefix.
+        service: String,
+        /// Unix ms.
+        at: u64,
+    },
     /// The scheduler's account of a rolling update.
     SetUpdateStatus {
         /// Service id.

@@ -87,6 +87,7 @@ impl From<ServiceV1> for Service {
             updated_at: v.updated_at,
             version: v.version,
             update_status: None,
+            previous_spec: None,
         }
     }
 }

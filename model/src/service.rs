@@ -354,6 +354,9 @@ pub struct Service {
     /// How far the last update got (`None`: never updated).
     #[serde(default)]
     pub update_status: Option<crate::update::UpdateStatus>,
+    /// The spec before the last update (what `service rollback` returns to).
+    #[serde(default)]
+    pub previous_spec: Option<Box<ServiceSpec>>,
 }
 
 impl Service {
@@ -519,6 +522,9 @@ pub enum ServiceError {
     /// A `--constraint` docker would not take.
     #[error("invalid constraint {0}")]
     BadConstraint(String),
+    /// `service rollback` of a service never updated.
+    #[error("service {0} has no previous spec to roll back to")]
+    NoPreviousSpec(String),
     /// Node labels out of bounds.
     #[error("invalid node labels: {0}")]
     BadLabels(String),

@@ -410,6 +410,7 @@ impl State {
                     updated_at: at,
                     version: index,
                     update_status: None,
+                    previous_spec: None,
                 };
                 service::sync_vips(&mut svc, &mut self.networks, index)?;
                 self.services.insert(id, svc);
@@ -430,7 +431,10 @@ impl State {
                 same.replicas = svc.spec.replicas;
                 same.update_config = svc.spec.update_config.clone();
                 if same != svc.spec {
+                    // A new rollout: the scheduler reports on it afresh.
                     svc.spec_version = index;
+                    svc.update_status = None;
+                    svc.previous_spec = Some(Box::new(svc.spec.clone()));
                 }
                 svc.spec = spec;
                 svc.updated_at = at;
@@ -541,6 +545,28 @@ impl State {
                     return Err(ApplyError::NoSuchNode(id));
                 }
                 self.node_resources.insert(id, resources);
+            }
+            Command::RollbackService { service: key, at } => {
+                let mut svc = service::find(&self.services, &key)
+                    .cloned()
+                    .ok_or_else(|| ServiceError::NotFound(key.clone()))?;
+                let previous = svc
+                    .previous_spec
+                    .take()
+                    .ok_or_else(|| ServiceError::NoPreviousSpec(svc.spec.name.clone()))?;
+                let now = std::mem::replace(&mut svc.spec, *previous);
+                svc.previous_spec = Some(Box::new(now));
+                svc.spec_version = index;
+                svc.updated_at = at;
+                svc.version = index;
+                svc.update_status = Some(crate::update::UpdateStatus {
+                    state: crate::update::UpdateState::RollbackStarted,
+                    started_at: at,
+                    completed_at: 0,
+                    message: "rollback in progress".into(),
+                });
+                service::sync_vips(&mut svc, &mut self.networks, index)?;
+                self.services.insert(svc.id.clone(), svc);
             }
             Command::SetUpdateStatus {
                 service: sid,

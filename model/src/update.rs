@@ -16,6 +16,20 @@ pub enum UpdateOrder {
     StartFirst,
 }
 
+/// `--update-failure-action`: what a failed replacement task does to
+/// the update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop rolling (`paused`); another `service update` starts again.
+    #[default]
+    Pause,
+    /// Go on.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
+}
+
 /// How an update replaces tasks (docker's defaults).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateConfig {
@@ -25,6 +39,9 @@ pub struct UpdateConfig {
     pub delay_ms: u64,
     /// Stop first or start first.
     pub order: UpdateOrder,
+    /// What a replacement that fails does.
+    #[serde(default)]
+    pub failure_action: FailureAction,
 }
 
 impl Default for UpdateConfig {
@@ -33,6 +50,7 @@ impl Default for UpdateConfig {
             parallelism: 1,
             delay_ms: 0,
             order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
         }
     }
 }
@@ -43,8 +61,16 @@ impl Default for UpdateConfig {
 pub enum UpdateState {
     /// Tasks are being replaced.
     Updating,
+    /// A replacement failed: no more are made (`--update-failure-action
+    /// pause`).
+    Paused,
     /// Every task runs the new spec.
     Completed,
+    /// Going back to the previous spec (`service rollback`, or a failure
+    /// with `--update-failure-action rollback`).
+    RollbackStarted,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
 }
 
 /// How far the last update got.

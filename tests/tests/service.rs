@@ -690,3 +690,69 @@ fn a_start_first_update_loses_no_request_through_the_mesh() {
         .collect();
     assert_eq!(live.len(), 3, "{tasks}");
 }
+
+/// `--update-failure-action rollback`: an update whose tasks fail goes
+/// back to the previous spec by itself; `service rollback` of a service
+/// never updated is refused.
+#[test]
+fn a_failing_update_rolls_back() {
+    let lab = Lab::builder()
+        .nodes(2)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    let echo = shoal_tests::shoal_lab_bin().display().to_string();
+    let script = format!("test -z \"$BROKEN\" || exit 3; exec {echo} http-echo --port 80");
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--runtime",
+            "host",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .unwrap();
+    wait_until("2 running", Duration::from_secs(30), || {
+        (running(&lab, "web").len() == 2).then_some(())
+    });
+    let e = cli(&lab, 1, &["service", "rollback", "web"]).unwrap_err();
+    assert!(e.contains("has no previous spec to roll back to"), "{e}");
+    cli(
+        &lab,
+        1,
+        &[
+            "service",
+            "update",
+            "--env-add",
+            "BROKEN=1",
+            "--update-failure-action",
+            "rollback",
+            "web",
+        ],
+    )
+    .unwrap();
+    let (spec, _) = wait_until("rolled back", Duration::from_secs(60), || {
+        let v = json(&lab, 1, &["service", "inspect", "web"]);
+        (v[0]["update_status"]["state"] == "rollback_completed" && running(&lab, "web").len() == 2)
+            .then(|| v[0]["spec"].clone())
+    });
+    assert!(
+        !spec["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "BROKEN=1"),
+        "{spec}"
+    );
+}

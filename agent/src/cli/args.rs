@@ -155,6 +155,20 @@ pub struct UpdateArgs {
     /// Update order [default: stop-first].
     #[arg(long, value_enum)]
     pub update_order: Option<Order>,
+    /// What a failed replacement does to the update [default: pause].
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<OnFailure>,
+}
+
+/// `--update-failure-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFailure {
+    /// Stop replacing tasks.
+    Pause,
+    /// Go on.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
 }
 
 /// `--update-order`.
@@ -398,8 +412,16 @@ pub enum ServiceCmd {
         /// Replace the tasks even if nothing changed.
         #[arg(long)]
         force: bool,
+        /// Go back to the spec before the last update (`service rollback`).
+        #[arg(long)]
+        rollback: bool,
         #[command(flatten)]
         rolling: UpdateArgs,
+        /// Service name or id.
+        service: String,
+    },
+    /// Go back to the spec before the last update (a rolling update too).
+    Rollback {
         /// Service name or id.
         service: String,
     },

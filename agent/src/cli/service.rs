@@ -6,13 +6,21 @@ use shoal_api::{Request, Response};
 use shoal_model::service::{
     ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceMode, ServiceSpec,
 };
-use shoal_model::update::{UpdateConfig, UpdateOrder};
+use shoal_model::update::{FailureAction, UpdateConfig, UpdateOrder};
 
-use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, Order, RuntimeArg, ServiceCmd};
+use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, OnFailure, Order, RuntimeArg, ServiceCmd};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
 use super::Format;
+
+fn on_failure(o: OnFailure) -> FailureAction {
+    match o {
+        OnFailure::Pause => FailureAction::Pause,
+        OnFailure::Continue => FailureAction::Continue,
+        OnFailure::Rollback => FailureAction::Rollback,
+    }
+}
 
 fn order(o: Order) -> UpdateOrder {
     match o {
@@ -76,6 +84,10 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
             parallelism: rolling.update_parallelism.unwrap_or(1),
             delay_ms: rolling.update_delay.unwrap_or(0),
             order: rolling.update_order.map(order).unwrap_or_default(),
+            failure_action: rolling
+                .update_failure_action
+                .map(on_failure)
+                .unwrap_or_default(),
         },
         name: name.clone(),
         replicas,
@@ -279,6 +291,22 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             return Ok(());
         }
         ServiceCmd::Update {
+            rollback: true,
+            service,
+            ..
+        } => {
+            call(Request::ServiceRollback {
+                service: service.clone(),
+            })
+            .await?
+        }
+        ServiceCmd::Rollback { service } => {
+            call(Request::ServiceRollback {
+                service: service.clone(),
+            })
+            .await?
+        }
+        ServiceCmd::Update {
             replicas,
             network_add,
             network_rm,
@@ -288,6 +316,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             force,
             rolling,
             service,
+            ..
         } => {
             call(Request::ServiceUpdate {
                 service: service.clone(),
@@ -302,6 +331,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     update_parallelism: rolling.update_parallelism,
                     update_delay_ms: rolling.update_delay,
                     update_order: rolling.update_order.map(order),
+                    update_failure_action: rolling.update_failure_action.map(on_failure),
                 },
             })
             .await?

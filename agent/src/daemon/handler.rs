@@ -242,6 +242,9 @@ impl Daemon {
             Request::ServiceUpdate { service, update } => Ok(Response::Message(
                 services::update(self.manager().await?.as_ref(), &service, update).await?,
             )),
+            Request::ServiceRollback { service } => Ok(Response::Message(
+                services::rollback(self.manager().await?.as_ref(), &service).await?,
+            )),
             Request::ServiceRemove { services: keys } => {
                 let m = self.manager().await?;
                 let mut out = Vec::new();

@@ -3,8 +3,10 @@
 //! `parallelism` slots at a time (0: all), a batch only once the last one
 //! has run for `delay`, the old task stopped first or its replacement
 //! started first (`--update-order start-first`: the old task stops once
-//! the new one runs) — and the service's UpdateStatus (`updating`, then
-//! `completed`).
+//! the new one runs), what a failed replacement does
+//! (`--update-failure-action pause|continue|rollback`) — and the service's
+//! UpdateStatus (`updating`, `paused`, `completed`, `rollback_started`,
+//! `rollback_completed`).
 //!
 //! A slot is `(slot, node)`: the node only for a global service's tasks
 //! (slot 0, one per node).
@@ -13,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_model::service::{Service, Task, TaskState};
 use shoal_model::state::{Command, State};
-use shoal_model::update::{UpdateOrder, UpdateState, UpdateStatus};
+use shoal_model::update::{FailureAction, UpdateOrder, UpdateState, UpdateStatus};
 
 /// A slot of a service: (service id, slot, node for global tasks).
 pub type SlotKey = (String, u64, String);
@@ -95,6 +97,42 @@ fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, o
         .map(|t| t.updated_at)
         .max();
     let rested = cfg.delay_ms == 0 || last_ran.is_none_or(|at| now >= at + cfg.delay_ms);
+    let state_now = svc.update_status.as_ref().map(|s| s.state);
+    let rolling_back = state_now == Some(UpdateState::RollbackStarted);
+    // A replacement that failed while this rollout went on.
+    let started = svc.update_status.as_ref().map_or(0, |s| s.started_at);
+    let failed = state
+        .tasks
+        .values()
+        .filter(|t| t.service == svc.id && t.spec_version >= current && t.updated_at >= started)
+        .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected));
+    let mut paused = state_now == Some(UpdateState::Paused);
+    if let (Some(f), true, false, false) = (failed, outdated, rolling_back, paused) {
+        match cfg.failure_action {
+            FailureAction::Continue => {}
+            FailureAction::Pause => {
+                paused = true;
+                out.status.push(status(
+                    svc,
+                    UpdateState::Paused,
+                    started,
+                    0,
+                    format!(
+                        "update paused due to failure or early termination of task {}",
+                        f.id
+                    ),
+                ));
+            }
+            FailureAction::Rollback => {
+                paused = true; // the rollback makes the next plan
+                out.status.push(Command::RollbackService {
+                    service: svc.id.clone(),
+                    at: now,
+                });
+            }
+        }
+    }
+    let rested = rested && !paused;
     let room = match cfg.parallelism {
         0 => usize::MAX,
         p => p.saturating_sub(in_progress) as usize,
@@ -111,30 +149,53 @@ fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, o
             }
         }
     }
-    let updating = svc
-        .update_status
-        .as_ref()
-        .is_some_and(|s| s.state == UpdateState::Updating);
-    if outdated && !updating {
-        out.status.push(Command::SetUpdateStatus {
-            service: svc.id.clone(),
-            status: UpdateStatus {
-                state: UpdateState::Updating,
-                started_at: now,
-                completed_at: 0,
-                message: "update in progress".into(),
-            },
-        });
-    } else if !outdated && updating {
-        let started_at = svc.update_status.as_ref().map_or(now, |s| s.started_at);
-        out.status.push(Command::SetUpdateStatus {
-            service: svc.id.clone(),
-            status: UpdateStatus {
-                state: UpdateState::Completed,
+    // The status: updating while old tasks remain, then completed (or
+    // rollback_completed).
+    let started_at = if started == 0 { now } else { started };
+    match (outdated, state_now) {
+        (true, None | Some(UpdateState::Completed) | Some(UpdateState::RollbackCompleted)) => {
+            out.status.push(status(
+                svc,
+                UpdateState::Updating,
+                now,
+                0,
+                "update in progress".into(),
+            ))
+        }
+        (false, Some(UpdateState::Updating) | Some(UpdateState::Paused)) => {
+            out.status.push(status(
+                svc,
+                UpdateState::Completed,
                 started_at,
-                completed_at: now,
-                message: "update completed".into(),
-            },
-        });
+                now,
+                "update completed".into(),
+            ))
+        }
+        (false, Some(UpdateState::RollbackStarted)) => out.status.push(status(
+            svc,
+            UpdateState::RollbackCompleted,
+            started_at,
+            now,
+            "rollback completed".into(),
+        )),
+        _ => {}
+    }
+}
+
+fn status(
+    svc: &Service,
+    state: UpdateState,
+    started_at: u64,
+    completed_at: u64,
+    message: String,
+) -> Command {
+    Command::SetUpdateStatus {
+        service: svc.id.clone(),
+        status: UpdateStatus {
+            state,
+            started_at,
+            completed_at,
+            message,
+        },
     }
 }

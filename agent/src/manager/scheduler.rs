@@ -764,6 +764,73 @@ mod tests {
         }
     }
 
+    /// A replacement that fails pauses the update (default), or rolls it
+    /// back: the previous spec runs everywhere again.
+    #[test]
+    fn a_failing_update_pauses_or_rolls_back() {
+        use shoal_model::update::{FailureAction, UpdateState};
+        for action in [FailureAction::Pause, FailureAction::Rollback] {
+            let mut w = World::new(3);
+            w.create(3);
+            w.settle();
+            let before = w.state.services["svc1"].spec.clone();
+            let mut spec = before.clone();
+            spec.env.push("BROKEN=1".into());
+            spec.update_config.failure_action = action;
+            w.apply(Command::UpdateService {
+                service: "svc1".into(),
+                spec,
+                at: 0,
+            });
+            w.failing_from = Some(w.state.services["svc1"].spec_version);
+            // Failed tasks restart forever: watch a bounded number of rounds.
+            for _ in 0..8 {
+                let mut ids = w.ids;
+                let cmds = plan(&w.state, w.now, &mut || {
+                    ids += 1;
+                    format!("t{ids:03}")
+                });
+                w.ids = ids;
+                for c in cmds {
+                    w.apply(c);
+                }
+                if action == FailureAction::Rollback
+                    && w.state.services["svc1"].spec.env == before.env
+                {
+                    w.failing_from = None; // the old spec works
+                }
+                w.report_all();
+                w.now += 2000;
+            }
+            let svc = &w.state.services["svc1"];
+            let running: Vec<_> = w
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Running)
+                .collect();
+            match action {
+                FailureAction::Pause => {
+                    assert_eq!(
+                        svc.update_status.as_ref().map(|s| s.state),
+                        Some(UpdateState::Paused)
+                    );
+                    // Only the first slot was tried: two old tasks still run.
+                    assert_eq!(running.len(), 2, "{running:?}");
+                }
+                _ => {
+                    w.settle();
+                    let svc = &w.state.services["svc1"];
+                    assert_eq!(svc.spec.env, before.env);
+                    assert_eq!(
+                        svc.update_status.as_ref().map(|s| s.state),
+                        Some(UpdateState::RollbackCompleted)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn restart_policy_and_history() {
         let mut w = World::new(1);

@@ -49,6 +49,9 @@ pub struct World {
     pub index: u64,
     pub ids: u64,
     pub now: u64,
+    /// Tasks of this spec version or newer fail as they start (a broken
+    /// update).
+    pub failing_from: Option<u64>,
 }
 
 impl World {
@@ -70,6 +73,7 @@ impl World {
             index: 1,
             ids: 0,
             now: 10_000,
+            failing_from: None,
         };
         for _ in 1..nodes {
             w.apply(Command::AddNode { node: node() });
@@ -106,33 +110,7 @@ impl World {
             for c in cmds {
                 self.apply(c);
             }
-            let reports: Vec<Command> = self
-                .state
-                .tasks
-                .values()
-                .filter(|t| !t.state.is_terminal() && !t.is_pending())
-                .filter(|t| self.node(&t.node).status != NodeStatus::Down)
-                .filter_map(|t| {
-                    let to = if t.desired == TaskState::Shutdown {
-                        TaskState::Shutdown
-                    } else if t.state != TaskState::Running {
-                        TaskState::Running
-                    } else {
-                        return None;
-                    };
-                    Some(Command::TaskStatus {
-                        id: t.id.clone(),
-                        state: to,
-                        exit_code: None,
-                        message: String::new(),
-                        at: self.now,
-                    })
-                })
-                .collect();
-            changed |= !reports.is_empty();
-            for c in reports {
-                self.apply(c);
-            }
+            changed |= self.report_all();
             watch(&self.state);
             self.now += 2000;
             if !changed {
@@ -140,6 +118,41 @@ impl World {
             }
         }
         panic!("scheduler did not settle");
+    }
+    /// The nodes report: assigned tasks running (or failed, see
+    /// `failing_from`), stopped ones shut down. Whether anything changed.
+    pub fn report_all(&mut self) -> bool {
+        let reports: Vec<Command> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_terminal() && !t.is_pending())
+            .filter(|t| self.node(&t.node).status != NodeStatus::Down)
+            .filter_map(|t| {
+                let broken = self.failing_from.is_some_and(|v| t.spec_version >= v);
+                let to = if t.desired == TaskState::Shutdown {
+                    TaskState::Shutdown
+                } else if broken {
+                    TaskState::Failed
+                } else if t.state != TaskState::Running {
+                    TaskState::Running
+                } else {
+                    return None;
+                };
+                Some(Command::TaskStatus {
+                    id: t.id.clone(),
+                    state: to,
+                    exit_code: None,
+                    message: String::new(),
+                    at: self.now,
+                })
+            })
+            .collect();
+        let changed = !reports.is_empty();
+        for c in reports {
+            self.apply(c);
+        }
+        changed
     }
     pub fn node(&self, id: &str) -> &Node {
         self.state

@@ -141,6 +141,24 @@ async fn get(m: &Manager, key: &str) -> Result<Service, ApiError> {
         .ok_or_else(|| not_found(key))
 }
 
+/// `service rollback`: back to the spec before the last update.
+pub async fn rollback(m: &Manager, key: &str) -> Result<String, ApiError> {
+    let svc = get(m, key).await?;
+    if svc.previous_spec.is_none() {
+        return Err(ApiError::invalid(format!(
+            "service {} has no previous spec to roll back to",
+            svc.spec.name
+        )));
+    }
+    m.store()
+        .propose(Command::RollbackService {
+            service: svc.id.clone(),
+            at: now_ms(),
+        })
+        .await?;
+    Ok(svc.spec.name)
+}
+
 /// `service update` / `service scale`.
 pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, ApiError> {
     let svc = get(m, key).await?;
@@ -190,6 +208,9 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     }
     if let Some(o) = u.update_order {
         spec.update_config.order = o;
+    }
+    if let Some(a) = u.update_failure_action {
+        spec.update_config.failure_action = a;
     }
     m.store()
         .propose(Command::UpdateService {
