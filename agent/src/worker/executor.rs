@@ -29,7 +29,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use shoal_membership::Gossip;
+use shoal_membership::{EndpointRecord, Gossip};
 use shoal_model::service::{Protocol, PublishMode, Runtime, TaskState};
 use shoal_netdriver::nft::{self, Backend, PortRule, Proto};
 
@@ -190,9 +190,10 @@ impl Executor {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let Some(a) = self.latest.lock().ok().and_then(|l| l.clone()) else {
+        let Some(mut a) = self.latest.lock().ok().and_then(|l| l.clone()) else {
             return; // nothing known yet: keep what runs (adopted after a restart)
         };
+        reachable_backends(&mut a.services, ctx.gossip.as_ref());
         if let Ok(mut d) = self.directory.write() {
             *d = a.services.clone();
         }
@@ -737,6 +738,29 @@ impl Executor {
                 .await;
         }
         Ok(())
+    }
+}
+
+/// Keeps only the backends this node can reach: those whose endpoint its
+/// gossip already holds (so the overlay here knows their MAC and host). A
+/// new task the leader lists before its endpoint arrives would otherwise
+/// get connections whose ARP fails, lost for seconds.
+fn reachable_backends(services: &mut [ServiceView], gossip: Option<&Gossip>) {
+    let Some(g) = gossip else { return };
+    let mut known: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for s in services.iter_mut() {
+        s.backends.retain(|(net, ip)| {
+            known
+                .entry(net.clone())
+                .or_insert_with(|| {
+                    g.entries(&EndpointRecord::table(net))
+                        .iter()
+                        .filter_map(|e| EndpointRecord::decode(&e.value).ok())
+                        .map(|r| r.ip)
+                        .collect()
+                })
+                .contains(ip)
+        });
     }
 }
 
