@@ -99,6 +99,26 @@ pub fn in_netns<T: Send>(ns: &str, f: impl std::future::Future<Output = T> + Sen
     })
 }
 
+/// `shoal --format json ARGS` on `host`, parsed; fails the test when the
+/// CLI fails or prints something that is not JSON.
+pub fn json(lab: &Lab, host: usize, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--format", "json"];
+    a.extend_from_slice(args);
+    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?} on h{host}: {e}"));
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("shoal {args:?} on h{host} is not JSON ({e}): {out}"))
+}
+
+/// `service create --runtime host --name NAME FLAGS… -- shoal-lab
+/// http-echo --port 80` on h1: the lab's HTTP server as a service's tasks.
+pub fn create_echo(lab: &Lab, name: &str, flags: &[&str]) -> Result<String, String> {
+    let echo = shoal_lab_bin().display().to_string();
+    let mut a = vec!["service", "create", "--runtime", "host", "--name", name];
+    a.extend_from_slice(flags);
+    a.extend_from_slice(&["--", echo.as_str(), "http-echo", "--port", "80"]);
+    cli(lab, 1, &a)
+}
+
 /// `shoal --format json info` on `host`, parsed; fails the test when the
 /// CLI fails or prints something that is not JSON.
 pub fn info(lab: &Lab, host: usize) -> serde_json::Value {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::{image, registry_addr, Lab};
-use shoal_tests::{cli, exec, start, wait_until};
+use shoal_tests::{cli, exec, json, start, wait_until};
 
 const HOSTS: usize = 3;
 
@@ -24,13 +24,6 @@ fn config() -> String {
          insecure_registries = [\"{}\"]\n",
         registry_addr(1)
     )
-}
-
-fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
-    let mut a = vec!["--format", "json"];
-    a.extend_from_slice(args);
-    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?}: {e}"));
-    serde_json::from_str(&out).unwrap()
 }
 
 /// Tasks of `svc`: (id, state, desired, node host name, exit code, message).

@@ -9,17 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, wait_until};
+use shoal_tests::{cli, create_echo, json, wait_until};
 
 fn config() -> String {
     "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\n".to_string()
-}
-
-fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
-    let mut a = vec!["--format", "json"];
-    a.extend_from_slice(args);
-    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?}: {e}"));
-    serde_json::from_str(&out).unwrap()
 }
 
 /// Running tasks of `svc`: task ids.
@@ -31,16 +24,6 @@ fn running(lab: &Lab, svc: &str) -> Vec<String> {
         .filter(|t| t["state"] == "running" && t["desired"] == "running")
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// `service create --runtime host --name NAME FLAGS… -- shoal-lab
-/// http-echo --port 80` on h1.
-fn create_echo(lab: &Lab, name: &str, flags: &[&str]) -> Result<String, String> {
-    let echo = shoal_tests::shoal_lab_bin().display().to_string();
-    let mut a = vec!["service", "create", "--runtime", "host", "--name", name];
-    a.extend_from_slice(flags);
-    a.extend_from_slice(&["--", echo.as_str(), "http-echo", "--port", "80"]);
-    cli(lab, 1, &a)
 }
 
 /// A rolling update with `--update-order start-first` under load: a

@@ -10,9 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, wait_for, wait_until};
+use shoal_tests::{cli, create_echo, exec, json, wait_for, wait_until};
 
 /// h1's underlay address; the test's own upstream resolver listens there.
 const UPSTREAM: &str = "10.77.0.1:5353";
@@ -21,13 +20,6 @@ fn config() -> String {
     format!(
         "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\ndns_upstream = [\"{UPSTREAM}\"]\n"
     )
-}
-
-fn json(lab: &Lab, host: usize, args: &[&str]) -> Value {
-    let mut a = vec!["--format", "json"];
-    a.extend_from_slice(args);
-    let out = cli(lab, host, &a).unwrap_or_else(|e| panic!("shoal {args:?}: {e}"));
-    serde_json::from_str(&out).unwrap()
 }
 
 /// Running tasks of `svc`: (task id, node host name, state).
@@ -44,16 +36,6 @@ fn running(lab: &Lab, svc: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// `service create --runtime host --name NAME FLAGS… -- shoal-lab
-/// http-echo --port 80` on h1: the lab's HTTP server as the tasks.
-fn create_echo(lab: &Lab, name: &str, flags: &[&str]) -> Result<String, String> {
-    let echo = shoal_tests::shoal_lab_bin().display().to_string();
-    let mut a = vec!["service", "create", "--runtime", "host", "--name", name];
-    a.extend_from_slice(flags);
-    a.extend_from_slice(&["--", echo.as_str(), "http-echo", "--port", "80"]);
-    cli(lab, 1, &a)
 }
 
 /// GET http://addr:port/ from `host`'s namespace: the body, if answered.
