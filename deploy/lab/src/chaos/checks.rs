@@ -53,6 +53,13 @@ fn json(text: &str, what: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("{what}: not JSON ({e}): {text}"))
 }
 
+/// `shoal ps` on `h` (with the checks' time limit), as JSON rows.
+fn ps(lab: &Lab, h: usize) -> Result<Vec<Value>, String> {
+    let out = cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
+        .map_err(|e| format!("ps on h{h}: {e}"))?;
+    Ok(json(&out, "ps")?.as_array().cloned().unwrap_or_default())
+}
+
 /// Tasks of [`CHAOS_SERVICE`] running (and meant to) per `host`'s `service ps`.
 pub(super) fn running_tasks(lab: &Lab, host: usize) -> Result<usize, String> {
     let v = json(
@@ -108,12 +115,8 @@ pub(super) fn check_service(lab: &Lab, managers: usize, l: &Ledger) -> Result<()
     // The nodes agree: exactly that many task processes in the lab.
     let mut processes = Vec::new();
     for h in 1..=lab.len() {
-        let v = json(
-            &cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
-                .map_err(|e| format!("ps on h{h}: {e}"))?,
-            "ps",
-        )?;
-        for w in v.as_array().cloned().unwrap_or_default() {
+        let v = ps(lab, h)?;
+        for w in v {
             let name = w["name"].as_str().unwrap_or_default();
             if w["task"].is_string() && name.starts_with(&format!("{CHAOS_SERVICE}.")) {
                 processes.push(format!("{name}@h{h}"));
@@ -308,12 +311,8 @@ pub(super) fn check_fdb(lab: &Lab, net: &str) -> Result<(), String> {
     // (host, mac, network id) of every running workload on `net`.
     let mut wl: Vec<(usize, String, String)> = Vec::new();
     for h in 1..=lab.len() {
-        let v = json(
-            &cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
-                .map_err(|e| format!("ps on h{h}: {e}"))?,
-            "ps",
-        )?;
-        for w in v.as_array().cloned().unwrap_or_default() {
+        let v = ps(lab, h)?;
+        for w in v {
             if w["network"]["name"] == net {
                 wl.push((
                     h,
@@ -350,15 +349,8 @@ pub(super) fn check_fdb(lab: &Lab, net: &str) -> Result<(), String> {
 /// removed what no workload claims (no duplicates, no strays).
 pub(super) fn check_containers(lab: &Lab) -> Result<(), String> {
     for h in 1..=lab.len() {
-        let v = json(
-            &cli_timeout(lab, h, &["--format", "json", "ps"], CLI_TIMEOUT)
-                .map_err(|e| format!("ps on h{h}: {e}"))?,
-            "ps",
-        )?;
+        let v = ps(lab, h)?;
         let listed: BTreeSet<String> = v
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
             .iter()
             // Containers only (not the ingress sandbox or host processes).
             .filter(|w| w["image"].as_str().is_some_and(|i| !i.is_empty()))
