@@ -531,9 +531,11 @@ impl Worker {
         })?;
         let path = self.overlay.log_of(&w.id);
         let records = logfile::read(&path, after, tail);
-        let newest = match records.last() {
-            Some(r) => Some(r.time),
-            None => logfile::read(&path, after, Some(1)).last().map(|r| r.time),
+        let newest = match (records.last(), tail) {
+            (Some(r), _) => Some(r.time),
+            // Only `--tail 0` hides lines there are: look up the newest.
+            (None, Some(0)) => logfile::read(&path, after, Some(1)).last().map(|r| r.time),
+            (None, _) => None,
         };
         Ok((records, newest.or(after).unwrap_or(0)))
     }
