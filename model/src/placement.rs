@@ -82,15 +82,23 @@ impl Constraint {
     }
 }
 
-/// Whether `node` satisfies every constraint (the stored, checked ones).
-pub fn fits(
-    constraints: &[String],
-    node: &Node,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    constraints
-        .iter()
-        .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(node, labels)))
+/// A service's constraints, parsed once (the scheduler asks every node).
+/// One that does not parse (they are checked at create) fits no node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Constraints(Option<Vec<Constraint>>);
+
+impl Constraints {
+    /// The stored expressions.
+    pub fn parse(exprs: &[String]) -> Constraints {
+        Constraints(exprs.iter().map(|c| Constraint::parse(c).ok()).collect())
+    }
+
+    /// Whether `node` (with its labels) satisfies every constraint.
+    pub fn fit(&self, node: &Node, labels: Option<&BTreeMap<String, String>>) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|cs| cs.iter().all(|c| c.matches(node, labels)))
+    }
 }
 
 /// The label of a `--placement-pref` (`spread=node.labels.K` → `K`), if
@@ -174,12 +182,12 @@ mod tests {
         ] {
             assert!(Constraint::parse(bad).is_err(), "{bad}");
         }
-        assert!(fits(&["node.role==worker".into()], &w, None));
-        assert!(!fits(
-            &["node.role==worker".into(), "node.hostname==x".into()],
-            &w,
-            None
-        ));
+        let all =
+            |cs: &[&str]| Constraints::parse(&cs.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        assert!(all(&["node.role==worker"]).fit(&w, None));
+        assert!(!all(&["node.role==worker", "node.hostname==x"]).fit(&w, None));
+        assert!(!all(&["node.role==boss"]).fit(&w, None));
+        assert!(all(&[]).fit(&w, None));
     }
 
     #[test]

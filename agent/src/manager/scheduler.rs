@@ -104,6 +104,21 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             .map(|n| (n.status, n.availability))
     };
     let rolling = rolling::plan(state, now, |t| live(t, state));
+    let constraints: BTreeMap<&str, placement::Constraints> = state
+        .services
+        .iter()
+        .map(|(id, s)| {
+            (
+                id.as_str(),
+                placement::Constraints::parse(&s.spec.constraints),
+            )
+        })
+        .collect();
+    let fits = |sid: &str, n: &shoal_model::state::Node| {
+        constraints
+            .get(sid)
+            .is_some_and(|c| c.fit(n, state.node_labels.get(&n.id)))
+    };
     // 1. Tasks that must stop or are lost.
     for t in state.tasks.values() {
         if t.state.is_terminal() {
@@ -164,10 +179,10 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
             // Its node no longer satisfies the constraints (a label went):
             // it moves, as swarm's constraint enforcer does.
             Some(s)
-                if !state.nodes.values().any(|n| {
-                    n.id.as_str() == t.node
-                        && placement::fits(&s.spec.constraints, n, state.node_labels.get(&n.id))
-                }) =>
+                if !state
+                    .nodes
+                    .values()
+                    .any(|n| n.id.as_str() == t.node && fits(&s.id, n)) =>
             {
                 out.push(shutdown(t, now))
             }
@@ -218,9 +233,7 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
         let ready = |n: &&shoal_model::state::Node| {
             n.status == NodeStatus::Ready && n.availability == Availability::Active
         };
-        let allowed = |n: &&shoal_model::state::Node| {
-            placement::fits(&svc.spec.constraints, n, state.node_labels.get(&n.id))
-        };
+        let allowed = |n: &&shoal_model::state::Node| fits(&svc.id, n);
         let places: Vec<(u64, Option<&str>)> = match svc.spec.mode {
             ServiceMode::Replicated => (1..=svc.spec.replicas).map(|s| (s, None)).collect(),
             ServiceMode::Global => state
@@ -301,13 +314,17 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
                     max == 0 || (svc_load.get(n.id.as_str()).copied().unwrap_or(0) as u64) < max
                 })
                 .collect();
+            let groups = spread_groups(&svc.spec.placement_prefs, state, &svc_load);
             let candidate = eligible
                 .iter()
                 .copied()
                 .filter(|n| short(n) == (false, false))
                 .min_by_key(|n| {
                     (
-                        spread_counts(&svc.spec.placement_prefs, n, state, &svc_load),
+                        groups
+                            .iter()
+                            .map(|(key, g)| g.get(&label(state, &n.id, key)).copied().unwrap_or(0))
+                            .collect::<Vec<usize>>(),
                         svc_load.get(n.id.as_str()).copied().unwrap_or(0),
                         load.get(n.id.as_str()).copied().unwrap_or(0),
                         n.id.as_str().to_string(),
@@ -391,27 +408,34 @@ pub fn plan(state: &State, now: u64, new_id: &mut dyn FnMut() -> String) -> Vec<
     out
 }
 
-/// `--placement-pref spread=node.labels.K`, in order: for each, how many
-/// of the service's tasks run on nodes with the same value of K as `n`
-/// (nodes without K count as one group). The fewest wins first.
-fn spread_counts(
-    prefs: &[String],
-    n: &shoal_model::state::Node,
-    state: &State,
+/// A node's value of label `key`.
+fn label<'s>(state: &'s State, node: &NodeId, key: &str) -> Option<&'s str> {
+    state
+        .node_labels
+        .get(node)
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// `--placement-pref spread=node.labels.K`, in order: for each K, how many
+/// of the service's tasks run on the nodes of each value of K (nodes
+/// without K are one more value). The candidate in the emptiest group wins
+/// first.
+fn spread_groups<'a>(
+    prefs: &'a [String],
+    state: &'a State,
     svc_load: &BTreeMap<&str, usize>,
-) -> Vec<usize> {
-    let label = |node: &NodeId, key: &str| state.node_labels.get(node).and_then(|l| l.get(key));
+) -> Vec<(&'a str, BTreeMap<Option<&'a str>, usize>)> {
     prefs
         .iter()
         .filter_map(|p| placement::spread_label(p))
         .map(|key| {
-            let mine = label(&n.id, key);
-            state
-                .nodes
-                .values()
-                .filter(|m| label(&m.id, key) == mine)
-                .map(|m| svc_load.get(m.id.as_str()).copied().unwrap_or(0))
-                .sum()
+            let mut g: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+            for m in state.nodes.values() {
+                *g.entry(label(state, &m.id, key)).or_default() +=
+                    svc_load.get(m.id.as_str()).copied().unwrap_or(0);
+            }
+            (key, g)
         })
         .collect()
 }
