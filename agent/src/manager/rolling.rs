@@ -45,17 +45,31 @@ pub fn slot_key(t: &Task) -> SlotKey {
 /// task runs (or will) on a node that is up.
 pub fn plan(state: &State, now: u64, live: impl Fn(&Task) -> bool) -> Rolling {
     let mut out = Rolling::default();
+    // Each service's tasks, in one pass over the store.
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        by_service.entry(t.service.as_str()).or_default().push(t);
+    }
     for svc in state.services.values() {
-        roll(state, svc, now, &live, &mut out);
+        let tasks = by_service
+            .get(svc.id.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        roll(svc, tasks, now, &live, &mut out);
     }
     out
 }
 
-fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, out: &mut Rolling) {
+fn roll(
+    svc: &Service,
+    tasks: &[&Task],
+    now: u64,
+    live: &impl Fn(&Task) -> bool,
+    out: &mut Rolling,
+) {
     let current = svc.spec_version;
     let mut slots: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
-    for t in state.tasks.values() {
-        if t.service == svc.id && !t.state.is_terminal() && !t.is_pending() {
+    for t in tasks.iter().copied() {
+        if !t.state.is_terminal() && !t.is_pending() {
             slots.entry(slot_key(t)).or_default().push(t);
         }
     }
@@ -89,10 +103,9 @@ fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, o
     }
     // `--update-delay`: the next batch waits for the last one to have run
     // that long.
-    let last_ran = state
-        .tasks
-        .values()
-        .filter(|t| t.service == svc.id && t.spec_version >= current)
+    let last_ran = tasks
+        .iter()
+        .filter(|t| t.spec_version >= current)
         .filter(|t| t.state == TaskState::Running)
         .map(|t| t.updated_at)
         .max();
@@ -101,10 +114,9 @@ fn roll(state: &State, svc: &Service, now: u64, live: &impl Fn(&Task) -> bool, o
     let rolling_back = state_now == Some(UpdateState::RollbackStarted);
     // A replacement that failed while this rollout went on.
     let started = svc.update_status.as_ref().map_or(0, |s| s.started_at);
-    let failed = state
-        .tasks
-        .values()
-        .filter(|t| t.service == svc.id && t.spec_version >= current && t.updated_at >= started)
+    let failed = tasks
+        .iter()
+        .filter(|t| t.spec_version >= current && t.updated_at >= started)
         .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected));
     let mut paused = state_now == Some(UpdateState::Paused);
     if let (Some(f), true, false, false) = (failed, outdated, rolling_back, paused) {
