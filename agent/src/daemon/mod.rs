@@ -151,7 +151,7 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
                         if reply(&mut wr, Ok(Response::ExecStarted)).await.is_ok() {
                             exec.relay(rd, wr).await;
                         } else {
-                            exec.relay(tokio::io::empty(), tokio::io::sink()).await;
+                            exec.abandon().await;
                         }
                         return;
                     }

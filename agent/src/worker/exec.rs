@@ -113,6 +113,13 @@ impl Exec {
         }
     }
 
+    /// The client went away before the relay began: the command goes.
+    pub async fn abandon(self) {
+        self.rt.exec_kill(&self.container, &self.id).await;
+        let _ = self.rt.exec_wait(&self.container, &self.id).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
     /// Relays until the command ends: its output to `wr`, the client's
     /// frames from `rd` to it; the last frame is its exit status.
     pub async fn relay<R, W>(self, mut rd: R, mut wr: W)
