@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shoal_api::{
-    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState, LogLine,
-    NodeInfo, Request, Response, SwarmInfo, SwarmState, VersionInfo,
+    ApiError, ErrorCode, GossipEntry, GossipMember, GossipMemberInfo, GossipMemberState, NodeInfo,
+    Request, Response, SwarmInfo, SwarmState, VersionInfo,
 };
 
 use super::lock::{new_node_id, NODE_ID_FILE};
@@ -209,13 +209,7 @@ impl Daemon {
                 let cursors = BTreeMap::from([(workload.clone(), cursor)]);
                 let lines = records
                     .into_iter()
-                    .map(|r| LogLine {
-                        context: String::new(),
-                        time: r.time,
-                        stamp: r.stamp(),
-                        stream: r.stream,
-                        line: r.line,
-                    })
+                    .map(|r| crate::proto::session::log_line(String::new(), r))
                     .collect();
                 Ok(Response::Logs {
                     lines,

@@ -47,6 +47,18 @@ pub enum CallReply {
     Error(String),
 }
 
+/// A log record as `logs` and `service logs` answer it, under `context`
+/// (`web.1.<task id>@<node>`, or empty).
+pub fn log_line(context: String, r: shoal_runtime::logfile::Record) -> shoal_api::LogLine {
+    shoal_api::LogLine {
+        context,
+        time: r.time,
+        stamp: r.stamp(),
+        stream: r.stream,
+        line: r.line,
+    }
+}
+
 /// What a node reports with every heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {

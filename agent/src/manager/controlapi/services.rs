@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use shoal_api::{ApiError, ErrorCode, LogLine, Response, ServiceRow, ServiceUpdate, TaskRow};
+use shoal_api::{ApiError, ErrorCode, Response, ServiceRow, ServiceUpdate, TaskRow};
 use shoal_model::service::{self, Service, ServiceMode, ServiceSpec, Task, TaskState};
 use shoal_model::state::Command;
 use shoal_model::state::{Availability, NodeStatus};
@@ -110,15 +110,12 @@ pub async fn logs(
                         .map(|t| format!("{}.{tid}", t.name()))
                         .unwrap_or_else(|| tid.clone());
                     cursors.insert(tid, cursor);
-                    for r in records {
-                        lines.push(LogLine {
-                            context: format!("{name}@{host}"),
-                            time: r.time,
-                            stamp: r.stamp(),
-                            stream: r.stream,
-                            line: r.line,
-                        });
-                    }
+                    let context = format!("{name}@{host}");
+                    lines.extend(
+                        records
+                            .into_iter()
+                            .map(|r| crate::proto::session::log_line(context.clone(), r)),
+                    );
                 }
             }
             Ok(CallReply::Error(e)) => errors.push(format!("{host}: {e}")),
