@@ -34,7 +34,7 @@ forbid agent/src 'raft\.is_some\(\)' 'a role branch on raft.is_some() (wire role
 # Shoal crates each crate may depend on.
 allowed() {
   case $1 in
-    tls | netdriver | runtime) echo "" ;;
+    tls | netdriver | runtime | dataplane) echo "" ;;
     model | raft-store | membership) echo "shoal-tls" ;;
     api) echo "shoal-model" ;;
     *) echo "*" ;;

@@ -1,0 +1,36 @@
+//! Shoal's userspace encrypted data path, for overlay networks created
+//! with `--opt encrypted` on kernels without IPsec ESP (or where protocol
+//! 50 is blocked): each Ethernet frame a workload sends to another node
+//! is sealed with AES-256-GCM and sent over UDP; nothing leaves in clear.
+//!
+//! Where it sits: the netdriver builds the network's namespace and bridge
+//! as for any overlay, but with no VXLAN device; the agent opens a TAP
+//! device with [`Engine::open_tap`], moves it into the namespace as the
+//! bridge's uplink, and feeds [`Engine::update`] with the data-plane key
+//! ring (from the leader, over the session), the peers (node id,
+//! data-path address, the key ids each advertises in gossip) and each
+//! network's remote endpoints (from the gossip endpoint tables).
+//!
+//! The pure core, unit-tested without I/O:
+//! - [`wire`]: the datagram format (VNI, key id, epoch, counter; the
+//!   header authenticated as associated data);
+//! - [`keys`]: per node-pair, per-direction keys (HKDF-SHA256) and which
+//!   ring key to send with;
+//! - [`replay`]: the per (peer, key) epoch and sliding window;
+//! - [`frame`]: what to do with a frame (send, answer ARP, drop);
+//! - [`epoch`]: the per-start epoch, persisted and fsynced before use.
+//!
+//! The shell, [`Engine`], is one UDP socket and blocking threads (one per
+//! TAP, one for the socket), with per-peer counters ([`Engine::stats`]).
+
+pub mod engine;
+pub mod epoch;
+pub mod frame;
+pub mod keys;
+pub mod replay;
+pub mod wire;
+
+pub use engine::{Engine, EngineError, Inputs, Peer, PeerStats, Remote, Stats};
+pub use epoch::{next_epoch, EpochError};
+pub use keys::RingKey;
+pub use wire::UNDERLAY_OVERHEAD;
