@@ -47,6 +47,10 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// Gossip (SWIM) port, UDP and TCP, on the advertise address.
     pub gossip_port: u16,
+    /// UDP port of the encrypted data path (overlays created with `--opt
+    /// encrypted`), on the data-path address; 0: the data-path port + 1
+    /// (4790 by default). Advertised to the other nodes through gossip.
+    pub encrypted_port: u16,
     /// Gossip timings: `lan` (production: failure detected in ~3 s) or
     /// `fast` (tests).
     pub gossip_profile: String,
@@ -138,6 +142,7 @@ impl Default for Config {
             raft: RaftSettings::default(),
             heartbeat_ms: 5000,
             gossip_port: 7946,
+            encrypted_port: 0,
             gossip_profile: "lan".into(),
             dns_upstream: Vec::new(),
             metrics_addr: "127.0.0.1:9323".into(),

@@ -58,15 +58,15 @@ pub fn direction_key(ring: &RingKey, sender: &str, receiver: &str) -> Option<Les
 
 /// Which ring key to send with: the second-newest (the newest reached
 /// every node for receiving one rotation period before anyone sends with
-/// it), else the newest, else the oldest — the first of those the peer
-/// advertises. `ours` is newest first. `None`: no key in common, nothing
-/// may be sent.
+/// it), else — when we are the one lagging a rotation behind the peer —
+/// the newest; the first of those the peer advertises. An older key is
+/// never used, so a node that missed two rotations stops receiving.
+/// `ours` is newest first. `None`: nothing may be sent to this peer.
 pub fn send_key(ours: &[u32], theirs: &[u32]) -> Option<u32> {
     let order: &[usize] = match ours.len() {
         0 => &[],
         1 => &[0],
-        2 => &[1, 0],
-        _ => &[1, 0, 2],
+        _ => &[1, 0],
     };
     order
         .iter()
@@ -121,13 +121,18 @@ mod tests {
     }
 
     #[test]
-    fn a_lagging_or_leading_peer_gets_a_key_it_has() {
+    fn a_peer_one_rotation_apart_either_way_gets_a_key_it_has() {
         // The peer has not received key 3 yet.
-        assert_eq!(send_key(&[3, 2, 1], &[2, 1]), Some(2));
-        // The peer missed two rotations and holds only the oldest.
-        assert_eq!(send_key(&[3, 2, 1], &[1, 0]), Some(1));
-        // We lag: the peer already has 4.
+        assert_eq!(send_key(&[3, 2, 1], &[2, 1, 0]), Some(2));
+        // We lag: the peer already has 4 (and dropped 1).
         assert_eq!(send_key(&[3, 2, 1], &[4, 3, 2]), Some(2));
+        // We lag two rotations: only our newest is still in its ring.
+        assert_eq!(send_key(&[3, 2, 1], &[5, 4, 3]), Some(3));
+    }
+
+    #[test]
+    fn a_peer_two_rotations_behind_gets_nothing() {
+        assert_eq!(send_key(&[5, 4, 3], &[3, 2, 1]), None);
     }
 
     #[test]

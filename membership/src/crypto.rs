@@ -135,9 +135,18 @@ impl KeyRing {
         })
     }
 
+    /// The key new messages are sealed with: the second-newest when the
+    /// ring has two or more (the newest reached every node for opening a
+    /// rotation period before anyone seals with it, so a rotation has no
+    /// window in which a node cannot open what others send), else the only
+    /// one.
+    fn sending(&self) -> Option<&Key> {
+        self.keys.get(1).or_else(|| self.keys.first())
+    }
+
     /// Id of the key new messages are sealed with.
-    pub fn newest_id(&self) -> u32 {
-        self.keys.first().map(|k| k.id).unwrap_or_default()
+    pub fn sending_id(&self) -> u32 {
+        self.sending().map(|k| k.id).unwrap_or_default()
     }
 
     /// Ids in the ring, newest first (for status output).
@@ -145,9 +154,9 @@ impl KeyRing {
         self.keys.iter().map(|k| k.id).collect()
     }
 
-    /// Seals `plain` under the newest key.
+    /// Seals `plain` under the sending key (see [`KeyRing::sending_id`]).
     pub fn seal(&self, channel: Channel, plain: &[u8]) -> Result<Vec<u8>, SealError> {
-        let key = self.keys.first().ok_or(SealError)?;
+        let key = self.sending().ok_or(SealError)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError)?;
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
@@ -245,7 +254,8 @@ mod tests {
             KeyRingError::TooMany(4)
         );
         let r = KeyRing::new(vec![(9, [0xAB; 32]), (8, [0xCD; 32])]).unwrap();
-        assert_eq!(r.newest_id(), 9);
+        assert_eq!(r.sending_id(), 8);
+        assert_eq!(ring(7, 1).sending_id(), 7);
         let dbg = format!("{r:?}");
         assert!(dbg.contains("9") && !dbg.contains("171") && !dbg.to_lowercase().contains("ab, "));
     }
@@ -256,9 +266,15 @@ mod tests {
         let rotated = KeyRing::new(vec![(2, [2; 32]), (1, [1; 32])]).unwrap();
         let from_old = old.seal(Channel::Udp, b"x").unwrap();
         assert_eq!(rotated.open(Channel::Udp, &from_old).unwrap(), b"x");
+        // The rotated node still seals with key 1 (second-newest): a node
+        // that has not received key 2 yet opens it.
         let from_new = rotated.seal(Channel::Udp, b"y").unwrap();
+        assert_eq!(old.open(Channel::Udp, &from_new).unwrap(), b"y");
+        // One more rotation: key 2 is used, which the lagging node lacks.
+        let twice = KeyRing::new(vec![(3, [3; 32]), (2, [2; 32]), (1, [1; 32])]).unwrap();
+        let from_twice = twice.seal(Channel::Udp, b"w").unwrap();
         assert_eq!(
-            old.open(Channel::Udp, &from_new),
+            old.open(Channel::Udp, &from_twice),
             Err(OpenError::UnknownKey(2))
         );
         // Same id, different key bytes: authentication fails.

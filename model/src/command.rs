@@ -243,6 +243,13 @@ pub enum Command {
         /// All its labels (empty: none).
         labels: BTreeMap<String, String>,
     },
+    /// The key manager (or `swarm rotate-keys`) adds a data-plane key
+    /// (encrypted overlays); a ring apart from the gossip ring, as swarm
+    /// keeps `networking:ipsec` apart from `networking:gossip`.
+    AddDataplaneKey {
+        /// Key material and id; its Lamport time is assigned in apply.
+        key: GossipKey,
+    },
 }
 
 impl Command {

@@ -168,6 +168,7 @@ impl From<StateV2> for State {
             gossip_keys: v.gossip_keys,
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),
+            dataplane_keys: Vec::new(),
         }
     }
 }
@@ -197,6 +198,7 @@ impl From<StateV1> for State {
             gossip_keys: BTreeMap::new(),
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),
+            dataplane_keys: Vec::new(),
         }
     }
 }

@@ -46,6 +46,19 @@ pub struct State {
     /// constraints (`node.labels.K==V`).
     #[serde(default)]
     pub node_labels: BTreeMap<NodeId, BTreeMap<String, String>>,
+    /// Data-plane keys of encrypted overlays, newest first, at most
+    /// [`KEYS_KEPT`]; rotated with the gossip ring, never used for it.
+    #[serde(default)]
+    pub dataplane_keys: Vec<GossipKey>,
+}
+
+/// Put `key` first in a ring. Lamport: one past the newest, so the ring
+/// order is the same on every manager whatever the proposer's clock says.
+fn add_key(ring: &mut Vec<GossipKey>, mut key: GossipKey) {
+    key.lamport = ring.first().map(|k| k.lamport + 1).unwrap_or(1);
+    ring.retain(|k| k.id != key.id);
+    ring.insert(0, key);
+    ring.truncate(KEYS_KEPT);
 }
 
 /// Length of an Ed25519 public key.
@@ -352,14 +365,8 @@ impl State {
                     c.ca = ca;
                 }
             }
-            Command::AddKey { mut key } => {
-                // Lamport: one past the newest, so the ring order is the same
-                // on every manager whatever the proposer's clock says.
-                key.lamport = self.keys.first().map(|k| k.lamport + 1).unwrap_or(1);
-                self.keys.retain(|k| k.id != key.id);
-                self.keys.insert(0, key);
-                self.keys.truncate(KEYS_KEPT);
-            }
+            Command::AddKey { key } => add_key(&mut self.keys, key),
+            Command::AddDataplaneKey { key } => add_key(&mut self.dataplane_keys, key),
             Command::CreateNetwork { spec, at } => {
                 let (pools, mask) = match self.cluster.as_ref() {
                     Some(c) => (
@@ -910,6 +917,23 @@ mod tests {
         let lamports: Vec<u64> = s.keys.iter().map(|k| k.lamport).collect();
         assert_eq!(lamports, vec![5, 4, 3]);
         assert!(!format!("{:?}", s.keys[0]).contains("key:"));
+        // The data-plane ring is apart: its keys never enter the gossip
+        // ring, and it keeps three of its own.
+        for id in 10..=13u32 {
+            let key = GossipKey {
+                id,
+                lamport: 0,
+                key: [id as u8; 32],
+            };
+            s.apply_command(10 + u64::from(id), Command::AddDataplaneKey { key })
+                .unwrap();
+        }
+        let dp: Vec<(u32, u64)> = s.dataplane_keys.iter().map(|k| (k.id, k.lamport)).collect();
+        assert_eq!(dp, vec![(13, 4), (12, 3), (11, 2)]);
+        let ids: Vec<u32> = s.keys.iter().map(|k| k.id).collect();
+        assert_eq!(ids, vec![5, 4, 3]);
+        let back = State::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!(back.dataplane_keys, s.dataplane_keys);
     }
 
     #[test]

@@ -43,6 +43,7 @@ fn spec() -> Result<NetworkSpec, NetError> {
         // RFC 2544 benchmarking range: no traffic is sent, nothing listens.
         local_vtep: Ipv4Addr::new(198, 19, 255, 254),
         port: crate::DEFAULT_VXLAN_PORT,
+        encrypted: false,
     })
 }
 

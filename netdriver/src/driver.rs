@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 
 use crate::kernel::{self, Applied, Target};
 use crate::netns::{self, NsConn};
-use crate::plan::{self, KernelState, NetworkDesired, Op, VXLAN, VXLAN_OVERHEAD};
+use crate::plan::{
+    self, KernelState, NetworkDesired, Op, ENCRYPTED_OVERHEAD, TAP, VXLAN, VXLAN_OVERHEAD,
+};
 use crate::{Desired, NetError, ReconcileReport};
 
 /// MTU assumed for the underlay when the interface holding the local VTEP
@@ -110,7 +112,8 @@ impl Driver {
         self.networks.keys().cloned().collect()
     }
 
-    async fn default_mtu(&self, cache: &mut BTreeMap<Ipv4Addr, u32>, local: Ipv4Addr) -> u32 {
+    /// The MTU of the underlay interface holding `local`.
+    async fn underlay_mtu(&self, cache: &mut BTreeMap<Ipv4Addr, u32>, local: Ipv4Addr) -> u32 {
         if let Some(m) = cache.get(&local) {
             return *m;
         }
@@ -121,9 +124,8 @@ impl Driver {
                 FALLBACK_UNDERLAY_MTU
             }
         };
-        let mtu = underlay.saturating_sub(VXLAN_OVERHEAD).max(68);
-        cache.insert(local, mtu);
-        mtu
+        cache.insert(local, underlay);
+        underlay
     }
 
     async fn resolve(&self, desired: &Desired) -> (Vec<NetworkDesired>, Vec<NetError>) {
@@ -138,9 +140,19 @@ impl Driver {
                 });
                 continue;
             }
-            let default_mtu = match spec.mtu {
-                Some(m) => m,
-                None => self.default_mtu(&mut cache, spec.local_vtep).await,
+            // VXLAN: the option as given, else underlay - 50. Encrypted:
+            // underlay - 78 caps the option (see `NetworkDesired::resolve`).
+            let default_mtu = match (spec.mtu, spec.encrypted) {
+                (Some(m), false) => m,
+                (_, encrypted) => {
+                    let overhead = if encrypted {
+                        ENCRYPTED_OVERHEAD
+                    } else {
+                        VXLAN_OVERHEAD
+                    };
+                    let u = self.underlay_mtu(&mut cache, spec.local_vtep).await;
+                    u.saturating_sub(overhead).max(68)
+                }
             };
             match NetworkDesired::resolve(spec, remotes, default_mtu) {
                 Ok(d) => out.push(d),
@@ -326,6 +338,39 @@ impl Driver {
         .await?;
         info!(network = %network_id, %ip, ifname, default_route, host_veth = %host, "workload attached");
         Ok(host)
+    }
+
+    /// Give encrypted network `network_id` its TAP: the device `tmp_name`
+    /// (created by the userspace data path in the daemon's namespace) is
+    /// moved into the network's namespace as `dp0` (replacing an old one),
+    /// enslaved to `br0` and brought up. The network must have been
+    /// reconciled (its namespace and bridge exist).
+    pub async fn adopt_tap(&mut self, network_id: &str, tmp_name: &str) -> Result<(), NetError> {
+        let path = self.netns_path(network_id);
+        let conn = self
+            .networks
+            .get(network_id)
+            .ok_or_else(|| NetError::UnknownNetwork {
+                network: network_id.to_string(),
+            })?;
+        let target = Target {
+            network: network_id,
+            ns_path: &path,
+            net: &conn.handle,
+            raw: &conn.raw,
+            own: &self.own.handle,
+        };
+        kernel::adopt_tap(&target, tmp_name).await?;
+        info!(network = %network_id, device = TAP, "encrypted data path attached");
+        Ok(())
+    }
+
+    /// Whether encrypted network `network_id` has its `dp0` in place.
+    pub async fn has_tap(&self, network_id: &str) -> bool {
+        match self.networks.get(network_id) {
+            Some(conn) => matches!(kernel::link_by_name(&conn.handle, TAP).await, Ok(Some(_))),
+            None => false,
+        }
     }
 
     /// Detach a workload: delete its host-side veth (the kernel deletes the

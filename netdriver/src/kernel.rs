@@ -24,7 +24,8 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessag
 use crate::batch;
 use crate::netns::Raw;
 use crate::plan::{
-    BridgeState, KernelState, Mac, MacDisplay, NeighState, Op, VxlanState, BRIDGE, VXLAN,
+    BridgeState, KernelState, Mac, MacDisplay, NeighState, Op, TapState, VxlanState, BRIDGE, TAP,
+    VXLAN,
 };
 use crate::NetError;
 
@@ -120,6 +121,13 @@ fn link_mac(m: &LinkMessage) -> Mac {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+fn link_controller(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(c) => Some(*c),
+        _ => None,
+    })
 }
 
 fn vxlan_state(m: &LinkMessage) -> VxlanState {
@@ -222,6 +230,13 @@ pub(crate) async fn dump(network: &str, h: &Handle) -> Result<KernelState, NetEr
                 });
             }
             Some(VXLAN) => k.vxlan = Some(vxlan_state(l)),
+            Some(TAP) => {
+                k.tap = Some(TapState {
+                    up: l.header.flags.contains(LinkFlags::Up),
+                    mtu: link_mtu(l),
+                    controller: link_controller(l),
+                })
+            }
             _ => {}
         }
     }
@@ -494,9 +509,10 @@ async fn structural(t: &Target<'_>, op: Op) -> Result<(), NetError> {
                 .await
                 .map_err(err())
         }
-        Op::AttachVxlan => {
+        Op::AttachVxlan | Op::AttachTap => {
+            let dev = if op == Op::AttachTap { TAP } else { VXLAN };
             let br = index_of(t.network, net, BRIDGE).await?;
-            let vx = index_of(t.network, net, VXLAN).await?;
+            let vx = index_of(t.network, net, dev).await?;
             net.link()
                 .set(LinkUnspec::new_with_index(vx).controller(br).up().build())
                 .execute()
@@ -558,8 +574,22 @@ async fn create_vxlan(
             }
         }
     }
+    move_in(t, &tmp, VXLAN).await?;
+    let br = index_of(t.network, t.net, BRIDGE).await?;
+    let vx = index_of(t.network, t.net, VXLAN).await?;
+    t.net
+        .link()
+        .set(LinkUnspec::new_with_index(vx).controller(br).up().build())
+        .execute()
+        .await
+        .map_err(nl(t.network, format!("attach {VXLAN} to {BRIDGE}")))
+}
+
+/// Move device `tmp` of the daemon's namespace into the network namespace
+/// as `name` (one request); on failure the device is deleted.
+async fn move_in(t: &Target<'_>, tmp: &str, name: &str) -> Result<(), NetError> {
     let moved = async {
-        let idx = index_of("daemon", t.own, &tmp).await?;
+        let idx = index_of("daemon", t.own, tmp).await?;
         let f = std::fs::File::open(t.ns_path).map_err(|source| NetError::Io {
             path: t.ns_path.to_path_buf(),
             op: "open namespace file",
@@ -570,33 +600,34 @@ async fn create_vxlan(
             .set(
                 LinkUnspec::new_with_index(idx)
                     .setns_by_fd(f.as_raw_fd())
-                    .name(VXLAN)
+                    .name(name.to_string())
                     .build(),
             )
             .execute()
             .await
             .map_err(nl(
                 t.network,
-                format!("move {tmp} into the namespace as {VXLAN}"),
+                format!("move {tmp} into the namespace as {name}"),
             ))?;
         drop(f);
         Ok::<(), NetError>(())
     }
     .await;
-    if let Err(e) = moved {
-        if let Ok(Some(m)) = link_by_name(t.own, &tmp).await {
+    if moved.is_err() {
+        if let Ok(Some(m)) = link_by_name(t.own, tmp).await {
             let _ = t.own.link().del(m.header.index).execute().await;
         }
-        return Err(e);
     }
-    let br = index_of(t.network, t.net, BRIDGE).await?;
-    let vx = index_of(t.network, t.net, VXLAN).await?;
-    t.net
-        .link()
-        .set(LinkUnspec::new_with_index(vx).controller(br).up().build())
-        .execute()
-        .await
-        .map_err(nl(t.network, format!("attach {VXLAN} to {BRIDGE}")))
+    moved
+}
+
+/// Hand an encrypted network the TAP device `tmp` (created by the data
+/// path in the daemon's namespace): a previous `dp0` goes, `tmp` moves in
+/// as `dp0`, enslaved to `br0` and up.
+pub(crate) async fn adopt_tap(t: &Target<'_>, tmp: &str) -> Result<(), NetError> {
+    delete_link(t.network, t.net, TAP).await?;
+    move_in(t, tmp, TAP).await?;
+    structural(t, Op::AttachTap).await
 }
 
 /// Delete a device by name if it exists.

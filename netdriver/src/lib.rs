@@ -68,6 +68,7 @@
 //!     mtu: None,
 //!     local_vtep: "192.168.56.11".parse().unwrap(),
 //!     port: 4789,
+//!     encrypted: false,
 //! };
 //! let peer = RemoteEndpoint {
 //!     ip: "10.0.9.3".parse().unwrap(),
@@ -128,6 +129,11 @@ pub struct NetworkSpec {
     pub local_vtep: Ipv4Addr,
     /// VXLAN UDP destination port (4789 unless `--data-path-port`).
     pub port: u16,
+    /// `--opt encrypted`: no VXLAN device; the bridge's uplink is the TAP
+    /// `dp0` that the agent's userspace data path creates and hands over
+    /// with [`Driver::adopt_tap`]. The default MTU is the underlay's minus
+    /// [`plan::ENCRYPTED_OVERHEAD`] (78).
+    pub encrypted: bool,
 }
 
 /// An endpoint on another node that workloads here must reach: its overlay

@@ -25,6 +25,12 @@ pub const VXLAN: &str = "vx0";
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Name of the TAP device of an encrypted network inside its namespace
+/// (the userspace data path's end of the bridge, in place of `vx0`).
+pub const TAP: &str = "dp0";
+/// What an encrypted network costs below the underlay MTU: outer IPv4 20
+/// + UDP 8 + sealed header 20 + AES-GCM tag 16 + inner Ethernet 14.
+pub const ENCRYPTED_OVERHEAD: u32 = 78;
 
 /// Wrapper that prints a MAC the way `bridge fdb` does, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +68,9 @@ pub struct NetworkDesired {
     /// Permanent neighbours on `vx0`: remote IP -> MAC (answered by the
     /// VXLAN ARP proxy, so ARP never crosses the underlay).
     pub neigh: BTreeMap<Ipv4Addr, Mac>,
+    /// Encrypted: no `vx0` and no tables; the bridge's uplink is the
+    /// userspace data path's TAP `dp0` (created by the agent).
+    pub encrypted: bool,
 }
 
 /// Check a network id before it becomes a file name under `<run_dir>/netns`.
@@ -89,6 +98,7 @@ pub fn validate_network_id(id: &str) -> Result<(), NetError> {
 impl NetworkDesired {
     /// Resolve a spec and its remote endpoints into kernel tables.
     /// `default_mtu` is used when the spec has no MTU (underlay MTU - 50,
+    /// or - 78 for an encrypted network, where it also caps the spec's;
     /// looked up by the caller). Endpoints whose VTEP is this node are
     /// skipped (they sit on `br0` directly); when two endpoints claim the
     /// same MAC or the same IP, the first one wins, so the plan is stable.
@@ -111,7 +121,14 @@ impl NetworkDesired {
                 spec.gateway, spec.subnet
             )));
         }
-        let mtu = spec.mtu.unwrap_or(default_mtu);
+        // An encrypted network can carry no frame larger than what fits
+        // one underlay packet once sealed: there `default_mtu` (underlay
+        // - 78) caps the option, which wins only when smaller.
+        let mtu = match spec.mtu {
+            Some(m) if spec.encrypted => m.min(default_mtu),
+            Some(m) => m,
+            None => default_mtu,
+        };
         if !(68..=65_535).contains(&mtu) {
             return Err(invalid(format!("MTU {mtu} outside 68..=65535")));
         }
@@ -122,7 +139,7 @@ impl NetworkDesired {
             .map_err(|e| invalid(format!("gateway prefix: {e}")))?;
         let mut fdb = BTreeMap::new();
         let mut neigh = BTreeMap::new();
-        for r in remotes {
+        for r in remotes.iter().filter(|_| !spec.encrypted) {
             if r.vtep == spec.local_vtep || is_zero(&r.mac) {
                 continue;
             }
@@ -138,6 +155,7 @@ impl NetworkDesired {
             port: spec.port,
             fdb,
             neigh,
+            encrypted: spec.encrypted,
         })
     }
 }
@@ -180,6 +198,17 @@ pub struct VxlanState {
     pub proxy: bool,
 }
 
+/// State of an encrypted network's `dp0` as dumped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapState {
+    /// Administratively up.
+    pub up: bool,
+    /// Current MTU.
+    pub mtu: u32,
+    /// Index of the bridge it is enslaved to, if any.
+    pub controller: Option<u32>,
+}
+
 /// A permanent or learned neighbour on `vx0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeighState {
@@ -198,6 +227,8 @@ pub struct KernelState {
     pub bridge: Option<BridgeState>,
     /// `vx0`, if present.
     pub vxlan: Option<VxlanState>,
+    /// `dp0`, if present.
+    pub tap: Option<TapState>,
     /// VXLAN (self) FDB entries on `vx0`: MAC -> remote VTEPs (the kernel
     /// allows several remotes per MAC).
     pub fdb: BTreeMap<Mac, Vec<Ipv4Addr>>,
@@ -212,6 +243,8 @@ pub enum Device {
     Bridge,
     /// `vx0`.
     Vxlan,
+    /// `dp0`.
+    Tap,
 }
 
 impl fmt::Display for Device {
@@ -219,6 +252,7 @@ impl fmt::Display for Device {
         f.write_str(match self {
             Device::Bridge => BRIDGE,
             Device::Vxlan => VXLAN,
+            Device::Tap => TAP,
         })
     }
 }
@@ -265,6 +299,8 @@ pub enum Op {
     SetUp(Device),
     /// Enslave `vx0` to `br0` and bring it up.
     AttachVxlan,
+    /// Enslave `dp0` to `br0` and bring it up.
+    AttachTap,
     /// Delete one remote of a VXLAN FDB entry.
     DelFdb {
         /// MAC.
@@ -351,6 +387,7 @@ impl fmt::Display for Op {
             Op::SetMtu { device, mtu } => write!(f, "set {device} mtu {mtu}"),
             Op::SetUp(d) => write!(f, "set {d} up"),
             Op::AttachVxlan => write!(f, "attach {VXLAN} to {BRIDGE}"),
+            Op::AttachTap => write!(f, "attach {TAP} to {BRIDGE}"),
             Op::DelFdb { mac, vtep } => {
                 write!(f, "delete fdb {} dst {vtep} on {VXLAN}", MacDisplay(mac))
             }
@@ -431,6 +468,27 @@ pub fn plan_network(desired: &NetworkDesired, kernel: &KernelState) -> Vec<Op> {
     } else {
         None
     };
+    if desired.encrypted {
+        // No VXLAN device and no tables: frames reach other nodes only
+        // through `dp0`, whose other end seals them. `dp0` itself is
+        // created by the agent; here it is kept enslaved, up and sized.
+        if vxlan.is_some() {
+            ops.push(Op::DeleteVxlan);
+        }
+        if let Some(t) = kernel.tap.as_ref().filter(|_| kernel.namespace) {
+            if t.mtu != desired.mtu {
+                ops.push(Op::SetMtu {
+                    device: Device::Tap,
+                    mtu: desired.mtu,
+                });
+            }
+            let attached = bridge.is_some_and(|b| t.controller == Some(b.index));
+            if !attached || !t.up {
+                ops.push(Op::AttachTap);
+            }
+        }
+        return ops;
+    }
     let empty_fdb = BTreeMap::new();
     let empty_neigh = BTreeMap::new();
     let (own_mac, kfdb, kneigh) = match vxlan {
@@ -555,6 +613,7 @@ mod tests {
             mtu: None,
             local_vtep: Ipv4Addr::new(192, 168, 0, 1),
             port: 4789,
+            encrypted: false,
         }
     }
 
@@ -619,9 +678,17 @@ mod tests {
                 Op::SetMtu { device, mtu } => match device {
                     Device::Bridge => k.bridge.as_mut().unwrap().mtu = mtu,
                     Device::Vxlan => k.vxlan.as_mut().unwrap().mtu = mtu,
+                    Device::Tap => k.tap.as_mut().unwrap().mtu = mtu,
                 },
                 Op::SetUp(Device::Bridge) => k.bridge.as_mut().unwrap().up = true,
                 Op::SetUp(Device::Vxlan) => k.vxlan.as_mut().unwrap().up = true,
+                Op::SetUp(Device::Tap) => k.tap.as_mut().unwrap().up = true,
+                Op::AttachTap => {
+                    let bi = k.bridge.as_ref().unwrap().index;
+                    let t = k.tap.as_mut().unwrap();
+                    t.controller = Some(bi);
+                    t.up = true;
+                }
                 Op::AttachVxlan => {
                     let bi = k.bridge.as_ref().unwrap().index;
                     let v = k.vxlan.as_mut().unwrap();
@@ -675,6 +742,65 @@ mod tests {
         let k2 = apply(k, d, &ops);
         assert_eq!(plan_network(d, &k2), vec![], "not idempotent");
         k2
+    }
+
+    #[test]
+    fn an_encrypted_network_has_a_bridge_and_no_vxlan_or_tables() {
+        let mut s = spec();
+        s.encrypted = true;
+        let d = NetworkDesired::resolve(&s, &[ep(1, 2)], 1422).unwrap();
+        assert!(d.fdb.is_empty() && d.neigh.is_empty());
+        let ops = plan_network(&d, &KernelState::default());
+        assert_eq!(
+            ops,
+            vec![
+                Op::CreateNamespace,
+                Op::CreateBridge { mtu: 1422 },
+                Op::AddBridgeAddr("10.0.9.1/24".parse().unwrap()),
+            ]
+        );
+        // A VXLAN device left from before goes; the TAP is kept attached,
+        // up and at the network's MTU.
+        let mut k = converge(&d, KernelState::default());
+        k.vxlan = converge(&desired(&[]), KernelState::default()).vxlan;
+        k.tap = Some(TapState {
+            up: false,
+            mtu: 1500,
+            controller: None,
+        });
+        let ops = plan_network(&d, &k);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteVxlan,
+                Op::SetMtu {
+                    device: Device::Tap,
+                    mtu: 1422
+                },
+                Op::AttachTap,
+            ]
+        );
+        let bridge = k.bridge.as_ref().map(|b| b.index);
+        k.vxlan = None;
+        k.tap = Some(TapState {
+            up: true,
+            mtu: 1422,
+            controller: bridge,
+        });
+        assert!(plan_network(&d, &k).is_empty());
+    }
+
+    #[test]
+    fn an_encrypted_network_caps_the_mtu_option_at_what_fits_sealed() {
+        let mut s = spec();
+        s.encrypted = true;
+        s.mtu = Some(9000);
+        assert_eq!(NetworkDesired::resolve(&s, &[], 1422).unwrap().mtu, 1422);
+        s.mtu = Some(1300);
+        assert_eq!(NetworkDesired::resolve(&s, &[], 1422).unwrap().mtu, 1300);
+        s.encrypted = false;
+        s.mtu = Some(9000);
+        assert_eq!(NetworkDesired::resolve(&s, &[], 1450).unwrap().mtu, 9000);
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn spec(id: &str, local: Ipv4Addr, mtu: Option<u32>) -> NetworkSpec {
         mtu,
         local_vtep: local,
         port: 4789,
+        encrypted: false,
     }
 }
 

@@ -274,6 +274,7 @@ fn spec(id: &str, subnet: &str, gateway: Ipv4Addr, vni: u32) -> NetworkSpec {
         mtu: Some(1450),
         local_vtep: Ipv4Addr::new(10, 77, 0, 1),
         port: 4789,
+        encrypted: false,
     }
 }
 

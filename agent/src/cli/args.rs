@@ -561,7 +561,7 @@ pub enum SwarmCmd {
         #[arg(short, long)]
         force: bool,
     },
-    /// Add a new gossip encryption key now (the ring keeps the 3 newest).
+    /// Add a new gossip key and a new data-plane key (encrypted overlays) now; each ring keeps the 3 newest.
     RotateKeys,
     /// Manage the root CA.
     Ca {

@@ -1,6 +1,7 @@
-//! The key manager (leader only): a new gossip key every
-//! `key_rotation_ms` (and one at once while the ring is empty); the store
-//! keeps the newest three and sessions deliver them. It also finishes a
+//! The key manager (leader only): a new gossip key and a new data-plane
+//! key (encrypted overlays) every `key_rotation_ms`, and one at once for a
+//! ring that is empty; the store keeps the newest three of each ring and
+//! sessions deliver them. It also finishes a
 //! root CA rotation once every live node holds a new certificate.
 
 use std::sync::Weak;
@@ -35,14 +36,23 @@ pub fn new_gossip_key() -> GossipKey {
     }
 }
 
-/// `swarm rotate-keys`: a new gossip key now.
+/// `swarm rotate-keys`: a new key in both rings now.
 pub async fn rotate_now(m: &Manager) -> Result<String, ApiError> {
-    let key = new_gossip_key();
-    let id = key.id;
-    m.store().propose(Command::AddKey { key }).await?;
+    let (gossip, dataplane) = rotate(m).await?;
     Ok(format!(
-        "Added gossip key {id}; the ring keeps the 3 newest."
+        "Added gossip key {gossip} and data-plane key {dataplane}; each ring keeps the 3 newest."
     ))
+}
+
+/// Add a key to each ring; their ids.
+async fn rotate(m: &Manager) -> Result<(u32, u32), ApiError> {
+    let (key, dp) = (new_gossip_key(), new_gossip_key());
+    let ids = (key.id, dp.id);
+    m.store().propose(Command::AddKey { key }).await?;
+    m.store()
+        .propose(Command::AddDataplaneKey { key: dp })
+        .await?;
+    Ok(ids)
 }
 
 /// The leader's rotation loop.
@@ -60,7 +70,7 @@ pub async fn run(manager: Weak<Manager>) {
             .read_local(|st| {
                 (
                     st.cluster.as_ref().map(|c| c.key_rotation_ms),
-                    st.keys.is_empty(),
+                    st.keys.is_empty() || st.dataplane_keys.is_empty(),
                 )
             })
             .await
@@ -71,14 +81,9 @@ pub async fn run(manager: Weak<Manager>) {
         ca::finish_rotation(&m).await;
         let since = *leader_since.get_or_insert_with(Instant::now);
         if rotation_due(empty, since, Instant::now(), interval) {
-            match store
-                .propose(Command::AddKey {
-                    key: new_gossip_key(),
-                })
-                .await
-            {
-                Ok(()) => {
-                    info!("gossip key rotated");
+            match rotate(&m).await {
+                Ok(_) => {
+                    info!("gossip and data-plane keys rotated");
                     leader_since = Some(Instant::now());
                 }
                 Err(e) => warn!("key rotation failed: {e}"),

@@ -160,6 +160,8 @@ pub struct Snapshot {
     pub dns: Option<DnsStats>,
     /// Tasks running on this node.
     pub tasks_running: Option<u64>,
+    /// While the encrypted data path runs: its counters.
+    pub dataplane: Option<crate::proto::gossip::EncryptionStatus>,
 }
 
 /// The daemon's one [`Metrics`] (the netdriver reconciler and the
@@ -605,7 +607,100 @@ fn registry(m: &Metrics, s: &Snapshot) -> Registry {
             n,
         );
     }
+    if let Some(d) = &s.dataplane {
+        dataplane(&mut r, d);
+    }
     r
+}
+
+/// The encrypted data path's counters, per peer node.
+fn dataplane(r: &mut Registry, d: &crate::proto::gossip::EncryptionStatus) {
+    type Get = fn(&crate::proto::gossip::PeerCounters) -> u64;
+    let per_peer: [(&str, &str, Get); 11] = [
+        ("tx_packets", "Frames sealed and sent to the peer", |p| {
+            p.tx_packets
+        }),
+        ("tx_bytes", "Frame bytes sealed and sent to the peer", |p| {
+            p.tx_bytes
+        }),
+        (
+            "rx_packets",
+            "Frames received from the peer and delivered",
+            |p| p.rx_packets,
+        ),
+        (
+            "rx_bytes",
+            "Frame bytes received from the peer and delivered",
+            |p| p.rx_bytes,
+        ),
+        (
+            "auth_failures",
+            "Datagrams from the peer that failed authentication",
+            |p| p.auth_failures,
+        ),
+        (
+            "replays",
+            "Datagrams from the peer refused by the replay window",
+            |p| p.replays,
+        ),
+        (
+            "unknown_key",
+            "Datagrams from the peer under a key id not in the ring",
+            |p| p.unknown_key,
+        ),
+        (
+            "stale_epoch",
+            "Datagrams from an older start of the peer",
+            |p| p.stale_epoch,
+        ),
+        (
+            "malformed",
+            "Datagrams from the peer too short, of another version or network",
+            |p| p.malformed,
+        ),
+        (
+            "no_common_key",
+            "Frames not sent: the peer advertises no key we may send with",
+            |p| p.no_common_key,
+        ),
+        (
+            "spoofed",
+            "Authentic frames whose source MAC is not one of the peer's endpoints",
+            |p| p.spoofed,
+        ),
+    ];
+    for (name, help, get) in per_peer {
+        let rows = d
+            .peers
+            .iter()
+            .map(|p| (vec![("peer", escape_label(&p.node))], get(p)))
+            .collect();
+        family(
+            r,
+            &format!("shoal_dataplane_{name}"),
+            help,
+            MetricType::Counter,
+            rows,
+        );
+    }
+    counter(
+        r,
+        "shoal_dataplane_unknown_peer",
+        "Datagrams on the encrypted port from an address that is no peer",
+        d.unknown_peer,
+    );
+    counter(
+        r,
+        "shoal_dataplane_broadcast_dropped",
+        "Broadcast and multicast frames of encrypted networks dropped (ARP is answered locally)",
+        d.broadcast_dropped,
+    );
+    gauge(
+        r,
+        "shoal_dataplane_epoch",
+        "Epoch of this start of the encrypted data path",
+        u64::from(d.epoch),
+    );
 }
 
 /// OpenMetrics 1.0 text, as `prometheus-client` writes it (ends in `# EOF`).
@@ -949,6 +1044,20 @@ mod tests {
                 failures_total: 1,
             }),
             tasks_running: Some(3),
+            dataplane: Some(crate::proto::gossip::EncryptionStatus {
+                mode: "userspace".into(),
+                key_ids: vec![3, 2, 1],
+                port: 4790,
+                epoch: 4,
+                peers: vec![crate::proto::gossip::PeerCounters {
+                    node: "h2".into(),
+                    tx_packets: 10,
+                    replays: 2,
+                    ..Default::default()
+                }],
+                unknown_peer: 1,
+                broadcast_dropped: 0,
+            }),
         }
     }
 
@@ -985,6 +1094,10 @@ mod tests {
             ("shoal_dns_failures_total", "counter"),
             ("shoal_tasks_running", "gauge"),
             ("shoal_build_info", "gauge"),
+            ("shoal_dataplane_tx_packets_total", "counter"),
+            ("shoal_dataplane_replays_total", "counter"),
+            ("shoal_dataplane_unknown_peer_total", "counter"),
+            ("shoal_dataplane_epoch", "gauge"),
         ] {
             assert_eq!(x.ty(name), Some(ty), "TYPE of {name}\n{text}");
             assert!(
@@ -1051,6 +1164,10 @@ mod tests {
         assert_eq!(x.get("shoal_session_connected_nodes", &[]), Some(5.0));
         assert_eq!(x.get("shoal_dns_queries_total", &[]), Some(40.0));
         assert_eq!(x.get("shoal_tasks_running", &[]), Some(3.0));
+        let peer = [("peer", "h2")];
+        assert_eq!(x.get("shoal_dataplane_tx_packets_total", &peer), Some(10.0));
+        assert_eq!(x.get("shoal_dataplane_replays_total", &peer), Some(2.0));
+        assert_eq!(x.get("shoal_dataplane_unknown_peer_total", &[]), Some(1.0));
         assert_eq!(
             x.get(
                 "shoal_build_info",

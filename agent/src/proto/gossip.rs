@@ -26,6 +26,9 @@ pub struct NetStatus {
     pub differences: Vec<String>,
     /// How many differences in all.
     pub total_differences: usize,
+    /// An encrypted network's data path on this node.
+    #[serde(default)]
+    pub encryption: Option<EncryptionStatus>,
 }
 
 /// This node's gossip agent, once started; shared by the worker (endpoint
@@ -57,4 +60,62 @@ impl GossipSlot {
     pub fn take(&self) -> Option<Gossip> {
         self.0.write().ok().and_then(|mut g| g.take())
     }
+}
+
+/// Gossip table where each node advertises its encrypted data path (key
+/// = node id): the UDP port it receives on and the data-plane key ids it
+/// holds, so that peers send only with a key it can open.
+pub const DATAPLANE_TABLE: &str = "dpkeys";
+
+/// The mode of encrypted overlays: AES-256-GCM in the daemon, over UDP
+/// (kernel ESP is not offered: no kernel here has it).
+pub const ENCRYPTION_MODE: &str = "userspace";
+
+/// One node's data-path advertisement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneAdvert {
+    /// UDP port of its encrypted data path.
+    pub port: u16,
+    /// Data-plane key ids it holds, newest first.
+    pub keys: Vec<u32>,
+}
+
+/// What `network inspect --verbose` shows of an encrypted network on one
+/// node: the mode, the key ids in use (never key material) and per-peer
+/// counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EncryptionStatus {
+    /// `userspace` (AES-256-GCM over UDP), the only mode.
+    pub mode: String,
+    /// Data-plane key ids this node holds, newest first.
+    pub key_ids: Vec<u32>,
+    /// UDP port it receives on.
+    pub port: u16,
+    /// This start's epoch.
+    pub epoch: u32,
+    /// Per peer: node id and counters.
+    pub peers: Vec<PeerCounters>,
+    /// Datagrams from addresses that are no peer (node-wide).
+    pub unknown_peer: u64,
+    /// Broadcast/multicast frames dropped (node-wide; ARP for remote
+    /// endpoints is answered locally instead).
+    pub broadcast_dropped: u64,
+}
+
+/// Counters of the encrypted data path toward one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct PeerCounters {
+    pub node: String,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub auth_failures: u64,
+    pub replays: u64,
+    pub unknown_key: u64,
+    pub stale_epoch: u64,
+    pub malformed: u64,
+    pub no_common_key: u64,
+    pub spoofed: u64,
 }

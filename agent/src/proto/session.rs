@@ -162,6 +162,9 @@ pub struct Assignments {
     /// gossip entries count only with their owner's signature.
     #[serde(default)]
     pub gossip_keys: BTreeMap<String, Vec<u8>>,
+    /// Data-plane key ring of encrypted overlays, newest first.
+    #[serde(default)]
+    pub dataplane_keys: Vec<GossipKey>,
 }
 
 impl std::fmt::Debug for Assignments {
@@ -188,6 +191,7 @@ impl Assignments {
             && self.services == other.services
             && self.ingress_endpoint == other.ingress_endpoint
             && self.gossip_keys == other.gossip_keys
+            && self.dataplane_keys == other.dataplane_keys
     }
 }
 

@@ -203,7 +203,7 @@ impl Swarm {
         let worker = Arc::new(Worker::new(
             me.clone(),
             sf.data_path_addr,
-            &config.run_dir,
+            &config,
             upstreams,
             gossip.clone(),
             rpc.clone(),
@@ -475,6 +475,7 @@ impl Swarm {
                 failures_total: dns.failures,
             }),
             tasks_running: Some(self.worker.tasks_running()),
+            dataplane: self.worker.overlay.encrypted.status(),
         }
     }
 

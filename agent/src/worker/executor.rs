@@ -355,14 +355,16 @@ impl Executor {
                 ));
             };
             if net.encrypted {
-                return Err((
-                    TaskState::Rejected,
-                    anyhow::anyhow!(
-                        "network {} is encrypted but this node cannot encrypt overlay traffic \
-                         (no IPsec ESP): refusing to attach rather than send plaintext",
-                        net.name
-                    ),
-                ));
+                if let Err(why) = overlay.encrypted.ready(ctx.vtep, ctx.port) {
+                    return Err((
+                        TaskState::Rejected,
+                        anyhow::anyhow!(
+                            "network {} is encrypted but {why}: refusing to attach rather \
+                             than send plaintext",
+                            net.name
+                        ),
+                    ));
+                }
             }
             networks.push((net.clone(), ep.clone()));
         }

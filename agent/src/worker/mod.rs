@@ -29,12 +29,15 @@ use crate::worker::containers::Containers;
 pub mod containers;
 mod directory;
 pub mod dns;
+pub mod encrypted;
 pub mod exec;
 pub mod executor;
 mod host;
 pub mod overlay;
 pub mod session;
 
+use crate::config::Config;
+use encrypted::Encrypted;
 use executor::Executor;
 use overlay::{Overlay, StartSpec};
 
@@ -66,18 +69,25 @@ impl Worker {
     pub fn new(
         me: NodeId,
         data_path_addr: IpAddr,
-        run_dir: &Path,
+        config: &Config,
         upstreams: Vec<SocketAddr>,
         gossip: GossipSlot,
         rpc: Arc<dyn NodeRpc>,
         containers: Arc<Containers>,
     ) -> Worker {
         Worker {
-            me,
+            me: me.clone(),
             data_path_addr,
             data_path_port: AtomicU16::new(4789),
             containers,
-            overlay: Overlay::new(run_dir),
+            overlay: Overlay::new(
+                &config.run_dir,
+                Encrypted::new(
+                    me.to_string(),
+                    config.data_dir.clone(),
+                    config.encrypted_port,
+                ),
+            ),
             executor: Executor::new(upstreams),
             gossip,
             rpc,
@@ -134,6 +144,9 @@ impl Worker {
         if a.data_path_port != 0 {
             self.data_path_port
                 .store(a.data_path_port, Ordering::Relaxed);
+        }
+        if self.overlay.encrypted.set_ring(&a.dataplane_keys) {
+            self.overlay.kick.notify_one();
         }
     }
 
@@ -209,14 +222,16 @@ impl Worker {
             _ => return Err(ApiError::internal("unexpected answer to attach")),
         };
         if net.encrypted {
-            // Fail closed: IPsec for overlays is not implemented (and this
-            // kernel class has no ESP); never carry the traffic in clear.
-            let _ = self.release_endpoint(&net.id, &ep.id).await;
-            return Err(ApiError::invalid(format!(
-                "network {} is encrypted (--opt encrypted) but this node cannot encrypt overlay \
-                 traffic (no IPsec ESP support here): refusing to attach rather than send plaintext",
-                net.name
-            )));
+            // Fail closed: never carry an encrypted network's traffic in
+            // clear; without keys or a data path, no attach.
+            if let Err(why) = self.overlay.encrypted.ready(vtep, self.data_path_port()) {
+                let _ = self.release_endpoint(&net.id, &ep.id).await;
+                return Err(ApiError::invalid(format!(
+                    "network {} is encrypted (--opt encrypted) but {why}: refusing to attach \
+                     rather than send plaintext",
+                    net.name
+                )));
+            }
         }
         let name = if name.is_empty() {
             ep.id.chars().take(12).collect()
@@ -583,7 +598,8 @@ async fn overlay_loop(worker: Weak<Worker>) {
                 Some(rx) => loop {
                     match rx.recv().await {
                         Ok(shoal_membership::Event::EntryChanged(e))
-                            if e.table.starts_with("ep/") =>
+                            if e.table.starts_with("ep/")
+                                || e.table == crate::proto::gossip::DATAPLANE_TABLE =>
                         {
                             return
                         }

@@ -56,6 +56,8 @@ pub struct Overlay {
     exits: std::sync::Arc<Mutex<BTreeMap<u32, i32>>>,
     /// Wakes the reconciler.
     pub kick: tokio::sync::Notify,
+    /// The userspace data path of encrypted networks.
+    pub encrypted: super::encrypted::Encrypted,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -66,8 +68,9 @@ impl std::fmt::Debug for Overlay {
 
 impl Overlay {
     /// Workload records live in `<run_dir>/workloads/`.
-    pub fn new(run_dir: &Path) -> Overlay {
+    pub fn new(run_dir: &Path, encrypted: super::encrypted::Encrypted) -> Overlay {
         let overlay = Overlay {
+            encrypted,
             run_dir: run_dir.to_owned(),
             driver: tokio::sync::Mutex::new(None),
             gw: tokio::sync::Mutex::new(None),
@@ -557,8 +560,14 @@ impl Overlay {
         // is then always part of it.
         let report = self
             .with_driver(async |d: &mut Driver| {
-                let desired = desired(&self.desired_networks(), vtep, port, gossip, me);
-                Ok(d.reconcile(&desired).await?)
+                let nets = self.desired_networks();
+                let desired = desired(&nets, vtep, port, gossip, me);
+                let report = d.reconcile(&desired).await?;
+                // A TAP just attached gets its MTU and link state now.
+                if self.encrypted.sync(d, &nets, vtep, port, gossip).await {
+                    d.reconcile(&desired).await?;
+                }
+                Ok(report)
             })
             .await;
         let metrics = crate::metrics::global();
@@ -623,17 +632,36 @@ impl Overlay {
                 in_sync: total == 0,
                 differences,
                 total_differences: total,
+                encryption: n.encrypted.then(|| self.encrypted.status()).flatten(),
             };
             let key = format!("{me}/{}", n.id);
             keep.insert(key.clone());
             let Ok(value) = serde_json::to_vec(&status) else {
                 continue;
             };
-            let same = g
+            let held = g
                 .entries(STATUS_TABLE)
-                .iter()
-                .any(|e| e.key == key && e.value == value);
-            if !same {
+                .into_iter()
+                .find(|e| e.key == key && e.owner == me);
+            if let Some(held) = held.as_ref().filter(|e| e.value != value) {
+                // Counters move with every packet: they alone refresh the
+                // entry at most every STATUS_COUNTERS_EVERY.
+                let stale = |v: &[u8]| {
+                    serde_json::from_slice::<NetStatus>(v).ok().map(|mut s| {
+                        if let Some(e) = s.encryption.as_mut() {
+                            e.peers.clear();
+                            e.unknown_peer = 0;
+                            e.broadcast_dropped = 0;
+                        }
+                        s
+                    })
+                };
+                let counters_only = stale(&held.value) == stale(&value);
+                if counters_only && !status_due(&key) {
+                    continue;
+                }
+            }
+            if held.is_none_or(|e| e.value != value) {
                 g.put(STATUS_TABLE, &key, value);
             }
         }
@@ -655,6 +683,26 @@ impl Overlay {
         let desired = desired(&self.desired_networks(), vtep, port, gossip, me);
         self.with_driver(async move |d: &mut Driver| Ok(d.diff(&desired).await?))
             .await
+    }
+}
+
+/// How often changed data-path counters alone republish a network status.
+const STATUS_COUNTERS_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether status `key`'s counters may be republished now (and if so,
+/// the clock restarts).
+fn status_due(key: &str) -> bool {
+    static LAST: Mutex<BTreeMap<String, std::time::Instant>> = Mutex::new(BTreeMap::new());
+    let Ok(mut last) = LAST.lock() else {
+        return true;
+    };
+    let now = std::time::Instant::now();
+    match last.get(key) {
+        Some(t) if now.duration_since(*t) < STATUS_COUNTERS_EVERY => false,
+        _ => {
+            last.insert(key.to_string(), now);
+            true
+        }
     }
 }
 
@@ -732,6 +780,7 @@ fn desired(
                         mtu: n.mtu,
                         local_vtep: vtep,
                         port,
+                        encrypted: n.encrypted,
                     },
                     remote,
                 )

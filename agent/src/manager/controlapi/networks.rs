@@ -11,7 +11,7 @@ use shoal_model::state::{Command, Node};
 use shoal_model::{now_ms, NodeId};
 
 use crate::manager::Manager;
-use crate::proto::gossip::{NetStatus, STATUS_TABLE};
+use crate::proto::gossip::{EncryptionStatus, NetStatus, ENCRYPTION_MODE, STATUS_TABLE};
 
 /// `network create`: allocation happens in Raft apply.
 pub async fn create(m: &Manager, mut spec: NetworkSpec) -> Result<String, ApiError> {
@@ -83,9 +83,13 @@ pub async fn remove(m: &Manager, network: &str) -> Result<String, ApiError> {
 /// documents, with the data-path addresses of nodes that have
 /// endpoints as peers.
 pub async fn inspect(m: &Manager, names: &[String]) -> Result<Vec<serde_json::Value>, ApiError> {
-    let (nets, nodes) = m
+    let (nets, nodes, key_ids, port) = m
         .store()
-        .read(|s| (s.networks.clone(), s.nodes.clone()))
+        .read(|s| {
+            let port = s.cluster.as_ref().map_or(4789, |c| c.data_path_port);
+            let ids: Vec<u32> = s.dataplane_keys.iter().map(|k| k.id).collect();
+            (s.networks.clone(), s.nodes.clone(), ids, port)
+        })
         .await?;
     let selected: Vec<_> = if names.is_empty() {
         nets.values().cloned().collect()
@@ -99,7 +103,10 @@ pub async fn inspect(m: &Manager, names: &[String]) -> Result<Vec<serde_json::Va
             })
             .collect::<Result<_, _>>()?
     };
-    Ok(selected.iter().map(|n| network_doc(n, &nodes)).collect())
+    Ok(selected
+        .iter()
+        .map(|n| network_doc(n, &nodes, &key_ids, port))
+        .collect())
 }
 
 /// `network inspect --verbose`: each node's view of each network from
@@ -133,6 +140,7 @@ pub async fn add_node_views(m: &Manager, docs: &mut [serde_json::Value]) -> Resu
                     "InSync": st.in_sync,
                     "Differences": st.differences,
                     "TotalDifferences": st.total_differences,
+                    "Encryption": st.encryption.as_ref().map(encryption_view),
                 }),
             );
         }
@@ -141,8 +149,48 @@ pub async fn add_node_views(m: &Manager, docs: &mut [serde_json::Value]) -> Resu
     Ok(())
 }
 
-/// A network as `network inspect` shows it (docker's field names).
-fn network_doc(n: &Network, nodes: &BTreeMap<NodeId, Node>) -> serde_json::Value {
+/// One node's encrypted data path in `network inspect --verbose`.
+fn encryption_view(e: &EncryptionStatus) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = e
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "Node": p.node,
+                "TxPackets": p.tx_packets,
+                "TxBytes": p.tx_bytes,
+                "RxPackets": p.rx_packets,
+                "RxBytes": p.rx_bytes,
+                "AuthFailures": p.auth_failures,
+                "Replays": p.replays,
+                "UnknownKey": p.unknown_key,
+                "StaleEpoch": p.stale_epoch,
+                "Malformed": p.malformed,
+                "NoCommonKey": p.no_common_key,
+                "Spoofed": p.spoofed,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "Mode": e.mode,
+        "KeyIds": e.key_ids,
+        "Port": e.port,
+        "Epoch": e.epoch,
+        "Peers": peers,
+        "UnknownPeer": e.unknown_peer,
+        "BroadcastDropped": e.broadcast_dropped,
+    })
+}
+
+/// A network as `network inspect` shows it (docker's field names);
+/// `key_ids` is the data-plane ring (shown for encrypted networks, never
+/// the keys), `data_path_port` the cluster's VXLAN port.
+fn network_doc(
+    n: &Network,
+    nodes: &BTreeMap<NodeId, Node>,
+    key_ids: &[u32],
+    data_path_port: u16,
+) -> serde_json::Value {
     let mut options = serde_json::Map::new();
     options.insert(
         "com.docker.network.driver.overlay.vxlanid_list".into(),
@@ -194,9 +242,10 @@ fn network_doc(n: &Network, nodes: &BTreeMap<NodeId, Node>) -> serde_json::Value
         "Version": n.version,
         "Encryption": if n.encrypted {
             serde_json::json!({
-                "State": "unavailable",
-                "Reason": "IPsec ESP for overlay traffic is not available on these nodes: \
-                           workloads and tasks are refused on this network (fail closed, no plaintext)",
+                "Mode": ENCRYPTION_MODE,
+                "Cipher": "AES-256-GCM",
+                "KeyIds": key_ids,
+                "DefaultPort": data_path_port.wrapping_add(1),
             })
         } else {
             serde_json::Value::Null

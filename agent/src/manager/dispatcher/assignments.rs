@@ -66,6 +66,7 @@ pub fn assignments_of(state: &State, node: &NodeId) -> Assignments {
             .iter()
             .map(|(n, k)| (n.to_string(), k.clone()))
             .collect(),
+        dataplane_keys: state.dataplane_keys.clone(),
     };
     with_tasks(a, state, node)
 }
