@@ -1,0 +1,556 @@
+//! Encrypted overlays (`--opt encrypted`) end to end on real kernels:
+//! workloads on two lab hosts talk through the userspace data path
+//! (TAP `dp0` -> AES-256-GCM -> UDP 4790) and the underlay never carries
+//! their bytes in clear. The traffic is made by this test inside the
+//! workloads' own network namespaces and captured with AF_PACKET in the
+//! lab's underlay namespace. Needs root, iproute2 and the built `shoal`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_lab::Lab;
+use shoal_tests::{cli, exec, wait_for};
+
+const CONFIG: &str =
+    "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
+/// The encrypted data path's port (data-path port 4789 + 1).
+const ENCRYPTED_PORT: u16 = 4790;
+
+/// Three hosts, one manager; `app` plain and `secret` encrypted.
+fn encrypted_lab() -> Lab {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(CONFIG)
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    for (name, subnet, extra) in [
+        ("app", "10.0.9.0/24", None),
+        ("secret", "10.0.10.0/24", Some("encrypted")),
+    ] {
+        let mut args = vec!["network", "create", "--attachable", "--subnet", subnet];
+        if let Some(o) = extra {
+            args.extend(["--opt", o]);
+        }
+        args.push(name);
+        cli(&lab, 1, &args).unwrap();
+    }
+    wait_for("gossip everywhere", Duration::from_secs(20), || {
+        (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
+    });
+    lab
+}
+
+/// `shoal run` a sleeper on `net` (retried while the node's data-plane
+/// key is on its way); its `ps` record.
+fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let argv = [
+        "run",
+        "--runtime",
+        "host",
+        "--network",
+        net,
+        "--name",
+        name,
+        "--",
+        "sleep",
+        "600",
+    ];
+    while let Err(e) = cli(lab, host, &argv) {
+        assert!(Instant::now() < deadline, "shoal run on h{host}: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v: Value =
+        serde_json::from_str(&cli(lab, host, &["--format", "json", "ps"]).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no workload {name} on h{host}: {v}"))
+}
+
+fn pid(w: &Value) -> u32 {
+    w["pid"].as_u64().unwrap() as u32
+}
+
+fn ip(w: &Value) -> std::net::Ipv4Addr {
+    w["endpoint"]["ip"].as_str().unwrap().parse().unwrap()
+}
+
+/// Runs `f` on a thread inside the network namespace of process `pid`.
+fn in_ns_of<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
+
+fn wait_reachable(lab: &Lab, host: usize, w: &Value, to: std::net::Ipv4Addr) {
+    let p = pid(w).to_string();
+    let to = to.to_string();
+    wait_for(
+        &format!("h{host}'s workload pings {to}"),
+        Duration::from_secs(30),
+        || {
+            exec(
+                lab,
+                host,
+                &["nsenter", "-t", &p, "-n", "ping", "-c1", "-W1", &to],
+            )
+            .0
+        },
+    );
+}
+
+/// Every frame seen on any interface of namespace `/run/netns/<ns>`
+/// until `stop` is set.
+fn capture(ns: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )
+        .expect("AF_PACKET socket");
+        socket::setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+        .unwrap();
+        socket::setsockopt(&fd, sockopt::RcvBuf, &(64 << 20)).unwrap();
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            match socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &mut buf,
+                socket::MsgFlags::empty(),
+            ) {
+                Ok(n) if n > 0 => frames.push(buf[..n].to_vec()),
+                _ => continue,
+            }
+        }
+        frames
+    })
+}
+
+/// A frame's IPv4/UDP ports and payload, if it is one.
+fn udp(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+        return None;
+    }
+    let u = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let p = frame.get(u..u + 8)?;
+    Some((
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+        frame.get(u + 8..)?,
+    ))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The canary: 16 random bytes, repeated to fill every payload.
+fn canary() -> [u8; 16] {
+    let mut c = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut c)
+        .unwrap();
+    c
+}
+
+fn filled(canary: &[u8; 16], len: usize) -> Vec<u8> {
+    canary.iter().copied().cycle().take(len).collect()
+}
+
+/// `count` UDP datagrams full of the canary from `from`'s namespace to
+/// `to:7000`, each echoed by `to`'s namespace (resent until echoed, so
+/// every one of them crosses both ways). Returns how many were echoed.
+fn udp_exchange(from: &Value, to: &Value, canary: [u8; 16], count: usize) -> usize {
+    let dst = SocketAddr::new(ip(to).into(), 7000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let echo = in_ns_of(pid(to), move || {
+        let s = UdpSocket::bind(dst).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    let sent = in_ns_of(pid(from), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut echoed = 0;
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..count {
+            let mut d = filled(&canary, 1000);
+            d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            while Instant::now() < deadline {
+                s.send_to(&d, dst).unwrap();
+                match s.recv_from(&mut buf) {
+                    Ok((n, _)) if buf[..n] == d[..] => {
+                        echoed += 1;
+                        break;
+                    }
+                    _ => continue,
+                }
+            }
+        }
+        echoed
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    sent
+}
+
+/// `bytes` of canary over one TCP connection from `from` to `to:7001`;
+/// (bytes received, whether they equal what was sent).
+fn tcp_transfer(from: &Value, to: &Value, canary: [u8; 16], bytes: usize) -> (usize, bool) {
+    let dst = SocketAddr::new(ip(to).into(), 7001);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = in_ns_of(pid(to), move || {
+        let l = TcpListener::bind(dst).unwrap();
+        tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        got
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let data = filled(&canary, bytes);
+    let expect = data.clone();
+    in_ns_of(pid(from), move || {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(10)).unwrap();
+        c.write_all(&data).unwrap();
+    })
+    .join()
+    .unwrap();
+    let got = sink.join().unwrap();
+    (got.len(), got == expect)
+}
+
+#[test]
+fn encrypted_traffic_flows_and_the_underlay_never_sees_it_in_clear() {
+    let lab = encrypted_lab();
+    let (s1, s2) = (
+        run_sleeper(&lab, 1, "secret", "s1"),
+        run_sleeper(&lab, 2, "secret", "s2"),
+    );
+    let (p1, p2) = (
+        run_sleeper(&lab, 1, "app", "p1"),
+        run_sleeper(&lab, 2, "app", "p2"),
+    );
+    wait_reachable(&lab, 1, &s1, ip(&s2));
+    wait_reachable(&lab, 1, &p1, ip(&p2));
+
+    let underlay = shoal_lab::names::underlay_ns(&lab.prefix());
+    let stop = Arc::new(AtomicBool::new(false));
+    let cap = capture(underlay, stop.clone());
+    std::thread::sleep(Duration::from_millis(200)); // the socket is open
+    let secret = canary();
+    let echoed = udp_exchange(&s1, &s2, secret, 1000);
+    let (got, same) = tcp_transfer(&s1, &s2, secret, 10 << 20);
+    let plain = canary();
+    let control = udp_exchange(&p1, &p2, plain, 20);
+    stop.store(true, Ordering::Relaxed);
+    let frames = cap.join().unwrap();
+
+    assert_eq!(
+        echoed, 1000,
+        "UDP datagrams echoed over the encrypted network"
+    );
+    assert_eq!(
+        (got, same),
+        (10 << 20, true),
+        "the TCP stream arrived intact"
+    );
+    assert_eq!(control, 20, "UDP datagrams echoed over the plain network");
+    let sealed = frames
+        .iter()
+        .filter(|f| udp(f).is_some_and(|(_, d, _)| d == ENCRYPTED_PORT))
+        .count();
+    assert!(
+        sealed >= 2000,
+        "only {sealed} datagrams to UDP {ENCRYPTED_PORT} on the underlay"
+    );
+    let leaked = frames.iter().filter(|f| contains(f, &secret)).count();
+    assert_eq!(
+        leaked, 0,
+        "the encrypted network's canary crossed the underlay in clear"
+    );
+    let vni = |net: &str| -> u32 {
+        let v: Value =
+            serde_json::from_str(&cli(&lab, 1, &["network", "inspect", net]).unwrap()).unwrap();
+        v[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let secret_vni = vni("secret");
+    let vxlan_of_secret = frames
+        .iter()
+        .filter_map(|f| udp(f))
+        .filter(|(_, d, p)| *d == 4789 && p.len() >= 8)
+        .filter(|(_, _, p)| u32::from_be_bytes([0, p[4], p[5], p[6]]) == secret_vni)
+        .count();
+    assert_eq!(vxlan_of_secret, 0, "VXLAN frames of the encrypted network");
+    // The control: the plain network's canary is there for anyone to read.
+    let seen = frames.iter().filter(|f| contains(f, &plain)).count();
+    assert!(
+        seen >= 20,
+        "the plain network's canary was not captured ({seen})"
+    );
+}
+
+/// A host's `/metrics` samples whose name starts with `prefix`.
+fn scrape(lab: &Lab, host: usize, prefix: &str) -> std::collections::BTreeMap<String, f64> {
+    let out = lab
+        .exec(
+            host,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9323/metrics",
+            ],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One data-path counter of `host` toward peer node `peer`.
+fn counter(lab: &Lab, host: usize, name: &str, peer: &str) -> f64 {
+    let key = format!("shoal_dataplane_{name}_total{{peer=\"{peer}\"}}");
+    scrape(lab, host, "shoal_dataplane_")
+        .get(&key)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Sends `datagrams` to `to` from a UDP socket bound to `from` inside lab
+/// host `host`'s namespace.
+fn inject(
+    lab: &Lab,
+    host: usize,
+    from: std::net::Ipv4Addr,
+    to: SocketAddr,
+    datagrams: Vec<Vec<u8>>,
+) {
+    let ns = lab.host(host).unwrap().ns;
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = UdpSocket::bind(SocketAddr::new(from.into(), 0)).unwrap();
+        for d in datagrams {
+            s.send_to(&d, to).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
+    let lab = encrypted_lab();
+    let (s1, s2) = (
+        run_sleeper(&lab, 1, "secret", "s1"),
+        run_sleeper(&lab, 2, "secret", "s2"),
+    );
+    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (h1, h2, h3) = (
+        lab.host(1).unwrap(),
+        lab.host(2).unwrap(),
+        lab.host(3).unwrap(),
+    );
+    let n1 = shoal_tests::node_id(&lab, 1);
+
+    // s2 counts every datagram that reaches its port 7000.
+    let dst = SocketAddr::new(ip(&s2).into(), 7000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s_stop = stop.clone();
+    let (tx, ready) = std::sync::mpsc::channel();
+    let listener = in_ns_of(pid(&s2), move || {
+        let s = UdpSocket::bind(dst).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 2048];
+        while !s_stop.load(Ordering::Relaxed) {
+            if s.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    });
+    ready.recv().unwrap();
+
+    // One genuine datagram, captured on the underlay while h2 drops it
+    // (so that its counter is still unseen there).
+    for cmd in [
+        "add table inet shoal_test_drop",
+        "add chain inet shoal_test_drop input { type filter hook input priority -10 ; }",
+        "add rule inet shoal_test_drop input udp dport 4790 drop",
+    ] {
+        let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        let (ok, out) = exec(&lab, 2, &argv);
+        assert!(ok, "nft {cmd}: {out}");
+    }
+    let cap_stop = Arc::new(AtomicBool::new(false));
+    let cap = capture(
+        shoal_lab::names::underlay_ns(&lab.prefix()),
+        cap_stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let n2 = shoal_tests::node_id(&lab, 2);
+    let sent_before = counter(&lab, 1, "tx_packets", &n2);
+    let secret = canary();
+    in_ns_of(pid(&s1), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(&filled(&secret, 1000), dst).unwrap();
+    })
+    .join()
+    .unwrap();
+    wait_for("h1 sealed the datagram", Duration::from_secs(10), || {
+        counter(&lab, 1, "tx_packets", &n2) > sent_before
+    });
+    std::thread::sleep(Duration::from_millis(200)); // it crossed the bridge
+    cap_stop.store(true, Ordering::Relaxed);
+    let (ok, out) = exec(
+        &lab,
+        2,
+        &["nft", "delete", "table", "inet", "shoal_test_drop"],
+    );
+    assert!(ok, "nft: {out}");
+    let sealed = cap
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|f| udp(f).map(|(_, d, p)| (d, p.to_vec())))
+        .filter(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 14 + 20 + 8 + 1000)
+        .map(|(_, p)| p)
+        .next()
+        .expect("the sealed datagram on the underlay");
+    assert!(
+        !contains(&sealed, &secret),
+        "the canary is in clear in the datagram"
+    );
+    let delivered = counter(&lab, 2, "rx_packets", &n1);
+
+    let flip = |i: usize| {
+        let mut d = sealed.clone();
+        d[i] ^= 0x01;
+        d
+    };
+    let to = SocketAddr::new(h2.addr.into(), ENCRYPTED_PORT);
+    // In this order: the forgeries first (their counter is unseen, so
+    // they reach the authentication check), then the genuine datagram,
+    // then its replay.
+    inject(
+        &lab,
+        1,
+        h1.addr,
+        to,
+        vec![
+            flip(60),               // ciphertext
+            flip(sealed.len() - 1), // tag
+            flip(15),               // header (counter)
+            sealed.clone(),         // genuine: delivered once
+            sealed.clone(),         // replay
+            sealed[..30].to_vec(),  // truncated
+            {
+                let mut d = sealed.clone(); // a key id nobody has
+                d[4] ^= 0xff;
+                d
+            },
+        ],
+    );
+    // h3 is a member, but no peer of h2 on this network.
+    inject(&lab, 3, h3.addr, to, vec![sealed.clone()]);
+
+    for (name, want) in [
+        ("replays", 1.0),
+        ("auth_failures", 3.0),
+        ("malformed", 1.0),
+        ("unknown_key", 1.0),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(&lab, 2, name, &n1) != want {
+            assert!(
+                Instant::now() < deadline,
+                "want {name} = {want} on h2 for h1 ({n1}): {:#?}",
+                scrape(&lab, 2, "shoal_dataplane_")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    wait_for("unknown_peer on h2", Duration::from_secs(10), || {
+        scrape(&lab, 2, "shoal_dataplane_unknown_peer")
+            .values()
+            .any(|v| *v >= 1.0)
+    });
+    assert_eq!(
+        counter(&lab, 2, "rx_packets", &n1),
+        delivered + 1.0,
+        "only the genuine datagram is delivered, once"
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(listener.join().unwrap(), 1, "s2 got something extra");
+    // The counters are in `network inspect --verbose` too (published at
+    // most every 10 s), with the mode and the key ids.
+    let ids = |v: &Value| v["KeyIds"].as_array().map(Vec::len).unwrap_or(0);
+    wait_for(
+        "counters in network inspect --verbose",
+        Duration::from_secs(30),
+        || {
+            let v: Value = serde_json::from_str(
+                &cli(&lab, 1, &["network", "inspect", "--verbose", "secret"]).unwrap(),
+            )
+            .unwrap();
+            let e = &v[0]["Nodes"][&h2.name]["Encryption"];
+            v[0]["Encryption"]["Mode"] == "userspace"
+                && ids(&v[0]["Encryption"]) >= 1
+                && e["Peers"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["Node"] == n1.as_str() && p["Replays"] == 1)
+                })
+        },
+    );
+}
