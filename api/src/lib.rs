@@ -483,6 +483,10 @@ pub struct SwarmInfo {
     /// Gossip key ring held by this node (ids only, never key material).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyInfo>,
+    /// Data-plane key ring of encrypted overlays held by this node (ids
+    /// only), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dataplane_keys: Vec<KeyInfo>,
 }
 
 /// A gossip key as `info` shows it: identity only.

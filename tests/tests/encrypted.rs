@@ -554,3 +554,195 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
         },
     );
 }
+
+/// This host's data-plane key ids (`info`), newest first.
+fn dataplane_keys(lab: &Lab, host: usize) -> Vec<u64> {
+    shoal_tests::info(lab, host)["swarm"]["dataplane_keys"]
+        .as_array()
+        .map(|ks| ks.iter().filter_map(|k| k["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Cut (or heal) host `host`'s control traffic with the manager at
+/// `manager` (2377 both ways: its session and node calls); gossip and the
+/// data path stay up.
+fn cut_session(lab: &Lab, host: usize, manager: std::net::Ipv4Addr, cut: bool) {
+    let rules: Vec<String> = if cut {
+        vec![
+            "add table inet shoal_test_cut".into(),
+            "add chain inet shoal_test_cut output { type filter hook output priority -10 ; }"
+                .into(),
+            format!("add rule inet shoal_test_cut output ip daddr {manager} udp dport 2377 drop"),
+            format!("add rule inet shoal_test_cut output ip daddr {manager} tcp dport 2377 drop"),
+            "add chain inet shoal_test_cut input { type filter hook input priority -10 ; }".into(),
+            format!("add rule inet shoal_test_cut input ip saddr {manager} udp sport 2377 drop"),
+            format!("add rule inet shoal_test_cut input ip saddr {manager} tcp sport 2377 drop"),
+        ]
+    } else {
+        vec!["delete table inet shoal_test_cut".into()]
+    };
+    for r in rules {
+        let argv: Vec<&str> = std::iter::once("nft").chain(r.split(' ')).collect();
+        let (ok, out) = exec(lab, host, &argv);
+        assert!(ok, "nft {r}: {out}");
+    }
+}
+
+#[test]
+fn key_rotations_lose_nothing_even_with_a_session_cut() {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::Hasher;
+    let lab = encrypted_lab();
+    let (s1, s2) = (
+        run_sleeper(&lab, 1, "secret", "s1"),
+        run_sleeper(&lab, 2, "secret", "s2"),
+    );
+    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (n1, n2) = (shoal_tests::node_id(&lab, 1), shoal_tests::node_id(&lab, 2));
+    let bad = |lab: &Lab| -> f64 {
+        ["auth_failures", "unknown_key", "no_common_key"]
+            .iter()
+            .map(|c| counter(lab, 1, c, &n2) + counter(lab, 2, c, &n1))
+            .sum()
+    };
+    let bad_before = bad(&lab);
+    let before = dataplane_keys(&lab, 1);
+    assert!(!before.is_empty(), "no data-plane keys on h1");
+
+    // Numbered UDP at 2000 datagrams/s, s1 -> s2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let udp_to = SocketAddr::new(ip(&s2).into(), 7002);
+    let (tx, ready) = std::sync::mpsc::channel();
+    let r_stop = stop.clone();
+    let receiver = in_ns_of(pid(&s2), move || {
+        let s = UdpSocket::bind(udp_to).unwrap();
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(8 << 20)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 64];
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((8, _)) => {
+                    seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                    quiet_since = None;
+                }
+                Ok(_) => {}
+                Err(_) if r_stop.load(Ordering::Relaxed) => {
+                    // Done once the sender stopped and a second passed quietly.
+                    let q = *quiet_since.get_or_insert_with(Instant::now);
+                    if q.elapsed() > Duration::from_secs(1) {
+                        return seen;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    ready.recv().unwrap();
+    let s_stop = stop.clone();
+    let sender = in_ns_of(pid(&s1), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let start = Instant::now();
+        let mut i = 0u64;
+        while !s_stop.load(Ordering::Relaxed) {
+            let due = start + Duration::from_micros(500 * i);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            s.send_to(&i.to_be_bytes(), udp_to).unwrap();
+            i += 1;
+        }
+        i
+    });
+    // A hashed TCP stream beside it, s1 -> s2, 8 MB/s.
+    let tcp_to = SocketAddr::new(ip(&s2).into(), 7003);
+    let (tx, ready) = std::sync::mpsc::channel();
+    let sink = in_ns_of(pid(&s2), move || {
+        let l = TcpListener::bind(tcp_to).unwrap();
+        tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (mut h, mut n, mut buf) = (DefaultHasher::new(), 0usize, vec![0u8; 65536]);
+        loop {
+            let k = c.read(&mut buf).unwrap();
+            if k == 0 {
+                return (n, h.finish());
+            }
+            h.write(&buf[..k]);
+            n += k;
+        }
+    });
+    ready.recv().unwrap();
+    let t_stop = stop.clone();
+    let source = in_ns_of(pid(&s1), move || {
+        let mut c = TcpStream::connect_timeout(&tcp_to, Duration::from_secs(10)).unwrap();
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (mut h, mut n, start) = (DefaultHasher::new(), 0usize, Instant::now());
+        while !t_stop.load(Ordering::Relaxed) {
+            let due = start + Duration::from_micros(8 * n as u64 / 64); // 8 MB/s
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            c.write_all(&chunk).unwrap();
+            h.write(&chunk);
+            n += chunk.len();
+        }
+        (n, h.finish())
+    });
+
+    // Four rotations 3 s apart; during the third, h2 cannot reach the
+    // manager, so it learns that key only after the cut heals.
+    let manager = lab.host(1).unwrap().addr;
+    for round in 1..=4 {
+        if round == 3 {
+            cut_session(&lab, 2, manager, true);
+        }
+        cli(&lab, 1, &["swarm", "rotate-keys"]).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        if round == 3 {
+            assert_ne!(
+                dataplane_keys(&lab, 2).first(),
+                dataplane_keys(&lab, 1).first(),
+                "the cut did not keep the new key from h2"
+            );
+            cut_session(&lab, 2, manager, false);
+        }
+        let newest = dataplane_keys(&lab, 1)[0];
+        wait_for(
+            &format!("h2 holds the key of rotation {round}"),
+            Duration::from_secs(60),
+            || dataplane_keys(&lab, 2).first() == Some(&newest),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let (sent_bytes, sent_hash) = source.join().unwrap();
+    let seen = receiver.join().unwrap();
+    let (got_bytes, got_hash) = sink.join().unwrap();
+
+    let after = dataplane_keys(&lab, 1);
+    assert!(
+        after.iter().all(|k| !before.contains(k)),
+        "the ring was not replaced: {before:?} -> {after:?}"
+    );
+    let missing: Vec<u64> = (0..sent).filter(|i| !seen.contains(i)).take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} datagrams lost across the rotations, first: {missing:?}",
+        sent as usize - seen.len()
+    );
+    assert!(sent > 20_000, "only {sent} datagrams sent");
+    assert_eq!(
+        (got_bytes, got_hash),
+        (sent_bytes, sent_hash),
+        "the TCP stream differs"
+    );
+    assert_eq!(
+        bad(&lab),
+        bad_before,
+        "auth failures, unknown keys or unsendable frames"
+    );
+}

@@ -297,6 +297,7 @@ impl Swarm {
             trusted_roots: self.identity().roots.len(),
             session_manager: self.session.connected().map(|a| a.to_string()),
             keys,
+            dataplane_keys: self.worker.overlay.encrypted.key_infos(),
             state: SwarmState::Active,
             cluster_id: Some(sf.cluster_id),
             role: Some(sf.role),

@@ -83,6 +83,21 @@ impl Encrypted {
         }
     }
 
+    /// The ring's ids and Lamport times, for `info` (never key material).
+    pub fn key_infos(&self) -> Vec<shoal_api::KeyInfo> {
+        self.ring
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|k| shoal_api::KeyInfo {
+                        id: k.id,
+                        lamport: k.lamport,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn ring_ids(&self) -> Vec<u32> {
         self.ring
             .lock()
