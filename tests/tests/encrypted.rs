@@ -746,3 +746,114 @@ fn key_rotations_lose_nothing_even_with_a_session_cut() {
         "auth failures, unknown keys or unsendable frames"
     );
 }
+
+#[test]
+fn services_resolve_balance_and_publish_over_encrypted_networks() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(CONFIG)
+        .start()
+        .unwrap();
+    lab.init_swarm(1).unwrap();
+    // The routing mesh itself encrypted: ingress replaced by an encrypted one.
+    cli(&lab, 1, &["network", "rm", "ingress"]).unwrap();
+    for args in [
+        &[
+            "--ingress",
+            "--opt",
+            "encrypted",
+            "--subnet",
+            "10.0.20.0/24",
+            "ingress",
+        ][..],
+        &["--opt", "encrypted", "--subnet", "10.0.21.0/24", "secret"][..],
+    ] {
+        let mut a = vec!["network", "create"];
+        a.extend_from_slice(args);
+        cli(&lab, 1, &a).unwrap();
+    }
+    wait_for("gossip everywhere", Duration::from_secs(20), || {
+        (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let cap = capture(shoal_lab::names::underlay_ns(&lab.prefix()), stop.clone());
+    shoal_tests::create_echo(
+        &lab,
+        "web",
+        &["--replicas", "3", "--network", "secret", "-p", "8080:80"],
+    )
+    .unwrap();
+    wait_for("3 running tasks", Duration::from_secs(60), || {
+        shoal_tests::json(&lab, 1, &["service", "ps", "web"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "running")
+            .count()
+            == 3
+    });
+    // The routing mesh on every host, balanced over the tasks.
+    let http = |host: usize, url: &str| {
+        let (ok, out) = exec(&lab, host, &["curl", "-s", "--max-time", "2", url]);
+        ok.then(|| out.trim().to_string())
+    };
+    for h in 1..=3 {
+        let url = format!("http://{}:8080/", lab.host(h).unwrap().addr);
+        wait_for(
+            &format!("h{h}:8080 answers"),
+            Duration::from_secs(30),
+            || http(h, &url).is_some_and(|b| b.starts_with("web.")),
+        );
+    }
+    let url1 = format!("http://{}:8080/", lab.host(1).unwrap().addr);
+    let answers: std::collections::BTreeSet<String> =
+        (0..12).filter_map(|_| http(2, &url1)).collect();
+    assert!(
+        answers.len() > 1,
+        "the mesh balances over tasks: {answers:?}"
+    );
+    // DNS and the VIP from inside a task, across nodes.
+    let task = shoal_tests::json(&lab, 1, &["ps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["task"].is_string())
+        .map(|w| w["pid"].as_u64().unwrap().to_string())
+        .expect("a task on h1");
+    let in_task = |argv: &[&str]| {
+        let mut a = vec!["nsenter", "-t", &task, "-n", "-m", "--"];
+        a.extend_from_slice(argv);
+        exec(&lab, 1, &a)
+    };
+    let (ok, out) = in_task(&["getent", "ahostsv4", "tasks.web"]);
+    let ips: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(ok && ips.len() == 3, "tasks.web -> 3 IPs: {out}");
+    let over_vip: std::collections::BTreeSet<String> = (0..12)
+        .filter_map(|_| {
+            let (ok, out) = in_task(&["curl", "-s", "--max-time", "3", "http://web/"]);
+            ok.then(|| out.trim().to_string())
+        })
+        .collect();
+    assert!(
+        over_vip.len() > 1,
+        "the VIP balances over tasks: {over_vip:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let frames = cap.join().unwrap();
+    let sealed = frames
+        .iter()
+        .filter(|f| udp(f).is_some_and(|(_, d, _)| d == ENCRYPTED_PORT))
+        .count();
+    let vxlan = frames
+        .iter()
+        .filter(|f| udp(f).is_some_and(|(_, d, _)| d == 4789))
+        .count();
+    assert!(sealed > 0, "no sealed datagrams on the underlay");
+    assert_eq!(
+        vxlan, 0,
+        "VXLAN frames on the underlay, though every overlay is encrypted"
+    );
+}
