@@ -857,3 +857,207 @@ fn services_resolve_balance_and_publish_over_encrypted_networks() {
         "VXLAN frames on the underlay, though every overlay is encrypted"
     );
 }
+
+#[test]
+fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead() {
+    let lab = encrypted_lab();
+    let (s1, s2) = (
+        run_sleeper(&lab, 1, "secret", "s1"),
+        run_sleeper(&lab, 2, "secret", "s2"),
+    );
+    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (h1, h2) = (lab.host(1).unwrap(), lab.host(2).unwrap());
+    let n1 = shoal_tests::node_id(&lab, 1);
+    let epoch = |lab: &Lab| {
+        scrape(lab, 1, "shoal_dataplane_epoch")
+            .values()
+            .next()
+            .copied()
+    };
+    let epoch_before = epoch(&lab).expect("h1's data path epoch");
+
+    // Numbered UDP at 1000/s from s1 to s2, each arrival timed; the
+    // capture keeps one sealed datagram of h1's current epoch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cap_stop = Arc::new(AtomicBool::new(false));
+    let cap = capture(
+        shoal_lab::names::underlay_ns(&lab.prefix()),
+        cap_stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let to = SocketAddr::new(ip(&s2).into(), 7004);
+    let (tx, ready) = std::sync::mpsc::channel();
+    let r_stop = stop.clone();
+    let receiver = in_ns_of(pid(&s2), move || {
+        let s = UdpSocket::bind(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut arrivals = Vec::new();
+        let mut buf = [0u8; 64];
+        while !r_stop.load(Ordering::Relaxed) {
+            if let Ok((8, _)) = s.recv_from(&mut buf) {
+                arrivals.push((
+                    u64::from_be_bytes(buf[..8].try_into().unwrap()),
+                    Instant::now(),
+                ));
+            }
+        }
+        arrivals
+    });
+    ready.recv().unwrap();
+    let s_stop = stop.clone();
+    let sender = in_ns_of(pid(&s1), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let start = Instant::now();
+        let mut i = 0u64;
+        while !s_stop.load(Ordering::Relaxed) {
+            let due = start + Duration::from_millis(i);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let _ = s.send_to(&i.to_be_bytes(), to);
+            i += 1;
+        }
+    });
+    let rx = |lab: &Lab| counter(lab, 2, "rx_packets", &n1);
+    let flowing = rx(&lab);
+    wait_for(
+        "traffic before the restart",
+        Duration::from_secs(10),
+        || rx(&lab) > flowing + 100.0,
+    );
+    cap_stop.store(true, Ordering::Relaxed);
+    let old = cap
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|f| udp(f).map(|(_, d, p)| (d, p.to_vec())))
+        .find(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 14 + 20 + 8 + 8)
+        .map(|(_, p)| p)
+        .expect("a sealed datagram of the stream");
+
+    lab.restart(1).unwrap();
+    let before_restart = rx(&lab);
+    shoal_tests::wait_until(
+        "encrypted traffic after the restart",
+        Duration::from_secs(60),
+        || (rx(&lab) > before_restart + 100.0).then_some(()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let arrivals = receiver.join().unwrap();
+    let pause = arrivals
+        .windows(2)
+        .map(|w| w[1].1.duration_since(w[0].1))
+        .max()
+        .unwrap_or_default();
+    // Reported, not asserted (a timing): the README quotes it.
+    eprintln!("encrypted traffic paused {pause:?} over h1's daemon restart");
+    assert!(
+        shoal_tests::json(&lab, 1, &["ps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == "s1" && w["pid"].as_u64() == Some(u64::from(pid(&s1)))),
+        "s1 did not survive the restart"
+    );
+    let epoch_after = epoch(&lab).expect("h1's data path epoch after the restart");
+    assert!(
+        epoch_after > epoch_before,
+        "epoch {epoch_before} -> {epoch_after}"
+    );
+    // A datagram of h1's previous start, replayed now: stale, not delivered.
+    let stale = counter(&lab, 2, "stale_epoch", &n1);
+    inject(
+        &lab,
+        1,
+        h1.addr,
+        SocketAddr::new(h2.addr.into(), ENCRYPTED_PORT),
+        vec![old],
+    );
+    wait_for(
+        "the old datagram counted stale",
+        Duration::from_secs(10),
+        || counter(&lab, 2, "stale_epoch", &n1) == stale + 1.0,
+    );
+}
+
+#[test]
+fn a_node_cut_off_for_two_rotations_cannot_read_the_others_and_recovers() {
+    let lab = encrypted_lab();
+    let (s1, s2) = (
+        run_sleeper(&lab, 1, "secret", "s1"),
+        run_sleeper(&lab, 2, "secret", "s2"),
+    );
+    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let n2 = shoal_tests::node_id(&lab, 2);
+    let manager = lab.host(1).unwrap().addr;
+    let held = dataplane_keys(&lab, 2);
+    cut_session(&lab, 2, manager, true);
+    for _ in 0..2 {
+        cli(&lab, 1, &["swarm", "rotate-keys"]).unwrap();
+    }
+    assert_eq!(dataplane_keys(&lab, 2), held, "h2 got keys through the cut");
+    // h1 now holds no key h2 may be sent: nothing of s1's reaches s2, and
+    // h1 counts what it could not send.
+    let refused = counter(&lab, 1, "no_common_key", &n2);
+    let dst = SocketAddr::new(ip(&s2).into(), 7005);
+    let (tx, ready) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let r_stop = stop.clone();
+    let receiver = in_ns_of(pid(&s2), move || {
+        let s = UdpSocket::bind(dst).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut got = 0u64;
+        let mut buf = [0u8; 64];
+        while !r_stop.load(Ordering::Relaxed) {
+            if s.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    });
+    ready.recv().unwrap();
+    let send = |n: usize| {
+        in_ns_of(pid(&s1), move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0..n {
+                let _ = s.send_to(&(i as u64).to_be_bytes(), dst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .join()
+        .unwrap()
+    };
+    // h1 must have the new ring and h2's (stale) advertisement first.
+    let newest = dataplane_keys(&lab, 1)[0];
+    wait_for("h1 holds the newest key", Duration::from_secs(10), || {
+        dataplane_keys(&lab, 1).first() == Some(&newest)
+    });
+    let n1 = shoal_tests::node_id(&lab, 1);
+    let rx_cut = counter(&lab, 2, "rx_packets", &n1);
+    send(50);
+    wait_for("h1 refuses to send to h2", Duration::from_secs(10), || {
+        counter(&lab, 1, "no_common_key", &n2) >= refused + 50.0
+    });
+    assert_eq!(
+        counter(&lab, 2, "rx_packets", &n1),
+        rx_cut,
+        "h2 received s1's traffic while two rotations behind"
+    );
+    // Healed: h2 catches up, and s1's traffic reaches s2 again.
+    cut_session(&lab, 2, manager, false);
+    wait_for("h2 holds the newest key", Duration::from_secs(60), || {
+        dataplane_keys(&lab, 2).first() == Some(&newest)
+    });
+    wait_for("s1 reaches s2 again", Duration::from_secs(30), || {
+        send(5);
+        counter(&lab, 2, "rx_packets", &n1) >= rx_cut + 5.0
+    });
+    stop.store(true, Ordering::Relaxed);
+    let got = receiver.join().unwrap();
+    assert!(got >= 5, "s2 received {got} datagrams after the heal");
+}
