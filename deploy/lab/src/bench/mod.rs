@@ -70,6 +70,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, LabError> {
         .map_err(|e| LabError::io("starting the benchmark runtime".to_string(), e))
 }
 
+/// CPU time (user + system, clock ticks) process `pid` has used.
+fn proc_cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 fn emit(out: Option<&Path>, summary: &str, line: &Value) -> Result<(), LabError> {
     println!("{summary}");
     println!("{line}");

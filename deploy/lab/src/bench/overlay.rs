@@ -1,10 +1,11 @@
 //! The overlay benchmarks: `bench reconcile` (programming remote endpoints
 //! into an overlay namespace with the netdriver, in one lab host) and
 //! `bench overlay` (ping RTT and TCP throughput workload -> workload over
-//! VXLAN against the same over the underlay), with the `tcp-sink` and
+//! VXLAN and over an encrypted overlay, against the same over the
+//! underlay, with the daemons' CPU while encrypting), with the `tcp-sink` and
 //! `tcp-source` programs it runs inside the namespaces.
 //!
-//! Data flow: `overlay_pair` starts two hosts with one workload each
+//! Data flow: `overlay_pair` starts two hosts with one workload per network each
 //! through the CLI ([`cli_timeout`]); `ping` and the sink/source run in the
 //! hosts' or workloads' namespaces ([`run_timeout`], [`Lab::command`]) and
 //! report on stdout; the figures go out as one JSON line through
@@ -197,74 +198,74 @@ pub fn parse_ping(out: &str) -> Option<(f64, f64, f64, f64)> {
     Some((*nums.first()?, *nums.get(1)?, *nums.get(2)?, loss))
 }
 
-/// A started two-host lab with one workload per host on an attachable
-/// overlay: the lab, and per host (pid, overlay IP).
-fn overlay_pair() -> Result<(Lab, [(u32, String); 2]), LabError> {
+/// A started two-host lab with one workload per host on each of two
+/// attachable overlays, `bench` (VXLAN) and `sbench` (`--opt encrypted`):
+/// the lab, and per network per host (pid, overlay IP).
+fn overlay_pair() -> Result<(Lab, [[(u32, String); 2]; 2]), LabError> {
     let lab = Lab::builder()
         .nodes(2)
         .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\n")
         .start()?;
     lab.init_swarm(1)?;
     let t = Duration::from_secs(10);
-    cli_timeout(
-        &lab,
-        1,
-        &[
-            "network",
-            "create",
-            "--attachable",
-            "--subnet",
-            "10.0.9.0/24",
-            "bench",
-        ],
-        t,
-    )
-    .map_err(|e| LabError::Bench(format!("network create: {e}")))?;
-    let mut wl = Vec::new();
-    for h in 1..=2 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match cli_timeout(
-                &lab,
-                h,
-                &[
-                    "run",
-                    "--runtime",
-                    "host",
-                    "--network",
-                    "bench",
-                    "--name",
-                    "b",
-                    "--",
-                    "sleep",
-                    "100000",
-                ],
-                t,
-            ) {
-                Ok(_) => break,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(LabError::Bench(format!("shoal run on h{h}: {e}")))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
-            }
+    for (name, subnet, opt) in [
+        ("bench", "10.0.9.0/24", None),
+        ("sbench", "10.0.10.0/24", Some("encrypted")),
+    ] {
+        let mut argv = vec!["network", "create", "--attachable", "--subnet", subnet];
+        if let Some(o) = opt {
+            argv.extend(["--opt", o]);
         }
-        let ps: Value = serde_json::from_str(
-            &cli_timeout(&lab, h, &["--format", "json", "ps"], t).map_err(LabError::Bench)?,
-        )
-        .map_err(|e| LabError::Bench(format!("ps on h{h}: {e}")))?;
-        let pid = ps[0]["pid"].as_u64().unwrap_or_default() as u32;
-        let ip = ps[0]["endpoint"]["ip"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if pid == 0 || ip.is_empty() {
-            return Err(LabError::Bench(format!("no workload in ps on h{h}: {ps}")));
-        }
-        wl.push((pid, ip));
+        argv.push(name);
+        cli_timeout(&lab, 1, &argv, t)
+            .map_err(|e| LabError::Bench(format!("network create {name}: {e}")))?;
     }
-    let w2 = wl.pop().unwrap_or_default();
-    let w1 = wl.pop().unwrap_or_default();
-    Ok((lab, [w1, w2]))
+    let mut nets = Vec::new();
+    for net in ["bench", "sbench"] {
+        let mut wl = Vec::new();
+        for h in 1..=2 {
+            wl.push(workload(&lab, h, net)?);
+        }
+        let w2 = wl.pop().unwrap_or_default();
+        let w1 = wl.pop().unwrap_or_default();
+        nets.push([w1, w2]);
+    }
+    let s = nets.pop().unwrap_or_default();
+    let p = nets.pop().unwrap_or_default();
+    Ok((lab, [p, s]))
+}
+
+/// `shoal run` a sleeper named after `net` on host `h`: (pid, overlay IP).
+fn workload(lab: &Lab, h: usize, net: &str) -> Result<(u32, String), LabError> {
+    let t = Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let argv = [
+        "run", "--runtime", "host", "--network", net, "--name", net, "--", "sleep", "100000",
+    ];
+    loop {
+        match cli_timeout(lab, h, &argv, t) {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(LabError::Bench(format!("shoal run on h{h}: {e}")))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+    let ps: Value = serde_json::from_str(
+        &cli_timeout(lab, h, &["--format", "json", "ps"], t).map_err(LabError::Bench)?,
+    )
+    .map_err(|e| LabError::Bench(format!("ps on h{h}: {e}")))?;
+    let w = ps
+        .as_array()
+        .and_then(|a| a.iter().find(|w| w["name"] == net))
+        .cloned()
+        .unwrap_or_default();
+    let pid = w["pid"].as_u64().unwrap_or_default() as u32;
+    let ip = w["endpoint"]["ip"].as_str().unwrap_or_default().to_string();
+    if pid == 0 || ip.is_empty() {
+        return Err(LabError::Bench(format!("no workload {net} in ps on h{h}: {ps}")));
+    }
+    Ok((pid, ip))
 }
 
 /// argv prefix that enters workload `pid`'s network namespace (or none).
@@ -362,29 +363,33 @@ fn throughput(
         .ok_or_else(|| LabError::Bench(format!("tcp-sink: no bytes_per_sec in {v}")))
 }
 
-/// `bench overlay`: two hosts, one workload each on an attachable overlay;
-/// ping RTT and TCP throughput workload -> workload over VXLAN, against the
-/// same between the hosts' underlay addresses. `lab_bin` is the shoal-lab
-/// binary (its `tcp-sink`/`tcp-source` run inside the namespaces).
+/// `bench overlay`: two hosts, one workload each on a VXLAN overlay and
+/// on an encrypted one; ping RTT and one TCP stream workload -> workload
+/// over each, against the same between the hosts' underlay addresses,
+/// and the two daemons' CPU while the encrypted stream runs. `lab_bin`
+/// is the shoal-lab binary (its `tcp-sink`/`tcp-source` run inside the
+/// namespaces).
 pub fn overlay(
     seconds: f64,
     pings: usize,
     lab_bin: &Path,
     out: Option<&Path>,
 ) -> Result<(), LabError> {
-    let (lab, [(pid1, ip1), (pid2, ip2)]) = overlay_pair()?;
-    let _ = ip1;
-    // The overlay is up once one ping gets through.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(ping_stats(&lab, 1, Some(pid1), &ip2, 1), Ok(p) if p.3 == 0.0) {
-        if Instant::now() > deadline {
-            return Err(LabError::Bench(
-                "workloads cannot ping over the overlay in 30 s".into(),
-            ));
+    let (lab, [[(pid1, _), (pid2, ip2)], [(spid1, _), (spid2, sip2)]]) = overlay_pair()?;
+    // Each overlay is up once one ping gets through.
+    for (pid, ip) in [(pid1, &ip2), (spid1, &sip2)] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(ping_stats(&lab, 1, Some(pid), ip, 1), Ok(p) if p.3 == 0.0) {
+            if Instant::now() > deadline {
+                return Err(LabError::Bench(format!(
+                    "workloads cannot ping {ip} over the overlay in 30 s"
+                )));
+            }
         }
     }
     let under2 = lab.host(2)?.addr.to_string();
     let o = ping_stats(&lab, 1, Some(pid1), &ip2, pings)?;
+    let e = ping_stats(&lab, 1, Some(spid1), &sip2, pings)?;
     let u = ping_stats(&lab, 1, None, &under2, pings)?;
     let o_bps = throughput(
         &lab,
@@ -394,6 +399,23 @@ pub fn overlay(
         &format!("{ip2}:5201"),
         seconds,
     )?;
+    let daemons = [lab.host(1)?.daemon, lab.host(2)?.daemon].map(|d| d.map_or(0, |d| d.pid));
+    let ticks = || daemons.map(|p| super::proc_cpu_ticks(p).unwrap_or(0));
+    let (t0, w0) = (ticks(), Instant::now());
+    let e_bps = throughput(
+        &lab,
+        lab_bin,
+        (1, Some(spid1)),
+        (2, Some(spid2)),
+        &format!("{sip2}:5203"),
+        seconds,
+    )?;
+    let (t1, wall) = (ticks(), w0.elapsed().as_secs_f64());
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = |i: usize| ((t1[i].saturating_sub(t0[i])) as f64 / hz / wall * 1000.0).round() / 10.0;
     let u_bps = throughput(
         &lab,
         lab_bin,
@@ -409,18 +431,24 @@ pub fn overlay(
             0.0
         }
     };
+    let mbit = |b: f64| b * 8.0 / 1e6;
     let summary = format!(
-        "overlay: ping {pings} x 0.1 s: overlay min/avg/max {:.3}/{:.3}/{:.3} ms ({}% loss), underlay {:.3}/{:.3}/{:.3} ms (avg ratio {:.2}); TCP {seconds} s: overlay {:.0} Mbit/s, underlay {:.0} Mbit/s (ratio {:.2})",
-        o.0, o.1, o.2, o.3, u.0, u.1, u.2, ratio(o.1, u.1),
-        o_bps * 8.0 / 1e6, u_bps * 8.0 / 1e6, ratio(o_bps, u_bps)
+        "overlay: ping {pings} x 0.1 s avg: VXLAN {:.3} ms, encrypted {:.3} ms, underlay {:.3} ms \
+         (encrypted/VXLAN {:.2}); one TCP stream {seconds} s: VXLAN {:.0} Mbit/s, encrypted {:.0} \
+         Mbit/s, underlay {:.0} Mbit/s (encrypted target >= 3000); daemon CPU while encrypted: \
+         sender {}%, receiver {}%",
+        o.1, e.1, u.1, ratio(e.1, o.1), mbit(o_bps), mbit(e_bps), mbit(u_bps), cpu(0), cpu(1)
     );
     let line = json!({"bench": "overlay", "hosts": 2, "pings": pings, "seconds": seconds,
         "overlay_rtt_ms": {"min": o.0, "avg": o.1, "max": o.2}, "overlay_ping_loss_pct": o.3,
+        "encrypted_rtt_ms": {"min": e.0, "avg": e.1, "max": e.2}, "encrypted_ping_loss_pct": e.3,
         "underlay_rtt_ms": {"min": u.0, "avg": u.1, "max": u.2}, "underlay_ping_loss_pct": u.3,
-        "rtt_avg_ratio": ratio(o.1, u.1),
-        "overlay_bytes_per_sec": o_bps.round(), "underlay_bytes_per_sec": u_bps.round(),
-        "throughput_ratio": ratio(o_bps, u_bps),
-        "path": "workload netns -> veth -> br0 -> vx0 (VXLAN, UDP 4789) -> underlay veth/bridge -> peer"});
+        "rtt_avg_ratio": ratio(o.1, u.1), "encrypted_rtt_vs_vxlan": ratio(e.1, o.1),
+        "overlay_bytes_per_sec": o_bps.round(), "encrypted_bytes_per_sec": e_bps.round(),
+        "underlay_bytes_per_sec": u_bps.round(),
+        "throughput_ratio": ratio(o_bps, u_bps), "encrypted_vs_vxlan": ratio(e_bps, o_bps),
+        "daemon_cpu_pct": {"sender": cpu(0), "receiver": cpu(1)},
+        "path": "workload netns -> veth -> br0 -> vx0 (VXLAN, UDP 4789) | dp0 (TAP -> AES-256-GCM in the daemon -> UDP 4790) -> underlay veth/bridge -> peer"});
     emit(out, &summary, &line)?;
     lab.down()
 }

@@ -267,14 +267,6 @@ async fn newest_key(socket: &Path) -> Option<u32> {
     }
 }
 
-fn proc_cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// `bench session`.
 pub fn session(nodes: usize, trials: usize, out: Option<&Path>) -> Result<(), LabError> {
     let heartbeat_ms = 1000u64;
@@ -338,9 +330,9 @@ pub fn session(nodes: usize, trials: usize, out: Option<&Path>) -> Result<(), La
         .map(|d| d.pid)
         .ok_or_else(|| LabError::Bench("leader has no daemon pid".into()))?;
     let window = Duration::from_secs(10);
-    let t0 = proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    let t0 = super::proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
     std::thread::sleep(window);
-    let t1 = proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    let t1 = super::proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
     let tick_ms = 1000.0 / 100.0; // USER_HZ
     let cpu_ms = (t1.saturating_sub(t0)) as f64 * tick_ms;
     let beats = (nodes as f64) * window.as_secs_f64() * 1000.0 / heartbeat_ms as f64;
