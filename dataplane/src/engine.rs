@@ -24,9 +24,12 @@ use tun_rs::{DeviceBuilder, InterruptEvent, Layer, SyncDevice};
 use crate::frame::{classify, macs, Mac, Remotes, Verdict};
 use crate::keys::{direction_key, send_key, RingKey};
 use crate::replay::{Refusal, Replay};
+use crate::vnet;
 use crate::wire::{self, Header, HEADER_LEN, TAG_LEN};
 
-/// Largest frame read from a TAP (no offloads: the MTU bounds it).
+/// Largest read from a TAP: the virtio header and a GSO frame of up to
+/// the TAP's `gso_max_size` (kept below 64 KiB so it seals into one UDP
+/// datagram).
 const MAX_FRAME: usize = 65_535;
 
 /// A peer node as the agent knows it.
@@ -321,6 +324,7 @@ impl Engine {
             .name(name)
             .layer(Layer::L2)
             .mtu(mtu)
+            .offload(true)
             .enable(false)
             .build_sync()
             .map_err(ioerr(format!("create TAP device {name}")))?;
@@ -466,10 +470,15 @@ fn send_loop(s: &Shared, vni: u32, dev: &SyncDevice, stop: &InterruptEvent) {
             s.unknown_destination.fetch_add(1, Relaxed);
             continue;
         };
-        let peer = match classify(&buf[HEADER_LEN..HEADER_LEN + n], remotes) {
+        // [virtio-net header][frame]: both are sealed and sent as one.
+        let frame = buf
+            .get(HEADER_LEN + vnet::LEN..HEADER_LEN + n)
+            .unwrap_or_default();
+        let peer = match classify(frame, remotes) {
             Verdict::Send(p) => p.clone(),
             Verdict::ArpReply(r) => {
-                if dev.send(&r).is_ok() {
+                let reply = [&vnet::NONE[..], &r].concat();
+                if dev.send(&reply).is_ok() {
                     s.arp_replies.fetch_add(1, Relaxed);
                 }
                 continue;
@@ -499,7 +508,8 @@ fn send_loop(s: &Shared, vni: u32, dev: &SyncDevice, stop: &InterruptEvent) {
         };
         if s.sock.send_to(&buf[..len], peer.addr).is_ok() {
             c.tx_packets.fetch_add(1, Relaxed);
-            c.tx_bytes.fetch_add(n as u64, Relaxed);
+            c.tx_bytes
+                .fetch_add(n.saturating_sub(vnet::LEN) as u64, Relaxed);
         }
     }
 }
@@ -563,16 +573,22 @@ fn receive_loop(s: &Shared, sock: &UdpSocket) {
             }
             Err(_) => continue,
         }
+        // [virtio-net header][frame], checked before the TAP sees it.
+        let (hdr, eth) = frame.split_at(vnet::LEN.min(frame.len()));
+        if !vnet::valid(hdr, eth.len()) {
+            c.malformed.fetch_add(1, Relaxed);
+            continue;
+        }
         // Authentic, but the frame must come from one of the sender's own
         // endpoints: a member cannot speak for another node's workloads.
-        let owner = macs(frame).and_then(|(_, src)| remotes.by_mac.get(&src));
+        let owner = macs(eth).and_then(|(_, src)| remotes.by_mac.get(&src));
         if owner.is_none_or(|p| p.node != peer.node) {
             c.spoofed.fetch_add(1, Relaxed);
             continue;
         }
         if tap.send(frame).is_ok() {
             c.rx_packets.fetch_add(1, Relaxed);
-            c.rx_bytes.fetch_add(frame.len() as u64, Relaxed);
+            c.rx_bytes.fetch_add(eth.len() as u64, Relaxed);
         }
     }
 }

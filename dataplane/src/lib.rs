@@ -18,6 +18,8 @@
 //!   ring key to send with;
 //! - [`replay`]: the per (peer, key) epoch and sliding window;
 //! - [`frame`]: what to do with a frame (send, answer ARP, drop);
+//! - [`vnet`]: the TAP's virtio-net header (TSO and checksum offload:
+//!   up to 60 KB per datagram), checked on receive;
 //! - [`epoch`]: the per-start epoch, persisted and fsynced before use.
 //!
 //! The shell, [`Engine`], is one UDP socket and blocking threads (one per
@@ -28,6 +30,7 @@ pub mod epoch;
 pub mod frame;
 pub mod keys;
 pub mod replay;
+pub mod vnet;
 pub mod wire;
 
 pub use engine::{Engine, EngineError, Inputs, Peer, PeerStats, Remote, Stats};

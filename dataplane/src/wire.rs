@@ -6,6 +6,9 @@
 //! | ver | VNI (24 bit) | key id | epoch  | counter     | ciphertext  | tag |
 //! ```
 //!
+//! The ciphertext is the TAP's virtio-net header (10 bytes, see
+//! [`crate::vnet`]) followed by the Ethernet frame.
+//!
 //! All integers are big-endian. The nonce is `epoch || counter` (12
 //! bytes): the sender never reuses a counter within an epoch and never
 //! reuses an epoch (it is persisted before use), so a nonce never repeats
@@ -24,9 +27,9 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to the frame it carries.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// Bytes an encrypted overlay costs on the underlay below its MTU:
-/// outer IPv4 (20) + UDP (8) + header and tag (36) + the inner
-/// Ethernet header (14) = 78 (VXLAN costs 50).
-pub const UNDERLAY_OVERHEAD: u32 = 20 + 8 + SEAL_OVERHEAD as u32 + 14;
+/// outer IPv4 (20) + UDP (8) + header and tag (36) + the virtio-net
+/// header (10) + the inner Ethernet header (14) = 88 (VXLAN costs 50).
+pub const UNDERLAY_OVERHEAD: u32 = 20 + 8 + SEAL_OVERHEAD as u32 + 10 + 14;
 /// Largest VNI.
 pub const MAX_VNI: u32 = 0x00ff_ffff;
 

@@ -123,6 +123,13 @@ fn link_mac(m: &LinkMessage) -> Mac {
         .unwrap_or_default()
 }
 
+fn link_gso_max_size(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::GsoMaxSize(g) => Some(*g),
+        _ => None,
+    })
+}
+
 fn link_controller(m: &LinkMessage) -> Option<u32> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::Controller(c) => Some(*c),
@@ -513,6 +520,23 @@ async fn structural(t: &Target<'_>, op: Op) -> Result<(), NetError> {
             let dev = if op == Op::AttachTap { TAP } else { VXLAN };
             let br = index_of(t.network, net, BRIDGE).await?;
             let vx = index_of(t.network, net, dev).await?;
+            if op == Op::AttachTap {
+                // Its TSO frames must seal into one UDP datagram; the
+                // bridge carries the limit to the workloads' devices (see
+                // `attach`), whose TCP stacks size their frames by it.
+                for i in [vx, br] {
+                    let gso = LinkAttribute::GsoMaxSize(crate::plan::ENCRYPTED_GSO_MAX_SIZE);
+                    net.link()
+                        .set(
+                            LinkUnspec::new_with_index(i)
+                                .append_extra_attribute(gso)
+                                .build(),
+                        )
+                        .execute()
+                        .await
+                        .map_err(err())?;
+                }
+            }
             net.link()
                 .set(LinkUnspec::new_with_index(vx).controller(br).up().build())
                 .execute()
@@ -697,25 +721,25 @@ pub(crate) async fn attach(
             op: "open workload namespace",
             source,
         })?;
-        net.link()
-            .set(
-                LinkUnspec::new_with_index(pi)
-                    .setns_by_fd(f.as_raw_fd())
-                    .name(ifname)
-                    .address(mac.to_vec())
-                    .mtu(mtu)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(
-                network,
-                format!(
-                    "move {peer} into {} as {ifname} (mac {})",
-                    workload_path.display(),
-                    MacDisplay(mac)
-                ),
-            ))?;
+        // The workload's TCP stack sizes its TSO frames by its device:
+        // no larger than what the bridge can pass on (an encrypted
+        // network's `dp0` takes at most 60,000).
+        let mut moved = LinkUnspec::new_with_index(pi)
+            .setns_by_fd(f.as_raw_fd())
+            .name(ifname)
+            .address(mac.to_vec())
+            .mtu(mtu);
+        if let Some(gso) = link_gso_max_size(&br).filter(|g| *g < 65_536) {
+            moved = moved.append_extra_attribute(LinkAttribute::GsoMaxSize(gso));
+        }
+        net.link().set(moved.build()).execute().await.map_err(nl(
+            network,
+            format!(
+                "move {peer} into {} as {ifname} (mac {})",
+                workload_path.display(),
+                MacDisplay(mac)
+            ),
+        ))?;
         drop(f);
         let hi = index_of(network, net, &host).await?;
         net.link()

@@ -28,9 +28,13 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Name of the TAP device of an encrypted network inside its namespace
 /// (the userspace data path's end of the bridge, in place of `vx0`).
 pub const TAP: &str = "dp0";
-/// What an encrypted network costs below the underlay MTU: outer IPv4 20
-/// + UDP 8 + sealed header 20 + AES-GCM tag 16 + inner Ethernet 14.
-pub const ENCRYPTED_OVERHEAD: u32 = 78;
+/// What an encrypted network costs below the underlay MTU: outer IPv4
+/// (20), UDP (8), sealed header (20), AES-GCM tag (16), virtio-net header
+/// (10) and inner Ethernet (14).
+pub const ENCRYPTED_OVERHEAD: u32 = 88;
+/// `gso_max_size` of `dp0` (and of workload ends on an encrypted network):
+/// a TSO frame this large still seals into one UDP datagram.
+pub const ENCRYPTED_GSO_MAX_SIZE: u32 = 60_000;
 
 /// Wrapper that prints a MAC the way `bridge fdb` does, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -748,14 +752,14 @@ mod tests {
     fn an_encrypted_network_has_a_bridge_and_no_vxlan_or_tables() {
         let mut s = spec();
         s.encrypted = true;
-        let d = NetworkDesired::resolve(&s, &[ep(1, 2)], 1422).unwrap();
+        let d = NetworkDesired::resolve(&s, &[ep(1, 2)], 1412).unwrap();
         assert!(d.fdb.is_empty() && d.neigh.is_empty());
         let ops = plan_network(&d, &KernelState::default());
         assert_eq!(
             ops,
             vec![
                 Op::CreateNamespace,
-                Op::CreateBridge { mtu: 1422 },
+                Op::CreateBridge { mtu: 1412 },
                 Op::AddBridgeAddr("10.0.9.1/24".parse().unwrap()),
             ]
         );
@@ -775,7 +779,7 @@ mod tests {
                 Op::DeleteVxlan,
                 Op::SetMtu {
                     device: Device::Tap,
-                    mtu: 1422
+                    mtu: 1412
                 },
                 Op::AttachTap,
             ]
@@ -784,7 +788,7 @@ mod tests {
         k.vxlan = None;
         k.tap = Some(TapState {
             up: true,
-            mtu: 1422,
+            mtu: 1412,
             controller: bridge,
         });
         assert!(plan_network(&d, &k).is_empty());
@@ -795,9 +799,9 @@ mod tests {
         let mut s = spec();
         s.encrypted = true;
         s.mtu = Some(9000);
-        assert_eq!(NetworkDesired::resolve(&s, &[], 1422).unwrap().mtu, 1422);
+        assert_eq!(NetworkDesired::resolve(&s, &[], 1412).unwrap().mtu, 1412);
         s.mtu = Some(1300);
-        assert_eq!(NetworkDesired::resolve(&s, &[], 1422).unwrap().mtu, 1300);
+        assert_eq!(NetworkDesired::resolve(&s, &[], 1412).unwrap().mtu, 1300);
         s.encrypted = false;
         s.mtu = Some(9000);
         assert_eq!(NetworkDesired::resolve(&s, &[], 1450).unwrap().mtu, 9000);

@@ -464,7 +464,7 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
         .unwrap()
         .iter()
         .filter_map(|f| udp(f).map(|(_, d, p)| (d, p.to_vec())))
-        .filter(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 14 + 20 + 8 + 1000)
+        .filter(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 10 + 14 + 20 + 8 + 1000)
         .map(|(_, p)| p)
         .next()
         .expect("the sealed datagram on the underlay");
@@ -933,7 +933,7 @@ fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead
         .unwrap()
         .iter()
         .filter_map(|f| udp(f).map(|(_, d, p)| (d, p.to_vec())))
-        .find(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 14 + 20 + 8 + 8)
+        .find(|(d, p)| *d == ENCRYPTED_PORT && p.len() == 36 + 10 + 14 + 20 + 8 + 8)
         .map(|(_, p)| p)
         .expect("a sealed datagram of the stream");
 

@@ -33,6 +33,7 @@ pub mod encrypted;
 pub mod exec;
 pub mod executor;
 mod host;
+mod netstatus;
 pub mod overlay;
 pub mod session;
 

@@ -21,7 +21,6 @@ use shoal_model::network::{Endpoint, Network};
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
 use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
 
-use crate::proto::gossip::{NetStatus, STATUS_TABLE};
 use tracing::{info, warn};
 
 /// What to start.
@@ -135,7 +134,7 @@ impl Overlay {
             .cloned()
     }
 
-    async fn with_driver<R>(
+    pub(super) async fn with_driver<R>(
         &self,
         f: impl AsyncFnOnce(&mut Driver) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
@@ -279,6 +278,11 @@ impl Overlay {
                         crate::metrics::global().observe_reconcile(started.elapsed(), 0, false);
                         return Err(e.into());
                     }
+                }
+                // An encrypted network's `dp0` before the workload's veth,
+                // which takes its offload limit from the bridge.
+                if self.encrypted.sync(d, &nets, vtep, port, gossip).await {
+                    d.reconcile(&desired).await?;
                 }
                 let mut out = Vec::new();
                 for (i, (net, ep)) in wanted.into_iter().enumerate() {
@@ -497,7 +501,7 @@ impl Overlay {
             .collect()
     }
 
-    fn desired_networks(&self) -> Vec<Network> {
+    pub(super) fn desired_networks(&self) -> Vec<Network> {
         let mut nets: BTreeMap<String, Network> = BTreeMap::new();
         for w in self.list() {
             for a in w.attachments {
@@ -585,91 +589,9 @@ impl Overlay {
             info!(?report, "overlay reconciled");
         }
         if let Some(g) = gossip {
-            self.publish_status(g, me, vtep, port).await;
+            super::netstatus::publish(self, g, me, vtep, port).await;
         }
         Ok(())
-    }
-
-    /// Publish this node's view of each network it holds (peers, and what
-    /// differs between desired and kernel state) in the `netstatus` gossip
-    /// table, for `network inspect --verbose` on any node.
-    async fn publish_status(&self, g: &Gossip, me: &str, vtep: Ipv4Addr, port: u16) {
-        let nets = self.desired_networks();
-        let want = desired(&nets, vtep, port, Some(g), me);
-        let diff = match self
-            .with_driver(async move |d: &mut Driver| Ok(d.diff(&want).await?))
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                warn!("network status: {e:#}");
-                return;
-            }
-        };
-        let mut keep = std::collections::BTreeSet::new();
-        for n in &nets {
-            let mut peers: Vec<String> = g
-                .entries(&EndpointRecord::table(&n.id))
-                .iter()
-                .filter(|e| e.owner != me)
-                .filter_map(|e| EndpointRecord::decode(&e.value).ok())
-                .map(|r| r.vtep.to_string())
-                .collect();
-            peers.sort();
-            peers.dedup();
-            let mut differences: Vec<String> = diff
-                .iter()
-                .filter(|(id, _)| *id == n.id)
-                .flat_map(|(_, l)| l.iter().cloned())
-                .collect();
-            let total = differences.len();
-            differences.truncate(STATUS_DIFF_LINES);
-            let status = NetStatus {
-                network: n.id.clone(),
-                node: me.to_string(),
-                vtep: vtep.to_string(),
-                peers,
-                in_sync: total == 0,
-                differences,
-                total_differences: total,
-                encryption: n.encrypted.then(|| self.encrypted.status()).flatten(),
-            };
-            let key = format!("{me}/{}", n.id);
-            keep.insert(key.clone());
-            let Ok(value) = serde_json::to_vec(&status) else {
-                continue;
-            };
-            let held = g
-                .entries(STATUS_TABLE)
-                .into_iter()
-                .find(|e| e.key == key && e.owner == me);
-            if let Some(held) = held.as_ref().filter(|e| e.value != value) {
-                // Counters move with every packet: they alone refresh the
-                // entry at most every STATUS_COUNTERS_EVERY.
-                let stale = |v: &[u8]| {
-                    serde_json::from_slice::<NetStatus>(v).ok().map(|mut s| {
-                        if let Some(e) = s.encryption.as_mut() {
-                            e.peers.clear();
-                            e.unknown_peer = 0;
-                            e.broadcast_dropped = 0;
-                        }
-                        s
-                    })
-                };
-                let counters_only = stale(&held.value) == stale(&value);
-                if counters_only && !status_due(&key) {
-                    continue;
-                }
-            }
-            if held.is_none_or(|e| e.value != value) {
-                g.put(STATUS_TABLE, &key, value);
-            }
-        }
-        for e in g.entries(STATUS_TABLE) {
-            if e.owner == me && !keep.contains(&e.key) {
-                g.delete(STATUS_TABLE, &e.key);
-            }
-        }
     }
 
     /// Kernel vs desired differences, for `network inspect --verbose`.
@@ -685,29 +607,6 @@ impl Overlay {
             .await
     }
 }
-
-/// How often changed data-path counters alone republish a network status.
-const STATUS_COUNTERS_EVERY: Duration = Duration::from_secs(10);
-
-/// Whether status `key`'s counters may be republished now (and if so,
-/// the clock restarts).
-fn status_due(key: &str) -> bool {
-    static LAST: Mutex<BTreeMap<String, std::time::Instant>> = Mutex::new(BTreeMap::new());
-    let Ok(mut last) = LAST.lock() else {
-        return true;
-    };
-    let now = std::time::Instant::now();
-    match last.get(key) {
-        Some(t) if now.duration_since(*t) < STATUS_COUNTERS_EVERY => false,
-        _ => {
-            last.insert(key.to_string(), now);
-            true
-        }
-    }
-}
-
-/// Differences listed per node and network (the count is always given).
-const STATUS_DIFF_LINES: usize = 16;
 
 /// How long a gossip view without any exchange with a peer is distrusted
 /// (a lone node never has one).
@@ -746,7 +645,7 @@ fn publish(g: &Gossip, w: &Workload, me: &str, vtep: Ipv4Addr) {
     }
 }
 
-fn desired(
+pub(super) fn desired(
     nets: &[Network],
     vtep: Ipv4Addr,
     port: u16,

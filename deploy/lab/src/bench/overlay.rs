@@ -198,10 +198,13 @@ pub fn parse_ping(out: &str) -> Option<(f64, f64, f64, f64)> {
     Some((*nums.first()?, *nums.get(1)?, *nums.get(2)?, loss))
 }
 
+/// One workload per host on one network: (pid, overlay IP) on h1 and h2.
+type Pair = [(u32, String); 2];
+
 /// A started two-host lab with one workload per host on each of two
 /// attachable overlays, `bench` (VXLAN) and `sbench` (`--opt encrypted`):
 /// the lab, and per network per host (pid, overlay IP).
-fn overlay_pair() -> Result<(Lab, [[(u32, String); 2]; 2]), LabError> {
+fn overlay_pair() -> Result<(Lab, [Pair; 2]), LabError> {
     let lab = Lab::builder()
         .nodes(2)
         .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\n")
@@ -240,7 +243,16 @@ fn workload(lab: &Lab, h: usize, net: &str) -> Result<(u32, String), LabError> {
     let t = Duration::from_secs(10);
     let deadline = Instant::now() + Duration::from_secs(60);
     let argv = [
-        "run", "--runtime", "host", "--network", net, "--name", net, "--", "sleep", "100000",
+        "run",
+        "--runtime",
+        "host",
+        "--network",
+        net,
+        "--name",
+        net,
+        "--",
+        "sleep",
+        "100000",
     ];
     loop {
         match cli_timeout(lab, h, &argv, t) {
@@ -263,7 +275,9 @@ fn workload(lab: &Lab, h: usize, net: &str) -> Result<(u32, String), LabError> {
     let pid = w["pid"].as_u64().unwrap_or_default() as u32;
     let ip = w["endpoint"]["ip"].as_str().unwrap_or_default().to_string();
     if pid == 0 || ip.is_empty() {
-        return Err(LabError::Bench(format!("no workload {net} in ps on h{h}: {ps}")));
+        return Err(LabError::Bench(format!(
+            "no workload {net} in ps on h{h}: {ps}"
+        )));
     }
     Ok((pid, ip))
 }
@@ -432,7 +446,8 @@ pub fn overlay(
         }
     };
     let mbit = |b: f64| b * 8.0 / 1e6;
-    let summary = format!(
+    let summary =
+        format!(
         "overlay: ping {pings} x 0.1 s avg: VXLAN {:.3} ms, encrypted {:.3} ms, underlay {:.3} ms \
          (encrypted/VXLAN {:.2}); one TCP stream {seconds} s: VXLAN {:.0} Mbit/s, encrypted {:.0} \
          Mbit/s, underlay {:.0} Mbit/s (encrypted target >= 3000); daemon CPU while encrypted: \

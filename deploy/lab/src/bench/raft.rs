@@ -330,9 +330,11 @@ pub fn session(nodes: usize, trials: usize, out: Option<&Path>) -> Result<(), La
         .map(|d| d.pid)
         .ok_or_else(|| LabError::Bench("leader has no daemon pid".into()))?;
     let window = Duration::from_secs(10);
-    let t0 = super::proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    let t0 = super::proc_cpu_ticks(pid)
+        .ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
     std::thread::sleep(window);
-    let t1 = super::proc_cpu_ticks(pid).ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
+    let t1 = super::proc_cpu_ticks(pid)
+        .ok_or_else(|| LabError::Bench("cannot read /proc stat".into()))?;
     let tick_ms = 1000.0 / 100.0; // USER_HZ
     let cpu_ms = (t1.saturating_sub(t0)) as f64 * tick_ms;
     let beats = (nodes as f64) * window.as_secs_f64() * 1000.0 / heartbeat_ms as f64;
