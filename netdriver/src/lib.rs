@@ -88,6 +88,7 @@ mod batch;
 mod bench;
 mod driver;
 mod error;
+mod esp;
 mod gwbridge;
 mod kernel;
 mod netns;
@@ -100,6 +101,7 @@ use std::time::Duration;
 pub use bench::{bench_reconcile, BenchReport};
 pub use driver::Driver;
 pub use error::NetError;
+pub use esp::probe_esp;
 pub use gwbridge::{
     gw_table, gw_veth_names, GwAttachment, GwBridge, DEFAULT_GW_SUBNET, GWBRIDGE, GW_IFNAME,
     GW_TABLE,

@@ -64,7 +64,8 @@ pub fn log_line(context: String, r: shoal_runtime::logfile::Record) -> shoal_api
 pub struct NodeReport {
     /// The kernel can create VXLAN devices.
     pub vxlan: bool,
-    /// The kernel has IPsec ESP (xfrm + esp4) for encrypted overlays.
+    /// The kernel can install an `rfc4106(gcm(aes))` ESP SA (probed in a
+    /// scratch namespace); reported only.
     pub esp: bool,
     /// Digest of the root CA that issued the node's certificate (the leader
     /// ends a CA rotation once every live node reports the new one).

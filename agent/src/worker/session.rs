@@ -264,6 +264,23 @@ impl Client {
     }
 }
 
+/// Whether kernel ESP with AES-GCM works here (probed once, the reason
+/// logged): reported only; encrypted overlays use the userspace data
+/// path either way.
+fn esp_available() -> bool {
+    static ESP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ESP.get_or_init(|| match shoal_netdriver::probe_esp() {
+        Ok(()) => {
+            tracing::info!("kernel IPsec ESP (rfc4106(gcm(aes))) is available; encrypted overlays use the userspace data path");
+            true
+        }
+        Err(reason) => {
+            tracing::info!("kernel IPsec ESP is not available ({reason}); encrypted overlays use the userspace data path");
+            false
+        }
+    })
+}
+
 /// What this kernel can do, for the status report.
 pub fn probe_kernel() -> NodeReport {
     let has = |m: &str| {
@@ -274,7 +291,7 @@ pub fn probe_kernel() -> NodeReport {
     };
     NodeReport {
         vxlan: has("vxlan"),
-        esp: has("esp4"),
+        esp: esp_available(),
         ca_digest: String::new(),
         tasks: Vec::new(),
         resources: Some(node_resources()),
