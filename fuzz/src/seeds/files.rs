@@ -69,6 +69,7 @@ fn assignments() -> Assignments {
         managers: vec![(1, SocketAddr::from(([10, 0, 0, 1], 2377)))],
         roots_pem: vec![ca().cert_pem()],
         keys: s.keys.clone(),
+        dataplane_keys: s.keys.clone(),
         heartbeat_ms: 5000,
         data_path_port: 4789,
         tasks: s
@@ -284,5 +285,18 @@ pub(crate) fn net_status() -> NetStatus {
         in_sync: false,
         differences: vec!["fdb 02:42:0a:00:01:02 dst 10.0.0.2 missing".into()],
         total_differences: 1,
+        encryption: Some(shoal::proto::gossip::EncryptionStatus {
+            mode: "userspace".into(),
+            key_ids: vec![3, 2, 1],
+            port: 4790,
+            epoch: 2,
+            peers: vec![shoal::proto::gossip::PeerCounters {
+                node: "node2".into(),
+                tx_packets: 5,
+                ..Default::default()
+            }],
+            unknown_peer: 0,
+            broadcast_dropped: 1,
+        }),
     }
 }

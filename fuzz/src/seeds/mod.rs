@@ -25,6 +25,44 @@ use crate::{ca, NOW_MS};
 use files::*;
 use net::*;
 
+/// The ring key the `dataplane_datagram` target opens with.
+pub const DATAPLANE_KEY: [u8; 32] = [0x44; 32];
+
+/// Sealed datagrams as a peer sends them: an ARP-sized frame and a TSO
+/// segment, each with its virtio-net header, under [`DATAPLANE_KEY`].
+fn dataplane_datagrams() -> Vec<Vec<u8>> {
+    use shoal_dataplane::keys::{direction_key, RingKey};
+    use shoal_dataplane::wire::{self, Header, HEADER_LEN, TAG_LEN};
+    let ring = RingKey { id: 9, key: DATAPLANE_KEY };
+    let Some(key) = direction_key(&ring, "sender", "receiver") else {
+        return Vec::new();
+    };
+    let mut frame = vec![2, 0x42, 10, 0, 9, 3, 2, 0x42, 10, 0, 9, 2, 0x08, 0x00];
+    frame.extend([0x45; 50]);
+    let mut tso = [0u8; 10];
+    tso[0] = 1;
+    tso[1] = 1;
+    tso[2..4].copy_from_slice(&66u16.to_le_bytes());
+    tso[4..6].copy_from_slice(&1372u16.to_le_bytes());
+    tso[6..8].copy_from_slice(&34u16.to_le_bytes());
+    tso[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let mut big = frame.clone();
+    big.resize(4000, 0x17);
+    [([0u8; 10], frame), (tso, big)]
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (vh, f))| {
+            let body = [&vh[..], &f].concat();
+            let mut buf = vec![0u8; HEADER_LEN + body.len() + TAG_LEN];
+            buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
+            let h = Header { vni: 4097, key_id: 9, epoch: 3, counter: i as u64 };
+            let n = wire::seal(&key, &h, &mut buf, body.len()).ok()?;
+            buf.truncate(n);
+            Some(buf)
+        })
+        .collect()
+}
+
 /// The seeds of `target` (empty for an unknown name).
 pub fn for_target(target: &str) -> Vec<Vec<u8>> {
     match target {
@@ -32,6 +70,7 @@ pub fn for_target(target: &str) -> Vec<Vec<u8>> {
         "gossip_sealed" => gossip_sealed(),
         "gossip_sync" => gossip_sync(),
         "endpoint_record" => vec![endpoint_record().encode()],
+        "dataplane_datagram" => dataplane_datagrams(),
         "raft_frame" => raft_frames(),
         "raft_snapshot" => raft_snapshots(),
         // Both encodings a data dir may hold: CBOR, and the bincode of
@@ -190,6 +229,13 @@ pub(crate) fn commands() -> Vec<Command> {
                 id: 7,
                 lamport: 0,
                 key: [0x42; 32],
+            },
+        },
+        Command::AddDataplaneKey {
+            key: GossipKey {
+                id: 8,
+                lamport: 0,
+                key: [0x43; 32],
             },
         },
         Command::CreateNetwork {
