@@ -465,52 +465,58 @@ fn send_loop(s: &Shared, vni: u32, dev: &SyncDevice, stop: &InterruptEvent) {
                 return;
             }
         };
-        let view = current(s);
-        let Some(remotes) = view.networks.get(&vni) else {
-            s.unknown_destination.fetch_add(1, Relaxed);
-            continue;
-        };
-        // [virtio-net header][frame]: both are sealed and sent as one.
-        let frame = buf
-            .get(HEADER_LEN + vnet::LEN..HEADER_LEN + n)
-            .unwrap_or_default();
-        let peer = match classify(frame, remotes) {
-            Verdict::Send(p) => p.clone(),
-            Verdict::ArpReply(r) => {
-                let reply = [&vnet::NONE[..], &r].concat();
-                if dev.send(&reply).is_ok() {
-                    s.arp_replies.fetch_add(1, Relaxed);
-                }
-                continue;
+        forward(s, vni, dev, &mut buf, n);
+    }
+}
+
+/// Seal and send what the TAP handed over (`buf[HEADER_LEN..][..n]`:
+/// virtio-net header and frame), answer it (ARP), or drop it.
+fn forward(s: &Shared, vni: u32, dev: &SyncDevice, buf: &mut [u8], n: usize) {
+    let view = current(s);
+    let Some(remotes) = view.networks.get(&vni) else {
+        s.unknown_destination.fetch_add(1, Relaxed);
+        return;
+    };
+    // [virtio-net header][frame]: both are sealed and sent as one.
+    let frame = buf
+        .get(HEADER_LEN + vnet::LEN..HEADER_LEN + n)
+        .unwrap_or_default();
+    let peer = match classify(frame, remotes) {
+        Verdict::Send(p) => p.clone(),
+        Verdict::ArpReply(r) => {
+            let reply = [&vnet::NONE[..], &r].concat();
+            if dev.send(&reply).is_ok() {
+                s.arp_replies.fetch_add(1, Relaxed);
             }
-            Verdict::DropBroadcast => {
-                s.broadcast_dropped.fetch_add(1, Relaxed);
-                continue;
-            }
-            Verdict::DropUnknown | Verdict::DropMalformed => {
-                s.unknown_destination.fetch_add(1, Relaxed);
-                continue;
-            }
-        };
-        let c = &peer.state.counters;
-        let Some((key_id, key)) = &peer.send else {
-            c.no_common_key.fetch_add(1, Relaxed);
-            continue;
-        };
-        let header = Header {
-            vni,
-            key_id: *key_id,
-            epoch: s.epoch,
-            counter: s.counter.fetch_add(1, Relaxed),
-        };
-        let Ok(len) = wire::seal(key, &header, &mut buf, n) else {
-            continue;
-        };
-        if s.sock.send_to(&buf[..len], peer.addr).is_ok() {
-            c.tx_packets.fetch_add(1, Relaxed);
-            c.tx_bytes
-                .fetch_add(n.saturating_sub(vnet::LEN) as u64, Relaxed);
+            return;
         }
+        Verdict::DropBroadcast => {
+            s.broadcast_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        Verdict::DropUnknown | Verdict::DropMalformed => {
+            s.unknown_destination.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    let c = &peer.state.counters;
+    let Some((key_id, key)) = &peer.send else {
+        c.no_common_key.fetch_add(1, Relaxed);
+        return;
+    };
+    let header = Header {
+        vni,
+        key_id: *key_id,
+        epoch: s.epoch,
+        counter: s.counter.fetch_add(1, Relaxed),
+    };
+    let Ok(len) = wire::seal(key, &header, buf, n) else {
+        return;
+    };
+    if s.sock.send_to(&buf[..len], peer.addr).is_ok() {
+        c.tx_packets.fetch_add(1, Relaxed);
+        c.tx_bytes
+            .fetch_add(n.saturating_sub(vnet::LEN) as u64, Relaxed);
     }
 }
 

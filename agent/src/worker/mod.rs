@@ -615,7 +615,9 @@ async fn overlay_loop(worker: Weak<Worker>) {
         let s2 = s.clone();
         drop(s);
         tokio::select! {
-            _ = kicked => {}
+            // An endpoint came or went: the VIP and routing-mesh tables
+            // (which keep only endpoints present in gossip) follow at once.
+            _ = kicked => s2.executor.kick.notify_one(),
             _ = s2.overlay.kick.notified() => {}
             _ = tokio::time::sleep(overlay::RECONCILE_EVERY) => {}
         }
