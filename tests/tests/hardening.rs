@@ -1,6 +1,7 @@
 //! Trust boundaries between members, attacked with real certificates and
 //! real sockets: a worker may free only its own endpoints, a removed node's
-//! certificate is refused on 2377, an absurd `scale` is refused while the
+//! certificate is refused on 2377 and the key rotation that follows its
+//! removal shuts it out of gossip, an absurd `scale` is refused while the
 //! cluster keeps writing, and a flood of half-open connections to 2377
 //! does not stop writes. Needs root and the built `shoal` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -99,6 +100,21 @@ fn a_worker_frees_only_its_own_endpoints_and_a_removed_node_is_refused() {
 
     // Once removed, the same certificate (still within its validity) is
     // refused for every node call.
+    let h2_alive = |lab: &shoal_lab::Lab| {
+        let addr = h2.addr.to_string();
+        cli(lab, 1, &["--format", "json", "gossip", "members"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["state"] == "Alive" && m["info"]["advertise_addr"].as_str() == Some(&addr)
+                })
+            })
+    };
+    shoal_tests::wait_for("h2 in h1's gossip", Duration::from_secs(30), || {
+        h2_alive(&lab)
+    });
     let out = cli(&lab, 1, &["node", "rm", "--force", "h2"]).unwrap();
     assert!(!out.trim().is_empty());
     let r = node_call(&h2.ns, &worker, manager, NodeRequest::Leave);
@@ -106,6 +122,13 @@ fn a_worker_frees_only_its_own_endpoints_and_a_removed_node_is_refused() {
     assert!(e.contains("not part of this swarm"), "{e}");
     let log = std::fs::read_to_string(&lab.host(1).unwrap().log).unwrap();
     assert!(log.contains("rejected node call"), "the manager says why");
+
+    // The removal rotated the gossip ring (twice, 5 s apart) past every
+    // key h2 holds: its daemon still runs, but the others stop hearing it.
+    shoal_tests::wait_for("h2 out of h1's gossip", Duration::from_secs(60), || {
+        !h2_alive(&lab)
+    });
+    assert!(lab.daemon_state(2).unwrap() == shoal_lab::DaemonState::Running);
 
     // Nor does its session get anything more: a new gossip key reaches the
     // remaining worker (h3), never the removed node (h2).

@@ -368,10 +368,24 @@ impl Daemon {
             Request::NodeRemove { nodes: keys, force } => {
                 let m = self.manager().await?;
                 let mut out = Vec::new();
+                let mut failed = None;
                 for n in keys {
-                    out.push(nodes::remove(&m, &n, force).await?);
+                    match nodes::remove(&m, &n, force).await {
+                        Ok(id) => out.push(id),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
-                Ok(Response::Message(out.join("\n")))
+                // Removed nodes keep the keys they had: rotate them out.
+                if !out.is_empty() {
+                    crate::manager::keymanager::shut_out(&m).await;
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok(Response::Message(out.join("\n"))),
+                }
             }
         }
     }

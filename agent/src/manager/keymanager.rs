@@ -44,6 +44,34 @@ pub async fn rotate_now(m: &Manager) -> Result<String, ApiError> {
     ))
 }
 
+/// How long after a node's removal the second rotation follows the first.
+pub const REMOVAL_SECOND_ROTATION: Duration = Duration::from_secs(5);
+
+/// `node rm`: shut the removed node out of gossip and of encrypted
+/// overlays. It holds the three keys of each ring from before, and
+/// senders use the second-newest: one rotation now, so every member
+/// receives a key the removed node never gets, and a second one
+/// [`REMOVAL_SECOND_ROTATION`] later, once that key reached everyone for
+/// receiving, so that nothing is sealed with a key it knows any more.
+pub async fn shut_out(m: &std::sync::Arc<Manager>) {
+    if let Err(e) = rotate(m).await {
+        warn!("key rotation after a node removal failed: {e}");
+        return;
+    }
+    let weak = std::sync::Arc::downgrade(m);
+    tokio::spawn(async move {
+        tokio::time::sleep(REMOVAL_SECOND_ROTATION).await;
+        let Some(m) = weak.upgrade() else { return };
+        if !m.store().status().is_leader {
+            return; // the next regular rotation completes it
+        }
+        match rotate(&m).await {
+            Ok(_) => info!("second key rotation after a node removal done"),
+            Err(e) => warn!("second key rotation after a node removal failed: {e}"),
+        }
+    });
+}
+
 /// Add a key to each ring; their ids.
 async fn rotate(m: &Manager) -> Result<(u32, u32), ApiError> {
     let (key, dp) = (new_gossip_key(), new_gossip_key());
