@@ -84,7 +84,7 @@ pub async fn start(
 }
 
 /// What a daemon restart needs to rejoin gossip at once as the same member:
-/// its generation and the key ring, kept in the run dir (mode 0600; gone
+/// its generation and the key rings, kept in the run dir (mode 0600; gone
 /// after a reboot, when a new life is right anyway).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Resume {
@@ -97,6 +97,10 @@ pub struct Resume {
     /// The members' signing keys as last assigned (node id -> key).
     #[serde(default)]
     pub peer_keys: BTreeMap<String, Vec<u8>>,
+    /// The data-plane key ring as last assigned: encrypted overlays come
+    /// back before the session does.
+    #[serde(default)]
+    pub dataplane_keys: Vec<GossipKey>,
 }
 
 impl std::fmt::Debug for Resume {
@@ -155,12 +159,18 @@ mod tests {
                 key: [9; 32],
             }],
             peer_keys: BTreeMap::new(),
+            dataplane_keys: vec![GossipKey {
+                id: 2,
+                lamport: 1,
+                key: [8; 32],
+            }],
         };
         r.save(dir.path()).unwrap();
         let meta = std::fs::metadata(resume_path(dir.path())).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
         let back = Resume::load(dir.path(), "n1").unwrap();
-        assert_eq!((back.generation, back.keys), (7, r.keys));
+        assert_eq!((back.generation, &back.keys), (7, &r.keys));
+        assert_eq!(back.dataplane_keys, r.dataplane_keys);
         assert!(Resume::load(dir.path(), "n2").is_none());
     }
 }

@@ -243,6 +243,7 @@ impl Swarm {
         // A restarted daemon rejoins gossip at once, as the same member,
         // before its session delivers the key ring again.
         if let Some(r) = gossip::Resume::load(&swarm.config.run_dir, me.as_str()) {
+            swarm.worker.overlay.encrypted.set_ring(&r.dataplane_keys);
             swarm.auth.set_peers(r.peer_keys.into_iter().collect());
             swarm.ensure_gossip(&r.keys);
         }
@@ -382,9 +383,9 @@ impl Swarm {
     /// Take in what the leader assigned: manager list, key ring; on a
     /// worker also certificate renewal and promotion.
     fn apply_assignments(self: &Arc<Self>, a: Assignments) {
-        self.worker.apply(&a);
+        // A new data-plane ring goes into the restart file too.
+        let mut resume_changed = self.worker.apply(&a);
         self.update_managers(a.managers.clone());
-        let mut resume_changed = false;
         if let Ok(mut k) = self.keys.write() {
             if *k != a.keys {
                 info!(keys = ?a.keys, "gossip key ring updated");
@@ -532,6 +533,7 @@ impl Swarm {
             generation: g.generation(),
             keys: keys.to_vec(),
             peer_keys: self.auth.peers().into_iter().collect(),
+            dataplane_keys: self.worker.overlay.encrypted.ring(),
         };
         if let Err(e) = r.save(&self.config.run_dir) {
             warn!("cannot keep the gossip state for a restart: {e:#}");

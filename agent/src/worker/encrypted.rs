@@ -98,6 +98,11 @@ impl Encrypted {
             .unwrap_or_default()
     }
 
+    /// The ring as held (for the restart file).
+    pub fn ring(&self) -> Vec<GossipKey> {
+        self.ring.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     fn ring_ids(&self) -> Vec<u32> {
         self.ring
             .lock()
@@ -207,7 +212,7 @@ impl Encrypted {
                 }
             }
         }
-        let ring = self.ring.lock().map(|r| r.clone()).unwrap_or_default();
+        let ring = self.ring();
         if let Some(g) = gossip {
             self.advertise(g, engine.local_addr().map_or(0, |a| a.port()), &ring);
         }

@@ -140,15 +140,18 @@ impl Worker {
 
     /// Take in what the leader assigned: tasks, services, the data-path
     /// port.
-    pub fn apply(&self, a: &Assignments) {
+    /// Returns whether the data-plane key ring changed.
+    pub fn apply(&self, a: &Assignments) -> bool {
         self.executor.set(a);
         if a.data_path_port != 0 {
             self.data_path_port
                 .store(a.data_path_port, Ordering::Relaxed);
         }
-        if self.overlay.encrypted.set_ring(&a.dataplane_keys) {
+        let changed = self.overlay.encrypted.set_ring(&a.dataplane_keys);
+        if changed {
             self.overlay.kick.notify_one();
         }
+        changed
     }
 
     /// Gossip just started: announce this node's endpoints.

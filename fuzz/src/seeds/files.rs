@@ -245,8 +245,9 @@ pub(crate) fn gossip_resumes() -> Vec<Vec<u8>> {
     vec![json(&Resume {
         node_id: "node1".into(),
         generation: NOW_MS,
-        keys,
+        keys: keys.clone(),
         peer_keys: [("node1".to_string(), vec![0x42; 32])].into(),
+        dataplane_keys: keys,
     })]
 }
 
