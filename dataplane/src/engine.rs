@@ -79,8 +79,9 @@ struct PeerCounters {
     spoofed: AtomicU64,
 }
 
-/// A snapshot of one peer's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A snapshot of one peer's counters (serialisable: the agent publishes
+/// it for `network inspect --verbose`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerStats {
     /// Peer node id.
     pub node: String,

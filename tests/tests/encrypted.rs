@@ -46,6 +46,25 @@ fn encrypted_lab() -> Lab {
     lab
 }
 
+/// Sleepers s1 on h1 and s2 on h2 on `secret`, once s1 pings s2.
+fn secret_pair(lab: &Lab) -> (Value, Value) {
+    let (s1, s2) = (
+        run_sleeper(lab, 1, "secret", "s1"),
+        run_sleeper(lab, 2, "secret", "s2"),
+    );
+    wait_reachable(lab, 1, &s1, ip(&s2));
+    (s1, s2)
+}
+
+/// Run `nft` commands (one per string, words split on spaces) on `host`.
+fn nft(lab: &Lab, host: usize, cmds: &[String]) {
+    for cmd in cmds {
+        let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        let (ok, out) = exec(lab, host, &argv);
+        assert!(ok, "nft {cmd}: {out}");
+    }
+}
+
 /// `shoal run` a sleeper on `net` (retried while the node's data-plane
 /// key is on its way); its `ps` record.
 fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
@@ -389,11 +408,7 @@ fn inject(
 #[test]
 fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
     let lab = encrypted_lab();
-    let (s1, s2) = (
-        run_sleeper(&lab, 1, "secret", "s1"),
-        run_sleeper(&lab, 2, "secret", "s2"),
-    );
-    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (s1, s2) = secret_pair(&lab);
     let (h1, h2, h3) = (
         lab.host(1).unwrap(),
         lab.host(2).unwrap(),
@@ -424,15 +439,15 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
 
     // One genuine datagram, captured on the underlay while h2 drops it
     // (so that its counter is still unseen there).
-    for cmd in [
-        "add table inet shoal_test_drop",
-        "add chain inet shoal_test_drop input { type filter hook input priority -10 ; }",
-        "add rule inet shoal_test_drop input udp dport 4790 drop",
-    ] {
-        let argv: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
-        let (ok, out) = exec(&lab, 2, &argv);
-        assert!(ok, "nft {cmd}: {out}");
-    }
+    nft(
+        &lab,
+        2,
+        &[
+            "add table inet shoal_test_drop".into(),
+            "add chain inet shoal_test_drop input { type filter hook input priority -10 ; }".into(),
+            "add rule inet shoal_test_drop input udp dport 4790 drop".into(),
+        ],
+    );
     let cap_stop = Arc::new(AtomicBool::new(false));
     let cap = capture(
         shoal_lab::names::underlay_ns(&lab.prefix()),
@@ -453,12 +468,7 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
     });
     std::thread::sleep(Duration::from_millis(200)); // it crossed the bridge
     cap_stop.store(true, Ordering::Relaxed);
-    let (ok, out) = exec(
-        &lab,
-        2,
-        &["nft", "delete", "table", "inet", "shoal_test_drop"],
-    );
-    assert!(ok, "nft: {out}");
+    nft(&lab, 2, &["delete table inet shoal_test_drop".into()]);
     let sealed = cap
         .join()
         .unwrap()
@@ -581,11 +591,7 @@ fn cut_session(lab: &Lab, host: usize, manager: std::net::Ipv4Addr, cut: bool) {
     } else {
         vec!["delete table inet shoal_test_cut".into()]
     };
-    for r in rules {
-        let argv: Vec<&str> = std::iter::once("nft").chain(r.split(' ')).collect();
-        let (ok, out) = exec(lab, host, &argv);
-        assert!(ok, "nft {r}: {out}");
-    }
+    nft(lab, host, &rules);
 }
 
 #[test]
@@ -593,11 +599,7 @@ fn key_rotations_lose_nothing_even_with_a_session_cut() {
     use std::collections::hash_map::DefaultHasher;
     use std::hash::Hasher;
     let lab = encrypted_lab();
-    let (s1, s2) = (
-        run_sleeper(&lab, 1, "secret", "s1"),
-        run_sleeper(&lab, 2, "secret", "s2"),
-    );
-    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (s1, s2) = secret_pair(&lab);
     let (n1, n2) = (shoal_tests::node_id(&lab, 1), shoal_tests::node_id(&lab, 2));
     let bad = |lab: &Lab| -> f64 {
         ["auth_failures", "unknown_key", "no_common_key"]
@@ -861,11 +863,7 @@ fn services_resolve_balance_and_publish_over_encrypted_networks() {
 #[test]
 fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead() {
     let lab = encrypted_lab();
-    let (s1, s2) = (
-        run_sleeper(&lab, 1, "secret", "s1"),
-        run_sleeper(&lab, 2, "secret", "s2"),
-    );
-    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (s1, s2) = secret_pair(&lab);
     let (h1, h2) = (lab.host(1).unwrap(), lab.host(2).unwrap());
     let n1 = shoal_tests::node_id(&lab, 1);
     let epoch = |lab: &Lab| {
@@ -986,11 +984,7 @@ fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead
 #[test]
 fn a_node_cut_off_for_two_rotations_cannot_read_the_others_and_recovers() {
     let lab = encrypted_lab();
-    let (s1, s2) = (
-        run_sleeper(&lab, 1, "secret", "s1"),
-        run_sleeper(&lab, 2, "secret", "s2"),
-    );
-    wait_reachable(&lab, 1, &s1, ip(&s2));
+    let (s1, s2) = secret_pair(&lab);
     let n2 = shoal_tests::node_id(&lab, 2);
     let manager = lab.host(1).unwrap().addr;
     let held = dataplane_keys(&lab, 2);

@@ -615,7 +615,7 @@ fn registry(m: &Metrics, s: &Snapshot) -> Registry {
 
 /// The encrypted data path's counters, per peer node.
 fn dataplane(r: &mut Registry, d: &crate::proto::gossip::EncryptionStatus) {
-    type Get = fn(&crate::proto::gossip::PeerCounters) -> u64;
+    type Get = fn(&shoal_dataplane::PeerStats) -> u64;
     let per_peer: [(&str, &str, Get); 11] = [
         ("tx_packets", "Frames sealed and sent to the peer", |p| {
             p.tx_packets
@@ -1049,7 +1049,7 @@ mod tests {
                 key_ids: vec![3, 2, 1],
                 port: 4790,
                 epoch: 4,
-                peers: vec![crate::proto::gossip::PeerCounters {
+                peers: vec![shoal_dataplane::PeerStats {
                     node: "h2".into(),
                     tx_packets: 10,
                     replays: 2,

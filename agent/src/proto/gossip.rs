@@ -94,28 +94,10 @@ pub struct EncryptionStatus {
     /// This start's epoch.
     pub epoch: u32,
     /// Per peer: node id and counters.
-    pub peers: Vec<PeerCounters>,
+    pub peers: Vec<shoal_dataplane::PeerStats>,
     /// Datagrams from addresses that are no peer (node-wide).
     pub unknown_peer: u64,
     /// Broadcast/multicast frames dropped (node-wide; ARP for remote
     /// endpoints is answered locally instead).
     pub broadcast_dropped: u64,
-}
-
-/// Counters of the encrypted data path toward one peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub struct PeerCounters {
-    pub node: String,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub auth_failures: u64,
-    pub replays: u64,
-    pub unknown_key: u64,
-    pub stale_epoch: u64,
-    pub malformed: u64,
-    pub no_common_key: u64,
-    pub spoofed: u64,
 }

@@ -24,9 +24,7 @@ use shoal_model::state::GossipKey;
 use shoal_netdriver::Driver;
 use tracing::{info, warn};
 
-use crate::proto::gossip::{
-    DataplaneAdvert, EncryptionStatus, PeerCounters, DATAPLANE_TABLE, ENCRYPTION_MODE,
-};
+use crate::proto::gossip::{DataplaneAdvert, EncryptionStatus, DATAPLANE_TABLE, ENCRYPTION_MODE};
 
 /// This node's encrypted data path.
 pub struct Encrypted {
@@ -261,23 +259,7 @@ impl Encrypted {
             key_ids: self.ring_ids(),
             port: engine.local_addr().map_or(0, |a| a.port()),
             epoch,
-            peers: peers
-                .into_iter()
-                .map(|p| PeerCounters {
-                    node: p.node,
-                    tx_packets: p.tx_packets,
-                    tx_bytes: p.tx_bytes,
-                    rx_packets: p.rx_packets,
-                    rx_bytes: p.rx_bytes,
-                    auth_failures: p.auth_failures,
-                    replays: p.replays,
-                    unknown_key: p.unknown_key,
-                    stale_epoch: p.stale_epoch,
-                    malformed: p.malformed,
-                    no_common_key: p.no_common_key,
-                    spoofed: p.spoofed,
-                })
-                .collect(),
+            peers,
             unknown_peer,
             broadcast_dropped,
         })

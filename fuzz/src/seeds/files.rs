@@ -291,7 +291,7 @@ pub(crate) fn net_status() -> NetStatus {
             key_ids: vec![3, 2, 1],
             port: 4790,
             epoch: 2,
-            peers: vec![shoal::proto::gossip::PeerCounters {
+            peers: vec![shoal_dataplane::PeerStats {
                 node: "node2".into(),
                 tx_packets: 5,
                 ..Default::default()
