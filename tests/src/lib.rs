@@ -166,3 +166,51 @@ pub fn shoal_lab_bin() -> PathBuf {
             )
         })
 }
+
+/// `shoal run --runtime host --network NET --name NAME -- sleep 600` on
+/// `host`, retried for up to 30 s (gossip or the node's keys may still be
+/// on their way; the last error is reported); its record in `ps`.
+pub fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> serde_json::Value {
+    let argv = [
+        "run",
+        "--runtime",
+        "host",
+        "--network",
+        net,
+        "--name",
+        name,
+        "--",
+        "sleep",
+        "600",
+    ];
+    let started = Instant::now();
+    while let Err(e) = cli(lab, host, &argv) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "shoal run on h{host} kept failing: {e}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let v = json(lab, host, &["ps"]);
+    v.as_array()
+        .and_then(|a| a.iter().find(|w| w["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no workload {name} in ps on h{host}: {v}"))
+}
+
+/// Waits (up to 30 s) until the workload `w` (a `ps` record) on `host`
+/// gets a ping through to `to`.
+pub fn wait_pings(lab: &Lab, host: usize, w: &serde_json::Value, to: &str) {
+    let pid = w["pid"].as_u64().unwrap_or_default().to_string();
+    wait_for(
+        &format!("h{host}'s workload pings {to}"),
+        Duration::from_secs(30),
+        || {
+            exec(
+                lab,
+                host,
+                &["nsenter", "-t", &pid, "-n", "ping", "-c1", "-W1", to],
+            )
+            .0
+        },
+    );
+}

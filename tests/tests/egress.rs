@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, wait_for};
+use shoal_tests::{cli, exec, run_sleeper, wait_for};
 
 const CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fast\"\n";
 
@@ -30,46 +30,6 @@ fn swarm() -> Lab {
         (1..=3).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
     });
     lab
-}
-
-/// `shoal run --network NET --name NAME -- sleep 600` on `host`, retried
-/// until the node is ready to attach; the workload's `ps` record.
-fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let last = match cli(
-            lab,
-            host,
-            &[
-                "run",
-                "--runtime",
-                "host",
-                "--network",
-                net,
-                "--name",
-                name,
-                "--",
-                "sleep",
-                "600",
-            ],
-        ) {
-            Ok(_) => break,
-            Err(e) => e,
-        };
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "shoal run on h{host} kept failing: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let v: Value =
-        serde_json::from_str(&cli(lab, host, &["--format", "json", "ps"]).unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no workload {name} in ps on h{host}: {v}"))
 }
 
 fn pid(w: &Value) -> String {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, wait_for};
+use shoal_tests::{cli, exec, run_sleeper, wait_for, wait_pings};
 
 const CONFIG: &str =
     "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
@@ -52,7 +52,7 @@ fn secret_pair(lab: &Lab) -> (Value, Value) {
         run_sleeper(lab, 1, "secret", "s1"),
         run_sleeper(lab, 2, "secret", "s2"),
     );
-    wait_reachable(lab, 1, &s1, ip(&s2));
+    wait_pings(lab, 1, &s1, &ip(&s2).to_string());
     (s1, s2)
 }
 
@@ -63,36 +63,6 @@ fn nft(lab: &Lab, host: usize, cmds: &[String]) {
         let (ok, out) = exec(lab, host, &argv);
         assert!(ok, "nft {cmd}: {out}");
     }
-}
-
-/// `shoal run` a sleeper on `net` (retried while the node's data-plane
-/// key is on its way); its `ps` record.
-fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let argv = [
-        "run",
-        "--runtime",
-        "host",
-        "--network",
-        net,
-        "--name",
-        name,
-        "--",
-        "sleep",
-        "600",
-    ];
-    while let Err(e) = cli(lab, host, &argv) {
-        assert!(Instant::now() < deadline, "shoal run on h{host}: {e}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let v: Value =
-        serde_json::from_str(&cli(lab, host, &["--format", "json", "ps"]).unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no workload {name} on h{host}: {v}"))
 }
 
 fn pid(w: &Value) -> u32 {
@@ -113,23 +83,6 @@ fn in_ns_of<T: Send + 'static>(
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         f()
     })
-}
-
-fn wait_reachable(lab: &Lab, host: usize, w: &Value, to: std::net::Ipv4Addr) {
-    let p = pid(w).to_string();
-    let to = to.to_string();
-    wait_for(
-        &format!("h{host}'s workload pings {to}"),
-        Duration::from_secs(30),
-        || {
-            exec(
-                lab,
-                host,
-                &["nsenter", "-t", &p, "-n", "ping", "-c1", "-W1", &to],
-            )
-            .0
-        },
-    );
 }
 
 /// Every frame seen on any interface of namespace `/run/netns/<ns>`
@@ -287,8 +240,8 @@ fn encrypted_traffic_flows_and_the_underlay_never_sees_it_in_clear() {
         run_sleeper(&lab, 1, "app", "p1"),
         run_sleeper(&lab, 2, "app", "p2"),
     );
-    wait_reachable(&lab, 1, &s1, ip(&s2));
-    wait_reachable(&lab, 1, &p1, ip(&p2));
+    wait_pings(&lab, 1, &s1, &ip(&s2).to_string());
+    wait_pings(&lab, 1, &p1, &ip(&p2).to_string());
 
     let underlay = shoal_lab::names::underlay_ns(&lab.prefix());
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, wait_for};
+use shoal_tests::{cli, exec, run_sleeper, wait_for, wait_pings};
 
 const CONFIG: &str = "heartbeat_ms = 500\ngossip_profile = \"fast\"\n";
 
@@ -250,65 +250,12 @@ fn overlay_lab() -> Lab {
     lab
 }
 
-/// `shoal run --network NET --name NAME -- sleep 600` on `host`, retried
-/// until the node is ready to attach; the workload's `ps` record.
-fn run_sleeper(lab: &Lab, host: usize, net: &str, name: &str) -> Value {
-    wait_for(
-        &format!("shoal run on h{host}"),
-        Duration::from_secs(30),
-        || {
-            cli(
-                lab,
-                host,
-                &[
-                    "run",
-                    "--runtime",
-                    "host",
-                    "--network",
-                    net,
-                    "--name",
-                    name,
-                    "--",
-                    "sleep",
-                    "600",
-                ],
-            )
-            .is_ok()
-        },
-    );
-    let v: Value =
-        serde_json::from_str(&cli(lab, host, &["--format", "json", "ps"]).unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no workload {name} in ps on h{host}: {v}"))
-}
-
 fn pid(w: &Value) -> String {
     w["pid"].as_u64().unwrap().to_string()
 }
 
 fn ip(w: &Value) -> String {
     w["endpoint"]["ip"].as_str().unwrap().to_string()
-}
-
-/// Waits until the workload on `host` (pid) pings `to`.
-fn wait_reachable(lab: &Lab, host: usize, w: &Value, to: &str) {
-    let p = pid(w);
-    wait_for(
-        &format!("h{host}'s workload pings {to}"),
-        Duration::from_secs(20),
-        || {
-            exec(
-                lab,
-                host,
-                &["nsenter", "-t", &p, "-n", "ping", "-c1", "-W1", to],
-            )
-            .0
-        },
-    );
 }
 
 #[test]
@@ -318,7 +265,7 @@ fn tcp_stream_between_workloads_arrives_intact() {
         run_sleeper(&lab, 1, "app", "w1"),
         run_sleeper(&lab, 3, "app", "w3"),
     );
-    wait_reachable(&lab, 1, &w1, &ip(&w3));
+    wait_pings(&lab, 1, &w1, &ip(&w3));
     let bin = shoal_tests::shoal_lab_bin();
     let bin = bin.to_str().unwrap();
     let addr = format!("{}:5300", ip(&w3));
@@ -402,7 +349,7 @@ fn daemon_restart_loses_no_ping_and_leaves_no_duplicate_entries() {
         run_sleeper(&lab, 3, "app", "w3"),
     );
     let ip3 = ip(&w3);
-    wait_reachable(&lab, 1, &w1, &ip3);
+    wait_pings(&lab, 1, &w1, &ip3);
     // 300 pings every 50 ms (15 s), the restart in the middle.
     let p1 = pid(&w1);
     let ping = lab
