@@ -84,7 +84,10 @@ pub type Answer =
 /// Every node keeps one session with the leader (see `session`), failing
 /// over across the known managers with capped backoff.
 pub async fn run<O: SessionOwner>(owner: Weak<O>) {
-    let kernel = probe_kernel();
+    // The ESP probe runs a short subprocess: not on a runtime thread.
+    let kernel = tokio::task::spawn_blocking(probe_kernel)
+        .await
+        .unwrap_or_default();
     let w = owner.clone();
     let report = move || {
         let mut r = kernel.clone();
