@@ -148,11 +148,12 @@ struct View {
     networks: HashMap<u32, Remotes<Arc<PeerView>>>,
 }
 
+/// A network's send thread (the device itself is in `Shared::taps`,
+/// for the receive thread, and held by the send thread).
 struct Tap {
-    dev: Arc<SyncDevice>,
     stop: Arc<InterruptEvent>,
     dead: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 struct Shared {
@@ -343,18 +344,10 @@ impl Engine {
             })
             .map_err(ioerr("spawn a send thread"))?;
         if let Ok(mut t) = self.shared.taps.write() {
-            t.insert(vni, dev.clone());
+            t.insert(vni, dev);
         }
         if let Ok(mut taps) = self.taps.lock() {
-            taps.insert(
-                vni,
-                Tap {
-                    dev,
-                    stop,
-                    dead,
-                    thread: Some(thread),
-                },
-            );
+            taps.insert(vni, Tap { stop, dead, thread });
         }
         Ok(())
     }
@@ -383,12 +376,9 @@ impl Engine {
             t.remove(&vni);
         }
         let tap = self.taps.lock().ok().and_then(|mut t| t.remove(&vni));
-        if let Some(mut tap) = tap {
+        if let Some(tap) = tap {
             let _ = tap.stop.trigger();
-            if let Some(t) = tap.thread.take() {
-                let _ = t.join();
-            }
-            drop(tap.dev);
+            let _ = tap.thread.join();
         }
     }
 

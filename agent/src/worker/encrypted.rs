@@ -102,23 +102,37 @@ impl Encrypted {
     }
 
     fn ring_ids(&self) -> Vec<u32> {
-        self.ring
-            .lock()
-            .map(|r| r.iter().map(|k| k.id).collect())
-            .unwrap_or_default()
+        self.ring().iter().map(|k| k.id).collect()
     }
 
-    /// Whether a workload may attach to an encrypted network here; the
-    /// reason if not (shown to the user, the attach is refused).
-    pub fn ready(&self, vtep: Ipv4Addr, data_path_port: u16) -> Result<(), String> {
-        if self.ring_ids().is_empty() {
-            return Err(
-                "this node has no data-plane key yet (the session with a manager \
-                        delivers it)"
-                    .into(),
-            );
+    /// Whether a workload may attach to `net` here: always for a plain
+    /// network; for an encrypted one only with a ring and a running data
+    /// path. The error names the network and the reason (the attach is
+    /// refused with it).
+    pub fn check_attach(
+        &self,
+        net: &Network,
+        vtep: Ipv4Addr,
+        data_path_port: u16,
+    ) -> Result<(), String> {
+        if !net.encrypted {
+            return Ok(());
         }
-        self.engine(vtep, data_path_port).map(|_| ())
+        let why = if self.ring_ids().is_empty() {
+            Err(
+                "this node has no data-plane key yet (the session with a manager delivers it)"
+                    .to_string(),
+            )
+        } else {
+            self.engine(vtep, data_path_port).map(|_| ())
+        };
+        why.map_err(|why| {
+            format!(
+                "network {} is encrypted (--opt encrypted) but {why}: refusing to attach \
+                 rather than send plaintext",
+                net.name
+            )
+        })
     }
 
     /// The running engine, started on first use.
@@ -218,9 +232,8 @@ impl Encrypted {
             &self.me,
             &encrypted,
             &ring,
-            data_path_port,
+            self.port(data_path_port),
             gossip,
-            self,
         ));
         attached
     }
@@ -269,15 +282,15 @@ impl Encrypted {
 /// The engine's inputs: our ring, and for each encrypted network the
 /// remote endpoints (gossip records not ours) with their owner; the peers
 /// are those owners, at the data-path address their records carry and
-/// the port and key ids they advertise (nothing is sent to a peer that
+/// the port (`default_port` until they advertise one) and key ids they
+/// advertise (nothing is sent to a peer that
 /// advertises no key we hold).
 fn inputs(
     me: &str,
     nets: &[&Network],
     ring: &[GossipKey],
-    data_path_port: u16,
+    default_port: u16,
     gossip: Option<&Gossip>,
-    enc: &Encrypted,
 ) -> Inputs {
     let Some(g) = gossip else {
         return Inputs {
@@ -318,10 +331,7 @@ fn inputs(
         .map(|(node, vtep)| {
             let advert = adverts.get(&node);
             Peer {
-                addr: SocketAddr::new(
-                    vtep.into(),
-                    advert.map_or(enc.port(data_path_port), |a| a.port),
-                ),
+                addr: SocketAddr::new(vtep.into(), advert.map_or(default_port, |a| a.port)),
                 keys: advert.map(|a| a.keys.clone()).unwrap_or_default(),
                 node,
             }
@@ -345,6 +355,35 @@ fn ring_keys(ring: &[GossipKey]) -> Vec<RingKey> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn attaching_fails_closed_without_a_key_and_plain_networks_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = Encrypted::new("n1".into(), dir.path().to_owned(), 0);
+        let vtep = Ipv4Addr::LOCALHOST;
+        let mut nets = std::collections::BTreeMap::new();
+        let spec = shoal_model::network::NetworkSpec {
+            id: "net1".into(),
+            name: "secret".into(),
+            subnet: Some("10.0.10.0/24".parse().unwrap()),
+            ..Default::default()
+        };
+        shoal_model::network::create(&mut nets, spec, &[], 24, 0, 1).unwrap();
+        let mut net = nets.remove("net1").unwrap();
+        assert_eq!(enc.check_attach(&net, vtep, 4789), Ok(()));
+        net.encrypted = true;
+        let e = enc.check_attach(&net, vtep, 4789).unwrap_err();
+        assert!(
+            e.contains("network secret is encrypted")
+                && e.contains("no data-plane key")
+                && e.contains("refusing to attach rather than send plaintext"),
+            "{e}"
+        );
+        // Nothing was started: the data path waits for a key.
+        assert!(enc.status().is_none());
+    }
+
     #[test]
     fn the_netdriver_and_the_data_path_agree_on_the_overhead() {
         assert_eq!(

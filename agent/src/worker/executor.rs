@@ -354,17 +354,8 @@ impl Executor {
                     anyhow::anyhow!("network {nid} of the task is unknown here"),
                 ));
             };
-            if net.encrypted {
-                if let Err(why) = overlay.encrypted.ready(ctx.vtep, ctx.port) {
-                    return Err((
-                        TaskState::Rejected,
-                        anyhow::anyhow!(
-                            "network {} is encrypted but {why}: refusing to attach rather \
-                             than send plaintext",
-                            net.name
-                        ),
-                    ));
-                }
+            if let Err(why) = overlay.encrypted.check_attach(net, ctx.vtep, ctx.port) {
+                return Err((TaskState::Rejected, anyhow::anyhow!(why)));
             }
             networks.push((net.clone(), ep.clone()));
         }

@@ -225,17 +225,15 @@ impl Worker {
             NodeResponse::Attached { network, endpoint } => (*network, endpoint),
             _ => return Err(ApiError::internal("unexpected answer to attach")),
         };
-        if net.encrypted {
-            // Fail closed: never carry an encrypted network's traffic in
-            // clear; without keys or a data path, no attach.
-            if let Err(why) = self.overlay.encrypted.ready(vtep, self.data_path_port()) {
-                let _ = self.release_endpoint(&net.id, &ep.id).await;
-                return Err(ApiError::invalid(format!(
-                    "network {} is encrypted (--opt encrypted) but {why}: refusing to attach \
-                     rather than send plaintext",
-                    net.name
-                )));
-            }
+        // Fail closed: never carry an encrypted network's traffic in
+        // clear; without keys or a data path, no attach.
+        if let Err(why) = self
+            .overlay
+            .encrypted
+            .check_attach(&net, vtep, self.data_path_port())
+        {
+            let _ = self.release_endpoint(&net.id, &ep.id).await;
+            return Err(ApiError::invalid(why));
         }
         let name = if name.is_empty() {
             ep.id.chars().take(12).collect()
