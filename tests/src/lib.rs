@@ -214,3 +214,34 @@ pub fn wait_pings(lab: &Lab, host: usize, w: &serde_json::Value, to: &str) {
         },
     );
 }
+
+/// Scrape `host`'s `/metrics` (the lab's configs put it on
+/// 127.0.0.1:9323): series (name with labels) -> value; `None` while it
+/// does not answer.
+pub fn scrape(lab: &Lab, host: usize) -> Option<std::collections::BTreeMap<String, f64>> {
+    let out = lab
+        .exec(
+            host,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9323/metrics",
+            ],
+        )
+        .expect("run curl in a lab host");
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}

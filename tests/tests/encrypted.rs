@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, run_sleeper, wait_for, wait_pings};
+use shoal_tests::{cli, exec, run_sleeper, scrape, wait_for, wait_pings};
 
 const CONFIG: &str =
     "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
@@ -83,6 +83,51 @@ fn in_ns_of<T: Send + 'static>(
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         f()
     })
+}
+
+/// A UDP receiver on `port` in workload `w`'s namespace, bound before
+/// this returns: `on` sees every datagram into `acc`, until `stop` is set
+/// and then a second passed without one; the thread returns `acc`.
+fn receive_udp<T: Send + 'static>(
+    w: &Value,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    mut acc: T,
+    mut on: impl FnMut(&mut T, &[u8]) + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let at = SocketAddr::new(ip(w).into(), port);
+    let (tx, ready) = std::sync::mpsc::channel();
+    let t = in_ns_of(pid(w), move || {
+        let s = UdpSocket::bind(at).unwrap();
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(8 << 20)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    on(&mut acc, &buf[..n]);
+                    quiet_since = None;
+                }
+                Err(_) if stop.load(Ordering::Relaxed) => {
+                    let q = *quiet_since.get_or_insert_with(Instant::now);
+                    if q.elapsed() > Duration::from_secs(1) {
+                        return acc;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    ready.recv().unwrap();
+    t
+}
+
+/// The sequence number of a numbered datagram (8 bytes, big-endian).
+fn seq(d: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(d.try_into().ok()?))
 }
 
 /// Every frame seen on any interface of namespace `/run/netns/<ns>`
@@ -303,34 +348,11 @@ fn encrypted_traffic_flows_and_the_underlay_never_sees_it_in_clear() {
     );
 }
 
-/// A host's `/metrics` samples whose name starts with `prefix`.
-fn scrape(lab: &Lab, host: usize, prefix: &str) -> std::collections::BTreeMap<String, f64> {
-    let out = lab
-        .exec(
-            host,
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:9323/metrics",
-            ],
-        )
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 /// One data-path counter of `host` toward peer node `peer`.
 fn counter(lab: &Lab, host: usize, name: &str, peer: &str) -> f64 {
     let key = format!("shoal_dataplane_{name}_total{{peer=\"{peer}\"}}");
-    scrape(lab, host, "shoal_dataplane_")
+    scrape(lab, host)
+        .unwrap_or_default()
         .get(&key)
         .copied()
         .unwrap_or(0.0)
@@ -372,23 +394,7 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
     // s2 counts every datagram that reaches its port 7000.
     let dst = SocketAddr::new(ip(&s2).into(), 7000);
     let stop = Arc::new(AtomicBool::new(false));
-    let s_stop = stop.clone();
-    let (tx, ready) = std::sync::mpsc::channel();
-    let listener = in_ns_of(pid(&s2), move || {
-        let s = UdpSocket::bind(dst).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        tx.send(()).unwrap();
-        let mut got = 0;
-        let mut buf = [0u8; 2048];
-        while !s_stop.load(Ordering::Relaxed) {
-            if s.recv_from(&mut buf).is_ok() {
-                got += 1;
-            }
-        }
-        got
-    });
-    ready.recv().unwrap();
+    let listener = receive_udp(&s2, 7000, stop.clone(), 0, |n, _| *n += 1);
 
     // One genuine datagram, captured on the underlay while h2 drops it
     // (so that its counter is still unseen there).
@@ -479,15 +485,15 @@ fn tampered_replayed_and_foreign_datagrams_are_dropped_and_counted() {
             assert!(
                 Instant::now() < deadline,
                 "want {name} = {want} on h2 for h1 ({n1}): {:#?}",
-                scrape(&lab, 2, "shoal_dataplane_")
+                scrape(&lab, 2)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     wait_for("unknown_peer on h2", Duration::from_secs(10), || {
-        scrape(&lab, 2, "shoal_dataplane_unknown_peer")
-            .values()
-            .any(|v| *v >= 1.0)
+        scrape(&lab, 2)
+            .and_then(|m| m.get("shoal_dataplane_unknown_peer_total").copied())
+            .is_some_and(|v| v >= 1.0)
     });
     assert_eq!(
         counter(&lab, 2, "rx_packets", &n1),
@@ -567,36 +573,15 @@ fn key_rotations_lose_nothing_even_with_a_session_cut() {
     // Numbered UDP at 2000 datagrams/s, s1 -> s2.
     let stop = Arc::new(AtomicBool::new(false));
     let udp_to = SocketAddr::new(ip(&s2).into(), 7002);
-    let (tx, ready) = std::sync::mpsc::channel();
-    let r_stop = stop.clone();
-    let receiver = in_ns_of(pid(&s2), move || {
-        let s = UdpSocket::bind(udp_to).unwrap();
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(8 << 20)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        tx.send(()).unwrap();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut buf = [0u8; 64];
-        let mut quiet_since: Option<Instant> = None;
-        loop {
-            match s.recv_from(&mut buf) {
-                Ok((8, _)) => {
-                    seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-                    quiet_since = None;
-                }
-                Ok(_) => {}
-                Err(_) if r_stop.load(Ordering::Relaxed) => {
-                    // Done once the sender stopped and a second passed quietly.
-                    let q = *quiet_since.get_or_insert_with(Instant::now);
-                    if q.elapsed() > Duration::from_secs(1) {
-                        return seen;
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-    });
-    ready.recv().unwrap();
+    let receiver = receive_udp(
+        &s2,
+        7002,
+        stop.clone(),
+        std::collections::BTreeSet::new(),
+        |seen, d| {
+            seen.extend(seq(d));
+        },
+    );
     let s_stop = stop.clone();
     let sender = in_ns_of(pid(&s1), move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -819,12 +804,7 @@ fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead
     let (s1, s2) = secret_pair(&lab);
     let (h1, h2) = (lab.host(1).unwrap(), lab.host(2).unwrap());
     let n1 = shoal_tests::node_id(&lab, 1);
-    let epoch = |lab: &Lab| {
-        scrape(lab, 1, "shoal_dataplane_epoch")
-            .values()
-            .next()
-            .copied()
-    };
+    let epoch = |lab: &Lab| scrape(lab, 1).and_then(|m| m.get("shoal_dataplane_epoch").copied());
     let epoch_before = epoch(&lab).expect("h1's data path epoch");
 
     // Numbered UDP at 1000/s from s1 to s2, each arrival timed; the
@@ -837,26 +817,11 @@ fn a_daemon_restart_pauses_encrypted_traffic_briefly_and_old_datagrams_stay_dead
     );
     std::thread::sleep(Duration::from_millis(200));
     let to = SocketAddr::new(ip(&s2).into(), 7004);
-    let (tx, ready) = std::sync::mpsc::channel();
-    let r_stop = stop.clone();
-    let receiver = in_ns_of(pid(&s2), move || {
-        let s = UdpSocket::bind(to).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        tx.send(()).unwrap();
-        let mut arrivals = Vec::new();
-        let mut buf = [0u8; 64];
-        while !r_stop.load(Ordering::Relaxed) {
-            if let Ok((8, _)) = s.recv_from(&mut buf) {
-                arrivals.push((
-                    u64::from_be_bytes(buf[..8].try_into().unwrap()),
-                    Instant::now(),
-                ));
-            }
+    let receiver = receive_udp(&s2, 7004, stop.clone(), Vec::new(), |arrivals, d| {
+        if let Some(i) = seq(d) {
+            arrivals.push((i, Instant::now()));
         }
-        arrivals
     });
-    ready.recv().unwrap();
     let s_stop = stop.clone();
     let sender = in_ns_of(pid(&s1), move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -950,24 +915,8 @@ fn a_node_cut_off_for_two_rotations_cannot_read_the_others_and_recovers() {
     // h1 counts what it could not send.
     let refused = counter(&lab, 1, "no_common_key", &n2);
     let dst = SocketAddr::new(ip(&s2).into(), 7005);
-    let (tx, ready) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let r_stop = stop.clone();
-    let receiver = in_ns_of(pid(&s2), move || {
-        let s = UdpSocket::bind(dst).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        tx.send(()).unwrap();
-        let mut got = 0u64;
-        let mut buf = [0u8; 64];
-        while !r_stop.load(Ordering::Relaxed) {
-            if s.recv_from(&mut buf).is_ok() {
-                got += 1;
-            }
-        }
-        got
-    });
-    ready.recv().unwrap();
+    let receiver = receive_udp(&s2, 7005, stop.clone(), 0u64, |n, _| *n += 1);
     let send = |n: usize| {
         in_ns_of(pid(&s1), move || {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();

@@ -4,43 +4,13 @@
 //! Needs root, iproute2, curl and the built binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shoal_lab::Lab;
-use shoal_tests::{cli, wait_until};
+use shoal_tests::{cli, scrape, wait_until};
 
 const CONFIG: &str =
     "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
-
-/// Scrape a host's /metrics: series (name with labels) -> value.
-fn scrape(lab: &Lab, host: usize) -> Option<BTreeMap<String, f64>> {
-    let out = lab
-        .exec(
-            host,
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:9323/metrics",
-            ],
-        )
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect(),
-    )
-}
 
 #[test]
 fn metrics_have_sane_values() {
