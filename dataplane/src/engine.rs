@@ -27,6 +27,9 @@ use crate::replay::{Refusal, Replay};
 use crate::vnet;
 use crate::wire::{self, Header, HEADER_LEN, TAG_LEN};
 
+/// Send and receive buffer of the UDP socket (bytes).
+const SOCKET_BUFFER: usize = 8 << 20;
+
 /// Largest read from a TAP: the virtio header and a GSO frame of up to
 /// the TAP's `gso_max_size` (kept below 64 KiB so it seals into one UDP
 /// datagram).
@@ -208,6 +211,17 @@ impl Engine {
     /// from [`crate::next_epoch`].
     pub fn start(node: &str, bind: SocketAddr, epoch: u32) -> Result<Engine, EngineError> {
         let sock = UdpSocket::bind(bind).map_err(ioerr(format!("bind UDP {bind}")))?;
+        // A datagram carries up to 60 KB (a TSO frame): the default buffers
+        // hold three, and a receive thread held up for a moment would drop
+        // what arrives meanwhile. Past `rmem_max`/`wmem_max` as root.
+        use rustix::net::sockopt as so;
+        let rcv = so::set_socket_recv_buffer_size_force(&sock, SOCKET_BUFFER)
+            .or_else(|_| so::set_socket_recv_buffer_size(&sock, SOCKET_BUFFER));
+        let snd = so::set_socket_send_buffer_size_force(&sock, SOCKET_BUFFER)
+            .or_else(|_| so::set_socket_send_buffer_size(&sock, SOCKET_BUFFER));
+        if rcv.is_err() || snd.is_err() {
+            tracing::warn!("cannot enlarge the socket buffers of UDP {bind}");
+        }
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(ioerr("set the socket read timeout"))?;
         let rx_sock = sock.try_clone().map_err(ioerr("clone the socket"))?;
