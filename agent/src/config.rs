@@ -33,6 +33,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Unix socket of the local API.
     pub socket: PathBuf,
+    /// Unix socket of the Docker Engine API (the `docker` CLI and its
+    /// ecosystem); unset: `docker.sock` next to `socket`
+    /// (`/run/shoal/docker.sock`); `""`: off.
+    pub docker_socket: Option<PathBuf>,
     /// Runtime state that does not survive a reboot.
     pub run_dir: PathBuf,
     /// `tracing` filter (e.g. `info`, `shoal=debug`); `RUST_LOG` wins.
@@ -76,6 +80,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where the Engine API listens, if it is on.
+    pub fn docker_socket(&self) -> Option<PathBuf> {
+        match &self.docker_socket {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(self.socket.with_file_name("docker.sock")),
+        }
+    }
+
     /// How images are pulled: insecure registries, CA roots, credentials.
     pub fn registries(&self) -> shoal_runtime::Registries {
         shoal_runtime::Registries {
@@ -136,6 +149,7 @@ impl Default for Config {
         Config {
             data_dir: DEFAULT_DATA_DIR.into(),
             socket: DEFAULT_SOCKET.into(),
+            docker_socket: None,
             run_dir: DEFAULT_RUN_DIR.into(),
             log_level: "info".into(),
             hostname: None,

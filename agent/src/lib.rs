@@ -6,6 +6,9 @@
 //!   `shoal-model`.
 //! - [`daemon`]: the process: data-dir lock, local API socket, metrics,
 //!   systemd notification.
+//! - [`engine`]: the Docker Engine API (swarm subset) on a second socket,
+//!   translated into local API requests; imports only `shoal-api`,
+//!   `shoal-model` and the daemon's request handler.
 //! - [`swarm`]: one membership (init, join, resume, leave, roles): the only
 //!   place where the manager and worker sides meet.
 //! - [`manager`]: managers only: store handle, 2377 server, CA, control
@@ -22,6 +25,7 @@ pub mod addr;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod manager;
 pub mod metrics;
 pub mod proto;

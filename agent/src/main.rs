@@ -53,6 +53,9 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(s) = args.socket {
         config.socket = s;
     }
+    if let Some(s) = args.docker_socket {
+        config.docker_socket = Some(s);
+    }
     if let Some(r) = args.run_dir {
         config.run_dir = r;
     }
@@ -68,10 +71,17 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     config.upstreams().map_err(|e| anyhow::anyhow!("{e}"))?;
     // Absolute paths: they are shown to users and stored in the lab state.
     for p in [
-        &mut config.data_dir,
-        &mut config.socket,
-        &mut config.run_dir,
-    ] {
+        Some(&mut config.data_dir),
+        Some(&mut config.socket),
+        Some(&mut config.run_dir),
+        config
+            .docker_socket
+            .as_mut()
+            .filter(|p| !p.as_os_str().is_empty()),
+    ]
+    .into_iter()
+    .flatten()
+    {
         *p = std::path::absolute(&*p)
             .map_err(|e| anyhow::anyhow!("invalid path {}: {e}", p.display()))?;
     }

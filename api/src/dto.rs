@@ -39,6 +39,41 @@ pub struct ServiceUpdate {
     /// `--update-failure-action`.
     #[serde(default)]
     pub update_failure_action: Option<shoal_model::update::FailureAction>,
+    /// The whole new spec (the Engine API's update), replacing the stored
+    /// one before the changes above apply; its name must not change.
+    #[serde(default)]
+    pub spec: Option<Box<shoal_model::service::ServiceSpec>>,
+    /// Refuse the update unless the service is still at this version
+    /// (the Engine API's `?version=`).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// The cluster object (`GET /swarm` of the Engine API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmDoc {
+    /// Cluster id.
+    pub id: String,
+    /// Unix ms of `swarm init`.
+    pub created_at: u64,
+    /// Store index when read.
+    pub version: u64,
+    /// Worker join token.
+    pub worker_token: String,
+    /// Manager join token.
+    pub manager_token: String,
+    /// Overlay subnet pools.
+    pub default_addr_pools: Vec<String>,
+    /// Prefix length of allocated subnets.
+    pub default_addr_pool_mask_len: u8,
+    /// VXLAN port.
+    pub data_path_port: u16,
+    /// Node heartbeat period, ms.
+    pub heartbeat_period_ms: u64,
+    /// The root CA certificate (PEM).
+    pub ca_cert_pem: String,
+    /// A root rotation is under way (old roots still trusted).
+    pub root_rotation_in_progress: bool,
 }
 
 /// One row of `service ls` / document of `service inspect`.
@@ -169,7 +204,7 @@ impl Event {
     }
 }
 
-fn rfc3339_ms(ms: u64) -> String {
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!(

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub mod client;
 pub mod dto;
+pub mod engine;
 
 pub use dto::*;
 
@@ -282,6 +283,16 @@ pub enum Request {
         /// Remove even if the node is not down.
         force: bool,
     },
+    /// The cluster object: settings, join tokens, root CA (the Engine
+    /// API's `GET /swarm`).
+    SwarmInspect,
+    /// The digest a registry names for an image reference now (the Engine
+    /// API's `GET /distribution/{name}/json`); answers the pinned
+    /// reference `name@sha256:…` as a [`Response::Message`].
+    ImageResolve {
+        /// `[registry[:port]/]name[:tag]`.
+        reference: String,
+    },
 }
 
 /// Arguments of `swarm init`, as typed (interfaces are resolved by the
@@ -399,6 +410,8 @@ pub enum Response {
     /// Answer to [`Request::Exec`]: the command runs; [`ExecFrame`]s
     /// follow.
     ExecStarted,
+    /// Answer to [`Request::SwarmInspect`].
+    Swarm(Box<SwarmDoc>),
     /// Answer to [`Request::JoinToken`].
     Token {
         /// The token alone (`-q`).
@@ -566,6 +579,8 @@ pub enum ErrorCode {
     NotFound,
     /// The cluster cannot commit writes now (no quorum, no leader).
     Unavailable,
+    /// A name or port is taken by another object.
+    Conflict,
 }
 
 impl ApiError {

@@ -60,6 +60,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             max_replicas_per_node: 0,
             placement_prefs: Vec::new(),
             update_config: Default::default(),
+            force_update: 0,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod command;
 pub mod legacy;
 pub mod network;
 pub mod placement;
+pub mod port;
 pub mod service;
 pub mod state;
 pub mod update;

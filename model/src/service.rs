@@ -16,44 +16,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{self, Endpoint, Network, NetworkError};
-
-/// `tcp` or `udp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-/// Where a published port is open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PublishMode {
-    /// Routing mesh: on every node, balanced over all tasks.
-    Ingress,
-    /// Only on the nodes running a task, to that task.
-    Host,
-}
-
-impl fmt::Display for PublishMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PublishMode::Ingress => "ingress",
-            PublishMode::Host => "host",
-        })
-    }
-}
+use crate::port::allocate_published;
+pub use crate::port::{PortConfig, Protocol, PublishMode, DYNAMIC_PORTS};
 
 /// How clients reach the service's tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,94 +87,6 @@ impl FromStr for RestartCondition {
     }
 }
 
-/// One `--publish`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortConfig {
-    /// Protocol.
-    pub protocol: Protocol,
-    /// Port inside the task.
-    pub target: u16,
-    /// Port on the nodes.
-    pub published: u16,
-    /// Ingress (routing mesh) or host.
-    pub mode: PublishMode,
-}
-
-impl fmt::Display for PortConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)?;
-        if self.mode == PublishMode::Host {
-            f.write_str(" (host)")?;
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for PortConfig {
-    type Err = String;
-    /// Docker's two syntaxes: `8080:80[/udp]` and
-    /// `published=8080,target=80[,protocol=udp][,mode=host]`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("invalid publish {s:?}: {why}");
-        let port = |v: &str, what: &str| -> Result<u16, String> {
-            match v.parse::<u16>() {
-                Ok(p) if p > 0 => Ok(p),
-                _ => Err(bad(&format!(
-                    "{what} port {v:?} is not a number in 1-65535"
-                ))),
-            }
-        };
-        let proto = |v: &str| match v {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => Err(bad(&format!("protocol {v:?}: expected tcp or udp"))),
-        };
-        if s.contains('=') {
-            let (mut published, mut target) = (None, None);
-            let (mut protocol, mut mode) = (Protocol::Tcp, PublishMode::Ingress);
-            for kv in s.split(',') {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| bad(&format!("{kv:?} is not key=value")))?;
-                match k {
-                    "published" => published = Some(port(v, "published")?),
-                    "target" => target = Some(port(v, "target")?),
-                    "protocol" => protocol = proto(v)?,
-                    "mode" => {
-                        mode = match v {
-                            "ingress" => PublishMode::Ingress,
-                            "host" => PublishMode::Host,
-                            _ => return Err(bad(&format!("mode {v:?}: expected ingress or host"))),
-                        }
-                    }
-                    _ => return Err(bad(&format!("unknown key {k:?}"))),
-                }
-            }
-            let target = target.ok_or_else(|| bad("target= is required"))?;
-            let published = published.ok_or_else(|| bad("published= is required"))?;
-            return Ok(PortConfig {
-                protocol,
-                target,
-                published,
-                mode,
-            });
-        }
-        let (ports, protocol) = match s.split_once('/') {
-            Some((p, pr)) => (p, proto(pr)?),
-            None => (s, Protocol::Tcp),
-        };
-        let (published, target) = ports
-            .split_once(':')
-            .ok_or_else(|| bad("expected PUBLISHED:TARGET[/PROTOCOL]"))?;
-        Ok(PortConfig {
-            protocol,
-            target: port(target, "target")?,
-            published: port(published, "published")?,
-            mode: PublishMode::Ingress,
-        })
-    }
-}
-
 /// What `service create` / `service update` ask for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -256,6 +132,10 @@ pub struct ServiceSpec {
     /// How an update replaces the tasks.
     #[serde(default)]
     pub update_config: crate::update::UpdateConfig,
+    /// `--force` counter (docker's `TaskTemplate.ForceUpdate`): raising it
+    /// replaces every task even when nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 /// `--mode`, as docker names it.
@@ -483,7 +363,7 @@ pub enum ServiceError {
     #[error("service with name {0} already exists")]
     NameInUse(String),
     /// Docker's name rules (also a DNS label).
-    #[error("invalid service name {0:?}: use 1-63 letters, digits and '-', starting with a letter or digit")]
+    #[error("invalid service name {0:?}: use 1-63 letters, digits, '-' and '_', starting and ending with a letter or digit")]
     BadName(String),
     /// Unknown service.
     #[error("service {0} not found")]
@@ -514,6 +394,9 @@ pub enum ServiceError {
     #[error("task {0} already exists")]
     TaskExists(String),
     /// More replicas than one service may have.
+    /// Every port of [`DYNAMIC_PORTS`] is published already.
+    #[error("no free {0} port left in 30000-32767 to publish on")]
+    NoFreePort(Protocol),
     #[error("--replicas {0}: a service has at most {MAX_REPLICAS} replicas")]
     TooManyReplicas(u64),
     /// A container service without an image.
@@ -552,11 +435,15 @@ pub fn bounded_message(mut message: String) -> String {
     message
 }
 
+/// swarmkit's rule: 1-63 letters, digits, `-` and `_` (stacks name
+/// services `stack_service`), starting and ending with a letter or digit.
 fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 63
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !n.starts_with('-')
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    n.len() <= 63
+        && edge(n.chars().next())
+        && edge(n.chars().last())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resolve the spec's network keys to ids, check names and ports, and
@@ -598,6 +485,7 @@ pub fn check_spec(
         }
     }
     spec.networks = ids;
+    allocate_published(services, &mut spec, own_id)?;
     for (i, p) in spec.ports.iter().enumerate() {
         let clash = |q: &PortConfig| q.published == p.published && q.protocol == p.protocol;
         if spec.ports[..i].iter().any(clash) {

@@ -962,6 +962,7 @@ mod tests {
             max_replicas_per_node: 0,
             placement_prefs: vec![],
             update_config: Default::default(),
+            force_update: 0,
         }
     }
 
@@ -1000,6 +1001,77 @@ mod tests {
         };
         assert!(s.apply_command(4, scale).is_err());
         assert_eq!(s.services["s1"].spec.replicas, crate::service::MAX_REPLICAS);
+    }
+
+    #[test]
+    fn ports_published_as_zero_get_free_dynamic_ports_and_stack_names_pass() {
+        use crate::service::{PortConfig, Protocol, PublishMode};
+        let mut s = State::default();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: node(Some(1)),
+            },
+        )
+        .unwrap();
+        let port = |published, protocol| PortConfig {
+            protocol,
+            target: 80,
+            published,
+            mode: PublishMode::Host,
+        };
+        let mut a = spec(1);
+        a.name = "app_front".into();
+        a.ports = vec![port(0, Protocol::Tcp), port(30000, Protocol::Udp)];
+        s.apply_command(
+            2,
+            Command::CreateService {
+                id: "a".into(),
+                spec: a,
+                at: 1,
+            },
+        )
+        .unwrap();
+        let got: Vec<u16> = s.services["a"]
+            .spec
+            .ports
+            .iter()
+            .map(|p| p.published)
+            .collect();
+        assert_eq!(got, [30000, 30000], "tcp and udp are counted apart");
+        let mut b = spec(1);
+        b.name = "app_back".into();
+        b.ports = vec![port(0, Protocol::Tcp), port(0, Protocol::Tcp)];
+        s.apply_command(
+            3,
+            Command::CreateService {
+                id: "b".into(),
+                spec: b,
+                at: 1,
+            },
+        )
+        .unwrap();
+        let got: Vec<u16> = s.services["b"]
+            .spec
+            .ports
+            .iter()
+            .map(|p| p.published)
+            .collect();
+        assert_eq!(got, [30001, 30002]);
+        for bad in ["_x", "x_", "-x", "", "a.b"] {
+            let mut c = spec(1);
+            c.name = bad.into();
+            let e = s.apply_command(
+                4,
+                Command::CreateService {
+                    id: "c".into(),
+                    spec: c,
+                    at: 1,
+                },
+            );
+            assert!(e.is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -631,6 +631,10 @@ pub struct DaemonArgs {
     /// Unix socket of the local API [default: /run/shoal/shoal.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Unix socket of the Docker Engine API, for the docker CLI ("" turns
+    /// it off) [default: docker.sock next to --socket].
+    #[arg(long)]
+    pub docker_socket: Option<PathBuf>,
     /// Directory for runtime state such as namespace bind mounts [default: /run/shoal].
     #[arg(long)]
     pub run_dir: Option<PathBuf>,

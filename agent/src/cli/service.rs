@@ -100,6 +100,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         labels,
         image,
         container,
+        force_update: 0,
     })
 }
 
@@ -332,6 +333,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     update_delay_ms: rolling.update_delay,
                     update_order: rolling.update_order.map(order),
                     update_failure_action: rolling.update_failure_action.map(on_failure),
+                    ..Default::default()
                 },
             })
             .await?

@@ -17,7 +17,7 @@ use crate::manager::events::POLL_WAIT;
 use crate::manager::Manager;
 use crate::swarm::file::write_atomically;
 use crate::swarm::Swarm;
-use shoal_model::service::{Runtime, ServiceSpec};
+use shoal_model::service::Runtime;
 
 /// State shared by every API connection.
 #[derive(Debug)]
@@ -53,21 +53,15 @@ impl Daemon {
             .await
     }
 
-    /// Pins the spec's image to the digest its registry names now (as
-    /// docker does at create, so every task runs the same image); the
-    /// warning docker prints when the registry cannot be asked.
-    async fn pin_image(&self, spec: &mut ServiceSpec) -> Result<Option<String>, ApiError> {
+    /// The image pinned to the digest its registry names now (as docker
+    /// does at create, so every task runs the same image); when the
+    /// registry cannot be asked, the warning docker prints instead.
+    async fn pin_image(&self, image: &str) -> Result<Result<String, String>, ApiError> {
         let registries = self.config.registries();
-        match tokio::time::timeout(
-            RESOLVE_TIMEOUT,
-            shoal_runtime::resolve(&spec.image, &registries),
-        )
-        .await
+        match tokio::time::timeout(RESOLVE_TIMEOUT, shoal_runtime::resolve(image, &registries))
+            .await
         {
-            Ok(Ok(pinned)) => {
-                spec.image = pinned;
-                Ok(None)
-            }
+            Ok(Ok(pinned)) => Ok(Ok(pinned)),
             Ok(Err(e @ shoal_runtime::RuntimeError::Reference(_))) => {
                 Err(ApiError::invalid(e.to_string()))
             }
@@ -76,11 +70,10 @@ impl Daemon {
                     Ok(Err(e)) => e.to_string(),
                     _ => "the registry did not answer in time".into(),
                 };
-                Ok(Some(format!(
-                    "image {} could not be accessed on a registry to record its digest ({why}). \
-                     Each node will access {} independently, possibly leading to different nodes \
-                     running different versions of the image.",
-                    spec.image, spec.image
+                Ok(Err(format!(
+                    "image {image} could not be accessed on a registry to record its digest ({why}). \
+                     Each node will access {image} independently, possibly leading to different nodes \
+                     running different versions of the image."
                 )))
             }
         }
@@ -91,9 +84,12 @@ impl Daemon {
         match req {
             Request::Version => Ok(Response::Version(VersionInfo::current())),
             Request::Info => Ok(Response::Info(Box::new(self.info().await))),
-            Request::SwarmInit(args) => {
+            Request::SwarmInit(mut args) => {
                 let _op = self.membership_op.lock().await;
                 self.check_inactive().await?;
+                if args.advertise_addr.is_empty() {
+                    args.advertise_addr = choose_advertise_addr(super::local_ipv4_addrs())?;
+                }
                 let (swarm, msg) = Swarm::init(&self.config, self.restart.clone(), args).await?;
                 self.set_swarm(swarm).await;
                 Ok(Response::Message(msg))
@@ -227,7 +223,10 @@ impl Daemon {
                     shoal_runtime::parse_reference(&spec.image)
                         .map_err(|e| ApiError::invalid(e.to_string()))?;
                     if resolve_image {
-                        warnings.extend(self.pin_image(&mut spec).await?);
+                        match self.pin_image(&spec.image).await? {
+                            Ok(pinned) => spec.image = pinned,
+                            Err(warning) => warnings.push(warning),
+                        }
                     }
                 }
                 let id = services::create(m.as_ref(), *spec).await?;
@@ -365,6 +364,17 @@ impl Daemon {
                 )
                 .await?,
             )),
+            Request::SwarmInspect => Ok(Response::Swarm(Box::new(
+                cluster::inspect(self.manager().await?.as_ref()).await?,
+            ))),
+            Request::ImageResolve { reference } => {
+                shoal_runtime::parse_reference(&reference)
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+                match self.pin_image(&reference).await? {
+                    Ok(pinned) => Ok(Response::Message(pinned)),
+                    Err(why) => Err(ApiError::new(ErrorCode::NotFound, why)),
+                }
+            }
             Request::NodeRemove { nodes: keys, force } => {
                 let m = self.manager().await?;
                 let mut out = Vec::new();
@@ -472,6 +482,21 @@ impl Daemon {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             swarm,
         }
+    }
+}
+
+/// The address to advertise when none is given: the only one there is
+/// (as docker chooses; several are ambiguous).
+fn choose_advertise_addr(addrs: Vec<String>) -> Result<String, ApiError> {
+    match addrs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ApiError::invalid(
+            "could not find an IP address to advertise: this node has no IPv4 address besides loopback; use --advertise-addr",
+        )),
+        many => Err(ApiError::invalid(format!(
+            "could not choose an IP address to advertise since this system has multiple addresses ({}); use --advertise-addr",
+            many.join(", ")
+        ))),
     }
 }
 

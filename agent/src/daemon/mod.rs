@@ -248,6 +248,17 @@ pub async fn run(config: Config) -> Result<()> {
             }),
         );
     }
+    // The Engine API: a socket in use or unbindable costs only itself.
+    let docker_socket = daemon.config.docker_socket();
+    if let Some(path) = &docker_socket {
+        match bind_socket(path).await {
+            Ok(l) => {
+                info!(socket = %path.display(), "docker engine api listening");
+                crate::engine::serve(l, daemon.clone());
+            }
+            Err(e) => warn!("docker engine api disabled: {e:#}"),
+        }
+    }
     // Under systemd (Type=notify): the API socket is up, we are ready.
     if let Err(e) = notify::ready() {
         warn!("cannot notify systemd: {e}");
@@ -265,8 +276,10 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     let _ = notify::stopping();
-    if let Err(e) = std::fs::remove_file(&socket) {
-        warn!("cannot remove socket {}: {e}", socket.display());
+    for s in std::iter::once(&socket).chain(docker_socket.as_ref()) {
+        if let Err(e) = std::fs::remove_file(s) {
+            warn!("cannot remove socket {}: {e}", s.display());
+        }
     }
     let swarm = daemon.swarm.write().await.take();
     if let Some(s) = swarm {

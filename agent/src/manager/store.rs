@@ -72,8 +72,14 @@ pub fn raft_err(e: RaftError) -> ApiError {
 }
 
 fn apply_err(e: ApplyError) -> ApiError {
+    use shoal_model::network::NetworkError as N;
+    use shoal_model::service::ServiceError as S;
     let code = match e {
-        ApplyError::NoSuchNode(_) => ErrorCode::NotFound,
+        ApplyError::NoSuchNode(_)
+        | ApplyError::Network(N::NotFound(_))
+        | ApplyError::Service(S::NotFound(_)) => ErrorCode::NotFound,
+        ApplyError::Network(N::NameInUse(_) | N::IngressExists(_))
+        | ApplyError::Service(S::NameInUse(_) | S::PortInUse { .. }) => ErrorCode::Conflict,
         _ => ErrorCode::Invalid,
     };
     ApiError::new(code, e.to_string())

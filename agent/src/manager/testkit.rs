@@ -194,6 +194,7 @@ impl World {
                 max_replicas_per_node: 0,
                 placement_prefs: vec![],
                 update_config: Default::default(),
+                force_update: 0,
             },
             at: 0,
         });

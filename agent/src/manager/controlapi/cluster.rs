@@ -1,7 +1,7 @@
 //! Control API for the cluster object: join tokens (show, rotate), root
 //! CA rotation, gossip key rotation.
 
-use shoal_api::ApiError;
+use shoal_api::{ApiError, SwarmDoc};
 use shoal_model::state::Command;
 use shoal_tls::{JoinSecret, JoinToken, Role};
 
@@ -35,6 +35,27 @@ pub async fn join_token(
     };
     let token = JoinToken { digest, secret }.to_string();
     Ok((token, m.addr.to_string()))
+}
+
+/// The cluster object as the Engine API's `GET /swarm` shows it.
+pub async fn inspect(m: &Manager) -> Result<SwarmDoc, ApiError> {
+    let (worker_token, _) = join_token(m, Role::Worker, false).await?;
+    let (manager_token, _) = join_token(m, Role::Manager, false).await?;
+    let (cluster, version) = m.store().read(|s| (s.cluster.clone(), s.index)).await?;
+    let c = cluster.ok_or_else(|| ApiError::internal("the store holds no cluster"))?;
+    Ok(SwarmDoc {
+        id: c.id,
+        created_at: c.created_at,
+        version,
+        worker_token,
+        manager_token,
+        default_addr_pools: c.default_addr_pools,
+        default_addr_pool_mask_len: c.default_addr_pool_mask_len,
+        data_path_port: c.data_path_port,
+        heartbeat_period_ms: c.heartbeat_period_ms,
+        root_rotation_in_progress: !c.ca.previous_roots.is_empty(),
+        ca_cert_pem: c.ca.cert_pem,
+    })
 }
 
 /// `swarm ca --rotate`.

@@ -159,8 +159,23 @@ pub async fn rollback(m: &Manager, key: &str) -> Result<String, ApiError> {
 /// `service update` / `service scale`.
 pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, ApiError> {
     let svc = get(m, key).await?;
+    if let Some(v) = u.version.filter(|v| *v != svc.version) {
+        return Err(ApiError::invalid(format!(
+            "update out of sequence: service {} is at version {}, not {v}",
+            svc.spec.name, svc.version
+        )));
+    }
     let nets = m.store().read(|s| s.networks.clone()).await?;
-    let mut spec = svc.spec.clone();
+    let mut spec = match u.spec {
+        Some(new) if new.name != svc.spec.name => {
+            return Err(ApiError::invalid(format!(
+                "renaming services is not supported: {} cannot become {}",
+                svc.spec.name, new.name
+            )))
+        }
+        Some(new) => *new,
+        None => svc.spec.clone(),
+    };
     if let Some(r) = u.replicas {
         if spec.mode == ServiceMode::Global {
             return Err(ApiError::invalid(format!(
@@ -194,8 +209,7 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
         spec.env.push(kv.clone());
     }
     if u.force {
-        spec.labels
-            .insert("com.shoal.force-update".into(), now_ms().to_string());
+        spec.force_update += 1;
     }
     if let Some(p) = u.update_parallelism {
         spec.update_config.parallelism = p;

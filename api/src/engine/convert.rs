@@ -1,0 +1,654 @@
+//! Shoal's objects as Docker's, and Docker's service spec as Shoal's: the
+//! one place the two vocabularies meet. Durations are nanoseconds, times
+//! RFC 3339, enums Docker's lower-case words.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use shoal_model::service::{
+    self as model, EndpointMode, Protocol, PublishMode, RestartCondition, Runtime, ServiceMode,
+    TaskState,
+};
+use shoal_model::update::{FailureAction, UpdateOrder, UpdateState};
+
+use super::types as d;
+use crate::{NodeRow, ServiceRow, TaskRow};
+
+const NS_PER_MS: i64 = 1_000_000;
+
+/// Unix ms as RFC 3339 (`2026-12-01T10:00:00.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    crate::dto::rfc3339_ms(ms)
+}
+
+/// What the renderers need to know of a network.
+#[derive(Debug, Clone, Default)]
+pub struct NetRef {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Prefix length of its subnet.
+    pub prefix: u8,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Flags.
+    pub ingress: bool,
+    /// Flags.
+    pub attachable: bool,
+    /// Flags.
+    pub internal: bool,
+}
+
+/// Networks by id.
+pub type Nets = BTreeMap<String, NetRef>;
+
+// --- service spec, Shoal → Docker ---------------------------------------
+
+/// A stored spec as Docker's `ServiceSpec`.
+pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
+    let c = &s.container;
+    let limit = |cpu: Option<i64>, mem: Option<i64>| {
+        (cpu.is_some() || mem.is_some()).then(|| d::Limit {
+            nano_cpus: cpu.unwrap_or(0),
+            memory_bytes: mem.unwrap_or(0),
+        })
+    };
+    let u = &s.update_config;
+    let update = d::UpdateConfig {
+        parallelism: u.parallelism,
+        delay: u.delay_ms as i64 * NS_PER_MS,
+        failure_action: match u.failure_action {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+        .into(),
+        monitor: 5_000 * NS_PER_MS,
+        max_failure_ratio: 0.0,
+        order: match u.order {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+        .into(),
+    };
+    d::ServiceSpec {
+        name: s.name.clone(),
+        labels: s.labels.clone(),
+        task_template: d::TaskSpec {
+            container_spec: Some(d::ContainerSpec {
+                image: s.image.clone(),
+                command: c.entrypoint.clone(),
+                args: s.command.clone(),
+                env: s.env.clone(),
+                dir: c.workdir.clone().unwrap_or_default(),
+                user: c.user.clone().unwrap_or_default(),
+                read_only: c.read_only,
+                mounts: c
+                    .mounts
+                    .iter()
+                    .map(|m| d::Mount {
+                        r#type: m.typ.clone(),
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        read_only: m.readonly,
+                    })
+                    .collect(),
+                capability_add: c.cap_add.clone(),
+                capability_drop: c.cap_drop.clone(),
+                ..Default::default()
+            }),
+            resources: Some(d::Resources {
+                limits: limit(c.limit_nano_cpus, c.limit_memory),
+                reservations: limit(c.reserve_nano_cpus, c.reserve_memory),
+            }),
+            restart_policy: Some(d::RestartPolicy {
+                condition: s.restart_condition.to_string(),
+                delay: Some(5_000 * NS_PER_MS),
+                max_attempts: Some(0),
+            }),
+            placement: Some(d::Placement {
+                constraints: s.constraints.clone(),
+                preferences: s
+                    .placement_prefs
+                    .iter()
+                    .map(|p| d::PlacementPreference {
+                        spread: d::Spread {
+                            spread_descriptor: p.strip_prefix("spread=").unwrap_or(p).to_string(),
+                        },
+                    })
+                    .collect(),
+                max_replicas: s.max_replicas_per_node,
+            }),
+            networks: s
+                .networks
+                .iter()
+                .map(|n| d::NetworkAttachmentConfig {
+                    target: n.clone(),
+                    aliases: Vec::new(),
+                })
+                .collect(),
+            force_update: s.force_update,
+            runtime: match c.runtime {
+                Runtime::Container => String::new(),
+                Runtime::Host => "shoal-host".into(),
+            },
+        },
+        mode: match s.mode {
+            ServiceMode::Replicated => d::ServiceMode {
+                replicated: Some(d::Replicated {
+                    replicas: Some(s.replicas),
+                }),
+                ..Default::default()
+            },
+            ServiceMode::Global => d::ServiceMode {
+                global: Some(d::Empty {}),
+                ..Default::default()
+            },
+        },
+        update_config: Some(update.clone()),
+        rollback_config: Some(update),
+        networks: Vec::new(),
+        endpoint_spec: Some(d::EndpointSpec {
+            mode: s.endpoint_mode.to_string(),
+            ports: s.ports.iter().map(port_to_docker).collect(),
+        }),
+    }
+}
+
+fn port_to_docker(p: &model::PortConfig) -> d::PortConfig {
+    d::PortConfig {
+        name: String::new(),
+        protocol: p.protocol.to_string(),
+        target_port: p.target.into(),
+        published_port: p.published.into(),
+        publish_mode: p.mode.to_string(),
+    }
+}
+
+// --- service spec, Docker → Shoal ---------------------------------------
+
+/// Fields of a Docker `TaskTemplate.ContainerSpec` Shoal cannot honour:
+/// a spec with one of them set is refused rather than run without it.
+const REFUSED: &[(&str, &str)] = &[
+    ("Secrets", "secrets"),
+    ("Configs", "configs"),
+    ("Healthcheck", "health checks"),
+];
+
+/// Fields Shoal does not apply; the create or update answer warns.
+const IGNORED: &[&str] = &[
+    "Hosts",
+    "Sysctls",
+    "Ulimits",
+    "Privileges",
+    "TTY",
+    "OpenStdin",
+    "Groups",
+    "StopSignal",
+    "StopGracePeriod",
+    "Hostname",
+    "Isolation",
+    "OomScoreAdj",
+];
+
+fn non_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => o.values().any(non_empty),
+    }
+}
+
+/// A Docker `ServiceSpec` (already [`super::gojson::normalize`]d) as
+/// Shoal's, with the warnings for what it leaves out. Errors name the
+/// field. Network targets stay as given (ids or names: the store resolves
+/// both).
+pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>), String> {
+    let ds: d::ServiceSpec =
+        serde_json::from_value(raw.clone()).map_err(|e| format!("invalid service spec: {e}"))?;
+    let mut warnings = Vec::new();
+    let cs_raw = &raw["TaskTemplate"]["ContainerSpec"];
+    for (field, what) in REFUSED {
+        if non_empty(&cs_raw[field]) && !no_healthcheck(field, &cs_raw[field]) {
+            return Err(format!(
+                "ContainerSpec.{field}: {what} are not supported by Shoal"
+            ));
+        }
+    }
+    for field in IGNORED {
+        if non_empty(&cs_raw[field]) {
+            warnings.push(format!(
+                "ContainerSpec.{field} is not supported by Shoal and was ignored"
+            ));
+        }
+    }
+    if non_empty(&raw["TaskTemplate"]["LogDriver"]) {
+        warnings.push("TaskTemplate.LogDriver is not supported by Shoal and was ignored (tasks log to json-file)".into());
+    }
+    let (mode, replicas) = match (&ds.mode.replicated, &ds.mode.global) {
+        _ if ds.mode.replicated_job.is_some() || ds.mode.global_job.is_some() => {
+            return Err(
+                "Mode: replicated-job and global-job services are not supported by Shoal".into(),
+            )
+        }
+        (Some(_), Some(_)) => return Err("Mode: set Replicated or Global, not both".into()),
+        (None, Some(_)) => (ServiceMode::Global, 0),
+        (Some(r), None) => (ServiceMode::Replicated, r.replicas.unwrap_or(1)),
+        (None, None) => (ServiceMode::Replicated, 1),
+    };
+    let tt = &ds.task_template;
+    let cs = tt.container_spec.clone().unwrap_or_default();
+    let res = tt.resources.clone().unwrap_or_default();
+    let pos = |n: i64| (n > 0).then_some(n);
+    let runtime = match tt.runtime.as_str() {
+        "" | "container" => Runtime::Container,
+        "shoal-host" => Runtime::Host,
+        other => {
+            return Err(format!(
+                "TaskTemplate.Runtime {other:?} is not supported by Shoal"
+            ))
+        }
+    };
+    let restart_condition = match tt.restart_policy.as_ref().map(|r| r.condition.as_str()) {
+        None | Some("") => RestartCondition::Any,
+        Some(c) => c
+            .parse()
+            .map_err(|e| format!("RestartPolicy.Condition: {e}"))?,
+    };
+    let placement = tt.placement.clone().unwrap_or_default();
+    let ep = ds.endpoint_spec.clone().unwrap_or_default();
+    let endpoint_mode = match ep.mode.as_str() {
+        "" => EndpointMode::Vip,
+        m => m.parse().map_err(|e| format!("EndpointSpec.Mode: {e}"))?,
+    };
+    let ports = ep
+        .ports
+        .iter()
+        .map(port_from_docker)
+        .collect::<Result<Vec<_>, _>>()?;
+    let networks = if tt.networks.is_empty() {
+        &ds.networks
+    } else {
+        &tt.networks
+    };
+    let mut update_config = shoal_model::update::UpdateConfig::default();
+    if let Some(u) = &ds.update_config {
+        update_config.parallelism = u.parallelism;
+        update_config.delay_ms = (u.delay.max(0) / NS_PER_MS) as u64;
+        update_config.order = match u.order.as_str() {
+            "" | "stop-first" => UpdateOrder::StopFirst,
+            "start-first" => UpdateOrder::StartFirst,
+            o => {
+                return Err(format!(
+                    "UpdateConfig.Order {o:?}: expected stop-first or start-first"
+                ))
+            }
+        };
+        update_config.failure_action = match u.failure_action.as_str() {
+            "" | "pause" => FailureAction::Pause,
+            "continue" => FailureAction::Continue,
+            "rollback" => FailureAction::Rollback,
+            a => {
+                return Err(format!(
+                    "UpdateConfig.FailureAction {a:?}: expected pause, continue or rollback"
+                ))
+            }
+        };
+    }
+    let spec = model::ServiceSpec {
+        name: ds.name.clone(),
+        replicas,
+        networks: networks.iter().map(|n| n.target.clone()).collect(),
+        ports,
+        endpoint_mode,
+        env: cs.env.clone(),
+        restart_condition,
+        command: cs.args.clone(),
+        labels: ds.labels.clone(),
+        image: cs.image.clone(),
+        container: model::ContainerSpec {
+            runtime,
+            entrypoint: cs.command.clone(),
+            user: Some(cs.user.clone()).filter(|u| !u.is_empty()),
+            workdir: Some(cs.dir.clone()).filter(|u| !u.is_empty()),
+            mounts: cs
+                .mounts
+                .iter()
+                .map(|m| model::Mount {
+                    typ: if m.r#type.is_empty() {
+                        "volume".into()
+                    } else {
+                        m.r#type.clone()
+                    },
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    readonly: m.read_only,
+                })
+                .collect(),
+            read_only: cs.read_only,
+            cap_add: cs.capability_add.clone(),
+            cap_drop: cs.capability_drop.clone(),
+            limit_memory: res.limits.as_ref().and_then(|l| pos(l.memory_bytes)),
+            limit_nano_cpus: res.limits.as_ref().and_then(|l| pos(l.nano_cpus)),
+            reserve_memory: res.reservations.as_ref().and_then(|l| pos(l.memory_bytes)),
+            reserve_nano_cpus: res.reservations.as_ref().and_then(|l| pos(l.nano_cpus)),
+        },
+        mode,
+        constraints: placement.constraints.clone(),
+        max_replicas_per_node: placement.max_replicas,
+        placement_prefs: placement
+            .preferences
+            .iter()
+            .map(|p| format!("spread={}", p.spread.spread_descriptor))
+            .collect(),
+        update_config,
+        force_update: tt.force_update,
+    };
+    Ok((spec, warnings))
+}
+
+/// `Healthcheck: {"Test": ["NONE"]}` is `--no-healthcheck`: nothing to run.
+fn no_healthcheck(field: &str, v: &Value) -> bool {
+    field == "Healthcheck"
+        && v["Test"]
+            .as_array()
+            .is_none_or(|t| t.is_empty() || t[0] == "NONE")
+}
+
+fn port_from_docker(p: &d::PortConfig) -> Result<model::PortConfig, String> {
+    let u16_of = |n: u64, what: &str| {
+        u16::try_from(n).map_err(|_| format!("EndpointSpec.Ports: {what} {n} is not a port"))
+    };
+    let target = u16_of(p.target_port, "TargetPort")?;
+    if target == 0 {
+        return Err("EndpointSpec.Ports: TargetPort is required".into());
+    }
+    Ok(model::PortConfig {
+        protocol: match p.protocol.as_str() {
+            "" | "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            o => {
+                return Err(format!(
+                    "EndpointSpec.Ports: protocol {o:?} is not supported (tcp or udp)"
+                ))
+            }
+        },
+        target,
+        published: u16_of(p.published_port, "PublishedPort")?,
+        mode: match p.publish_mode.as_str() {
+            "" | "ingress" => PublishMode::Ingress,
+            "host" => PublishMode::Host,
+            m => {
+                return Err(format!(
+                    "EndpointSpec.Ports: PublishMode {m:?}: expected ingress or host"
+                ))
+            }
+        },
+    })
+}
+
+// --- objects --------------------------------------------------------------
+
+/// A service row as Docker's `Service`; `status` adds `ServiceStatus`
+/// (`?status=true`).
+pub fn service_to_docker(row: &ServiceRow, nets: &Nets, status: bool) -> d::Service {
+    let s = &row.service;
+    let spec = spec_to_docker(&s.spec);
+    let endpoint_spec = spec.endpoint_spec.clone().unwrap_or_default();
+    d::Service {
+        id: s.id.clone(),
+        version: d::ObjectVersion { index: s.version },
+        created_at: rfc3339(s.created_at),
+        updated_at: rfc3339(s.updated_at),
+        previous_spec: s.previous_spec.as_deref().map(spec_to_docker),
+        endpoint: d::Endpoint {
+            ports: endpoint_spec.ports.clone(),
+            spec: endpoint_spec,
+            virtual_ips: s
+                .vips
+                .iter()
+                .map(|(nid, ip)| d::VirtualIp {
+                    network_id: nid.clone(),
+                    addr: format!("{ip}/{}", nets.get(nid).map_or(32, |n| n.prefix)),
+                })
+                .collect(),
+        },
+        spec,
+        update_status: s.update_status.as_ref().map(|u| d::UpdateStatus {
+            state: match u.state {
+                UpdateState::Updating => "updating",
+                UpdateState::Paused => "paused",
+                UpdateState::Completed => "completed",
+                UpdateState::RollbackStarted => "rollback_started",
+                UpdateState::RollbackCompleted => "rollback_completed",
+            }
+            .into(),
+            started_at: (u.started_at > 0).then(|| rfc3339(u.started_at)),
+            completed_at: (u.completed_at > 0).then(|| rfc3339(u.completed_at)),
+            message: u.message.clone(),
+        }),
+        service_status: status.then_some(d::ServiceStatus {
+            running_tasks: row.running,
+            desired_tasks: row.desired,
+            completed_tasks: 0,
+        }),
+    }
+}
+
+/// A task row as Docker's `Task`; `spec` is the task template it runs.
+pub fn task_to_docker(row: &TaskRow, spec: &d::TaskSpec, nets: &Nets) -> d::Task {
+    let t = &row.task;
+    let failed = matches!(t.state, TaskState::Failed | TaskState::Rejected);
+    d::Task {
+        id: t.id.clone(),
+        version: d::ObjectVersion { index: t.version },
+        created_at: rfc3339(t.created_at),
+        updated_at: rfc3339(t.updated_at),
+        labels: BTreeMap::new(),
+        spec: spec.clone(),
+        service_id: t.service.clone(),
+        slot: t.slot,
+        node_id: t.node.clone(),
+        status: d::TaskStatus {
+            timestamp: rfc3339(t.updated_at),
+            state: task_state(t.state).into(),
+            message: if failed {
+                String::new()
+            } else {
+                t.message.clone()
+            },
+            err: if failed {
+                t.message.clone()
+            } else {
+                String::new()
+            },
+            container_status: (t.state >= TaskState::Starting).then(|| d::ContainerStatus {
+                container_id: t.id.clone(),
+                pid: 0,
+                exit_code: t.exit_code.unwrap_or(0).into(),
+            }),
+            port_status: d::Empty {},
+        },
+        desired_state: task_state(t.desired).into(),
+        networks_attachments: t
+            .endpoints
+            .iter()
+            .map(|(nid, ep)| {
+                let n = nets.get(nid).cloned().unwrap_or_else(|| NetRef {
+                    id: nid.clone(),
+                    prefix: 32,
+                    ..Default::default()
+                });
+                d::NetworkAttachment {
+                    addresses: vec![format!("{}/{}", ep.ip, n.prefix)],
+                    network: d::AttachedNetwork {
+                        id: n.id.clone(),
+                        version: d::ObjectVersion::default(),
+                        spec: d::AttachedNetworkSpec {
+                            name: n.name,
+                            labels: n.labels,
+                            scope: "swarm".into(),
+                            ingress: n.ingress,
+                            attachable: n.attachable,
+                            internal: n.internal,
+                        },
+                    },
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Docker's word for a task state.
+pub fn task_state(s: TaskState) -> &'static str {
+    match s {
+        TaskState::New => "new",
+        TaskState::Assigned => "assigned",
+        TaskState::Starting => "starting",
+        TaskState::Running => "running",
+        TaskState::Complete => "complete",
+        TaskState::Shutdown => "shutdown",
+        TaskState::Failed => "failed",
+        TaskState::Rejected => "rejected",
+        TaskState::Orphaned => "orphaned",
+    }
+}
+
+/// A node row as Docker's `Node`; `trust_root` is the cluster's CA.
+pub fn node_to_docker(row: &NodeRow, trust_root: &str) -> d::Node {
+    let n = &row.node;
+    let manager = n.role == shoal_model::Role::Manager;
+    d::Node {
+        id: n.id.to_string(),
+        version: d::ObjectVersion { index: n.version },
+        created_at: rfc3339(n.created_at),
+        updated_at: rfc3339(n.updated_at),
+        spec: d::NodeSpec {
+            name: String::new(),
+            labels: row.labels.clone(),
+            role: n.role.to_string(),
+            availability: n.availability.to_string().to_ascii_lowercase(),
+        },
+        description: d::NodeDescription {
+            hostname: n.hostname.clone(),
+            platform: d::Platform {
+                architecture: std::env::consts::ARCH.into(),
+                os: std::env::consts::OS.into(),
+            },
+            resources: row
+                .resources
+                .as_ref()
+                .map(|r| d::Limit {
+                    nano_cpus: r.nano_cpus,
+                    memory_bytes: r.memory_bytes,
+                })
+                .unwrap_or_default(),
+            engine: d::EngineDescription {
+                engine_version: format!("shoal-{}", env!("CARGO_PKG_VERSION")),
+            },
+            tls_info: d::TlsInfo {
+                trust_root: trust_root.to_string(),
+            },
+        },
+        status: d::NodeStatus {
+            state: n.status.to_string().to_ascii_lowercase(),
+            message: String::new(),
+            addr: n.addr.ip().to_string(),
+        },
+        manager_status: manager.then(|| d::ManagerStatus {
+            leader: row.manager_status == "Leader",
+            reachability: if row.manager_status == "Unreachable" {
+                "unreachable".into()
+            } else {
+                "reachable".into()
+            },
+            addr: n.addr.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gojson::normalize;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<(model::ServiceSpec, Vec<String>), String> {
+        let mut v = v;
+        normalize(&mut v);
+        spec_from_docker(&v)
+    }
+
+    /// What `docker service create --name web --replicas 2 --network net1
+    /// -p 8080:80 -e A=1 --restart-condition on-failure nginx:alpine sh -c
+    /// 'sleep 1d'` sends (CLI 28.2.2).
+    fn cli_create() -> Value {
+        json!({"Name":"web","Labels":{"tier":"fe"},"TaskTemplate":{"ContainerSpec":{"Image":"nginx:alpine","Args":["sh","-c","sleep 1d"],"Env":["A=1"],"Init":false,"DNSConfig":{}},
+            "Resources":{"Limits":{},"Reservations":{}},"RestartPolicy":{"Condition":"on-failure","Delay":5000000000u64,"MaxAttempts":0},"Placement":{},"Networks":[{"Target":"abc"}],"ForceUpdate":0},
+            "Mode":{"Replicated":{"Replicas":2}},"EndpointSpec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"},
+            {"Protocol":"udp","TargetPort":53,"PublishedPort":53,"PublishMode":"host"}]}})
+    }
+
+    #[test]
+    fn the_clis_create_request_reads_and_round_trips() {
+        let (s, warnings) = parse(cli_create()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            (s.name.as_str(), s.replicas, s.mode),
+            ("web", 2, ServiceMode::Replicated)
+        );
+        assert_eq!(s.image, "nginx:alpine");
+        assert_eq!(s.command, ["sh", "-c", "sleep 1d"]);
+        assert_eq!(s.container.entrypoint, None);
+        assert_eq!(s.networks, ["abc"]);
+        assert_eq!(s.restart_condition, RestartCondition::OnFailure);
+        assert_eq!(s.ports[1].mode, PublishMode::Host);
+        assert_eq!(s.ports[1].protocol, Protocol::Udp);
+        // What Shoal writes back reads as the same spec (the CLI's
+        // get-modify-post of update and scale).
+        let back = serde_json::to_value(spec_to_docker(&s)).unwrap();
+        assert_eq!(back["TaskTemplate"]["ForceUpdate"], 0);
+        assert_eq!(back["Labels"]["tier"], "fe");
+        let (again, _) = parse(back).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn missing_replicas_is_one_and_docker_py_spelling_reads() {
+        let mut v = cli_create();
+        v["Mode"] = json!({"Replicated": {}});
+        assert_eq!(parse(v).unwrap().0.replicas, 1);
+        let mut v = cli_create();
+        v["Mode"] = json!({"global": {}});
+        assert_eq!(parse(v).unwrap().0.mode, ServiceMode::Global);
+        let mut v = cli_create();
+        v["Mode"] = json!({"replicated": {"replicas": 4}});
+        assert_eq!(parse(v).unwrap().0.replicas, 4);
+    }
+
+    #[test]
+    fn what_shoal_cannot_honour_is_refused_or_warned() {
+        let mut v = cli_create();
+        v["TaskTemplate"]["ContainerSpec"]["Secrets"] = json!([{"SecretName": "x"}]);
+        assert!(parse(v).unwrap_err().contains("secrets are not supported"));
+        let mut v = cli_create();
+        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = json!({"Test": ["NONE"]});
+        assert!(parse(v).is_ok());
+        let mut v = cli_create();
+        v["Mode"] = json!({"ReplicatedJob": {}});
+        assert!(parse(v).unwrap_err().contains("not supported"));
+        let mut v = cli_create();
+        v["TaskTemplate"]["ContainerSpec"]["Hosts"] = json!(["1.2.3.4 x"]);
+        assert_eq!(parse(v).unwrap().1.len(), 1);
+        let mut v = cli_create();
+        v["EndpointSpec"]["Ports"][0]["TargetPort"] = json!(70000);
+        assert!(parse(v).unwrap_err().contains("not a port"));
+        let mut v = cli_create();
+        v["TaskTemplate"]["RestartPolicy"]["Condition"] = json!("sometimes");
+        assert!(parse(v).unwrap_err().contains("RestartPolicy.Condition"));
+    }
+}

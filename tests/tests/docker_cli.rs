@@ -1,0 +1,382 @@
+//! The real `docker` CLI drives a Shoal swarm through the Engine API
+//! socket each daemon serves (`docker.sock` next to its own socket): the
+//! version handshake, `info`, `node ls/update`, `network create/ls/
+//! inspect/rm`, `service create` waiting for convergence (no `--detach`),
+//! `service ls/ps/scale/update/logs/rm`, and each checked against what the
+//! `shoal` CLI reports; Docker's errors (404, 409, 503 on a worker) come
+//! back as the docker CLI prints them. Needs root, iproute2, nftables,
+//! curl, containerd, runc, docker-registry, skopeo, busybox-static, the
+//! docker CLI and the built binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_lab::{image, registry_addr, Lab};
+use shoal_tests::{cli, exec, json, start, wait_for};
+
+const HOSTS: usize = 3;
+
+fn config() -> String {
+    format!(
+        "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\ninsecure_registries = [\"{}\"]\n",
+        registry_addr(1)
+    )
+}
+
+/// The Engine API socket of `host`'s daemon.
+fn docker_socket(lab: &Lab, host: usize) -> PathBuf {
+    lab.host(host).unwrap().socket.with_file_name("docker.sock")
+}
+
+/// The docker CLI (`DOCKER_BIN`, else `docker` on PATH).
+fn docker_bin() -> String {
+    std::env::var("DOCKER_BIN").unwrap_or_else(|_| "docker".into())
+}
+
+/// `docker ARGS` against `host`'s daemon: `Ok(stdout)` or `Err(stderr)`.
+/// The CLI keeps its config in `home` (never the machine's ~/.docker).
+fn docker(lab: &Lab, home: &Path, host: usize, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(docker_bin())
+        .args(args)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker_socket(lab, host).display()),
+        )
+        .env("DOCKER_CONFIG", home)
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_API_VERSION")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run the docker CLI ({}): {e}; install docker.io",
+                docker_bin()
+            )
+        });
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// An HTTP request on `host`'s Engine API socket: (status line, body).
+fn raw(lab: &Lab, host: usize, method: &str, path: &str) -> (String, String) {
+    // HEAD with -I: curl would wait for the body Content-Length names.
+    let verb: &[&str] = if method == "HEAD" {
+        &["-I"]
+    } else {
+        &["-i", "-X", method]
+    };
+    let out = Command::new("curl")
+        .arg("-s")
+        .args(verb)
+        .arg("--unix-socket")
+        .arg(docker_socket(lab, host))
+        .arg(format!("http://shoal{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or_default().trim().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (
+        status,
+        text.lines().take(20).collect::<Vec<_>>().join("\n") + "\n" + &body,
+    )
+}
+
+fn lab_with_image() -> (Lab, String, tempfile::TempDir) {
+    let lab = start(
+        Lab::builder()
+            .nodes(HOSTS)
+            .containerd(true)
+            .daemon_config(&config()),
+    );
+    let reg = lab.start_registry(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = image::build_echo_image(&dir.path().join("echo")).unwrap();
+    let reference = format!("{reg}/shoal/echo:1");
+    image::push(&lab, 1, &layout, &reference).unwrap();
+    lab.form_swarm(HOSTS, 1).unwrap();
+    (lab, reference, dir)
+}
+
+/// Rows of a docker table, split on runs of 2+ spaces (header first).
+fn table(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_docker_cli_drives_a_shoal_swarm() {
+    let (lab, image, dir) = lab_with_image();
+    let home = dir.path().join("docker-config");
+    std::fs::create_dir_all(&home).unwrap();
+    let d = |args: &[&str]| docker(&lab, &home, 1, args);
+
+    // Version negotiation: the CLI talks 1.47 to "Shoal".
+    let v = d(&["version"]).unwrap();
+    assert!(v.contains("Server: Shoal"), "{v}");
+    assert!(v.contains("1.47 (minimum version 1.24)"), "{v}");
+    let (status, head) = raw(&lab, 1, "HEAD", "/_ping");
+    assert!(status.contains("200"), "{head}");
+    assert!(head.contains("Swarm: active/manager"), "{head}");
+    assert!(head.contains("Api-Version: 1.47"), "{head}");
+    let (status, body) = raw(&lab, 1, "GET", "/v1.99/info");
+    assert!(status.contains("400") && body.contains("too new"), "{body}");
+    let (status, body) = raw(&lab, 1, "GET", "/v1.24/containers/json");
+    assert!(
+        status.contains("501") && body.contains("not supported by Shoal"),
+        "{body}"
+    );
+    let (status, body) = raw(&lab, 1, "GET", "/v1.47/nowhere");
+    assert!(
+        status.contains("404") && body.contains("page not found"),
+        "{body}"
+    );
+
+    // info and node ls agree with Shoal's own view.
+    let i = d(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}} {{.Swarm.NodeID}}"]).unwrap();
+    let h1 = shoal_tests::node_id(&lab, 1);
+    assert_eq!(i.trim(), format!("active true 3 1 {h1}"));
+    let nodes = table(&d(&["node", "ls"]).unwrap());
+    assert_eq!(
+        nodes[0],
+        [
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "ENGINE VERSION"
+        ]
+    );
+    assert_eq!(nodes.len(), 1 + HOSTS, "{nodes:?}");
+    let me = nodes.iter().find(|r| r[0].starts_with(&h1)).unwrap();
+    assert_eq!(
+        me[..],
+        [
+            format!("{h1} *"),
+            "h1".into(),
+            "Ready".into(),
+            "Active".into(),
+            "Leader".into(),
+            "shoal-0.1.0".into()
+        ]
+    );
+
+    // node update: the whole spec goes back, availability and labels land.
+    assert_eq!(
+        d(&["node", "update", "--label-add", "zone=a", "h3"])
+            .unwrap()
+            .trim(),
+        "h3"
+    );
+    let n3 = json(&lab, 1, &["node", "inspect", "h3"]);
+    assert_eq!(n3[0]["labels"]["zone"], "a", "{n3}");
+
+    // Networks.
+    let id = d(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "--subnet",
+        "10.30.0.0/24",
+        "--label",
+        "a=b",
+        "net1",
+    ])
+    .unwrap();
+    let id = id.trim();
+    let shoal_net = json(&lab, 1, &["network", "inspect", "net1"]);
+    assert_eq!(shoal_net[0]["Id"], id);
+    assert_eq!(shoal_net[0]["IPAM"]["Config"][0]["Subnet"], "10.30.0.0/24");
+    let nets = table(&d(&["network", "ls", "--filter", "driver=overlay"]).unwrap());
+    assert_eq!(nets[0], ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+    assert!(
+        nets.iter().any(|r| r[1..] == ["net1", "overlay", "swarm"]),
+        "{nets:?}"
+    );
+    assert!(
+        nets.iter()
+            .any(|r| r[1..] == ["ingress", "overlay", "swarm"]),
+        "{nets:?}"
+    );
+    assert_eq!(
+        d(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{.Name}} {{.Attachable}} {{index .Labels \"a\"}}",
+            id
+        ])
+        .unwrap()
+        .trim(),
+        "net1 true b"
+    );
+    let e = d(&["network", "inspect", "nosuch"]).unwrap_err();
+    assert!(e.contains("network nosuch not found"), "{e}");
+
+    // A service, waiting for convergence as the CLI does without --detach.
+    let out = d(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "net1",
+        "-p",
+        "8080:80",
+        &image,
+    ])
+    .unwrap();
+    assert!(out.contains("converged"), "{out}");
+    let svc = json(&lab, 1, &["service", "inspect", "web"]);
+    assert!(
+        svc[0]["spec"]["image"]
+            .as_str()
+            .unwrap()
+            .contains("@sha256:"),
+        "the CLI pins the digest through /distribution: {svc}"
+    );
+    let running = |n: usize| {
+        json(&lab, 1, &["service", "ps", "web"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "running" && t["desired"] == "running")
+            .count()
+            == n
+    };
+    assert!(running(3));
+    let (ok, body) = exec(
+        &lab,
+        2,
+        &["curl", "-s", "--max-time", "3", "http://10.77.0.2:8080/"],
+    );
+    assert!(
+        ok && !body.is_empty(),
+        "the routing mesh answers on h2: {body}"
+    );
+    let ls = table(&d(&["service", "ls"]).unwrap());
+    assert_eq!(ls[0], ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
+    assert_eq!(
+        ls[1][1..],
+        ["web", "replicated", "3/3", image.as_str(), "*:8080->80/tcp"]
+    );
+    let ps = d(&[
+        "service",
+        "ps",
+        "web",
+        "--format",
+        "{{.Name}} {{.DesiredState}} {{.CurrentState}}",
+    ])
+    .unwrap();
+    let mut names: Vec<&str> = ps.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["web.1", "web.2", "web.3"], "{ps}");
+    assert!(ps.lines().all(|l| l.contains("Running Running")), "{ps}");
+
+    // Errors as the docker CLI prints them.
+    let e = d(&["service", "create", "--detach", "--name", "web", &image]).unwrap_err();
+    assert!(
+        e.contains("Error response from daemon: service with name web already exists"),
+        "{e}"
+    );
+    let e = docker(&lab, &home, 2, &["node", "ls"]).unwrap_err();
+    assert!(
+        e.contains("This node is not a swarm manager. Worker nodes can't be used"),
+        "{e}"
+    );
+
+    // scale and update send the whole spec back with its version.
+    assert_eq!(
+        d(&["service", "scale", "--detach", "web=1"])
+            .unwrap()
+            .trim(),
+        "web scaled to 1"
+    );
+    wait_for("web scaled to 1", Duration::from_secs(30), || running(1));
+    d(&["service", "update", "--detach", "--env-add", "B=2", "web"]).unwrap();
+    let svc = json(&lab, 1, &["service", "inspect", "web"]);
+    assert_eq!(svc[0]["spec"]["env"], serde_json::json!(["B=2"]), "{svc}");
+    assert_eq!(svc[0]["spec"]["replicas"], 1, "{svc}");
+
+    // Logs through the multiplexed stream, with docker's context.
+    let out = d(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "talk",
+        &image,
+        "sh",
+        "-c",
+        "echo hello; echo oops >&2; sleep 600",
+    ])
+    .unwrap();
+    assert!(!out.trim().is_empty());
+    let (logs, stderr) = {
+        let mut got = (String::new(), String::new());
+        wait_for("talk's logs", Duration::from_secs(30), || {
+            let o = Command::new(docker_bin())
+                .args(["service", "logs", "talk"])
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", docker_socket(&lab, 1).display()),
+                )
+                .env("DOCKER_CONFIG", &home)
+                .output()
+                .unwrap();
+            got = (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            );
+            got.0.contains("hello") && got.1.contains("oops")
+        });
+        got
+    };
+    assert!(
+        logs.starts_with("talk.1.") && logs.contains("@h") && logs.contains("| hello"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("oops") && !stderr.contains("hello"),
+        "streams stay apart: {logs} / {stderr}"
+    );
+
+    // Removal.
+    assert_eq!(
+        d(&["service", "rm", "web", "talk"]).unwrap().trim(),
+        "web\ntalk"
+    );
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
+    // The network is free once the tasks' endpoints are.
+    wait_for("docker network rm net1", Duration::from_secs(30), || {
+        d(&["network", "rm", "net1"]).is_ok()
+    });
+    let left = json(&lab, 1, &["network", "ls"]);
+    assert!(
+        left.as_array().unwrap().iter().all(|n| n["Name"] != "net1"),
+        "{left}"
+    );
+    assert!(cli(&lab, 1, &["network", "inspect", "net1"]).is_err());
+    let e = d(&["network", "rm", "nosuch"]).unwrap_err();
+    assert!(e.contains("network nosuch not found"), "{e}");
+}
