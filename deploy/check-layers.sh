@@ -3,6 +3,8 @@
 # source: fails naming each file and line that breaks one.
 #  - agent/src/worker never imports agent/src/manager, and the reverse;
 #  - agent/src/cli imports only shoal-api and shoal-model;
+#  - agent/src/engine (Engine API) reaches the cluster only through the
+#    daemon's request handler;
 #  - no `raft.is_some()` role branches in the agent (roles are wired in swarm/);
 #  - crates depend only downwards (model, raft-store, membership -> tls at
 #    most; netdriver and runtime on no Shoal crate; api -> model);
@@ -29,6 +31,8 @@ forbid agent/src/worker '(crate|super)::manager\b|\bmanager::' 'agent/src/worker
 forbid agent/src/manager '(crate|super)::worker\b|\bworker::' 'agent/src/manager imports the worker side'
 forbid agent/src/cli 'crate::(daemon|swarm|manager|worker|proto|config|addr|metrics)\b|shoal_(raft_store|membership|netdriver|tls)\b' \
   'agent/src/cli imports more than shoal-api and shoal-model'
+forbid agent/src/engine 'crate::(swarm|manager|worker|proto)\b|shoal_(raft_store|membership|netdriver|runtime|tls)\b' \
+  'agent/src/engine (the Engine API) translates only: it reaches the cluster through the daemon handler'
 forbid agent/src 'raft\.is_some\(\)' 'a role branch on raft.is_some() (wire roles in swarm/)'
 
 # Shoal crates each crate may depend on.

@@ -49,6 +49,9 @@ if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
   need+=(busybox-static)
 fi
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# tests/docker_cli.rs drives the Engine API with the real docker CLI
+# (Debian's docker.io has it; any docker CLI >= 20.10 on PATH will do).
+command -v docker >/dev/null || need+=(docker.io)
 [ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

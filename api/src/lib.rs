@@ -293,6 +293,48 @@ pub enum Request {
         /// `[registry[:port]/]name[:tag]`.
         reference: String,
     },
+    /// `config create` / `secret create`.
+    FileCreate {
+        /// Config or secret.
+        kind: shoal_model::configs::FileKind,
+        /// Its name.
+        name: String,
+        /// Its labels.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// Its content.
+        data: Vec<u8>,
+    },
+    /// `config ls` / `secret ls` (empty) and `inspect`: secrets come back
+    /// without their data.
+    FileList {
+        /// Config or secret.
+        kind: shoal_model::configs::FileKind,
+        /// Names, ids or id prefixes (all when empty).
+        #[serde(default)]
+        keys: Vec<String>,
+    },
+    /// The Engine API's config/secret update: labels only (the data, if
+    /// sent, must be what is stored).
+    FileUpdate {
+        /// Config or secret.
+        kind: shoal_model::configs::FileKind,
+        /// Name, id or id prefix.
+        key: String,
+        /// Refuse unless the object is still at this version.
+        version: Option<u64>,
+        /// All its labels.
+        labels: BTreeMap<String, String>,
+        /// The data as sent back, if any.
+        data: Option<Vec<u8>>,
+    },
+    /// `config rm` / `secret rm`.
+    FileRemove {
+        /// Config or secret.
+        kind: shoal_model::configs::FileKind,
+        /// Names, ids or id prefixes.
+        keys: Vec<String>,
+    },
 }
 
 /// Arguments of `swarm init`, as typed (interfaces are resolved by the
@@ -412,6 +454,8 @@ pub enum Response {
     ExecStarted,
     /// Answer to [`Request::SwarmInspect`].
     Swarm(Box<SwarmDoc>),
+    /// Answer to [`Request::FileList`].
+    Files(Vec<shoal_model::configs::StoredFile>),
     /// Answer to [`Request::JoinToken`].
     Token {
         /// The token alone (`-q`).

@@ -250,6 +250,31 @@ pub enum Command {
         /// Key material and id; its Lamport time is assigned in apply.
         key: GossipKey,
     },
+    /// `config create` / `secret create`.
+    CreateFile {
+        /// Which store.
+        kind: crate::configs::FileKind,
+        /// The object (its version is assigned in apply).
+        file: crate::configs::StoredFile,
+    },
+    /// `config update` / `secret update`: labels only.
+    UpdateFileLabels {
+        /// Which store.
+        kind: crate::configs::FileKind,
+        /// Id.
+        id: String,
+        /// All its labels.
+        labels: BTreeMap<String, String>,
+        /// Unix ms.
+        at: u64,
+    },
+    /// `config rm` / `secret rm` (refused while a service uses it).
+    RemoveFile {
+        /// Which store.
+        kind: crate::configs::FileKind,
+        /// Id.
+        id: String,
+    },
 }
 
 impl Command {

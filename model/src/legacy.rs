@@ -61,6 +61,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             placement_prefs: Vec::new(),
             update_config: Default::default(),
             force_update: 0,
+            aliases: Default::default(),
         }
     }
 }
@@ -170,6 +171,8 @@ impl From<StateV2> for State {
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),
             dataplane_keys: Vec::new(),
+            configs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -200,6 +203,8 @@ impl From<StateV1> for State {
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),
             dataplane_keys: Vec::new(),
+            configs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod configs;
 pub mod legacy;
 pub mod network;
 pub mod placement;

@@ -283,17 +283,25 @@ pub fn find<'a>(nets: &'a BTreeMap<String, Network>, key: &str) -> Option<&'a Ne
 }
 
 /// Remove a network with no endpoints.
-pub fn remove(nets: &mut BTreeMap<String, Network>, key: &str) -> Result<(), NetworkError> {
+/// `network rm`: refused while an endpoint is attached, except those
+/// `going` says are on their way out (tasks told to shut down, as
+/// swarmkit lets a stack's network go with its services).
+pub fn remove(
+    nets: &mut BTreeMap<String, Network>,
+    key: &str,
+    going: impl Fn(&str) -> bool,
+) -> Result<(), NetworkError> {
     let n = find(nets, key).ok_or_else(|| NetworkError::NotFound(key.to_string()))?;
-    if !n.endpoints.is_empty() {
+    let staying: Vec<&str> = n
+        .endpoints
+        .values()
+        .filter(|e| !going(&e.id))
+        .map(|e| e.name.as_str())
+        .collect();
+    if !staying.is_empty() {
         return Err(NetworkError::InUse {
             name: n.name.clone(),
-            endpoints: n
-                .endpoints
-                .values()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            endpoints: staying.join(", "),
         });
     }
     let id = n.id.clone();
@@ -373,7 +381,7 @@ mod tests {
         assert_eq!(nets["a"].gateway.to_string(), "10.0.0.1");
         assert_eq!(nets["b"].subnet.to_string(), "10.0.1.0/24");
         assert_eq!((nets["a"].vni, nets["b"].vni), (4096, 4097));
-        remove(&mut nets, "ingress").unwrap();
+        remove(&mut nets, "ingress", |_| false).unwrap();
         create(&mut nets, spec("c", "again"), &pools(), 24, 0, 3).unwrap();
         assert_eq!(nets["c"].subnet.to_string(), "10.0.0.0/24");
         assert_eq!(nets["c"].vni, 4096);
@@ -457,7 +465,15 @@ mod tests {
         // .0 network, .1 gateway, .2-.254 = 253 endpoints, .255 broadcast.
         let e = attach(net, "x".into(), "x".into(), "n".into(), None, 3).unwrap_err();
         assert_eq!(e.to_string(), "network app is full: no free address left");
-        let e = remove(&mut nets, "app").unwrap_err().to_string();
+        let e = remove(&mut nets, "app", |_| false).unwrap_err().to_string();
         assert!(e.contains("w0") && e.contains("active endpoints"), "{e}");
+        // Endpoints on their way out (tasks told to shut down) do not
+        // block; the others are named.
+        let e = remove(&mut nets, "app", |id| id != "e7")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(w7)"), "{e}");
+        remove(&mut nets, "app", |_| true).unwrap();
+        assert!(nets.is_empty());
     }
 }

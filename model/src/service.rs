@@ -136,6 +136,10 @@ pub struct ServiceSpec {
     /// replaces every task even when nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// `--network name=N,alias=A`: extra DNS names of the service, per
+    /// network (ids once stored), as docker's network aliases.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// `--mode`, as docker names it.
@@ -212,6 +216,10 @@ pub struct ContainerSpec {
     pub reserve_memory: Option<i64>,
     /// `--reserve-cpu`, billionths of a CPU.
     pub reserve_nano_cpus: Option<i64>,
+    /// `--config`: configs mounted as files.
+    pub configs: Vec<crate::configs::FileRef>,
+    /// `--secret`: secrets mounted as files.
+    pub secrets: Vec<crate::configs::FileRef>,
 }
 
 /// A service as stored.
@@ -394,6 +402,9 @@ pub enum ServiceError {
     #[error("task {0} already exists")]
     TaskExists(String),
     /// More replicas than one service may have.
+    /// A network alias that cannot be used.
+    #[error("network alias on {0}: {1}")]
+    BadAlias(String, String),
     /// Every port of [`DYNAMIC_PORTS`] is published already.
     #[error("no free {0} port left in 30000-32767 to publish on")]
     NoFreePort(Protocol),
@@ -485,6 +496,26 @@ pub fn check_spec(
         }
     }
     spec.networks = ids;
+    let mut aliases = BTreeMap::new();
+    for (key, names) in std::mem::take(&mut spec.aliases) {
+        let n = network::find(nets, &key).ok_or_else(|| NetworkError::NotFound(key.clone()))?;
+        if !spec.networks.contains(&n.id) {
+            return Err(ServiceError::BadAlias(
+                key,
+                "the service is not attached to this network".into(),
+            ));
+        }
+        if let Some(a) = names.iter().find(|a| !valid_name(a)) {
+            return Err(ServiceError::BadAlias(
+                key,
+                format!("{a:?} is not a valid DNS name"),
+            ));
+        }
+        if !names.is_empty() {
+            aliases.insert(n.id.clone(), names);
+        }
+    }
+    spec.aliases = aliases;
     allocate_published(services, &mut spec, own_id)?;
     for (i, p) in spec.ports.iter().enumerate() {
         let clash = |q: &PortConfig| q.published == p.published && q.protocol == p.protocol;

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use shoal_tls::{NodeId, Role};
 
+use crate::configs::{self, FileError, StoredFile};
 use crate::network::{self, Network, NetworkError};
 use crate::service::{self, Service, ServiceError, Task, TaskState};
 
@@ -50,6 +51,12 @@ pub struct State {
     /// [`KEYS_KEPT`]; rotated with the gossip ring, never used for it.
     #[serde(default)]
     pub dataplane_keys: Vec<GossipKey>,
+    /// Configs by id.
+    #[serde(default)]
+    pub configs: BTreeMap<String, StoredFile>,
+    /// Secrets by id.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, StoredFile>,
 }
 
 /// Put `key` first in a ring. Lamport: one past the newest, so the ring
@@ -274,6 +281,9 @@ pub enum ApplyError {
     /// A gossip signing key of the wrong size.
     #[error("a gossip signing key has {GOSSIP_KEY_LEN} bytes, not {0}")]
     BadGossipKey(usize),
+    /// A config or secret command was refused.
+    #[error("{0}")]
+    File(#[from] FileError),
 }
 
 /// The result of applying one command.
@@ -367,6 +377,9 @@ impl State {
             }
             Command::AddKey { key } => add_key(&mut self.keys, key),
             Command::AddDataplaneKey { key } => add_key(&mut self.dataplane_keys, key),
+            c @ (Command::CreateFile { .. }
+            | Command::UpdateFileLabels { .. }
+            | Command::RemoveFile { .. }) => self.apply_file(index, c)?,
             Command::CreateNetwork { spec, at } => {
                 let (pools, mask) = match self.cluster.as_ref() {
                     Some(c) => (
@@ -381,7 +394,12 @@ impl State {
                 network::create(&mut self.networks, spec, &pools, mask, at, index)?;
             }
             Command::RemoveNetwork { network: key } => {
-                network::remove(&mut self.networks, &key)?;
+                let tasks = &self.tasks;
+                network::remove(&mut self.networks, &key, |ep| {
+                    tasks
+                        .get(ep)
+                        .is_some_and(|t| t.desired >= TaskState::Complete)
+                })?;
             }
             Command::AttachEndpoint {
                 network: key,
@@ -403,10 +421,11 @@ impl State {
                     net.version = index;
                 }
             }
-            Command::CreateService { id, spec, at } => {
+            Command::CreateService { id, mut spec, at } => {
                 if self.services.contains_key(&id) {
                     return Err(ServiceError::NameInUse(spec.name).into());
                 }
+                configs::resolve(&mut spec.container, &self.configs, &self.secrets)?;
                 let spec = service::check_spec(&self.services, &self.networks, spec, None)?;
                 let mut svc = Service {
                     id: id.clone(),
@@ -424,9 +443,10 @@ impl State {
             }
             Command::UpdateService {
                 service: key,
-                spec,
+                mut spec,
                 at,
             } => {
+                configs::resolve(&mut spec.container, &self.configs, &self.secrets)?;
                 let mut svc = service::find(&self.services, &key)
                     .cloned()
                     .ok_or_else(|| ServiceError::NotFound(key.clone()))?;
@@ -963,6 +983,7 @@ mod tests {
             placement_prefs: vec![],
             update_config: Default::default(),
             force_update: 0,
+            aliases: Default::default(),
         }
     }
 

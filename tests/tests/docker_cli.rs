@@ -380,3 +380,139 @@ fn the_docker_cli_drives_a_shoal_swarm() {
     let e = d(&["network", "rm", "nosuch"]).unwrap_err();
     assert!(e.contains("network nosuch not found"), "{e}");
 }
+
+/// `docker stack deploy` of a compose file: two services on an overlay
+/// network, one publishing a port and mounting a config and a secret; the
+/// services find each other by their compose names (network aliases);
+/// `stack ls/services/ps` list them and `stack rm` leaves nothing behind.
+#[test]
+fn docker_stack_deploy_runs_a_compose_file() {
+    let (lab, image, dir) = lab_with_image();
+    let home = dir.path().join("docker-config");
+    std::fs::create_dir_all(&home).unwrap();
+    let d = |args: &[&str]| docker(&lab, &home, 1, args);
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("app.conf"), "listen 80\n").unwrap();
+    std::fs::write(app.join("db_pw.txt"), "hunter2\n").unwrap();
+    let compose = format!(
+        "version: \"3.8\"\nservices:\n  front:\n    image: {image}\n    ports: [\"8081:80\"]\n    networks: [appnet]\n    \
+         configs:\n      - source: appconf\n        target: /etc/app.conf\n    secrets: [db_pw]\n    deploy:\n      replicas: 2\n  \
+         back:\n    image: {image}\n    networks: [appnet]\nnetworks:\n  appnet:\n    driver: overlay\n\
+         configs:\n  appconf:\n    file: ./app.conf\nsecrets:\n  db_pw:\n    file: ./db_pw.txt\n"
+    );
+    let file = app.join("stack.yml");
+    std::fs::write(&file, compose).unwrap();
+    let out = d(&["stack", "deploy", "-c", file.to_str().unwrap(), "app"]).unwrap();
+    for what in [
+        "Creating network app_appnet",
+        "Creating config app_appconf",
+        "Creating secret app_db_pw",
+        "Creating service app_front",
+        "Creating service app_back",
+    ] {
+        assert!(out.contains(what), "{what}: {out}");
+    }
+    let ls = table(&d(&["stack", "ls"]).unwrap());
+    assert_eq!(ls[1], ["app", "2"], "{ls:?}");
+    wait_for("app's 3 tasks running", Duration::from_secs(60), || {
+        let s = d(&[
+            "stack",
+            "services",
+            "app",
+            "--format",
+            "{{.Name}} {{.Replicas}}",
+        ])
+        .unwrap();
+        s.contains("app_front 2/2") && s.contains("app_back 1/1")
+    });
+    let ps = d(&[
+        "stack",
+        "ps",
+        "app",
+        "--format",
+        "{{.Name}} {{.CurrentState}}",
+    ])
+    .unwrap();
+    assert_eq!(
+        ps.lines().filter(|l| l.contains("Running")).count(),
+        3,
+        "{ps}"
+    );
+
+    // In a front task: the config and the secret as read-only files, and
+    // the back service by its compose name.
+    let front = json(&lab, 1, &["service", "ps", "app_front"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "running")
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["node_hostname"].as_str().unwrap().to_string(),
+            )
+        })
+        .unwrap();
+    let host: usize = front.1.trim_start_matches('h').parse().unwrap();
+    let exec_in = |argv: &[&str]| {
+        let mut a = vec!["exec", front.0.as_str()];
+        a.extend_from_slice(argv);
+        cli(&lab, host, &a)
+    };
+    assert_eq!(exec_in(&["cat", "/etc/app.conf"]).unwrap(), "listen 80\n");
+    assert_eq!(
+        exec_in(&["cat", "/run/secrets/db_pw"]).unwrap(),
+        "hunter2\n"
+    );
+    let e = exec_in(&["sh", "-c", "echo x > /run/secrets/db_pw"]).unwrap_err();
+    assert!(e.contains("Read-only") || e.contains("read-only"), "{e}");
+    let mut answer = Ok(String::new());
+    let reached = (0..60).any(|_| {
+        answer = exec_in(&["timeout", "5", "wget", "-qO-", "http://back/"]);
+        let ok = answer.as_ref().is_ok_and(|a| a.contains("app_back.1"));
+        if !ok {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        ok
+    });
+    assert!(
+        reached,
+        "front reaches back by its compose name: {answer:?}; {:?}; {:?}",
+        exec_in(&["nslookup", "back"]),
+        exec_in(&["timeout", "5", "wget", "-O-", "http://back/"]),
+    );
+    // The secret is never shown back; the config is.
+    let s = d(&["secret", "inspect", "app_db_pw"]).unwrap();
+    assert!(!s.contains("Data") && !s.contains("aHVudGVyMg"), "{s}");
+    let c = d(&[
+        "config",
+        "inspect",
+        "--format",
+        "{{json .Spec.Data}}",
+        "app_appconf",
+    ])
+    .unwrap();
+    assert_eq!(c.trim(), "\"bGlzdGVuIDgwCg==\"");
+    let e = d(&["config", "rm", "app_appconf"]).unwrap_err();
+    assert!(
+        e.contains("in use by the following service: app_front"),
+        "{e}"
+    );
+
+    // stack rm takes everything with it.
+    let out = d(&["stack", "rm", "app"]).unwrap();
+    assert!(out.contains("Removing network app_appnet"), "{out}");
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
+    assert_eq!(d(&["config", "ls", "-q"]).unwrap().trim(), "");
+    assert_eq!(d(&["secret", "ls", "-q"]).unwrap().trim(), "");
+    let nets = json(&lab, 1, &["network", "ls"]);
+    assert!(
+        nets.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["Name"] != "app_appnet"),
+        "{nets}"
+    );
+    assert!(d(&["stack", "ls"]).unwrap().lines().count() <= 1);
+}

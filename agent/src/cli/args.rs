@@ -66,6 +66,14 @@ pub enum Command {
     /// Manage the images on this node (containerd's `shoal` namespace).
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Manage configs: files services mount into their tasks (run on a
+    /// manager).
+    #[command(subcommand)]
+    Config(super::files::FileCmd),
+    /// Manage secrets: files services mount at /run/secrets, never shown
+    /// back (run on a manager).
+    #[command(subcommand)]
+    Secret(super::files::FileCmd),
     /// Stream cluster events (node up/down, role and availability changes,
     /// networks and services created, updated, removed) as lines, or JSON
     /// objects with --format json (run on a manager).
@@ -329,7 +337,9 @@ pub enum ServiceCmd {
         /// of label K.
         #[arg(long)]
         placement_pref: Vec<String>,
-        /// Networks to attach (repeatable).
+        /// Networks to attach (repeatable): `NAME`, or
+        /// `name=NAME,alias=A[,alias=B]` to give the service more DNS names
+        /// on that network.
         #[arg(long)]
         network: Vec<String>,
         /// Publish a port: `8080:80[/udp]` or
@@ -348,6 +358,14 @@ pub enum ServiceCmd {
         /// Labels `key=value`.
         #[arg(long)]
         label: Vec<String>,
+        /// Mount a config as a file: `NAME` (at /NAME) or
+        /// `source=NAME,target=PATH[,uid=N][,gid=N][,mode=0444]` (repeatable).
+        #[arg(long)]
+        config: Vec<String>,
+        /// Mount a secret as a file: `NAME` (at /run/secrets/NAME) or
+        /// `source=NAME,target=PATH[,uid=N][,gid=N][,mode=0444]` (repeatable).
+        #[arg(long)]
+        secret: Vec<String>,
         #[command(flatten)]
         container: Box<ContainerArgs>,
         /// The image (pinned to its digest unless --no-resolve-image), then

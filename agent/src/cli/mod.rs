@@ -13,6 +13,7 @@ mod exec;
 mod logs;
 #[macro_use]
 mod output;
+mod files;
 mod service;
 
 pub use args::*;
@@ -78,6 +79,24 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                 }
             }
             server.map(|_| ())
+        }
+        Command::Config(cmd) => {
+            files::run(
+                &cli.host,
+                cli.format,
+                shoal_model::configs::FileKind::Config,
+                cmd,
+            )
+            .await
+        }
+        Command::Secret(cmd) => {
+            files::run(
+                &cli.host,
+                cli.format,
+                shoal_model::configs::FileKind::Secret,
+                cmd,
+            )
+            .await
         }
         Command::Info => {
             let info = match client::call(&cli.host, Request::Info).await? {

@@ -189,6 +189,23 @@ pub(super) fn print_nodes(rows: &[NodeRow]) {
 
 /// Print aligned columns, docker style (three spaces between columns).
 /// Docker's image sizes: `1.23MB` (decimal units).
+/// How long ago unix ms `at` was, as docker words it (`5 minutes ago`).
+pub(super) fn ago(at: u64) -> String {
+    let s = shoal_model::now_ms().saturating_sub(at) / 1000;
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    let text = match s {
+        0 => "Less than a second".to_string(),
+        1..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{m} minutes"),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{h} hours"),
+        172_800..=1_209_599 => format!("{d} days"),
+        _ => format!("{} weeks", d / 7),
+    };
+    format!("{text} ago")
+}
+
 fn human_size(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {

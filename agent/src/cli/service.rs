@@ -47,6 +47,8 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         label,
         container,
         command,
+        config,
+        secret,
     } = cmd
     else {
         return Err(ClientError::Unexpected("not service create".into()));
@@ -59,7 +61,24 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
             "port published with ingress mode can't be used with dnsrr mode (use mode=host)".into(),
         ));
     }
-    let (image, command, container, env) = container_settings(container, command, env)?;
+    let (image, command, mut container, env) = container_settings(container, command, env)?;
+    let mut networks = Vec::new();
+    let mut aliases = std::collections::BTreeMap::new();
+    for n in network {
+        let (name, alias) = parse_network(n).map_err(bad)?;
+        if !alias.is_empty() {
+            aliases.insert(name.clone(), alias);
+        }
+        networks.push(name);
+    }
+    for (flag, list, refs) in [
+        ("config", config, &mut container.configs),
+        ("secret", secret, &mut container.secrets),
+    ] {
+        for s in list {
+            refs.push(super::files::parse_ref(flag, s)?);
+        }
+    }
     let mut labels = std::collections::BTreeMap::new();
     for l in label {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -91,7 +110,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         },
         name: name.clone(),
         replicas,
-        networks: network.clone(),
+        networks,
         ports: publish.clone(),
         endpoint_mode: *endpoint_mode,
         env,
@@ -101,7 +120,32 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         image,
         container,
         force_update: 0,
+        aliases,
     })
+}
+
+/// `--network NAME` or `--network name=NAME[,alias=A]...`: the network and
+/// the service's aliases on it.
+fn parse_network(s: &str) -> Result<(String, Vec<String>), String> {
+    if !s.contains('=') {
+        return Ok((s.to_string(), Vec::new()));
+    }
+    let (mut name, mut aliases) = (String::new(), Vec::new());
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", v)) => name = v.to_string(),
+            Some(("alias", v)) => aliases.push(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "--network {s:?}: expected name=NETWORK[,alias=NAME]..."
+                ))
+            }
+        }
+    }
+    if name.is_empty() {
+        return Err(format!("--network {s:?}: name= is required"));
+    }
+    Ok((name, aliases))
 }
 
 /// What `service create` and `run` share: the image and command from the
@@ -158,6 +202,8 @@ pub(super) fn container_settings(
         limit_nano_cpus: container.limit_cpu,
         reserve_memory: container.reserve_memory,
         reserve_nano_cpus: container.reserve_cpu,
+        configs: Vec::new(),
+        secrets: Vec::new(),
     };
     Ok((image, command, spec, all_env))
 }

@@ -12,7 +12,7 @@ use shoal_api::{
 
 use super::lock::{new_node_id, NODE_ID_FILE};
 use crate::config::Config;
-use crate::manager::controlapi::{cluster, networks, nodes, services};
+use crate::manager::controlapi::{cluster, files, networks, nodes, services};
 use crate::manager::events::POLL_WAIT;
 use crate::manager::Manager;
 use crate::swarm::file::write_atomically;
@@ -374,6 +374,43 @@ impl Daemon {
                     Ok(pinned) => Ok(Response::Message(pinned)),
                     Err(why) => Err(ApiError::new(ErrorCode::NotFound, why)),
                 }
+            }
+            Request::FileCreate {
+                kind,
+                name,
+                labels,
+                data,
+            } => Ok(Response::Created {
+                id: files::create(self.manager().await?.as_ref(), kind, name, labels, data).await?,
+                warnings: Vec::new(),
+            }),
+            Request::FileList { kind, keys } => Ok(Response::Files(
+                files::list(self.manager().await?.as_ref(), kind, &keys).await?,
+            )),
+            Request::FileUpdate {
+                kind,
+                key,
+                version,
+                labels,
+                data,
+            } => Ok(Response::Message(
+                files::update(
+                    self.manager().await?.as_ref(),
+                    kind,
+                    &key,
+                    version,
+                    labels,
+                    data,
+                )
+                .await?,
+            )),
+            Request::FileRemove { kind, keys } => {
+                let m = self.manager().await?;
+                let mut out = Vec::new();
+                for k in keys {
+                    out.push(files::remove(&m, kind, &k).await?);
+                }
+                Ok(Response::Message(out.join("\n")))
             }
             Request::NodeRemove { nodes: keys, force } => {
                 let m = self.manager().await?;

@@ -9,6 +9,7 @@
 //! Nothing here decides anything the control API does not: this module
 //! only translates (check-layers.sh keeps it off the manager and worker).
 
+mod files;
 mod objects;
 mod services;
 mod system;
@@ -387,6 +388,17 @@ async fn route(d: &Arc<Daemon>, c: &Call) -> Answer {
         (&Method::GET, ["services", id, "logs"]) => services::logs(d, c, id).await,
         (&Method::GET, ["tasks"]) => services::task_list(d, c).await,
         (&Method::GET, ["tasks", id]) => services::task_inspect(d, id).await,
+        (_, [kind @ ("configs" | "secrets"), rest @ ..]) => {
+            let k = files::kind_of(kind);
+            match (m, rest) {
+                (&Method::GET, []) => files::list(d, c, k).await,
+                (&Method::POST, ["create"]) => files::create(d, c, k).await,
+                (&Method::GET, [id]) => files::inspect(d, k, id).await,
+                (&Method::POST, [id, "update"]) => files::update(d, c, k, id).await,
+                (&Method::DELETE, [id]) => files::remove(d, k, id).await,
+                _ => Err(Failure::not_found("page not found")),
+            }
+        }
         (&Method::GET, ["distribution", rest @ .., "json"]) if !rest.is_empty() => {
             objects::distribution(d, &rest.join("/")).await
         }

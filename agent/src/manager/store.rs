@@ -72,14 +72,17 @@ pub fn raft_err(e: RaftError) -> ApiError {
 }
 
 fn apply_err(e: ApplyError) -> ApiError {
+    use shoal_model::configs::FileError as F;
     use shoal_model::network::NetworkError as N;
     use shoal_model::service::ServiceError as S;
     let code = match e {
         ApplyError::NoSuchNode(_)
         | ApplyError::Network(N::NotFound(_))
-        | ApplyError::Service(S::NotFound(_)) => ErrorCode::NotFound,
+        | ApplyError::Service(S::NotFound(_))
+        | ApplyError::File(F::NotFound(..)) => ErrorCode::NotFound,
         ApplyError::Network(N::NameInUse(_) | N::IngressExists(_))
-        | ApplyError::Service(S::NameInUse(_) | S::PortInUse { .. }) => ErrorCode::Conflict,
+        | ApplyError::Service(S::NameInUse(_) | S::PortInUse { .. })
+        | ApplyError::File(F::NameInUse(..)) => ErrorCode::Conflict,
         _ => ErrorCode::Invalid,
     };
     ApiError::new(code, e.to_string())

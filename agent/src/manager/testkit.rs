@@ -195,6 +195,7 @@ impl World {
                 placement_prefs: vec![],
                 update_config: Default::default(),
                 force_update: 0,
+                aliases: Default::default(),
             },
             at: 0,
         });

@@ -108,6 +108,35 @@ pub struct AssignedTask {
     /// containers (its tasks were host processes).
     #[serde(default)]
     pub container: Option<shoal_model::service::ContainerSpec>,
+    /// The configs and secrets it mounts, with their data.
+    #[serde(default)]
+    pub files: Vec<TaskFile>,
+}
+
+/// A config or secret as a file in a task's container.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    /// Absolute path in the container.
+    pub path: String,
+    /// The content.
+    pub data: Vec<u8>,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for TaskFile {
+    // The data may be a secret: only its size.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFile")
+            .field("path", &self.path)
+            .field("bytes", &self.data.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a node needs to know of a service its tasks can reach (VIP load
@@ -126,6 +155,9 @@ pub struct ServiceView {
     pub ports: Vec<PortConfig>,
     /// Running tasks' addresses: (network id, ip), on nodes that are up.
     pub backends: Vec<(String, Ipv4Addr)>,
+    /// Its other DNS names, per network id (docker's network aliases).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// What the leader wants a node to have.

@@ -57,6 +57,55 @@ pub struct Launch<'a> {
     /// The host file that becomes its /etc/resolv.conf; /etc/hosts and
     /// /etc/hostname are written beside it.
     pub resolv_conf: PathBuf,
+    /// Configs and secrets to mount (read only), written beside it too.
+    pub files: &'a [crate::proto::session::TaskFile],
+}
+
+/// Write a task's configs and secrets into `dir` (0700, created afresh),
+/// each with its owner and mode, and the read-only bind mounts that put
+/// them at their paths in the container.
+fn write_files(
+    dir: &Path,
+    files: &[crate::proto::session::TaskFile],
+) -> Result<Vec<MountSpec>, RuntimeError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |what: &Path, e: &dyn std::fmt::Display| {
+        RuntimeError::Invalid(format!("config/secret file {}: {e}", what.display()))
+    };
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail(dir, &e))?;
+    let mut mounts = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let p = dir.join(i.to_string());
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| fail(&p, &e))?;
+        std::io::Write::write_all(&mut out, &f.data).map_err(|e| fail(&p, &e))?;
+        nix::unistd::chown(
+            &p,
+            Some(nix::unistd::Uid::from_raw(f.uid)),
+            Some(nix::unistd::Gid::from_raw(f.gid)),
+        )
+        .map_err(|e| fail(&p, &e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))
+            .map_err(|e| fail(&p, &e))?;
+        mounts.push(MountSpec {
+            typ: MountType::Bind,
+            source: p,
+            target: f.path.clone(),
+            readonly: true,
+        });
+    }
+    Ok(mounts)
 }
 
 fn load_seccomp(path: &str) -> Result<Option<Arc<serde_json::Value>>, String> {
@@ -171,6 +220,7 @@ impl Containers {
             command,
             env,
             resolv_conf,
+            files,
         } = l;
         let rt = self.runtime().await?;
         let etc = |ext: &str| resolv_conf.with_extension(ext);
@@ -207,6 +257,7 @@ impl Containers {
                 readonly: m.readonly,
             });
         }
+        mounts.extend(write_files(&resolv_conf.with_extension("files"), files)?);
         let seccomp = self.seccomp.clone().map_err(RuntimeError::Invalid)?;
         let spec = ContainerSpec {
             seccomp,

@@ -37,7 +37,8 @@ pub(super) fn vip_rules(w: &Workload, services: &[ServiceView]) -> Vec<VipRule> 
 
 /// Names a task on `nets` can resolve: `<service>` (VIP, or the task
 /// addresses with dnsrr) and `tasks.<service>`, for services sharing one
-/// of its networks. `None`: not ours, forward it.
+/// of its networks, and a service's aliases on the networks they are set
+/// on. `None`: not ours, forward it.
 pub(super) fn lookup(
     dir: &RwLock<Vec<ServiceView>>,
     nets: &[String],
@@ -48,10 +49,24 @@ pub(super) fn lookup(
         Some(s) => (true, s),
         None => (false, name),
     };
-    let s = dir.iter().find(|s| s.name == svc)?;
+    let aliased = |s: &&ServiceView| {
+        nets.iter()
+            .any(|n| s.aliases.get(n).is_some_and(|a| a.iter().any(|a| a == svc)))
+    };
+    let (s, alias) = match dir.iter().find(|s| s.name == svc) {
+        Some(s) => (s, false),
+        None => (dir.iter().find(aliased)?, true),
+    };
     let shared: Vec<&String> = nets
         .iter()
         .filter(|n| s.vips.contains_key(*n) || s.backends.iter().any(|(bn, _)| bn == *n))
+        // An alias names the service only on the networks it is set on.
+        .filter(|n| {
+            !alias
+                || s.aliases
+                    .get(*n)
+                    .is_some_and(|a| a.iter().any(|a| a == svc))
+        })
         .collect();
     let on_shared = |ips: &mut Vec<Ipv4Addr>| {
         for (n, ip) in &s.backends {
@@ -94,6 +109,7 @@ mod tests {
                 ("n1".into(), Ipv4Addr::new(10, 0, 1, 3)),
                 ("n1".into(), Ipv4Addr::new(10, 0, 1, 4)),
             ],
+            aliases: BTreeMap::new(),
         }
     }
 
@@ -113,5 +129,21 @@ mod tests {
         assert_eq!(lookup(&dir, &on, "example.com"), None);
         // Not on a shared network: not visible.
         assert_eq!(lookup(&dir, &["n2".to_string()], "web"), None);
+    }
+
+    #[test]
+    fn aliases_name_a_service_on_their_network_only() {
+        let mut web = view("app_web", EndpointMode::Vip);
+        web.vips.insert("n2".into(), Ipv4Addr::new(10, 0, 2, 2));
+        web.aliases.insert("n1".into(), vec!["web".into()]);
+        let dir = RwLock::new(vec![web]);
+        let vip = Some(vec![Ipv4Addr::new(10, 0, 1, 2)]);
+        assert_eq!(lookup(&dir, &["n1".to_string()], "web"), vip);
+        assert_eq!(lookup(&dir, &["n1".to_string()], "app_web"), vip);
+        assert_eq!(lookup(&dir, &["n2".to_string()], "web"), None);
+        assert_eq!(
+            lookup(&dir, &["n2".to_string()], "app_web"),
+            Some(vec![Ipv4Addr::new(10, 0, 2, 2)])
+        );
     }
 }

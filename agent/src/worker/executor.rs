@@ -440,6 +440,7 @@ impl Executor {
                     command: &t.command,
                     env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                     resolv_conf: resolv.clone(),
+                    files: &t.files,
                 };
                 let on_exit = ctx.on_exit.clone();
                 ctx.containers

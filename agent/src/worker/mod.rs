@@ -304,6 +304,7 @@ impl Worker {
             command: argv,
             env,
             resolv_conf: resolv,
+            files: &[],
         };
         self.containers
             .launch(&self.overlay, w, launch, self.overlay.exit_recorder())

@@ -445,6 +445,8 @@ impl Overlay {
         for f in ["resolv.conf", "resolv.hosts", "resolv.hostname"] {
             let _ = std::fs::remove_file(self.netns_of(id).with_extension(f));
         }
+        // Its configs and secrets.
+        let _ = std::fs::remove_dir_all(self.netns_of(id).with_extension("resolv.files"));
         info!(workload = %id, "workload removed");
         self.kick.notify_one();
         Some(w)

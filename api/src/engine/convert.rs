@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use shoal_model::configs::{FileKind, FileRef, StoredFile};
 use shoal_model::service::{
     self as model, EndpointMode, Protocol, PublishMode, RestartCondition, Runtime, ServiceMode,
     TaskState,
@@ -96,6 +97,16 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
                     .collect(),
                 capability_add: c.cap_add.clone(),
                 capability_drop: c.cap_drop.clone(),
+                configs: c
+                    .configs
+                    .iter()
+                    .map(|r| ref_to_docker(FileKind::Config, r))
+                    .collect(),
+                secrets: c
+                    .secrets
+                    .iter()
+                    .map(|r| ref_to_docker(FileKind::Secret, r))
+                    .collect(),
                 ..Default::default()
             }),
             resources: Some(d::Resources {
@@ -125,7 +136,7 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
                 .iter()
                 .map(|n| d::NetworkAttachmentConfig {
                     target: n.clone(),
-                    aliases: Vec::new(),
+                    aliases: s.aliases.get(n).cloned().unwrap_or_default(),
                 })
                 .collect(),
             force_update: s.force_update,
@@ -156,6 +167,64 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
     }
 }
 
+fn ref_to_docker(kind: FileKind, r: &FileRef) -> d::FileReference {
+    let file = Some(d::FileTarget {
+        name: r.target.clone(),
+        uid: r.uid.clone(),
+        gid: r.gid.clone(),
+        mode: r.mode,
+    });
+    match kind {
+        FileKind::Config => d::FileReference {
+            file,
+            config_id: r.id.clone(),
+            config_name: r.name.clone(),
+            ..Default::default()
+        },
+        FileKind::Secret => d::FileReference {
+            file,
+            secret_id: r.id.clone(),
+            secret_name: r.name.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+fn ref_from_docker(kind: FileKind, r: &d::FileReference) -> FileRef {
+    let (id, name) = match kind {
+        FileKind::Config => (&r.config_id, &r.config_name),
+        FileKind::Secret => (&r.secret_id, &r.secret_name),
+    };
+    let f = r.file.clone().unwrap_or_default();
+    FileRef {
+        id: id.clone(),
+        name: name.clone(),
+        target: f.name,
+        uid: f.uid,
+        gid: f.gid,
+        mode: f.mode,
+    }
+}
+
+/// A config or secret as Docker's object (a secret's data never).
+pub fn file_to_docker(kind: FileKind, f: &StoredFile) -> d::FileObject {
+    use base64::Engine as _;
+    d::FileObject {
+        id: f.id.clone(),
+        version: d::ObjectVersion { index: f.version },
+        created_at: rfc3339(f.created_at),
+        updated_at: rfc3339(f.updated_at),
+        spec: d::FileSpec {
+            name: f.name.clone(),
+            labels: f.labels.clone(),
+            data: (kind == FileKind::Config)
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&f.data)),
+            driver: None,
+            templating: None,
+        },
+    }
+}
+
 fn port_to_docker(p: &model::PortConfig) -> d::PortConfig {
     d::PortConfig {
         name: String::new(),
@@ -170,11 +239,7 @@ fn port_to_docker(p: &model::PortConfig) -> d::PortConfig {
 
 /// Fields of a Docker `TaskTemplate.ContainerSpec` Shoal cannot honour:
 /// a spec with one of them set is refused rather than run without it.
-const REFUSED: &[(&str, &str)] = &[
-    ("Secrets", "secrets"),
-    ("Configs", "configs"),
-    ("Healthcheck", "health checks"),
-];
+const REFUSED: &[(&str, &str)] = &[("Healthcheck", "health checks")];
 
 /// Fields Shoal does not apply; the create or update answer warns.
 const IGNORED: &[&str] = &[
@@ -336,6 +401,16 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
             limit_nano_cpus: res.limits.as_ref().and_then(|l| pos(l.nano_cpus)),
             reserve_memory: res.reservations.as_ref().and_then(|l| pos(l.memory_bytes)),
             reserve_nano_cpus: res.reservations.as_ref().and_then(|l| pos(l.nano_cpus)),
+            configs: cs
+                .configs
+                .iter()
+                .map(|r| ref_from_docker(FileKind::Config, r))
+                .collect(),
+            secrets: cs
+                .secrets
+                .iter()
+                .map(|r| ref_from_docker(FileKind::Secret, r))
+                .collect(),
         },
         mode,
         constraints: placement.constraints.clone(),
@@ -347,6 +422,11 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
             .collect(),
         update_config,
         force_update: tt.force_update,
+        aliases: networks
+            .iter()
+            .filter(|n| !n.aliases.is_empty())
+            .map(|n| (n.target.clone(), n.aliases.clone()))
+            .collect(),
     };
     Ok((spec, warnings))
 }

@@ -198,12 +198,32 @@ pub(crate) fn service_spec() -> ServiceSpec {
         command: vec!["sleep".into(), "1000".into()],
         labels: BTreeMap::from([("k".into(), "v".into())]),
         image: "10.77.0.1:5000/shoal/echo:1".into(),
-        container: Default::default(),
+        container: shoal_model::service::ContainerSpec {
+            configs: vec![shoal_model::configs::FileRef {
+                id: String::new(),
+                name: "app.conf".into(),
+                target: "/etc/app.conf".into(),
+                uid: String::new(),
+                gid: String::new(),
+                mode: 0,
+            }],
+            secrets: vec![shoal_model::configs::FileRef {
+                id: String::new(),
+                name: "db_pw".into(),
+                target: "".into(),
+                uid: String::new(),
+                gid: String::new(),
+                mode: 0,
+            }],
+            ..Default::default()
+        },
         mode: Default::default(),
         constraints: vec!["node.role==worker".into()],
         max_replicas_per_node: 2,
         placement_prefs: vec!["spread=node.labels.zone".into()],
         update_config: Default::default(),
+        force_update: 1,
+        aliases: BTreeMap::from([("appnet".into(), vec!["www".into()])]),
     }
 }
 
@@ -236,6 +256,30 @@ pub(crate) fn commands() -> Vec<Command> {
                 id: 8,
                 lamport: 0,
                 key: [0x43; 32],
+            },
+        },
+        Command::CreateFile {
+            kind: shoal_model::configs::FileKind::Config,
+            file: shoal_model::configs::StoredFile {
+                id: "cfg0000000000000000000000".into(),
+                name: "app.conf".into(),
+                labels: BTreeMap::new(),
+                data: b"listen 80\n".to_vec(),
+                created_at: NOW_MS,
+                updated_at: NOW_MS,
+                version: 0,
+            },
+        },
+        Command::CreateFile {
+            kind: shoal_model::configs::FileKind::Secret,
+            file: shoal_model::configs::StoredFile {
+                id: "sec0000000000000000000000".into(),
+                name: "db_pw".into(),
+                labels: BTreeMap::from([("k".into(), "v".into())]),
+                data: b"hunter2".to_vec(),
+                created_at: NOW_MS,
+                updated_at: NOW_MS,
+                version: 0,
             },
         },
         Command::CreateNetwork {

@@ -3,6 +3,7 @@
 //! manager and proposes or reads through its store.
 
 pub mod cluster;
+pub mod files;
 pub mod networks;
 pub mod nodes;
 pub mod services;

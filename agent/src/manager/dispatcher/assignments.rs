@@ -5,12 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shoal_model::service::{PublishMode, TaskState};
+use shoal_model::configs::{self, FileKind};
+use shoal_model::service::{ContainerSpec, PublishMode, TaskState};
 use shoal_model::state::{NodeStatus, State};
 use shoal_model::NodeId;
 
 use crate::manager::managers_of;
-use crate::proto::session::{ingress_endpoint_id, AssignedTask, Assignments, ServiceView};
+use crate::proto::session::{
+    ingress_endpoint_id, AssignedTask, Assignments, ServiceView, TaskFile,
+};
 
 /// Views of the services visible on `nets` (sharing a network), and of
 /// every service publishing ports through the routing mesh.
@@ -42,6 +45,7 @@ pub fn service_views(state: &State, nets: &BTreeSet<String>) -> Vec<ServiceView>
                 .filter(|t| t.desired == TaskState::Running && up(&t.node))
                 .flat_map(|t| t.endpoints.iter().map(|(n, e)| (n.clone(), e.ip)))
                 .collect(),
+            aliases: s.spec.aliases.clone(),
         })
         .collect()
 }
@@ -71,6 +75,26 @@ pub fn assignments_of(state: &State, node: &NodeId) -> Assignments {
     with_tasks(a, state, node)
 }
 
+/// The configs and secrets a task's container mounts, with their data
+/// (sent only to the node running the task).
+fn task_files(state: &State, c: &ContainerSpec) -> Vec<TaskFile> {
+    [FileKind::Config, FileKind::Secret]
+        .into_iter()
+        .flat_map(|kind| {
+            configs::refs(c, kind).iter().filter_map(move |r| {
+                let f = state.files(kind).get(&r.id)?;
+                Some(TaskFile {
+                    path: kind.path(&r.target),
+                    data: f.data.clone(),
+                    uid: r.uid.parse().unwrap_or(0),
+                    gid: r.gid.parse().unwrap_or(0),
+                    mode: r.mode,
+                })
+            })
+        })
+        .collect()
+}
+
 fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
     let ingress = state.networks.values().find(|n| n.ingress);
     a.tasks = state
@@ -85,6 +109,9 @@ fn with_tasks(mut a: Assignments, state: &State, node: &NodeId) -> Assignments {
                 env: spec.map(|s| s.env.clone()).unwrap_or_default(),
                 image: spec.map(|s| s.image.clone()).unwrap_or_default(),
                 container: spec.map(|s| s.container.clone()),
+                files: spec
+                    .map(|s| task_files(state, &s.container))
+                    .unwrap_or_default(),
             }
         })
         .collect();
