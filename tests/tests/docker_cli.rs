@@ -516,3 +516,87 @@ fn docker_stack_deploy_runs_a_compose_file() {
     );
     assert!(d(&["stack", "ls"]).unwrap().lines().count() <= 1);
 }
+
+/// A swarm formed with the docker CLI alone: `swarm init` on h1 (the
+/// advertise address chosen when the node has one), `swarm join-token`
+/// (shown, rotated), `swarm join` on h2 answering once joined, `info` on
+/// the worker, `swarm leave` refused on the last manager with docker's
+/// 503 and done with `--force`.
+#[test]
+fn docker_swarm_init_join_and_leave() {
+    let lab = start(
+        Lab::builder()
+            .nodes(2)
+            .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"\"\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = |host: usize, args: &[&str]| docker(&lab, dir.path(), host, args);
+    let i = d(1, &["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
+    assert_eq!(i.trim(), "inactive");
+    let e = d(1, &["node", "ls"]).unwrap_err();
+    assert!(
+        e.contains("This node is not a swarm manager. Use \"docker swarm init\""),
+        "{e}"
+    );
+    // h1 has one address besides loopback: no --advertise-addr needed.
+    let out = d(1, &["swarm", "init"]).unwrap();
+    let h1 = shoal_tests::node_id(&lab, 1);
+    assert!(
+        out.contains(&format!(
+            "Swarm initialized: current node ({h1}) is now a manager."
+        )),
+        "{out}"
+    );
+    assert!(out.contains("docker swarm join --token SWMTKN-1-"), "{out}");
+    assert!(out.contains("10.77.0.1:2377"), "{out}");
+    let token = d(1, &["swarm", "join-token", "-q", "worker"]).unwrap();
+    let rotated = d(1, &["swarm", "join-token", "-q", "--rotate", "worker"]).unwrap();
+    assert_ne!(token.trim(), rotated.trim());
+    let shoal_token = cli(&lab, 1, &["swarm", "join-token", "-q", "worker"]).unwrap();
+    assert_eq!(shoal_token.trim(), rotated.trim());
+    let e = d(
+        2,
+        &["swarm", "join", "--token", token.trim(), "10.77.0.1:2377"],
+    )
+    .unwrap_err();
+    assert!(!e.is_empty(), "the old token is refused");
+    let out = d(
+        2,
+        &["swarm", "join", "--token", rotated.trim(), "10.77.0.1:2377"],
+    )
+    .unwrap();
+    assert!(
+        out.contains("This node joined a swarm as a worker."),
+        "{out}"
+    );
+    let i = d(
+        2,
+        &[
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(i.trim(), "active false");
+    wait_for("h2 ready in node ls", Duration::from_secs(30), || {
+        d(1, &["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
+            .unwrap()
+            .contains("h2 Ready")
+    });
+    let e = d(1, &["swarm", "leave"]).unwrap_err();
+    assert!(
+        e.contains("Removing the last manager erases all current state of the swarm"),
+        "{e}"
+    );
+    assert_eq!(
+        d(2, &["swarm", "leave"]).unwrap().trim(),
+        "Node left the swarm."
+    );
+    assert_eq!(
+        d(1, &["swarm", "leave", "--force"]).unwrap().trim(),
+        "Node left the swarm."
+    );
+    let i = d(1, &["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
+    assert_eq!(i.trim(), "inactive");
+}

@@ -713,8 +713,18 @@ mod tests {
     #[test]
     fn what_shoal_cannot_honour_is_refused_or_warned() {
         let mut v = cli_create();
-        v["TaskTemplate"]["ContainerSpec"]["Secrets"] = json!([{"SecretName": "x"}]);
-        assert!(parse(v).unwrap_err().contains("secrets are not supported"));
+        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = json!({"Test": ["CMD", "true"]});
+        assert!(parse(v)
+            .unwrap_err()
+            .contains("health checks are not supported"));
+        let mut v = cli_create();
+        v["TaskTemplate"]["ContainerSpec"]["Secrets"] = json!([{"SecretName": "pw", "File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 256}}]);
+        let s = parse(v).unwrap().0;
+        let r = &s.container.secrets[0];
+        assert_eq!(
+            (r.name.as_str(), r.target.as_str(), r.mode),
+            ("pw", "db", 0o400)
+        );
         let mut v = cli_create();
         v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = json!({"Test": ["NONE"]});
         assert!(parse(v).is_ok());
