@@ -52,6 +52,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # tests/docker_cli.rs drives the Engine API with the real docker CLI
 # (Debian's docker.io has it; any docker CLI >= 20.10 on PATH will do).
 command -v docker >/dev/null || need+=(docker.io)
+# ... and docker-py, the Python SDK.
+python3 -c 'import docker' 2>/dev/null || need+=(python3-docker)
 [ -f /usr/share/containers/seccomp.json ] || need+=(golang-github-containers-common)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

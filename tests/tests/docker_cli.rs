@@ -361,6 +361,28 @@ fn the_docker_cli_drives_a_shoal_swarm() {
         "streams stay apart: {logs} / {stderr}"
     );
 
+    // The event log, as docker events prints it (past events: --until).
+    let until = (shoal_model::now_ms() / 1000 + 1).to_string();
+    let ev = d(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until,
+        "--filter",
+        "type=service",
+    ])
+    .unwrap();
+    assert!(
+        ev.lines()
+            .any(|l| l.contains(" service create ") && l.contains("name=web")),
+        "{ev}"
+    );
+    assert!(
+        ev.lines().all(|l| l.contains(" service ")),
+        "only services: {ev}"
+    );
+
     // Removal.
     assert_eq!(
         d(&["service", "rm", "web", "talk"]).unwrap().trim(),
@@ -599,4 +621,78 @@ fn docker_swarm_init_join_and_leave() {
     );
     let i = d(1, &["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
     assert_eq!(i.trim(), "inactive");
+}
+
+/// docker-py (the Python SDK, as scripts and Ansible use it) against the
+/// same socket: version negotiation by `GET /version`, a replicated and a
+/// global service (docker-py spells the mode keys in lower case), scale
+/// and update through its models, tasks, removal.
+#[test]
+fn docker_py_manages_services() {
+    let (lab, image, _dir) = lab_with_image();
+    let script = r#"
+import os, sys, time
+import docker
+c = docker.DockerClient(base_url="unix://" + os.environ["SOCK"], version="auto")
+image = os.environ["IMAGE"]
+assert c.info()["Swarm"]["LocalNodeState"] == "active"
+assert len(c.nodes.list()) == 3, c.nodes.list()
+net = c.networks.create("pynet", driver="overlay", attachable=True)
+web = c.services.create(image, name="pyweb", networks=["pynet"],
+                        mode=docker.types.ServiceMode("replicated", replicas=2))
+everywhere = c.services.create(image, name="pyglobal", mode="global")
+def running(s, n):
+    for _ in range(600):
+        ts = [t for t in s.tasks(filters={"desired-state": "running"})
+              if t["Status"]["State"] == "running"]
+        if len(ts) == n:
+            return
+        time.sleep(0.1)
+    sys.exit("%s: not %d running: %r" % (s.name, n, s.tasks()))
+running(web, 2)
+running(everywhere, 3)
+assert "Global" in everywhere.attrs["Spec"]["Mode"], everywhere.attrs["Spec"]["Mode"]
+web.scale(3)
+web.reload()
+assert web.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+running(web, 3)
+web.update(env=["X=1"])
+web.reload()
+assert web.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["X=1"], web.attrs
+everywhere.remove()
+web.remove()
+for _ in range(300):
+    try:
+        net.remove()
+        break
+    except docker.errors.APIError:
+        time.sleep(0.1)
+try:
+    c.services.get("pyweb")
+    sys.exit("pyweb still there")
+except docker.errors.NotFound:
+    pass
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("SOCK", docker_socket(&lab, 1))
+        .env("IMAGE", &image)
+        .output()
+        .expect("run python3 (with docker-py: apt-get install python3-docker)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.trim().ends_with("ok"),
+        "{text}"
+    );
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
+    let nets = json(&lab, 1, &["network", "ls"]);
+    assert!(
+        nets.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["Name"] != "pynet"),
+        "{nets}"
+    );
 }
