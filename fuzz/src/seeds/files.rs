@@ -82,6 +82,13 @@ fn assignments() -> Assignments {
                 env: vec!["A=1".into()],
                 image: "10.77.0.1:5000/shoal/echo:1@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff".into(),
                 container: Some(Default::default()),
+                files: vec![shoal::proto::session::TaskFile {
+                    path: "/run/secrets/db_pw".into(),
+                    data: b"hunter2".to_vec(),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o400,
+                }],
             })
             .collect(),
         networks: s.networks.clone(),
@@ -92,6 +99,7 @@ fn assignments() -> Assignments {
             vips: BTreeMap::from([(network().id, Ipv4Addr::new(10, 0, 1, 9))]),
             ports: service_spec().ports,
             backends: vec![(network().id, Ipv4Addr::new(10, 0, 1, 3))],
+            aliases: BTreeMap::from([(network().id, vec!["www".into()])]),
         }],
         ingress_endpoint: Some(endpoint()),
         gossip_keys: [("node1".to_string(), vec![0x42; 32])].into(),

@@ -113,8 +113,28 @@ pub fn for_target(target: &str) -> Vec<Vec<u8>> {
         "gossip_resume" => gossip_resumes(),
         "daemon_config" => daemon_configs(),
         "net_status" => vec![json(&net_status())],
+        "engine_request" => engine_requests(),
         _ => Vec::new(),
     }
+}
+
+/// What the docker CLI and docker-py send (`../shared/reference`): a
+/// service spec as the CLI writes it, one as Shoal renders it, docker-py's
+/// lower-case mode, an init request, filters in both shapes.
+fn engine_requests() -> Vec<Vec<u8>> {
+    let rendered = json(&shoal_api::engine::convert::spec_to_docker(&service_spec()));
+    let cli = br#"{"Name":"web","Labels":{"tier":"fe"},"TaskTemplate":{"ContainerSpec":{"Image":"nginx:alpine","Args":["sh","-c","sleep 1d"],"Env":["A=1"],"Init":false,"DNSConfig":{},"Secrets":[{"File":{"Name":"db","UID":"0","GID":"0","Mode":292},"SecretName":"pw"}]},"Resources":{"Limits":{},"Reservations":{}},"RestartPolicy":{"Condition":"on-failure","Delay":5000000000,"MaxAttempts":0},"Placement":{"Constraints":["node.role==worker"]},"Networks":[{"Target":"abc","Aliases":["www"]}],"ForceUpdate":0},"Mode":{"Replicated":{"Replicas":2}},"EndpointSpec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]}}"#.to_vec();
+    let py = br#"{"Name":"g","TaskTemplate":{"ContainerSpec":{"Image":"busybox","Args":null}},"Mode":{"global":{}},"UpdateConfig":{"order":"start-first"}}"#.to_vec();
+    let init = br#"{"ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"","DataPathPort":0,"Spec":{"Labels":null,"Dispatcher":{"HeartbeatPeriod":2000000000}},"DefaultAddrPool":null,"SubnetSize":24}"#.to_vec();
+    let filters = br#"{"label":{"com.docker.stack.namespace=app":true}}"#.to_vec();
+    let py_filters = br#"{"name":["web"],"desired-state":["running"]}"#.to_vec();
+    vec![
+        cli.clone(),
+        rendered,
+        py,
+        init,
+        [filters, py_filters].join(crate::SEP),
+    ]
 }
 
 pub(crate) fn bin<T: Serialize>(v: &T) -> Vec<u8> {
