@@ -33,6 +33,26 @@ pub fn start(builder: LabBuilder) -> Lab {
         .unwrap_or_else(|e| panic!("cannot start a lab: {e}\n({NEEDS})"))
 }
 
+/// A lab of `hosts` hosts each running containerd, with `config` for the
+/// daemons, a registry on h1 holding the echo test image, and a swarm of
+/// one manager (h1): the lab, the image reference, and the directory the
+/// image was built in (kept until the test ends).
+pub fn lab_with_echo_image(hosts: usize, config: &str) -> (Lab, String, tempfile::TempDir) {
+    let lab = start(
+        Lab::builder()
+            .nodes(hosts)
+            .containerd(true)
+            .daemon_config(config),
+    );
+    let reg = lab.start_registry(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = shoal_lab::image::build_echo_image(&dir.path().join("echo")).unwrap();
+    let reference = format!("{reg}/shoal/echo:1");
+    shoal_lab::image::push(&lab, 1, &layout, &reference).unwrap();
+    lab.form_swarm(hosts, 1).unwrap();
+    (lab, reference, dir)
+}
+
 /// Polls `f` every 50 ms until it yields a value; fails the test after
 /// `timeout`. Returns the value and how long it took.
 pub fn wait_until<T>(

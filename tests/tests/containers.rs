@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_lab::{image, registry_addr, Lab};
-use shoal_tests::{cli, exec, json, start, wait_until};
+use shoal_tests::{cli, exec, json, lab_with_echo_image, wait_until};
 
 const HOSTS: usize = 3;
 
@@ -41,22 +41,9 @@ fn running(lab: &Lab, svc: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A lab of 3 hosts with containerd, a registry on h1 holding the echo
-/// image, and a swarm; the image reference.
+/// The test's lab: containerd on every host, the echo image, a swarm.
 fn lab_with_image() -> (Lab, String, tempfile::TempDir) {
-    let lab = start(
-        Lab::builder()
-            .nodes(HOSTS)
-            .containerd(true)
-            .daemon_config(&config()),
-    );
-    let reg = lab.start_registry(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image::build_echo_image(&dir.path().join("echo")).unwrap();
-    let reference = format!("{reg}/shoal/echo:1");
-    image::push(&lab, 1, &layout, &reference).unwrap();
-    lab.form_swarm(HOSTS, 1).unwrap();
-    (lab, reference, dir)
+    lab_with_echo_image(HOSTS, &config())
 }
 
 /// `ctr -n shoal ARGS` on `host`: stdout, or the failure.

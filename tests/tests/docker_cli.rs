@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_lab::{image, registry_addr, Lab};
-use shoal_tests::{cli, exec, json, start, wait_for};
+use shoal_lab::{registry_addr, Lab};
+use shoal_tests::{cli, exec, json, lab_with_echo_image, start, wait_for};
 
 const HOSTS: usize = 3;
 
@@ -63,15 +63,31 @@ fn docker(lab: &Lab, home: &Path, host: usize, args: &[&str]) -> Result<String, 
 
 /// An HTTP request on `host`'s Engine API socket: (status line, body).
 fn raw(lab: &Lab, host: usize, method: &str, path: &str) -> (String, String) {
+    raw_with(lab, host, method, path, None)
+}
+
+/// [`raw`] with a JSON request body.
+fn raw_with(
+    lab: &Lab,
+    host: usize,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (String, String) {
     // HEAD with -I: curl would wait for the body Content-Length names.
     let verb: &[&str] = if method == "HEAD" {
         &["-I"]
     } else {
         &["-i", "-X", method]
     };
+    let data: Vec<&str> = match body {
+        Some(b) => vec!["-H", "Content-Type: application/json", "--data-binary", b],
+        None => Vec::new(),
+    };
     let out = Command::new("curl")
         .arg("-s")
         .args(verb)
+        .args(data)
         .arg("--unix-socket")
         .arg(docker_socket(lab, host))
         .arg(format!("http://shoal{path}"))
@@ -90,20 +106,9 @@ fn raw(lab: &Lab, host: usize, method: &str, path: &str) -> (String, String) {
     )
 }
 
+/// The test's lab: containerd on every host, the echo image, a swarm.
 fn lab_with_image() -> (Lab, String, tempfile::TempDir) {
-    let lab = start(
-        Lab::builder()
-            .nodes(HOSTS)
-            .containerd(true)
-            .daemon_config(&config()),
-    );
-    let reg = lab.start_registry(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = image::build_echo_image(&dir.path().join("echo")).unwrap();
-    let reference = format!("{reg}/shoal/echo:1");
-    image::push(&lab, 1, &layout, &reference).unwrap();
-    lab.form_swarm(HOSTS, 1).unwrap();
-    (lab, reference, dir)
+    lab_with_echo_image(HOSTS, &config())
 }
 
 /// Rows of a docker table, split on runs of 2+ spaces (header first).
@@ -146,6 +151,35 @@ fn the_docker_cli_drives_a_shoal_swarm() {
         status.contains("404") && body.contains("page not found"),
         "{body}"
     );
+    // Bad bodies and queries: 400 naming the problem, nothing created.
+    for (path, req, why) in [
+        ("/v1.47/services/create", "{not json", "invalid JSON body"),
+        (
+            "/v1.47/services/create",
+            r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}},"Mode":{"Replicated":{},"Global":{}}}"#,
+            "set Replicated or Global, not both",
+        ),
+        (
+            "/v1.47/services/create",
+            r#"{"Name":"x","TaskTemplate":{"ContainerSpec":{"Image":"busybox"}},"EndpointSpec":{"Ports":[{"TargetPort":99999}]}}"#,
+            "TargetPort 99999 is not a port",
+        ),
+        ("/v1.47/services/nosuch/update", "{}", "invalid version"),
+        ("/v1.47/nodes?filters=%7B", "", "invalid filter"),
+        (
+            "/v1.47/networks/create",
+            r#"{"Name":"b","Driver":"bridge"}"#,
+            "not supported by Shoal",
+        ),
+    ] {
+        let method = if req.is_empty() { "GET" } else { "POST" };
+        let (status, body) = raw_with(&lab, 1, method, path, Some(req).filter(|r| !r.is_empty()));
+        assert!(
+            status.contains("400") && body.contains(why),
+            "{path} {req}: {body}"
+        );
+    }
+    assert_eq!(json(&lab, 1, &["service", "ls"]), serde_json::json!([]));
 
     // info and node ls agree with Shoal's own view.
     let i = d(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}} {{.Swarm.NodeID}}"]).unwrap();

@@ -167,6 +167,12 @@ fn docker_network(mut doc: Value) -> Value {
     doc["ConfigFrom"] = json!({"Network": ""});
     doc["ConfigOnly"] = false.into();
     doc["IPAM"]["Options"] = json!({});
+    // Shoal's own section, only where there is something to say.
+    if let Some(o) = doc.as_object_mut() {
+        if o.get("Encryption").is_some_and(Value::is_null) {
+            o.remove("Encryption");
+        }
+    }
     doc
 }
 
