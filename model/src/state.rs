@@ -862,15 +862,7 @@ mod tests {
 
     #[test]
     fn snapshot_round_trip_and_corruption() {
-        let mut s = State::default();
-        s.apply_command(
-            1,
-            Command::InitCluster {
-                cluster: Box::new(cluster()),
-                node: node(Some(1)),
-            },
-        )
-        .unwrap();
+        let s = initialized();
         let snap = s.encode().unwrap();
         let t = State::decode(&snap).unwrap();
         assert_eq!(s, t);
@@ -910,15 +902,7 @@ mod tests {
 
     #[test]
     fn key_ring_keeps_three_newest_in_lamport_order() {
-        let mut s = State::default();
-        s.apply_command(
-            1,
-            Command::InitCluster {
-                cluster: Box::new(cluster()),
-                node: node(Some(1)),
-            },
-        )
-        .unwrap();
+        let mut s = initialized();
         for id in 1..=5u32 {
             s.apply_command(
                 1 + u64::from(id),
@@ -964,6 +948,20 @@ mod tests {
         );
     }
 
+    /// A state after `swarm init` (node 1, a manager).
+    fn initialized() -> State {
+        let mut s = State::default();
+        s.apply_command(
+            1,
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: node(Some(1)),
+            },
+        )
+        .unwrap();
+        s
+    }
+
     fn spec(replicas: u64) -> crate::service::ServiceSpec {
         crate::service::ServiceSpec {
             name: "web".into(),
@@ -989,15 +987,7 @@ mod tests {
 
     #[test]
     fn absurd_replica_counts_are_refused_in_apply() {
-        let mut s = State::default();
-        s.apply_command(
-            1,
-            Command::InitCluster {
-                cluster: Box::new(cluster()),
-                node: node(Some(1)),
-            },
-        )
-        .unwrap();
+        let mut s = initialized();
         let huge = Command::CreateService {
             id: "s1".into(),
             spec: spec(1_000_000_000_000),
@@ -1027,15 +1017,7 @@ mod tests {
     #[test]
     fn ports_published_as_zero_get_free_dynamic_ports_and_stack_names_pass() {
         use crate::service::{PortConfig, Protocol, PublishMode};
-        let mut s = State::default();
-        s.apply_command(
-            1,
-            Command::InitCluster {
-                cluster: Box::new(cluster()),
-                node: node(Some(1)),
-            },
-        )
-        .unwrap();
+        let mut s = initialized();
         let port = |published, protocol| PortConfig {
             protocol,
             target: 80,
