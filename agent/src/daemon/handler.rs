@@ -367,14 +367,11 @@ impl Daemon {
             Request::SwarmInspect => Ok(Response::Swarm(Box::new(
                 cluster::inspect(self.manager().await?.as_ref()).await?,
             ))),
-            Request::ImageResolve { reference } => {
-                shoal_runtime::parse_reference(&reference)
-                    .map_err(|e| ApiError::invalid(e.to_string()))?;
-                match self.pin_image(&reference).await? {
-                    Ok(pinned) => Ok(Response::Message(pinned)),
-                    Err(why) => Err(ApiError::new(ErrorCode::NotFound, why)),
-                }
-            }
+            // A malformed reference is refused by pin_image (Invalid).
+            Request::ImageResolve { reference } => match self.pin_image(&reference).await? {
+                Ok(pinned) => Ok(Response::Message(pinned)),
+                Err(why) => Err(ApiError::new(ErrorCode::NotFound, why)),
+            },
             Request::FileCreate {
                 kind,
                 name,

@@ -239,17 +239,22 @@ pub async fn logs(d: &std::sync::Arc<Daemon>, c: &Call, id: &str) -> Answer {
         ),
     };
     let (follow, timestamps, details) = (c.flag("follow"), c.flag("timestamps"), c.flag("details"));
-    // Task id -> (node id, service id), for the details.
-    let owners: BTreeMap<String, (String, String)> = all_tasks(d)
-        .await?
-        .into_iter()
-        .map(|(t, _, _)| {
-            (
-                t.task.id.clone(),
-                (t.task.node.clone(), t.task.service.clone()),
-            )
-        })
-        .collect();
+    // Task id -> (node id, service id) of this service's tasks, for the
+    // details.
+    let owners: BTreeMap<String, (String, String)> = match ask(
+        d,
+        Request::ServicePs {
+            services: vec![id.into()],
+        },
+    )
+    .await?
+    {
+        Response::Tasks(ts) => ts
+            .into_iter()
+            .map(|t| (t.task.id, (t.task.node, t.task.service)))
+            .collect(),
+        other => return Err(unexpected(&other)),
+    };
     let first = fetch_logs(d, id, tail, BTreeMap::new()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
     let daemon = d.clone();
