@@ -39,6 +39,10 @@ pub struct ServiceUpdate {
     /// `--update-failure-action`.
     #[serde(default)]
     pub update_failure_action: Option<shoal_model::update::FailureAction>,
+    /// `--health-*` (fields set replace the stored ones) or
+    /// `--no-healthcheck`.
+    #[serde(default)]
+    pub health: Option<shoal_model::health::HealthConfig>,
     /// The whole new spec (the Engine API's update), replacing the stored
     /// one before the changes above apply; its name must not change.
     #[serde(default)]

@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod command;
 pub mod configs;
+pub mod health;
 pub mod legacy;
 pub mod network;
 pub mod placement;

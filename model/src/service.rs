@@ -220,6 +220,8 @@ pub struct ContainerSpec {
     pub configs: Vec<crate::configs::FileRef>,
     /// `--secret`: secrets mounted as files.
     pub secrets: Vec<crate::configs::FileRef>,
+    /// `--health-*`, `--no-healthcheck` (`None`: the image's check).
+    pub healthcheck: Option<crate::health::HealthConfig>,
 }
 
 /// A service as stored.
@@ -422,6 +424,9 @@ pub enum ServiceError {
     /// Node labels out of bounds.
     #[error("invalid node labels: {0}")]
     BadLabels(String),
+    /// A health check docker would refuse.
+    #[error("invalid health check: {0}")]
+    BadHealthcheck(String),
 }
 
 pub use crate::placement::check_labels;
@@ -472,6 +477,14 @@ pub fn check_spec(
         Runtime::Host if spec.command.is_empty() => return Err(ServiceError::NoCommand),
         Runtime::Container if spec.image.is_empty() => return Err(ServiceError::NoImage),
         _ => {}
+    }
+    if let Some(h) = &spec.container.healthcheck {
+        if spec.container.runtime == Runtime::Host && !h.is_none() {
+            return Err(ServiceError::BadHealthcheck(
+                "health checks run inside containers: not with --runtime host".into(),
+            ));
+        }
+        h.check().map_err(ServiceError::BadHealthcheck)?;
     }
     for c in &spec.constraints {
         crate::placement::Constraint::parse(c)?;

@@ -48,6 +48,26 @@ pub struct ImageConfig {
     pub working_dir: String,
     /// `USER` (empty: root).
     pub user: String,
+    /// `HEALTHCHECK`.
+    #[serde(default)]
+    pub healthcheck: Option<ImageHealth>,
+}
+
+/// An image's `HEALTHCHECK`, as docker writes it in the config (durations
+/// in nanoseconds; zero or less: the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageHealth {
+    /// `["CMD", …]`, `["CMD-SHELL", cmd]` or `["NONE"]`.
+    pub test: Vec<String>,
+    /// Between probes.
+    pub interval: i64,
+    /// Longest probe.
+    pub timeout: i64,
+    /// Grace after start.
+    pub start_period: i64,
+    /// Failures in a row that make it unhealthy.
+    pub retries: i64,
 }
 
 /// An image in containerd.
@@ -680,6 +700,7 @@ impl Runtime {
                 env: run.env.unwrap_or_default(),
                 working_dir: run.working_dir.unwrap_or_default(),
                 user: run.user.unwrap_or_default(),
+                healthcheck: run.healthcheck,
             },
         })
     }

@@ -30,7 +30,7 @@ use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
 pub use container::{file_uri, ContainerInfo, ContainerSpec, ExecIo, MountSpec, MountType};
-pub use image::{ImageConfig, ImageInfo};
+pub use image::{ImageConfig, ImageHealth, ImageInfo};
 pub use registry::{parse_reference, resolve, Registries};
 
 /// containerd namespace of everything Shoal creates.

@@ -213,6 +213,7 @@ pub(crate) struct RunConfig {
     pub(crate) env: Option<Vec<String>>,
     pub(crate) working_dir: Option<String>,
     pub(crate) user: Option<String>,
+    pub(crate) healthcheck: Option<crate::image::ImageHealth>,
 }
 
 #[derive(Deserialize)]

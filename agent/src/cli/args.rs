@@ -168,6 +168,52 @@ pub struct UpdateArgs {
     pub update_failure_action: Option<OnFailure>,
 }
 
+/// A task's health check (`service create` and `service update`; docker's
+/// flags). Without them the image's HEALTHCHECK, if any, runs.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Command to run to check health (with /bin/sh -c in the container).
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) [default: 30s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub health_interval: Option<u64>,
+    /// Maximum time to allow one check to run (ms|s|m|h) [default: 30s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub health_timeout: Option<u64>,
+    /// Consecutive failures needed to report unhealthy [default: 3].
+    #[arg(long)]
+    pub health_retries: Option<u64>,
+    /// Start period for the container to initialize before counting
+    /// retries towards unstable (ms|s|m|h) [default: 0s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub health_start_period: Option<u64>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
+    pub no_healthcheck: bool,
+}
+
+impl HealthArgs {
+    /// The health check the flags describe (`None`: no flag given).
+    pub fn config(&self) -> Option<shoal_model::health::HealthConfig> {
+        if self.no_healthcheck {
+            return Some(shoal_model::health::HealthConfig::none());
+        }
+        let h = shoal_model::health::HealthConfig {
+            test: self
+                .health_cmd
+                .iter()
+                .flat_map(|c| ["CMD-SHELL".to_string(), c.clone()])
+                .collect(),
+            interval_ms: self.health_interval.unwrap_or(0),
+            timeout_ms: self.health_timeout.unwrap_or(0),
+            retries: self.health_retries.unwrap_or(0),
+            start_period_ms: self.health_start_period.unwrap_or(0),
+        };
+        (h != Default::default()).then_some(h)
+    }
+}
+
 /// `--update-failure-action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnFailure {
@@ -332,6 +378,8 @@ pub enum ServiceCmd {
         replicas_max_per_node: u64,
         #[command(flatten)]
         rolling: UpdateArgs,
+        #[command(flatten)]
+        health: Box<HealthArgs>,
         /// Placement preference (repeatable, in order):
         /// `spread=node.labels.K` spreads the tasks evenly over the values
         /// of label K.
@@ -435,6 +483,8 @@ pub enum ServiceCmd {
         rollback: bool,
         #[command(flatten)]
         rolling: UpdateArgs,
+        #[command(flatten)]
+        health: Box<HealthArgs>,
         /// Service name or id.
         service: String,
     },
@@ -691,6 +741,14 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|v| *v > 0)
         .ok_or_else(|| format!("invalid duration {s:?}: must be positive and not absurdly large"))
+}
+
+/// [`parse_duration_ms`], and `0` (docker's "use the default").
+pub fn parse_duration_or_zero(s: &str) -> Result<u64, String> {
+    match s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) {
+        "0" => Ok(0),
+        _ => parse_duration_ms(s),
+    }
 }
 
 #[cfg(test)]

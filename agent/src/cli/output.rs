@@ -43,7 +43,8 @@ pub fn ports_column(ports: &[PortConfig]) -> String {
         .join(", ")
 }
 
-/// Docker's "Running 5 seconds ago".
+/// Docker's "Running 5 seconds ago", with `(healthy)` or `(unhealthy)`
+/// for a task whose health check passed or failed.
 pub fn state_column(t: &Task, now_ms: u64) -> String {
     let ago = now_ms.saturating_sub(t.updated_at) / 1000;
     let when = match ago {
@@ -55,7 +56,13 @@ pub fn state_column(t: &Task, now_ms: u64) -> String {
     if t.is_pending() {
         return format!("pending {when}");
     }
-    format!("{} {}", t.state, when)
+    use shoal_model::health::{MSG_HEALTHY, MSG_UNHEALTHY};
+    let health = match t.message.as_str() {
+        MSG_HEALTHY => " (healthy)",
+        m if m.starts_with(MSG_UNHEALTHY) => " (unhealthy)",
+        _ => "",
+    };
+    format!("{} {}{health}", t.state, when)
 }
 
 pub(super) fn print_response(format: Format, resp: Response, quiet: bool) {

@@ -39,6 +39,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         replicas_max_per_node,
         placement_pref,
         rolling,
+        health,
         network,
         publish,
         endpoint_mode,
@@ -62,6 +63,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         ));
     }
     let (image, command, mut container, env) = container_settings(container, command, env)?;
+    container.healthcheck = health.config();
     let mut networks = Vec::new();
     let mut aliases = std::collections::BTreeMap::new();
     for n in network {
@@ -204,6 +206,7 @@ pub(super) fn container_settings(
         reserve_nano_cpus: container.reserve_cpu,
         configs: Vec::new(),
         secrets: Vec::new(),
+        healthcheck: None,
     };
     Ok((image, command, spec, all_env))
 }
@@ -362,6 +365,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             env_add,
             force,
             rolling,
+            health,
             service,
             ..
         } => {
@@ -379,6 +383,7 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     update_delay_ms: rolling.update_delay,
                     update_order: rolling.update_order.map(order),
                     update_failure_action: rolling.update_failure_action.map(on_failure),
+                    health: health.config(),
                     ..Default::default()
                 },
             })

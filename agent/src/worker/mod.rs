@@ -32,6 +32,7 @@ pub mod dns;
 pub mod encrypted;
 pub mod exec;
 pub mod executor;
+mod health;
 mod host;
 mod netstatus;
 pub mod overlay;

@@ -442,7 +442,12 @@ impl Overlay {
         let _ = std::fs::remove_file(self.dir().join(format!("{id}.json")));
         shoal_runtime::logfile::remove(&self.log_of(id));
         // The container's /etc files (see `Containers::run`).
-        for f in ["resolv.conf", "resolv.hosts", "resolv.hostname"] {
+        for f in [
+            "resolv.conf",
+            "resolv.hosts",
+            "resolv.hostname",
+            "resolv.health",
+        ] {
             let _ = std::fs::remove_file(self.netns_of(id).with_extension(f));
         }
         // Its configs and secrets.

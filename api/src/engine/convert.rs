@@ -107,6 +107,17 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
                     .iter()
                     .map(|r| ref_to_docker(FileKind::Secret, r))
                     .collect(),
+                healthcheck: c.healthcheck.as_ref().map(|h| {
+                    let ns =
+                        |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX / NS_PER_MS) * NS_PER_MS;
+                    d::HealthConfig {
+                        test: h.test.clone(),
+                        interval: ns(h.interval_ms),
+                        timeout: ns(h.timeout_ms),
+                        retries: i64::try_from(h.retries).unwrap_or(i64::MAX),
+                        start_period: ns(h.start_period_ms),
+                    }
+                }),
                 ..Default::default()
             }),
             resources: Some(d::Resources {
@@ -237,10 +248,6 @@ fn port_to_docker(p: &model::PortConfig) -> d::PortConfig {
 
 // --- service spec, Docker → Shoal ---------------------------------------
 
-/// Fields of a Docker `TaskTemplate.ContainerSpec` Shoal cannot honour:
-/// a spec with one of them set is refused rather than run without it.
-const REFUSED: &[(&str, &str)] = &[("Healthcheck", "health checks")];
-
 /// Fields Shoal does not apply; the create or update answer warns.
 const IGNORED: &[&str] = &[
     "Hosts",
@@ -277,13 +284,6 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
         serde_json::from_value(raw.clone()).map_err(|e| format!("invalid service spec: {e}"))?;
     let mut warnings = Vec::new();
     let cs_raw = &raw["TaskTemplate"]["ContainerSpec"];
-    for (field, what) in REFUSED {
-        if non_empty(&cs_raw[field]) && !no_healthcheck(field, &cs_raw[field]) {
-            return Err(format!(
-                "ContainerSpec.{field}: {what} are not supported by Shoal"
-            ));
-        }
-    }
     for field in IGNORED {
         if non_empty(&cs_raw[field]) {
             warnings.push(format!(
@@ -411,6 +411,11 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
                 .iter()
                 .map(|r| ref_from_docker(FileKind::Secret, r))
                 .collect(),
+            healthcheck: cs
+                .healthcheck
+                .as_ref()
+                .map(health_from_docker)
+                .transpose()?,
         },
         mode,
         constraints: placement.constraints.clone(),
@@ -431,12 +436,26 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
     Ok((spec, warnings))
 }
 
-/// `Healthcheck: {"Test": ["NONE"]}` is `--no-healthcheck`: nothing to run.
-fn no_healthcheck(field: &str, v: &Value) -> bool {
-    field == "Healthcheck"
-        && v["Test"]
-            .as_array()
-            .is_none_or(|t| t.is_empty() || t[0] == "NONE")
+/// Docker's `HealthConfig` as Shoal's (durations to ms; negative ones
+/// refused as the daemon does).
+fn health_from_docker(h: &d::HealthConfig) -> Result<shoal_model::health::HealthConfig, String> {
+    let ms = |ns: i64, what: &str| match ns {
+        n if n < 0 => Err(format!("Healthcheck.{what} cannot be negative")),
+        n if n > 0 && n < NS_PER_MS => Err(format!(
+            "Healthcheck.{what} in Healthcheck cannot be less than 1ms"
+        )),
+        n => Ok((n / NS_PER_MS) as u64),
+    };
+    let h = shoal_model::health::HealthConfig {
+        test: h.test.clone(),
+        interval_ms: ms(h.interval, "Interval")?,
+        timeout_ms: ms(h.timeout, "Timeout")?,
+        retries: u64::try_from(h.retries)
+            .map_err(|_| "Healthcheck.Retries cannot be negative".to_string())?,
+        start_period_ms: ms(h.start_period, "StartPeriod")?,
+    };
+    h.check().map_err(|e| format!("Healthcheck.Test: {e}"))?;
+    Ok(h)
 }
 
 fn port_from_docker(p: &d::PortConfig) -> Result<model::PortConfig, String> {
@@ -713,10 +732,15 @@ mod tests {
     #[test]
     fn what_shoal_cannot_honour_is_refused_or_warned() {
         let mut v = cli_create();
-        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = json!({"Test": ["CMD", "true"]});
-        assert!(parse(v)
-            .unwrap_err()
-            .contains("health checks are not supported"));
+        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = json!({"Test": ["CMD-SHELL", "wget -q localhost"], "Interval": 2_000_000_000u64, "Retries": 2});
+        let h = parse(v.clone()).unwrap().0.container.healthcheck.unwrap();
+        assert_eq!((h.interval_ms, h.retries, h.timeout_ms), (2_000, 2, 0));
+        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"] = json!(["SHELL", "x"]);
+        assert!(parse(v).unwrap_err().contains("Healthcheck.Test"));
+        let mut v = cli_create();
+        v["TaskTemplate"]["ContainerSpec"]["Healthcheck"] =
+            json!({"Test": ["CMD", "true"], "Timeout": -1});
+        assert!(parse(v).unwrap_err().contains("cannot be negative"));
         let mut v = cli_create();
         v["TaskTemplate"]["ContainerSpec"]["Secrets"] = json!([{"SecretName": "pw", "File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 256}}]);
         let s = parse(v).unwrap().0;

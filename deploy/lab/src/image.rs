@@ -101,6 +101,17 @@ pub fn build_echo_image(dir: &Path) -> Result<PathBuf, LabError> {
 /// on `GET /version`): two versions are two images with different digests,
 /// e.g. for a service update from `…/echo:1` to `…/echo:2`.
 pub fn build_echo_image_version(dir: &Path, version: &str) -> Result<PathBuf, LabError> {
+    build_echo_image_with(dir, version, None)
+}
+
+/// Like [`build_echo_image_version`], with `healthcheck` as the image's
+/// `HEALTHCHECK` (docker's config form: `{"Test": ["CMD-SHELL", "…"],
+/// "Interval": ns, "Retries": n}`).
+pub fn build_echo_image_with(
+    dir: &Path,
+    version: &str,
+    healthcheck: Option<Value>,
+) -> Result<PathBuf, LabError> {
     let busybox = fs::read(BUSYBOX).map_err(|e| {
         LabError::io(
             format!("reading {BUSYBOX} for the test image (apt-get install busybox-static)"),
@@ -119,7 +130,7 @@ pub fn build_echo_image_version(dir: &Path, version: &str) -> Result<PathBuf, La
     }
     let tar = layer_tar(&busybox, version)
         .map_err(|e| LabError::io("writing the test image's layer".to_string(), e))?;
-    write_layout(dir, &tar)?;
+    write_layout(dir, &tar, healthcheck)?;
     Ok(dir.to_path_buf())
 }
 
@@ -329,8 +340,8 @@ fn architecture() -> &'static str {
     }
 }
 
-fn config_json(diff_id: &str) -> Value {
-    json!({
+fn config_json(diff_id: &str, healthcheck: Option<Value>) -> Value {
+    let mut v = json!({
         "architecture": architecture(),
         "os": "linux",
         "created": CREATED,
@@ -342,11 +353,15 @@ fn config_json(diff_id: &str) -> Value {
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": CREATED, "created_by": "shoal-lab image::build_echo_image"}],
-    })
+    });
+    if let Some(h) = healthcheck {
+        v["config"]["Healthcheck"] = h;
+    }
+    v
 }
 
 /// Writes the blobs, then `index.json` and `oci-layout`.
-fn write_layout(dir: &Path, tar: &[u8]) -> Result<(), LabError> {
+fn write_layout(dir: &Path, tar: &[u8], healthcheck: Option<Value>) -> Result<(), LabError> {
     let blobs = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs)
         .map_err(|e| LabError::io(format!("creating {}", blobs.display()), e))?;
@@ -361,7 +376,7 @@ fn write_layout(dir: &Path, tar: &[u8]) -> Result<(), LabError> {
 
     let layer = gzip(tar).map_err(|e| LabError::io("compressing the layer".to_string(), e))?;
     let (layer_digest, layer_size) = put(&layer)?;
-    let (config_digest, config_size) = put(&to_bytes(&config_json(&sha256(tar))))?;
+    let (config_digest, config_size) = put(&to_bytes(&config_json(&sha256(tar), healthcheck)))?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,

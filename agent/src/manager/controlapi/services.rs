@@ -223,6 +223,38 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     if let Some(a) = u.update_failure_action {
         spec.update_config.failure_action = a;
     }
+    if let Some(h) = &u.health {
+        spec.container.healthcheck = Some(match (&spec.container.healthcheck, h.is_none()) {
+            (Some(old), false) if !old.is_none() => shoal_model::health::HealthConfig {
+                test: if h.test.is_empty() {
+                    old.test.clone()
+                } else {
+                    h.test.clone()
+                },
+                interval_ms: if h.interval_ms > 0 {
+                    h.interval_ms
+                } else {
+                    old.interval_ms
+                },
+                timeout_ms: if h.timeout_ms > 0 {
+                    h.timeout_ms
+                } else {
+                    old.timeout_ms
+                },
+                retries: if h.retries > 0 {
+                    h.retries
+                } else {
+                    old.retries
+                },
+                start_period_ms: if h.start_period_ms > 0 {
+                    h.start_period_ms
+                } else {
+                    old.start_period_ms
+                },
+            },
+            _ => h.clone(),
+        });
+    }
     m.store()
         .propose(Command::UpdateService {
             service: svc.id.clone(),

@@ -137,6 +137,30 @@ pub struct ContainerSpec {
     /// Secrets mounted as files.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<FileReference>,
+    /// `--health-*`, `--no-healthcheck`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// `HealthConfig` (durations in nanoseconds; 0: inherit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    /// `["NONE"]`, `["CMD", …]` or `["CMD-SHELL", cmd]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    /// Between probes.
+    #[serde(skip_serializing_if = "is_zero_i64")]
+    pub interval: i64,
+    /// Longest probe.
+    #[serde(skip_serializing_if = "is_zero_i64")]
+    pub timeout: i64,
+    /// Failures in a row that make it unhealthy.
+    #[serde(skip_serializing_if = "is_zero_i64")]
+    pub retries: i64,
+    /// Grace after start.
+    #[serde(skip_serializing_if = "is_zero_i64")]
+    pub start_period: i64,
 }
 
 /// `ConfigReference` / `SecretReference` (one shape: the id and name

@@ -10,7 +10,9 @@
 //!   (own mount and UTS namespaces: resolv.conf, host name);
 //! - a started task of a service with TCP ports is reported `running`
 //!   once its first target port accepts connections (at most
-//!   [`LISTEN_WAIT`]), so it joins load balancing when it can answer;
+//!   [`LISTEN_WAIT`]), so it joins load balancing when it can answer; a
+//!   container with a health check once its check passes, and it fails
+//!   when the check says unhealthy (see `health`);
 //! - a task whose process ended is reported `Complete`/`Failed` with its
 //!   exit code and cleaned up; one no longer assigned, or told to shut
 //!   down, leaves load balancing for [`STOP_DRAIN`], is stopped (SIGTERM,
@@ -30,14 +32,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_membership::{EndpointRecord, Gossip};
-use shoal_model::service::{Protocol, PublishMode, Runtime, TaskState};
-use shoal_netdriver::nft::{self, Backend, PortRule, Proto};
+use shoal_model::service::{Protocol, Runtime, TaskState};
+use shoal_netdriver::nft;
 
 use super::directory::{lookup, vip_rules};
 use tracing::{info, warn};
 
+mod mesh;
+
 use crate::worker::containers::{Containers, Launch};
 use crate::worker::dns::{self, DnsServer};
+use crate::worker::health::{self, Monitor};
 use shoal_api::Workload;
 
 use crate::proto::session::{Assignments, ServiceView, TaskReport};
@@ -79,6 +84,8 @@ pub struct Executor {
     /// accepts a connection (`true`) — only then are they reported
     /// `running`, and so become backends.
     listening: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// Health checks of the container tasks here (`None`: it has none).
+    health: Mutex<BTreeMap<String, Option<Monitor>>>,
     /// Wakes the session, to report a state change at once.
     pub report_now: tokio::sync::Notify,
 }
@@ -120,6 +127,7 @@ impl Executor {
             closed: std::sync::atomic::AtomicBool::new(false),
             kick: Arc::new(tokio::sync::Notify::new()),
             listening: Arc::new(Mutex::new(BTreeMap::new())),
+            health: Mutex::new(BTreeMap::new()),
             report_now: tokio::sync::Notify::new(),
         }
     }
@@ -221,12 +229,20 @@ impl Executor {
                     }
                 };
                 self.finish(overlay, ctx, &w).await;
-                self.report(&id, state, code, msg);
+                // Failed already (unhealthy): that stays what it ended as.
+                if !self.reported(&id).is_some_and(|s| s.is_terminal()) {
+                    self.report(&id, state, code, msg);
+                }
                 continue;
             }
-            if !want {
+            if !want || self.reported(&id) == Some(TaskState::Failed) {
                 self.stop(&w);
                 continue;
+            }
+            if w.container.is_some() {
+                if let Some(t) = assigned.get(id.as_str()) {
+                    self.adopt_health(overlay, ctx, t).await;
+                }
             }
             // Still waiting for its port (see `await_listening`)?
             let waiting = self.listening.lock().is_ok_and(|mut l| match l.get(&id) {
@@ -237,8 +253,17 @@ impl Executor {
                 }
                 None => false,
             });
-            if !waiting && self.reported(&id) != Some(TaskState::Running) {
-                self.report(&id, TaskState::Running, None, "running".into());
+            match self.health_gate(&id) {
+                Err(why) => {
+                    warn!(task = %id, "unhealthy: {why}");
+                    let msg = format!("{}: {why}", shoal_model::health::MSG_UNHEALTHY);
+                    self.report(&id, TaskState::Failed, None, msg);
+                    self.stop(&w);
+                }
+                Ok(Some(msg)) if !waiting && self.reported(&id) != Some(TaskState::Running) => {
+                    self.report(&id, TaskState::Running, None, msg.into());
+                }
+                Ok(_) => {}
             }
         }
         // 2. Assigned tasks not here yet.
@@ -276,6 +301,8 @@ impl Executor {
                         .and_then(|s| s.ports.iter().find(|p| p.protocol == Protocol::Tcp))
                         .map(|p| p.target);
                     match (port, w.gw_ip) {
+                        // A health check decides when it can answer.
+                        _ if !matches!(self.health_gate(id), Ok(Some("running"))) => {}
                         (Some(port), Some(ip)) => self.await_listening(id, (ip, port).into()),
                         _ => self.report(id, TaskState::Running, None, "running".into()),
                     }
@@ -449,6 +476,10 @@ impl Executor {
             }
             _ => overlay.launch(&w.id, &spec),
         };
+        if launched.is_ok() {
+            self.watch_health(overlay, ctx, t, health::Status::Starting)
+                .await;
+        }
         match launched {
             Ok(w) => Ok(w),
             Err(e) => {
@@ -512,6 +543,70 @@ impl Executor {
         }
     }
 
+    /// The health gate of a task that runs: `Err(why)` once its check
+    /// says unhealthy, `Ok(None)` until it first passes, else the message
+    /// of its `running` report.
+    fn health_gate(&self, id: &str) -> Result<Option<&'static str>, String> {
+        let h = self.health.lock().map_err(|_| "health lock".to_string())?;
+        match h.get(id) {
+            Some(Some(m)) => match m.status() {
+                health::Status::Starting => Ok(None),
+                health::Status::Healthy => Ok(Some(shoal_model::health::MSG_HEALTHY)),
+                health::Status::Unhealthy => Err(m.last_failure()),
+            },
+            _ => Ok(Some("running")),
+        }
+    }
+
+    /// Starts the health check of container task `t` (if it has one).
+    async fn watch_health(
+        &self,
+        overlay: &Overlay,
+        ctx: &NodeCtx,
+        t: &crate::proto::session::AssignedTask,
+        status: health::Status,
+    ) {
+        let id = &t.task.id;
+        let settings = t
+            .container
+            .as_ref()
+            .filter(|c| c.runtime == Runtime::Container);
+        let monitor = match (settings, ctx.containers.runtime().await) {
+            (Some(settings), Ok(rt)) => match rt.image(&t.image).await {
+                Ok(image) => health::resolve(settings, &image).map(|check| {
+                    let out = overlay.netns_of(id).with_extension("resolv.health");
+                    Monitor::spawn(rt, id.clone(), check, status, out, self.kick.clone())
+                }),
+                Err(e) => {
+                    warn!(task = %id, "no health check: its image: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Ok(mut h) = self.health.lock() {
+            h.insert(id.clone(), monitor);
+        }
+    }
+
+    /// A container adopted after a restart gets its health check again; a
+    /// task already running starts healthy (it stays in load balancing).
+    async fn adopt_health(
+        &self,
+        overlay: &Overlay,
+        ctx: &NodeCtx,
+        t: &crate::proto::session::AssignedTask,
+    ) {
+        if self.health.lock().is_ok_and(|h| h.contains_key(&t.task.id)) {
+            return;
+        }
+        let status = match t.task.state {
+            TaskState::Running => health::Status::Healthy,
+            _ => health::Status::Starting,
+        };
+        self.watch_health(overlay, ctx, t, status).await;
+    }
+
     /// Waits (in the background) until the task at `addr` accepts TCP
     /// connections, at most [`LISTEN_WAIT`], then lets the next pass report
     /// it running: a replacement joins load balancing once it can answer.
@@ -571,6 +666,9 @@ impl Executor {
         if let Ok(mut d) = self.dns.lock() {
             d.remove(&w.id);
         }
+        if let Ok(mut h) = self.health.lock() {
+            h.remove(&w.id);
+        }
         if w.container.is_some() || w.task.is_some() {
             // A container started but not yet recorded is removed too.
             if ctx.containers.socket_exists() {
@@ -608,131 +706,6 @@ impl Executor {
             Err(e) => warn!(table, "cannot apply nftables rules: {e}"),
         }
     }
-
-    async fn mesh(&self, overlay: &Overlay, ctx: &NodeCtx, a: &Assignments) -> anyhow::Result<()> {
-        let ingress_net = a.networks.values().find(|n| n.ingress);
-        let published: Vec<&ServiceView> = a
-            .services
-            .iter()
-            .filter(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
-            .collect();
-        let mut host_rules: Vec<PortRule> = Vec::new();
-        match (ingress_net, &a.ingress_endpoint, published.is_empty()) {
-            (Some(net), Some(ep), false) => {
-                let sbox = match sandbox(overlay) {
-                    Some(w) if w.id == ep.id && w.ip_on(&net.id) == Some(ep.ip) => w,
-                    other => {
-                        if let Some(old) = other {
-                            overlay.cleanup(&old.id, ctx.gossip.as_ref()).await;
-                        }
-                        let w = overlay
-                            .start(
-                                StartSpec {
-                                    id: ep.id.clone(),
-                                    name: INGRESS_SANDBOX.into(),
-                                    networks: vec![(net.clone(), ep.clone())],
-                                    ..Default::default()
-                                },
-                                &ctx.me,
-                                ctx.vtep,
-                                ctx.port,
-                                ctx.gossip.as_ref(),
-                            )
-                            .await?;
-                        nft::set_ip_forward(Some(&w.netns), true)?;
-                        if let Ok(mut m) = self.applied.lock() {
-                            m.retain(|k, _| !k.starts_with(INGRESS_SANDBOX));
-                        }
-                        w
-                    }
-                };
-                let mut rules = Vec::new();
-                for s in &published {
-                    for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
-                        rules.push(PortRule {
-                            proto: proto(p.protocol),
-                            port: p.published,
-                            backends: s
-                                .backends
-                                .iter()
-                                .filter(|(n, _)| *n == net.id)
-                                .map(|(_, ip)| Backend {
-                                    ip: *ip,
-                                    port: p.target,
-                                })
-                                .collect(),
-                        });
-                        if let Some(gw) = sbox.gw_ip {
-                            host_rules.push(PortRule {
-                                proto: proto(p.protocol),
-                                port: p.published,
-                                backends: vec![Backend {
-                                    ip: gw,
-                                    port: p.published,
-                                }],
-                            });
-                        }
-                    }
-                }
-                let ifname = sbox
-                    .attachments
-                    .first()
-                    .map(|x| x.ifname.clone())
-                    .unwrap_or_else(|| "eth0".into());
-                let body = nft::ingress_sandbox_table(&rules, &ifname);
-                self.apply_table(
-                    Some(&sbox.netns),
-                    nft::INGRESS_TABLE,
-                    &body,
-                    INGRESS_SANDBOX,
-                )
-                .await;
-            }
-            _ => {
-                if let Some(old) = sandbox(overlay) {
-                    overlay.cleanup(&old.id, ctx.gossip.as_ref()).await;
-                    if let Ok(mut m) = self.applied.lock() {
-                        m.retain(|k, _| !k.starts_with(INGRESS_SANDBOX));
-                    }
-                }
-            }
-        }
-        // Host-mode ports: straight to the task on this node.
-        for w in overlay.list().into_iter().filter(|w| w.task.is_some()) {
-            let Some(t) = a.tasks.iter().find(|t| t.task.id == w.id) else {
-                continue;
-            };
-            let (Some(svc), Some(gw)) =
-                (a.services.iter().find(|s| s.id == t.task.service), w.gw_ip)
-            else {
-                continue;
-            };
-            for p in svc.ports.iter().filter(|p| p.mode == PublishMode::Host) {
-                host_rules.push(PortRule {
-                    proto: proto(p.protocol),
-                    port: p.published,
-                    backends: vec![Backend {
-                        ip: gw,
-                        port: p.target,
-                    }],
-                });
-            }
-        }
-        if host_rules.is_empty() {
-            let had = self
-                .applied
-                .lock()
-                .is_ok_and(|mut m| m.remove(&format!("host/{}", nft::PUBLISH_TABLE)).is_some());
-            if had {
-                nft::delete_table(None, nft::PUBLISH_TABLE).await?;
-            }
-        } else {
-            let body = nft::host_publish_table(&host_rules);
-            self.apply_table(None, nft::PUBLISH_TABLE, &body, "host")
-                .await;
-        }
-        Ok(())
-    }
 }
 
 /// Keeps only the backends this node can reach: those whose endpoint its
@@ -755,20 +728,5 @@ fn reachable_backends(services: &mut [ServiceView], gossip: Option<&Gossip>) {
                 })
                 .contains(ip)
         });
-    }
-}
-
-/// This node's routing-mesh sandbox, if it runs.
-fn sandbox(overlay: &Overlay) -> Option<Workload> {
-    overlay
-        .list()
-        .into_iter()
-        .find(|w| w.task.is_none() && w.name == INGRESS_SANDBOX)
-}
-
-fn proto(p: Protocol) -> Proto {
-    match p {
-        Protocol::Tcp => Proto::Tcp,
-        Protocol::Udp => Proto::Udp,
     }
 }
