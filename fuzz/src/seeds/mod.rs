@@ -235,6 +235,12 @@ pub(crate) fn service_spec() -> ServiceSpec {
                 gid: String::new(),
                 mode: 0,
             }],
+            healthcheck: Some(shoal_model::health::HealthConfig {
+                test: vec!["CMD-SHELL".into(), "wget -q -O- localhost".into()],
+                interval_ms: 2_000,
+                retries: 2,
+                ..Default::default()
+            }),
             ..Default::default()
         },
         mode: Default::default(),
