@@ -27,18 +27,12 @@ pub struct ServiceUpdate {
     pub env_add: Vec<String>,
     /// `--force`: replace every task even if nothing changed.
     pub force: bool,
-    /// `--update-parallelism`.
+    /// `--update-*`.
     #[serde(default)]
-    pub update_parallelism: Option<u64>,
-    /// `--update-delay`, ms.
+    pub update_config: RollingChanges,
+    /// `--rollback-*`.
     #[serde(default)]
-    pub update_delay_ms: Option<u64>,
-    /// `--update-order`.
-    #[serde(default)]
-    pub update_order: Option<shoal_model::update::UpdateOrder>,
-    /// `--update-failure-action`.
-    #[serde(default)]
-    pub update_failure_action: Option<shoal_model::update::FailureAction>,
+    pub rollback_config: RollingChanges,
     /// `--health-*` (fields set replace the stored ones) or
     /// `--no-healthcheck`.
     #[serde(default)]
@@ -51,6 +45,49 @@ pub struct ServiceUpdate {
     /// (the Engine API's `?version=`).
     #[serde(default)]
     pub version: Option<u64>,
+}
+
+/// Changes to how updates (or rollbacks) roll: each field given replaces
+/// the stored one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollingChanges {
+    /// `--update-parallelism`.
+    pub parallelism: Option<u64>,
+    /// `--update-delay`, ms.
+    pub delay_ms: Option<u64>,
+    /// `--update-order`.
+    pub order: Option<shoal_model::update::UpdateOrder>,
+    /// `--update-failure-action`.
+    pub failure_action: Option<shoal_model::update::FailureAction>,
+    /// `--update-monitor`, ms.
+    pub monitor_ms: Option<u64>,
+    /// `--update-max-failure-ratio`.
+    pub max_failure_ratio: Option<shoal_model::update::FailureRatio>,
+}
+
+impl RollingChanges {
+    /// `c` with these changes.
+    pub fn apply(&self, c: &mut shoal_model::update::UpdateConfig) {
+        if let Some(p) = self.parallelism {
+            c.parallelism = p;
+        }
+        if let Some(d) = self.delay_ms {
+            c.delay_ms = d;
+        }
+        if let Some(o) = self.order {
+            c.order = o;
+        }
+        if let Some(a) = self.failure_action {
+            c.failure_action = a;
+        }
+        if let Some(m) = self.monitor_ms {
+            c.monitor_ms = m;
+        }
+        if let Some(r) = self.max_failure_ratio {
+            c.max_failure_ratio = r;
+        }
+    }
 }
 
 /// The cluster object (`GET /swarm` of the Engine API).

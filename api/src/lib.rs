@@ -220,7 +220,7 @@ pub enum Request {
         /// Name, id or id prefix.
         service: String,
         /// What changes.
-        update: ServiceUpdate,
+        update: Box<ServiceUpdate>,
     },
     /// `service rollback` / `service update --rollback`.
     ServiceRollback {

@@ -61,6 +61,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             placement_prefs: Vec::new(),
             update_config: Default::default(),
             force_update: 0,
+            rollback_config: Default::default(),
             aliases: Default::default(),
         }
     }
@@ -144,6 +145,55 @@ fn networks(v: BTreeMap<String, NetworkV1>) -> BTreeMap<String, Network> {
         .collect()
 }
 
+/// `Task` before `running_at`.
+#[derive(Deserialize)]
+pub struct TaskV1 {
+    id: String,
+    service: String,
+    service_name: String,
+    slot: u64,
+    node: String,
+    desired: TaskState,
+    state: TaskState,
+    exit_code: Option<i32>,
+    message: String,
+    endpoints: BTreeMap<String, Endpoint>,
+    spec_version: u64,
+    created_at: u64,
+    updated_at: u64,
+    version: u64,
+}
+
+fn tasks(v: BTreeMap<String, TaskV1>) -> BTreeMap<String, Task> {
+    v.into_iter()
+        .map(|(k, t)| {
+            let running_at = if t.state == TaskState::Running {
+                t.updated_at
+            } else {
+                0
+            };
+            let task = Task {
+                id: t.id,
+                service: t.service,
+                service_name: t.service_name,
+                slot: t.slot,
+                node: t.node,
+                desired: t.desired,
+                state: t.state,
+                exit_code: t.exit_code,
+                message: t.message,
+                endpoints: t.endpoints,
+                spec_version: t.spec_version,
+                created_at: t.created_at,
+                updated_at: t.updated_at,
+                version: t.version,
+                running_at,
+            };
+            (k, task)
+        })
+        .collect()
+}
+
 /// The last bincode `State` (with `gossip_keys`).
 #[derive(Deserialize)]
 pub struct StateV2 {
@@ -153,7 +203,7 @@ pub struct StateV2 {
     keys: Vec<GossipKey>,
     networks: BTreeMap<String, NetworkV1>,
     services: BTreeMap<String, ServiceV1>,
-    tasks: BTreeMap<String, Task>,
+    tasks: BTreeMap<String, TaskV1>,
     gossip_keys: BTreeMap<NodeId, Vec<u8>>,
 }
 
@@ -166,7 +216,7 @@ impl From<StateV2> for State {
             keys: v.keys,
             networks: networks(v.networks),
             services: services(v.services),
-            tasks: v.tasks,
+            tasks: tasks(v.tasks),
             gossip_keys: v.gossip_keys,
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),
@@ -186,7 +236,7 @@ pub struct StateV1 {
     keys: Vec<GossipKey>,
     networks: BTreeMap<String, NetworkV1>,
     services: BTreeMap<String, ServiceV1>,
-    tasks: BTreeMap<String, Task>,
+    tasks: BTreeMap<String, TaskV1>,
 }
 
 impl From<StateV1> for State {
@@ -198,7 +248,7 @@ impl From<StateV1> for State {
             keys: v.keys,
             networks: networks(v.networks),
             services: services(v.services),
-            tasks: v.tasks,
+            tasks: tasks(v.tasks),
             gossip_keys: BTreeMap::new(),
             node_resources: BTreeMap::new(),
             node_labels: BTreeMap::new(),

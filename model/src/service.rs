@@ -140,6 +140,9 @@ pub struct ServiceSpec {
     /// network (ids once stored), as docker's network aliases.
     #[serde(default)]
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// How a rollback replaces the tasks (`--rollback-*`).
+    #[serde(default)]
+    pub rollback_config: crate::update::UpdateConfig,
 }
 
 /// `--mode`, as docker names it.
@@ -347,6 +350,10 @@ pub struct Task {
     pub updated_at: u64,
     /// Raft index of the last change.
     pub version: u64,
+    /// Unix ms it was reported running (0: never): how long a
+    /// replacement ran before it failed (`--update-monitor`).
+    #[serde(default)]
+    pub running_at: u64,
 }
 
 impl Task {

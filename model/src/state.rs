@@ -516,6 +516,7 @@ impl State {
                         created_at: at,
                         updated_at: at,
                         version: index,
+                        running_at: 0,
                     },
                 );
             }
@@ -544,6 +545,9 @@ impl State {
                     return Ok(());
                 }
                 t.state = state;
+                if state == TaskState::Running {
+                    t.running_at = at;
+                }
                 t.exit_code = exit_code.or(t.exit_code);
                 t.message = service::bounded_message(message);
                 t.updated_at = at;
@@ -658,6 +662,7 @@ impl State {
                         created_at: at,
                         updated_at: at,
                         version: index,
+                        running_at: 0,
                     },
                 );
             }
@@ -981,6 +986,7 @@ mod tests {
             placement_prefs: vec![],
             update_config: Default::default(),
             force_update: 0,
+            rollback_config: Default::default(),
             aliases: Default::default(),
         }
     }

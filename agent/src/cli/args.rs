@@ -166,6 +166,49 @@ pub struct UpdateArgs {
     /// What a failed replacement does to the update [default: pause].
     #[arg(long, value_enum)]
     pub update_failure_action: Option<OnFailure>,
+    /// How long each replacement is watched for failure after it runs
+    /// (ms|s|m|h) [default: 5s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub update_monitor: Option<u64>,
+    /// Share of the tasks that may fail during an update before the
+    /// failure action (0 to 1) [default: 0].
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<shoal_model::update::FailureRatio>,
+}
+
+/// How a rollback replaces a service's tasks (`service create` and
+/// `service update`), as `--update-*` does for an update.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Maximum number of tasks rolled back at once (0: all) [default: 1].
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ms|s|m|h) [default: 0s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub rollback_delay: Option<u64>,
+    /// Rollback order [default: stop-first].
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<Order>,
+    /// What a failed rollback task does [default: pause].
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<OnRollbackFailure>,
+    /// How long each rolled-back task is watched for failure (ms|s|m|h)
+    /// [default: 5s].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub rollback_monitor: Option<u64>,
+    /// Share of the tasks that may fail during a rollback (0 to 1)
+    /// [default: 0].
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<shoal_model::update::FailureRatio>,
+}
+
+/// `--rollback-failure-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnRollbackFailure {
+    /// Stop rolling back.
+    Pause,
+    /// Go on.
+    Continue,
 }
 
 /// A task's health check (`service create` and `service update`; docker's
@@ -379,6 +422,8 @@ pub enum ServiceCmd {
         #[command(flatten)]
         rolling: UpdateArgs,
         #[command(flatten)]
+        rollback_flags: Box<RollbackArgs>,
+        #[command(flatten)]
         health: Box<HealthArgs>,
         /// Placement preference (repeatable, in order):
         /// `spread=node.labels.K` spreads the tasks evenly over the values
@@ -483,6 +528,8 @@ pub enum ServiceCmd {
         rollback: bool,
         #[command(flatten)]
         rolling: UpdateArgs,
+        #[command(flatten)]
+        rollback_flags: Box<RollbackArgs>,
         #[command(flatten)]
         health: Box<HealthArgs>,
         /// Service name or id.

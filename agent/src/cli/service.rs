@@ -2,13 +2,16 @@
 //! the service tables.
 
 use shoal_api::client::{self, ClientError};
-use shoal_api::{Request, Response};
+use shoal_api::{Request, Response, RollingChanges};
 use shoal_model::service::{
     ContainerSpec, EndpointMode, Mount, PublishMode, Runtime, ServiceMode, ServiceSpec,
 };
 use shoal_model::update::{FailureAction, UpdateConfig, UpdateOrder};
 
-use super::args::{Cli, ContainerArgs, Mode, NetworkCmd, OnFailure, Order, RuntimeArg, ServiceCmd};
+use super::args::{
+    Cli, ContainerArgs, Mode, NetworkCmd, OnFailure, OnRollbackFailure, Order, RollbackArgs,
+    RuntimeArg, ServiceCmd, UpdateArgs,
+};
 use super::output::{
     ports_column, print_json, print_response, print_table, replicas_column, state_column,
 };
@@ -29,6 +32,30 @@ fn order(o: Order) -> UpdateOrder {
     }
 }
 
+/// What `--update-*` and `--rollback-*` change.
+fn rolling_changes(u: &UpdateArgs, r: &RollbackArgs) -> (RollingChanges, RollingChanges) {
+    let update = RollingChanges {
+        parallelism: u.update_parallelism,
+        delay_ms: u.update_delay,
+        order: u.update_order.map(order),
+        failure_action: u.update_failure_action.map(on_failure),
+        monitor_ms: u.update_monitor,
+        max_failure_ratio: u.update_max_failure_ratio,
+    };
+    let rollback = RollingChanges {
+        parallelism: r.rollback_parallelism,
+        delay_ms: r.rollback_delay,
+        order: r.rollback_order.map(order),
+        failure_action: r.rollback_failure_action.map(|a| match a {
+            OnRollbackFailure::Pause => FailureAction::Pause,
+            OnRollbackFailure::Continue => FailureAction::Continue,
+        }),
+        monitor_ms: r.rollback_monitor,
+        max_failure_ratio: r.rollback_max_failure_ratio,
+    };
+    (update, rollback)
+}
+
 /// Build a service spec from `service create` flags.
 fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
     let ServiceCmd::Create {
@@ -39,6 +66,7 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         replicas_max_per_node,
         placement_pref,
         rolling,
+        rollback_flags,
         health,
         network,
         publish,
@@ -96,20 +124,18 @@ fn service_spec(cmd: &ServiceCmd) -> Result<ServiceSpec, ClientError> {
         (Mode::Global, None) => (ServiceMode::Global, 0),
         (Mode::Replicated, r) => (ServiceMode::Replicated, r.unwrap_or(1)),
     };
+    let (mut update_config, mut rollback_config) =
+        (UpdateConfig::default(), UpdateConfig::default());
+    let (u, r) = rolling_changes(rolling, rollback_flags);
+    u.apply(&mut update_config);
+    r.apply(&mut rollback_config);
     Ok(ServiceSpec {
         mode,
         constraints: constraint.clone(),
         max_replicas_per_node: *replicas_max_per_node,
         placement_prefs: placement_pref.clone(),
-        update_config: UpdateConfig {
-            parallelism: rolling.update_parallelism.unwrap_or(1),
-            delay_ms: rolling.update_delay.unwrap_or(0),
-            order: rolling.update_order.map(order).unwrap_or_default(),
-            failure_action: rolling
-                .update_failure_action
-                .map(on_failure)
-                .unwrap_or_default(),
-        },
+        update_config,
+        rollback_config,
         name: name.clone(),
         replicas,
         networks,
@@ -330,10 +356,10 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             for (name, n) in scales {
                 call(Request::ServiceUpdate {
                     service: name.clone(),
-                    update: ServiceUpdate {
+                    update: Box::new(ServiceUpdate {
                         replicas: Some(*n),
                         ..Default::default()
-                    },
+                    }),
                 })
                 .await?;
                 outln!("{name} scaled to {n}");
@@ -365,13 +391,14 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
             env_add,
             force,
             rolling,
+            rollback_flags,
             health,
             service,
             ..
         } => {
             call(Request::ServiceUpdate {
                 service: service.clone(),
-                update: ServiceUpdate {
+                update: Box::new(ServiceUpdate {
                     replicas: *replicas,
                     network_add: network_add.clone(),
                     network_rm: network_rm.clone(),
@@ -379,13 +406,11 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
                     publish_rm: publish_rm.clone(),
                     env_add: env_add.clone(),
                     force: *force,
-                    update_parallelism: rolling.update_parallelism,
-                    update_delay_ms: rolling.update_delay,
-                    update_order: rolling.update_order.map(order),
-                    update_failure_action: rolling.update_failure_action.map(on_failure),
+                    update_config: rolling_changes(rolling, rollback_flags).0,
+                    rollback_config: rolling_changes(rolling, rollback_flags).1,
                     health: health.config(),
                     ..Default::default()
-                },
+                }),
             })
             .await?
         }

@@ -233,7 +233,7 @@ impl Daemon {
                 Ok(Response::Created { id, warnings })
             }
             Request::ServiceUpdate { service, update } => Ok(Response::Message(
-                services::update(self.manager().await?.as_ref(), &service, update).await?,
+                services::update(self.manager().await?.as_ref(), &service, *update).await?,
             )),
             Request::ServiceRollback { service } => Ok(Response::Message(
                 services::rollback(self.manager().await?.as_ref(), &service).await?,

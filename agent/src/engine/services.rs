@@ -96,11 +96,11 @@ pub async fn update(d: &Daemon, c: &Call, id: &str) -> Answer {
         d,
         Request::ServiceUpdate {
             service: id.into(),
-            update: ServiceUpdate {
+            update: Box::new(ServiceUpdate {
                 spec: Some(Box::new(spec)),
                 version: Some(version),
                 ..Default::default()
-            },
+            }),
         },
     )
     .await?;

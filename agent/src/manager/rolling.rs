@@ -4,9 +4,13 @@
 //! has run for `delay`, the old task stopped first or its replacement
 //! started first (`--update-order start-first`: the old task stops once
 //! the new one runs), what a failed replacement does
-//! (`--update-failure-action pause|continue|rollback`) — and the service's
-//! UpdateStatus (`updating`, `paused`, `completed`, `rollback_started`,
-//! `rollback_completed`).
+//! (`--update-failure-action pause|continue|rollback`) once more than
+//! `--update-max-failure-ratio` of the slots failed, counting a
+//! replacement that fails before it runs or within `--update-monitor` of
+//! running — and the service's UpdateStatus (`updating`, `paused`,
+//! `completed` once the last replacements ran for the monitor period,
+//! `rollback_started`, `rollback_paused`, `rollback_completed`). A
+//! rollback rolls with the `--rollback-*` settings of the spec it leaves.
 //!
 //! A slot is `(slot, node)`: the node only for a global service's tasks
 //! (slot 0, one per node).
@@ -73,7 +77,16 @@ fn roll(
             slots.entry(slot_key(t)).or_default().push(t);
         }
     }
-    let cfg = &svc.spec.update_config;
+    let state_now = svc.update_status.as_ref().map(|s| s.state);
+    let rolling_back = matches!(
+        state_now,
+        Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused)
+    );
+    let cfg = match (&svc.previous_spec, rolling_back) {
+        (Some(left), true) => &left.rollback_config,
+        (None, true) => &svc.spec.rollback_config,
+        _ => &svc.spec.update_config,
+    };
     let mut in_progress = 0u64;
     let mut waiting: Vec<(SlotKey, &Task)> = Vec::new();
     let mut outdated = false;
@@ -110,18 +123,41 @@ fn roll(
         .map(|t| t.updated_at)
         .max();
     let rested = cfg.delay_ms == 0 || last_ran.is_none_or(|at| now >= at + cfg.delay_ms);
-    let state_now = svc.update_status.as_ref().map(|s| s.state);
-    let rolling_back = state_now == Some(UpdateState::RollbackStarted);
-    // A replacement that failed while this rollout went on.
+    // Replacements that failed while this rollout went on: before they
+    // ran, or within the monitor period of running.
     let started = svc.update_status.as_ref().map_or(0, |s| s.started_at);
-    let failed = tasks
+    let failed: Vec<&Task> = tasks
         .iter()
+        .copied()
         .filter(|t| t.spec_version >= current && t.updated_at >= started)
-        .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected));
-    let mut paused = state_now == Some(UpdateState::Paused);
-    if let (Some(f), true, false, false) = (failed, outdated, rolling_back, paused) {
+        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected))
+        .filter(|t| t.running_at == 0 || t.updated_at < t.running_at + cfg.monitor_ms)
+        .collect();
+    let too_many = cfg
+        .max_failure_ratio
+        .exceeded(failed.len() as u64, slots.len() as u64);
+    let mut paused = matches!(
+        state_now,
+        Some(UpdateState::Paused | UpdateState::RollbackPaused)
+    );
+    if let (Some(f), true, true, false) = (failed.first(), too_many, outdated, paused) {
         match cfg.failure_action {
             FailureAction::Continue => {}
+            // A rollback that fails stops (docker has no rollback of a
+            // rollback).
+            _ if rolling_back => {
+                paused = true;
+                out.status.push(status(
+                    svc,
+                    UpdateState::RollbackPaused,
+                    started,
+                    0,
+                    format!(
+                        "rollback paused due to failure or early termination of task {}",
+                        f.id
+                    ),
+                ));
+            }
             FailureAction::Pause => {
                 paused = true;
                 out.status.push(status(
@@ -161,11 +197,17 @@ fn roll(
             }
         }
     }
-    // The status: updating while old tasks remain, then completed (or
-    // rollback_completed).
+    // The status: updating while old tasks remain or the last
+    // replacements are watched, then completed (or rollback_completed).
+    let watched = tasks.iter().any(|t| {
+        t.spec_version >= current
+            && t.state == TaskState::Running
+            && t.updated_at >= started
+            && now < t.running_at + cfg.monitor_ms
+    });
     let started_at = if started == 0 { now } else { started };
-    match (outdated, state_now) {
-        (true, None | Some(UpdateState::Completed) | Some(UpdateState::RollbackCompleted)) => {
+    match (outdated, watched, state_now) {
+        (true, _, None | Some(UpdateState::Completed) | Some(UpdateState::RollbackCompleted)) => {
             out.status.push(status(
                 svc,
                 UpdateState::Updating,
@@ -174,7 +216,7 @@ fn roll(
                 "update in progress".into(),
             ))
         }
-        (false, Some(UpdateState::Updating) | Some(UpdateState::Paused)) => {
+        (false, false, Some(UpdateState::Updating) | Some(UpdateState::Paused)) => {
             out.status.push(status(
                 svc,
                 UpdateState::Completed,
@@ -183,13 +225,15 @@ fn roll(
                 "update completed".into(),
             ))
         }
-        (false, Some(UpdateState::RollbackStarted)) => out.status.push(status(
-            svc,
-            UpdateState::RollbackCompleted,
-            started_at,
-            now,
-            "rollback completed".into(),
-        )),
+        (false, false, Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused)) => {
+            out.status.push(status(
+                svc,
+                UpdateState::RollbackCompleted,
+                started_at,
+                now,
+                "rollback completed".into(),
+            ))
+        }
         _ => {}
     }
 }

@@ -855,6 +855,113 @@ mod tests {
         }
     }
 
+    /// `--update-max-failure-ratio`: the failure action waits until more
+    /// than that share of the slots failed.
+    #[test]
+    fn the_failure_ratio_tolerates_some_failures() {
+        use shoal_model::update::{FailureRatio, UpdateState};
+        for (ratio, failures_before_pause) in [(0.0, 1), (0.5, 3)] {
+            let mut w = World::new(4);
+            w.create(4);
+            w.settle();
+            let mut spec = w.state.services["svc1"].spec.clone();
+            spec.env.push("BROKEN=1".into());
+            spec.update_config.max_failure_ratio = FailureRatio::new(ratio).unwrap();
+            w.apply(Command::UpdateService {
+                service: "svc1".into(),
+                spec,
+                at: w.now,
+            });
+            let v = w.state.services["svc1"].spec_version;
+            w.failing_from = Some(v);
+            let failed = |w: &World| {
+                w.state
+                    .tasks
+                    .values()
+                    .filter(|t| t.spec_version >= v && t.state == TaskState::Failed)
+                    .count()
+            };
+            // The most failures seen before the plan paused the update.
+            let mut tolerated = 0;
+            for _ in 0..20 {
+                let paused = w.state.services["svc1"]
+                    .update_status
+                    .as_ref()
+                    .is_some_and(|s| s.state == UpdateState::Paused);
+                if paused {
+                    break;
+                }
+                tolerated = failed(&w);
+                w.round();
+            }
+            assert_eq!(tolerated, failures_before_pause, "ratio {ratio}");
+            assert_eq!(
+                w.state.services["svc1"]
+                    .update_status
+                    .as_ref()
+                    .map(|s| s.state),
+                Some(UpdateState::Paused),
+                "ratio {ratio}"
+            );
+        }
+    }
+
+    /// `--update-monitor`: a replacement that fails after running longer
+    /// than the monitor period is not a failure of the update; sooner, it
+    /// is. The update completes only once its last replacement ran that
+    /// long.
+    #[test]
+    fn the_monitor_period_decides_what_counts_as_a_failure() {
+        use shoal_model::update::UpdateState;
+        for (monitor_ms, pauses) in [(5_000, false), (60_000, true)] {
+            let mut w = World::new(2);
+            w.create(2);
+            w.settle();
+            let mut spec = w.state.services["svc1"].spec.clone();
+            spec.env.push("NEW=1".into());
+            spec.update_config.delay_ms = 30_000;
+            spec.update_config.monitor_ms = monitor_ms;
+            w.apply(Command::UpdateService {
+                service: "svc1".into(),
+                spec,
+                at: w.now,
+            });
+            let v = w.state.services["svc1"].spec_version;
+            // The first replacement runs for 10 s, then fails.
+            let mut first = None;
+            for _ in 0..10 {
+                w.round();
+                first = w
+                    .state
+                    .tasks
+                    .values()
+                    .find(|t| t.spec_version >= v && t.state == TaskState::Running)
+                    .map(|t| (t.id.clone(), t.running_at));
+                if first.is_some() {
+                    break;
+                }
+            }
+            let (id, ran) = first.expect("a replacement runs");
+            w.now = ran + 10_000;
+            w.apply(Command::TaskStatus {
+                id,
+                state: TaskState::Failed,
+                exit_code: Some(1),
+                message: "crashed".into(),
+                at: w.now,
+            });
+            w.settle();
+            let state = w.state.services["svc1"]
+                .update_status
+                .as_ref()
+                .map(|s| s.state);
+            match pauses {
+                true => assert_eq!(state, Some(UpdateState::Paused), "monitor {monitor_ms}"),
+                false => assert_eq!(state, Some(UpdateState::Completed), "monitor {monitor_ms}"),
+            }
+        }
+    }
+
     #[test]
     fn restart_policy_and_history() {
         let mut w = World::new(1);

@@ -111,6 +111,17 @@ impl World {
                 self.apply(c);
             }
             changed |= self.report_all();
+            // An update still watching its last replacements has not
+            // settled either.
+            changed |= self.state.services.values().any(|s| {
+                s.update_status.as_ref().is_some_and(|u| {
+                    matches!(
+                        u.state,
+                        shoal_model::update::UpdateState::Updating
+                            | shoal_model::update::UpdateState::RollbackStarted
+                    )
+                })
+            });
             watch(&self.state);
             self.now += 2000;
             if !changed {
@@ -119,6 +130,21 @@ impl World {
         }
         panic!("scheduler did not settle");
     }
+    /// One scheduler pass, the nodes' reports, and 2 s on the clock.
+    pub fn round(&mut self) {
+        let mut ids = self.ids;
+        let cmds = plan(&self.state, self.now, &mut || {
+            ids += 1;
+            format!("t{ids:03}")
+        });
+        self.ids = ids;
+        for c in cmds {
+            self.apply(c);
+        }
+        self.report_all();
+        self.now += 2000;
+    }
+
     /// The nodes report: assigned tasks running (or failed, see
     /// `failing_from`), stopped ones shut down. Whether anything changed.
     pub fn report_all(&mut self) -> bool {
@@ -195,6 +221,7 @@ impl World {
                 placement_prefs: vec![],
                 update_config: Default::default(),
                 force_update: 0,
+                rollback_config: Default::default(),
                 aliases: Default::default(),
             },
             at: 0,

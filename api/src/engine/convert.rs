@@ -55,8 +55,7 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
             memory_bytes: mem.unwrap_or(0),
         })
     };
-    let u = &s.update_config;
-    let update = d::UpdateConfig {
+    let update = |u: &shoal_model::update::UpdateConfig| d::UpdateConfig {
         parallelism: u.parallelism,
         delay: u.delay_ms as i64 * NS_PER_MS,
         failure_action: match u.failure_action {
@@ -65,8 +64,8 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
             FailureAction::Rollback => "rollback",
         }
         .into(),
-        monitor: 5_000 * NS_PER_MS,
-        max_failure_ratio: 0.0,
+        monitor: i64::try_from(u.monitor_ms).unwrap_or(i64::MAX / NS_PER_MS) * NS_PER_MS,
+        max_failure_ratio: u.max_failure_ratio.get() as f32,
         order: match u.order {
             UpdateOrder::StopFirst => "stop-first",
             UpdateOrder::StartFirst => "start-first",
@@ -168,8 +167,8 @@ pub fn spec_to_docker(s: &model::ServiceSpec) -> d::ServiceSpec {
                 ..Default::default()
             },
         },
-        update_config: Some(update.clone()),
-        rollback_config: Some(update),
+        update_config: Some(update(&s.update_config)),
+        rollback_config: Some(update(&s.rollback_config)),
         networks: Vec::new(),
         endpoint_spec: Some(d::EndpointSpec {
             mode: s.endpoint_mode.to_string(),
@@ -340,30 +339,8 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
     } else {
         &tt.networks
     };
-    let mut update_config = shoal_model::update::UpdateConfig::default();
-    if let Some(u) = &ds.update_config {
-        update_config.parallelism = u.parallelism;
-        update_config.delay_ms = (u.delay.max(0) / NS_PER_MS) as u64;
-        update_config.order = match u.order.as_str() {
-            "" | "stop-first" => UpdateOrder::StopFirst,
-            "start-first" => UpdateOrder::StartFirst,
-            o => {
-                return Err(format!(
-                    "UpdateConfig.Order {o:?}: expected stop-first or start-first"
-                ))
-            }
-        };
-        update_config.failure_action = match u.failure_action.as_str() {
-            "" | "pause" => FailureAction::Pause,
-            "continue" => FailureAction::Continue,
-            "rollback" => FailureAction::Rollback,
-            a => {
-                return Err(format!(
-                    "UpdateConfig.FailureAction {a:?}: expected pause, continue or rollback"
-                ))
-            }
-        };
-    }
+    let update_config = update_from_docker("UpdateConfig", ds.update_config.as_ref())?;
+    let rollback_config = update_from_docker("RollbackConfig", ds.rollback_config.as_ref())?;
     let spec = model::ServiceSpec {
         name: ds.name.clone(),
         replicas,
@@ -427,6 +404,7 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
             .collect(),
         update_config,
         force_update: tt.force_update,
+        rollback_config,
         aliases: networks
             .iter()
             .filter(|n| !n.aliases.is_empty())
@@ -434,6 +412,48 @@ pub fn spec_from_docker(raw: &Value) -> Result<(model::ServiceSpec, Vec<String>)
             .collect(),
     };
     Ok((spec, warnings))
+}
+
+/// Docker's `UpdateConfig` (or `RollbackConfig`: `which`) as Shoal's;
+/// unset fields take docker's defaults.
+fn update_from_docker(
+    which: &str,
+    u: Option<&d::UpdateConfig>,
+) -> Result<shoal_model::update::UpdateConfig, String> {
+    let mut c = shoal_model::update::UpdateConfig::default();
+    let Some(u) = u else { return Ok(c) };
+    c.parallelism = u.parallelism;
+    c.delay_ms = (u.delay.max(0) / NS_PER_MS) as u64;
+    if u.monitor > 0 {
+        c.monitor_ms = (u.monitor / NS_PER_MS) as u64;
+    }
+    c.max_failure_ratio = shoal_model::update::FailureRatio::new(f64::from(u.max_failure_ratio))
+        .map_err(|e| format!("{which}.MaxFailureRatio: {e}"))?;
+    c.order = match u.order.as_str() {
+        "" | "stop-first" => UpdateOrder::StopFirst,
+        "start-first" => UpdateOrder::StartFirst,
+        o => {
+            return Err(format!(
+                "{which}.Order {o:?}: expected stop-first or start-first"
+            ))
+        }
+    };
+    c.failure_action = match u.failure_action.as_str() {
+        "" | "pause" => FailureAction::Pause,
+        "continue" => FailureAction::Continue,
+        "rollback" if which == "UpdateConfig" => FailureAction::Rollback,
+        a if which == "UpdateConfig" => {
+            return Err(format!(
+                "{which}.FailureAction {a:?}: expected pause, continue or rollback"
+            ))
+        }
+        a => {
+            return Err(format!(
+                "{which}.FailureAction {a:?}: expected pause or continue"
+            ))
+        }
+    };
+    Ok(c)
 }
 
 /// Docker's `HealthConfig` as Shoal's (durations to ms; negative ones
@@ -524,6 +544,7 @@ pub fn service_to_docker(row: &ServiceRow, nets: &Nets, status: bool) -> d::Serv
                 UpdateState::Completed => "completed",
                 UpdateState::RollbackStarted => "rollback_started",
                 UpdateState::RollbackCompleted => "rollback_completed",
+                UpdateState::RollbackPaused => "rollback_paused",
             }
             .into(),
             started_at: (u.started_at > 0).then(|| rfc3339(u.started_at)),

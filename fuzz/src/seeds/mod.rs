@@ -249,6 +249,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         placement_prefs: vec!["spread=node.labels.zone".into()],
         update_config: Default::default(),
         force_update: 1,
+        rollback_config: Default::default(),
         aliases: BTreeMap::from([("appnet".into(), vec!["www".into()])]),
     }
 }

@@ -211,18 +211,8 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     if u.force {
         spec.force_update += 1;
     }
-    if let Some(p) = u.update_parallelism {
-        spec.update_config.parallelism = p;
-    }
-    if let Some(d) = u.update_delay_ms {
-        spec.update_config.delay_ms = d;
-    }
-    if let Some(o) = u.update_order {
-        spec.update_config.order = o;
-    }
-    if let Some(a) = u.update_failure_action {
-        spec.update_config.failure_action = a;
-    }
+    u.update_config.apply(&mut spec.update_config);
+    u.rollback_config.apply(&mut spec.rollback_config);
     if let Some(h) = &u.health {
         spec.container.healthcheck = Some(match (&spec.container.healthcheck, h.is_none()) {
             (Some(old), false) if !old.is_none() => shoal_model::health::HealthConfig {
