@@ -277,10 +277,32 @@ fn the_docker_cli_drives_a_shoal_swarm() {
         "net1",
         "-p",
         "8080:80",
+        "--health-cmd",
+        "test -e /www/index.html",
+        "--health-interval",
+        "500ms",
+        "--update-monitor",
+        "2s",
+        "--update-max-failure-ratio",
+        "0.25",
+        "--rollback-parallelism",
+        "2",
         &image,
     ])
     .unwrap();
     assert!(out.contains("converged"), "{out}");
+    let spec = d(&[
+        "service",
+        "inspect",
+        "web",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck}} {{.Spec.UpdateConfig.Monitor}} {{.Spec.UpdateConfig.MaxFailureRatio}} {{.Spec.RollbackConfig.Parallelism}}",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.trim(),
+        r#"{"Test":["CMD-SHELL","test -e /www/index.html"],"Interval":500000000} 2s 0.25 2"#
+    );
     let svc = json(&lab, 1, &["service", "inspect", "web"]);
     assert!(
         svc[0]["spec"]["image"]
