@@ -6,8 +6,9 @@
 #  - agent/src/engine (Engine API) reaches the cluster only through the
 #    daemon's request handler;
 #  - no `raft.is_some()` role branches in the agent (roles are wired in swarm/);
-#  - crates depend only downwards (model, raft-store, membership -> tls at
-#    most; netdriver and runtime on no Shoal crate; api -> model);
+#  - crates depend only downwards (model, raft-store -> tls at most;
+#    membership -> tls, replay; dataplane -> replay; netdriver, runtime,
+#    replay on no Shoal crate; api -> model);
 #  - no source file over 800 lines before its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +39,10 @@ forbid agent/src 'raft\.is_some\(\)' 'a role branch on raft.is_some() (wire role
 # Shoal crates each crate may depend on.
 allowed() {
   case $1 in
-    tls | netdriver | runtime | dataplane) echo "" ;;
-    model | raft-store | membership) echo "shoal-tls" ;;
+    tls | netdriver | runtime | replay) echo "" ;;
+    dataplane) echo "shoal-replay" ;;
+    model | raft-store) echo "shoal-tls" ;;
+    membership) echo "shoal-tls shoal-replay" ;;
     api) echo "shoal-model" ;;
     *) echo "*" ;;
   esac

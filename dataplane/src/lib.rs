@@ -26,14 +26,22 @@
 //! TAP, one for the socket), with per-peer counters ([`Engine::stats`]).
 
 pub mod engine;
-pub mod epoch;
 pub mod frame;
 pub mod keys;
-pub mod replay;
+pub use shoal_replay::window as replay;
 pub mod vnet;
 pub mod wire;
 
 pub use engine::{Engine, EngineError, Inputs, Peer, PeerStats, Remote, Stats};
-pub use epoch::{next_epoch, EpochError};
+pub use shoal_replay::EpochError;
+
+/// The data path's epoch file in the node's data dir.
+pub const EPOCH_FILE: &str = "dataplane-epoch";
+
+/// Take this start's data-path epoch from `<dir>/dataplane-epoch` (see
+/// [`shoal_replay::next_epoch`]).
+pub fn next_epoch(dir: &std::path::Path) -> Result<u32, EpochError> {
+    shoal_replay::next_epoch(dir, EPOCH_FILE)
+}
 pub use keys::RingKey;
 pub use wire::UNDERLAY_OVERHEAD;

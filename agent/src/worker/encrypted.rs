@@ -149,7 +149,7 @@ impl Encrypted {
         }
         *slot = None; // the address or port changed: rebind
         let started = next_epoch(&self.data_dir)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("{e}; encrypted overlays stay down on this node until then"))
             .and_then(|epoch| Engine::start(&self.me, bind, epoch).map_err(|e| e.to_string()));
         match started {
             Ok(e) => {

@@ -1,15 +1,12 @@
-//! The per-start epoch: the first four bytes of every nonce this node
-//! sends. It is read, incremented and written back (fsynced, with the
-//! directory) before the first datagram of a start is sealed, so no two
-//! starts of a node ever share an epoch, and counters restart at zero
-//! without repeating a nonce under a key.
+//! The per-start epoch of a sender: read from a file in the node's data
+//! dir, incremented and written back (fsynced, with the directory) before
+//! the first message of a start is sealed, so no two starts of a node ever
+//! share an epoch and counters can restart at zero (the data path puts it
+//! in its nonces; gossip in every sealed message).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// File name in the node's data dir.
-pub const EPOCH_FILE: &str = "dataplane-epoch";
 
 /// Why no epoch could be taken.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +24,8 @@ pub enum EpochError {
     /// The file does not hold a number: refusing to guess, since reusing
     /// an epoch would repeat nonces.
     #[error(
-        "{path} is corrupt ({content:?} is not an epoch number); encrypted overlays stay down \
-         on this node until it is fixed (write a number larger than any epoch used before)"
+        "{path} is corrupt ({content:?} is not an epoch number); refusing to guess (write a \
+         number larger than any epoch used before)"
     )]
     Corrupt {
         /// The file.
@@ -41,9 +38,9 @@ pub enum EpochError {
     Exhausted(PathBuf),
 }
 
-/// Take the next epoch from `<dir>/dataplane-epoch` (1 when absent).
-pub fn next_epoch(dir: &Path) -> Result<u32, EpochError> {
-    let path = dir.join(EPOCH_FILE);
+/// Take the next epoch from `<dir>/<file>` (1 when absent).
+pub fn next_epoch(dir: &Path, file: &str) -> Result<u32, EpochError> {
+    let path = dir.join(file);
     let io = |op, source| EpochError::Io {
         op,
         path: path.clone(),
@@ -60,7 +57,7 @@ pub fn next_epoch(dir: &Path) -> Result<u32, EpochError> {
     let next = last
         .checked_add(1)
         .ok_or_else(|| EpochError::Exhausted(path.clone()))?;
-    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+    let tmp = dir.join(format!("{file}.tmp"));
     let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
     f.write_all(format!("{next}\n").as_bytes())
         .and_then(|()| f.sync_all())
@@ -75,6 +72,12 @@ pub fn next_epoch(dir: &Path) -> Result<u32, EpochError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EPOCH_FILE: &str = "test-epoch";
+
+    fn next_epoch(dir: &Path) -> Result<u32, EpochError> {
+        super::next_epoch(dir, EPOCH_FILE)
+    }
 
     #[test]
     fn epochs_increase_across_starts() {
