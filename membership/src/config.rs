@@ -37,6 +37,18 @@ pub struct GossipConfig {
     /// same member come back instead of a new life that replaces (and
     /// first drops) its entries.
     pub generation: Option<u64>,
+    /// This start's epoch for replay protection (see `fresh`): it must
+    /// grow with every start of the member. Defaults to the start time in
+    /// seconds; the agent takes one persisted in its data dir.
+    pub epoch: u32,
+}
+
+/// Seconds since 1970: the default [`GossipConfig::epoch`].
+fn epoch_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
 }
 
 impl GossipConfig {
@@ -58,6 +70,7 @@ impl GossipConfig {
             max_packet: 1400,
             cluster_size_hint: 32,
             generation: None,
+            epoch: epoch_now(),
         }
     }
 
@@ -75,6 +88,7 @@ impl GossipConfig {
             max_packet: 1400,
             cluster_size_hint: 8,
             generation: None,
+            epoch: epoch_now(),
         }
     }
 
@@ -92,10 +106,11 @@ impl GossipConfig {
         (4.0 * n).ceil().clamp(3.0, 255.0) as u8
     }
 
-    /// Largest plaintext a foca packet may have so the sealed datagram stays
-    /// within `max_packet`.
+    /// Largest plaintext a foca packet may have so the stamped and sealed
+    /// datagram stays within `max_packet`.
     pub(crate) fn foca_packet_size(&self) -> usize {
-        self.max_packet.saturating_sub(SEAL_OVERHEAD)
+        self.max_packet
+            .saturating_sub(SEAL_OVERHEAD + crate::fresh::STAMP_MAX)
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::GossipError> {
@@ -103,7 +118,7 @@ impl GossipConfig {
             return Err(crate::GossipError::Config(format!(
                 "max_packet {} is too small: at least {} bytes are needed",
                 self.max_packet,
-                512 + SEAL_OVERHEAD
+                512 + SEAL_OVERHEAD + crate::fresh::STAMP_MAX
             )));
         }
         if self.indirect_probes == 0 || self.probe_period.is_zero() {

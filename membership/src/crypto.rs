@@ -13,7 +13,8 @@
 //! datagram cannot be replayed as a TCP frame. Nonces are 96 random bits from
 //! the OS CSPRNG per message (no counter state to lose across restarts). The
 //! receiver looks the key id up among the (at most 3) ring keys and drops
-//! anything else.
+//! anything else. Version 2: the plaintext starts with the sender's stamp
+//! (see `fresh`), so a message sent again is refused as a replay.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Format version byte; bump on incompatible changes.
-pub const SEAL_VERSION: u8 = 1;
+pub const SEAL_VERSION: u8 = 2;
 /// Header length: version + key id + nonce.
 pub const SEAL_HEADER: usize = 1 + 4 + NONCE_LEN;
 /// Bytes a sealed message adds to its plaintext.

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::auth::EntryAuth;
 use crate::codec::{pack, unpack};
 use crate::crypto::{Channel, KeyRing};
+use crate::fresh::{Freshness, Stale};
 use crate::node::{lock, Node, NodeTimer, Output, SyncSession};
 use crate::types::{Entry, Event, GossipError, MemberInfo, MemberState, MemberView};
 use crate::GossipConfig;
@@ -85,11 +86,16 @@ pub struct Metrics {
     pub future_entries_total: u64,
     /// Members seen alive (self excluded).
     pub members_alive: u64,
+    /// Messages refused as replays: seen already, or from an earlier
+    /// start of their sender (`gossip_replays_total`).
+    #[serde(default)]
+    pub replays_total: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     decrypt_failures: AtomicU64,
+    replays: AtomicU64,
     malformed: AtomicU64,
     udp_sent: AtomicU64,
     udp_bytes_sent: AtomicU64,
@@ -108,6 +114,7 @@ struct Inner {
     cfg: GossipConfig,
     node: Mutex<Node>,
     ring: Mutex<KeyRing>,
+    fresh: Freshness,
     events: broadcast::Sender<Event>,
     udp: Mutex<Option<Arc<UdpSocket>>>,
     timers: mpsc::UnboundedSender<(Instant, NodeTimer)>,
@@ -187,6 +194,7 @@ impl Gossip {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
+            fresh: Freshness::new(&me.node_id, cfg.epoch),
             cfg,
             node: Mutex::new(node),
             ring: Mutex::new(ring),
@@ -325,6 +333,7 @@ impl Gossip {
         };
         Metrics {
             decrypt_failures_total: c.decrypt_failures.load(Relaxed),
+            replays_total: c.replays.load(Relaxed),
             malformed_total: c.malformed.load(Relaxed),
             udp_packets_sent: c.udp_sent.load(Relaxed),
             udp_bytes_sent: c.udp_bytes_sent.load(Relaxed),
@@ -377,6 +386,13 @@ impl Gossip {
 }
 
 impl Inner {
+    fn count_stale(&self, e: &Stale) {
+        match e {
+            Stale::Malformed => self.c.malformed.fetch_add(1, Relaxed),
+            Stale::Replay(_) | Stale::OldEpoch(_) => self.c.replays.fetch_add(1, Relaxed),
+        };
+    }
+
     /// Executes the node's outputs: seal+send datagrams, schedule timers,
     /// publish events. Never blocks (UDP sends are best effort).
     fn run(&self, outs: Vec<Output>) {
@@ -393,7 +409,7 @@ impl Inner {
                     if paused {
                         continue;
                     }
-                    let Ok(sealed) = ring.seal(Channel::Udp, &data) else {
+                    let Ok(sealed) = ring.seal(Channel::Udp, &self.fresh.stamp(&data)) else {
                         continue;
                     };
                     if sealed.len() > self.cfg.max_packet {
@@ -451,7 +467,7 @@ async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
             continue;
         }
         let ring = lock(&inner.ring).clone();
-        let plain = match ring.open(Channel::Udp, &buf[..n]) {
+        let opened = match ring.open(Channel::Udp, &buf[..n]) {
             Ok(p) => p,
             Err(e) => {
                 inner.c.decrypt_failures.fetch_add(1, Relaxed);
@@ -459,7 +475,15 @@ async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
                 continue;
             }
         };
-        let r = inner.with_node(|node| node.handle_data(now_ms(), &plain));
+        let plain = match inner.fresh.accept(Channel::Udp, &opened) {
+            Ok(p) => p,
+            Err(e) => {
+                inner.count_stale(&e);
+                tracing::debug!(%from, error = %e, "gossip datagram dropped");
+                continue;
+            }
+        };
+        let r = inner.with_node(|node| node.handle_data(now_ms(), plain));
         if let Err(e) = r {
             inner.c.malformed.fetch_add(1, Relaxed);
             tracing::trace!(%from, error = %e, "datagram refused");
@@ -635,7 +659,7 @@ async fn exchange(
 async fn write_frame(inner: &Inner, stream: &mut TcpStream, raw: &[u8]) -> Result<(), String> {
     let ring = lock(&inner.ring).clone();
     let sealed = ring
-        .seal(Channel::Tcp, &pack(raw))
+        .seal(Channel::Tcp, &inner.fresh.stamp(&pack(raw)))
         .map_err(|e| e.to_string())?;
     if sealed.len() > MAX_FRAME {
         return Err(format!("frame of {} bytes over the limit", sealed.len()));
@@ -678,12 +702,16 @@ async fn read_frame(
     inner.c.tcp_recv.fetch_add(1, Relaxed);
     inner.c.tcp_bytes_recv.fetch_add(4 + len as u64, Relaxed);
     let ring = lock(&inner.ring).clone();
-    let body = match ring.open(Channel::Tcp, &buf) {
+    let opened = match ring.open(Channel::Tcp, &buf) {
         Ok(b) => b,
         Err(e) => {
             inner.c.decrypt_failures.fetch_add(1, Relaxed);
             return Err(format!("frame dropped: {e}"));
         }
     };
-    unpack(&body).map_err(|e| e.to_string())
+    let body = inner.fresh.accept(Channel::Tcp, &opened).map_err(|e| {
+        inner.count_stale(&e);
+        format!("frame dropped: {e}")
+    })?;
+    unpack(body).map_err(|e| e.to_string())
 }

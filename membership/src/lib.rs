@@ -48,6 +48,7 @@ mod config;
 pub mod crypto;
 mod driver;
 mod endpoint;
+pub mod fresh;
 mod ident;
 pub mod node;
 pub mod sim;

@@ -265,3 +265,57 @@ pub fn scrape(lab: &Lab, host: usize) -> Option<std::collections::BTreeMap<Strin
             .collect(),
     )
 }
+
+/// Every frame seen on any interface of namespace `/run/netns/<ns>`
+/// until `stop` is set.
+pub fn capture(
+    ns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )
+        .expect("AF_PACKET socket");
+        socket::setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+        .unwrap();
+        socket::setsockopt(&fd, sockopt::RcvBuf, &(64 << 20)).unwrap();
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &mut buf,
+                socket::MsgFlags::empty(),
+            ) {
+                Ok(n) if n > 0 => frames.push(buf[..n].to_vec()),
+                _ => continue,
+            }
+        }
+        frames
+    })
+}
+
+/// A frame's IPv4/UDP ports and payload, if it is one.
+pub fn udp(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+        return None;
+    }
+    let u = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let p = frame.get(u..u + 8)?;
+    Some((
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+        frame.get(u + 8..)?,
+    ))
+}

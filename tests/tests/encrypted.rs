@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_lab::Lab;
-use shoal_tests::{cli, exec, run_sleeper, scrape, wait_for, wait_pings};
+use shoal_tests::{capture, cli, exec, run_sleeper, scrape, udp, wait_for, wait_pings};
 
 const CONFIG: &str =
     "heartbeat_ms = 500\ngossip_profile = \"fast\"\nmetrics_addr = \"127.0.0.1:9323\"\n";
@@ -128,57 +128,6 @@ fn receive_udp<T: Send + 'static>(
 /// The sequence number of a numbered datagram (8 bytes, big-endian).
 fn seq(d: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(d.try_into().ok()?))
-}
-
-/// Every frame seen on any interface of namespace `/run/netns/<ns>`
-/// until `stop` is set.
-fn capture(ns: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
-        let fd = socket::socket(
-            AddressFamily::Packet,
-            SockType::Raw,
-            SockFlag::empty(),
-            SockProtocol::EthAll,
-        )
-        .expect("AF_PACKET socket");
-        socket::setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 100_000),
-        )
-        .unwrap();
-        socket::setsockopt(&fd, sockopt::RcvBuf, &(64 << 20)).unwrap();
-        let mut frames = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            match socket::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                &mut buf,
-                socket::MsgFlags::empty(),
-            ) {
-                Ok(n) if n > 0 => frames.push(buf[..n].to_vec()),
-                _ => continue,
-            }
-        }
-        frames
-    })
-}
-
-/// A frame's IPv4/UDP ports and payload, if it is one.
-fn udp(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
-    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
-        return None;
-    }
-    let u = 14 + usize::from(frame[14] & 0x0f) * 4;
-    let p = frame.get(u..u + 8)?;
-    Some((
-        u16::from_be_bytes([p[0], p[1]]),
-        u16::from_be_bytes([p[2], p[3]]),
-        frame.get(u + 8..)?,
-    ))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -3,7 +3,8 @@
 //! worker's key ring (read from that worker's run dir) forges another
 //! node's endpoint entry, and then tries to erase it with a huge
 //! generation; every node refuses both, counts them, and keeps the genuine
-//! entry. Needs root and the built `shoal` binary.
+//! entry. A gossip datagram recorded on the wire and sent again is refused
+//! as a replay and counted. Needs root and the built `shoal` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shoal_lab::Lab;
 use shoal_membership::{Ed25519Auth, EntryAuth, Gossip, GossipConfig, KeyRing, MemberInfo};
-use shoal_tests::{cli, in_netns, node_id, start, wait_for};
+use shoal_tests::{capture, cli, in_netns, node_id, start, udp, wait_for};
 
 /// `shoal --format json ARGS` on `host`; `Null` while it fails (gossip
 /// not started yet).
@@ -131,4 +132,72 @@ fn a_member_cannot_forge_or_erase_another_members_entries() {
             "h{h} kept h2's entry"
         );
     }
+}
+
+#[test]
+fn a_recorded_gossip_datagram_sent_again_is_refused_as_a_replay() {
+    let lab = start(
+        Lab::builder()
+            .nodes(2)
+            .daemon_config("heartbeat_ms = 500\ngossip_profile = \"fast\"\n"),
+    );
+    lab.form_swarm(2, 1).unwrap();
+    wait_for("gossip on both hosts", Duration::from_secs(30), || {
+        (1..=2).all(|h| {
+            json(&lab, h, &["gossip", "members"])
+                .as_array()
+                .is_some_and(|m| m.len() == 2)
+        })
+    });
+    let (h1, h2) = (lab.host(1).unwrap(), lab.host(2).unwrap());
+    // Record what h2 sends h1 on 7946 (probes, acks, rumours) for 2 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cap = capture(h1.ns.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let from_h2 = h2.addr.octets();
+    let recorded: Vec<Vec<u8>> = cap
+        .join()
+        .unwrap()
+        .iter()
+        .filter(|f| f.len() > 30 && f[26..30] == from_h2)
+        .filter_map(|f| udp(f))
+        .filter(|(_, dport, _)| *dport == 7946)
+        .map(|(_, _, p)| p.to_vec())
+        .collect();
+    assert!(!recorded.is_empty(), "no gossip datagram from h2 recorded");
+    let (replays, undecryptable) = (
+        counter(&lab, 1, "replays_total"),
+        counter(&lab, 1, "decrypt_failures_total"),
+    );
+    // Sent again, as they were (they still open under the ring key).
+    let to: SocketAddr = format!("{}:7946", h1.addr).parse().unwrap();
+    let n = recorded.len() as u64;
+    let bind: SocketAddr = format!("{}:0", h2.addr).parse().unwrap();
+    in_netns(&h2.ns, async move {
+        let s = tokio::net::UdpSocket::bind(bind).await.unwrap();
+        for d in &recorded {
+            s.send_to(d, to).await.unwrap();
+        }
+    });
+    wait_for(
+        "every replayed datagram refused and counted on h1",
+        Duration::from_secs(10),
+        || counter(&lab, 1, "replays_total") >= replays + n,
+    );
+    assert_eq!(
+        counter(&lab, 1, "replays_total"),
+        replays + n,
+        "only the replayed datagrams were refused"
+    );
+    assert_eq!(
+        counter(&lab, 1, "decrypt_failures_total"),
+        undecryptable,
+        "the replays were genuine, sealed under the ring key"
+    );
+    // Gossip goes on.
+    cli(&lab, 2, &["gossip", "put", "t", "k", "after"]).unwrap();
+    wait_for("h2's entry on h1", Duration::from_secs(10), || {
+        value(&lab, 1).as_deref() == Some("after")
+    });
 }

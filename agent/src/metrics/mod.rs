@@ -509,6 +509,12 @@ fn registry(m: &Metrics, s: &Snapshot) -> Registry {
         );
         counter(
             &mut r,
+            "shoal_gossip_replays",
+            "Gossip messages refused as replays (seen already, or from an earlier start of their sender)",
+            c.replays_total,
+        );
+        counter(
+            &mut r,
             "shoal_gossip_malformed",
             "Opened gossip datagrams refused as malformed",
             c.malformed_total,

@@ -51,6 +51,10 @@ pub fn key_ring(keys: &[GossipKey]) -> Option<KeyRing> {
     KeyRing::new(keys.iter().map(|k| (k.id, k.key)).collect()).ok()
 }
 
+/// This node's gossip epochs, one per start (replay protection), in its
+/// data dir.
+pub const GOSSIP_EPOCH_FILE: &str = "gossip-epoch";
+
 /// Start gossip for this node (`sf`: its id, addresses and managers).
 pub async fn start(
     config: &Config,
@@ -66,6 +70,8 @@ pub async fn start(
         _ => GossipConfig::lan(bind),
     };
     cfg.generation = generation;
+    cfg.epoch = shoal_replay::next_epoch(&config.data_dir, GOSSIP_EPOCH_FILE)
+        .map_err(|e| anyhow::anyhow!("gossip replay protection: {e}"))?;
     let ring = key_ring(keys).ok_or_else(|| anyhow::anyhow!("no gossip key yet"))?;
     let seeds: Vec<SocketAddr> = sf
         .managers

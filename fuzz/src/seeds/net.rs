@@ -57,13 +57,14 @@ pub(crate) fn gossip_packets() -> Vec<Vec<u8>> {
     out
 }
 
-/// Mode byte 0 (open the rest as received) and 1 (seal the rest, then
-/// open and decode it), over the same datagrams and a sync frame.
+/// Mode byte 0 (open the rest as received) and 1 (stamp and seal the
+/// rest, then open and decode it), over the same datagrams and a sync frame.
 pub(crate) fn gossip_sealed() -> Vec<Vec<u8>> {
     let ring = crate::ring();
+    let peer = shoal_membership::fresh::Freshness::new("peer", 1);
     let mut out = Vec::new();
     for p in gossip_packets().into_iter().take(3) {
-        if let Ok(s) = ring.seal(shoal_membership::crypto::Channel::Udp, &p) {
+        if let Ok(s) = ring.seal(shoal_membership::crypto::Channel::Udp, &peer.stamp(&p)) {
             out.push([&[0u8][..], &s].concat());
         }
         out.push([&[1u8][..], &p].concat());
