@@ -579,3 +579,138 @@ fn constraints_and_node_labels_place_tasks() {
         cli(lab, 1, &["service", "rm", s]).unwrap();
     }
 }
+
+/// `shoal network rm NETWORK`, answering `answer` to its prompt: (success,
+/// stdout, stderr).
+fn network_rm(lab: &Lab, args: &[&str], answer: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut argv = vec![
+        lab.shoal_bin().display().to_string(),
+        "network".into(),
+        "rm".into(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut child = lab
+        .command(1, &argv)
+        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The seed's "customize the default ingress network": `network rm
+/// ingress` warns and asks, is refused while a service publishes a port,
+/// and a custom `--ingress` network with its own subnet, gateway and MTU
+/// then carries the routing mesh on every host.
+#[test]
+fn a_custom_ingress_network_replaces_the_default_one() {
+    let lab = Lab::builder()
+        .nodes(3)
+        .daemon_config(&config())
+        .start()
+        .unwrap();
+    lab.form_swarm(3, 1).unwrap();
+    let lab = &lab;
+    let ingress = json(lab, 1, &["network", "inspect", "ingress"]);
+    assert_eq!(ingress[0]["Ingress"], true, "{ingress}");
+    create_echo(lab, "web", &["--replicas", "2", "-p", "8080:80"]).unwrap();
+
+    // Asked, and answered no: nothing happens.
+    let (ok, out, _) = network_rm(lab, &["ingress"], "n\n");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("WARNING! Before removing the routing-mesh network")
+            && out.contains("Are you sure you want to continue? [y/N]"),
+        "{out}"
+    );
+    assert_eq!(
+        json(lab, 1, &["network", "inspect", "ingress"])[0]["Ingress"],
+        true
+    );
+    // Confirmed (or forced) while web publishes: refused with the reason.
+    for (args, answer) in [(&["ingress"][..], "y\n"), (&["-f", "ingress"][..], "")] {
+        let (ok, _, err) = network_rm(lab, args, answer);
+        assert!(
+            !ok && err
+                .contains("ingress network cannot be removed because service web depends on it"),
+            "{err}"
+        );
+    }
+    cli(lab, 1, &["service", "rm", "web"]).unwrap();
+    let (ok, out, err) = network_rm(lab, &["ingress"], "y\n");
+    assert!(ok && out.contains("ingress"), "{out} {err}");
+    let nets = json(lab, 1, &["network", "ls"]);
+    assert!(
+        nets.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["Ingress"] != true),
+        "{nets}"
+    );
+
+    // The seed's replacement.
+    cli(
+        lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--ingress",
+            "--subnet=10.11.0.0/16",
+            "--gateway=10.11.0.2",
+            "--opt",
+            "com.docker.network.driver.mtu=1200",
+            "my-ingress",
+        ],
+    )
+    .unwrap();
+    let e = cli(lab, 1, &["network", "create", "--ingress", "second"]).unwrap_err();
+    assert!(e.contains("ingress"), "{e}");
+    let mine = json(lab, 1, &["network", "inspect", "my-ingress"]);
+    let ipam = &mine[0]["IPAM"]["Config"][0];
+    assert_eq!(
+        (ipam["Subnet"].as_str(), ipam["Gateway"].as_str()),
+        (Some("10.11.0.0/16"), Some("10.11.0.2")),
+        "{mine}"
+    );
+    create_echo(lab, "web", &["--replicas", "2", "-p", "8080:80"]).unwrap();
+    for h in 1..=3 {
+        let url = format!("http://{}:8080/", lab.host(h).unwrap().addr);
+        wait_until(
+            &format!("the mesh over my-ingress on h{h}"),
+            Duration::from_secs(30),
+            || http(lab, h, &url).filter(|b| b.starts_with("web.")),
+        );
+    }
+    // A task's interface on my-ingress: an address of its subnet, MTU 1200.
+    let host = (1..=3)
+        .find(|h| task_on(lab, *h).is_some())
+        .expect("a web task");
+    let (pid, _) = task_on(lab, host).unwrap();
+    let (_, addrs) = in_task(lab, host, pid, &["ip", "-o", "-4", "addr"]);
+    let dev = addrs
+        .lines()
+        .find(|l| l.contains(" inet 10.11."))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no address in 10.11.0.0/16: {addrs}"))
+        .to_string();
+    let (_, link) = in_task(lab, host, pid, &["ip", "link", "show", &dev]);
+    assert!(link.contains("mtu 1200"), "{link}");
+    cli(lab, 1, &["service", "rm", "web"]).unwrap();
+}

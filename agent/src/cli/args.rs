@@ -389,8 +389,13 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         networks: Vec<String>,
     },
-    /// Remove networks (refused while endpoints are attached).
+    /// Remove networks (refused while endpoints are attached; the ingress
+    /// network while a service publishes a port through it, and only after
+    /// confirming the warning).
     Rm {
+        /// Do not ask before removing the ingress network.
+        #[arg(short, long)]
+        force: bool,
         /// Names or ids.
         #[arg(required = true)]
         networks: Vec<String>,

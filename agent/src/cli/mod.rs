@@ -241,9 +241,20 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
                     networks: networks.clone(),
                     verbose: *verbose,
                 },
-                NetworkCmd::Rm { networks } => Request::NetworkRemove {
-                    networks: networks.clone(),
-                },
+                NetworkCmd::Rm { networks, force } => {
+                    let mut confirmed = Vec::new();
+                    for n in networks {
+                        if *force || !is_ingress(&cli.host, n).await || confirm(INGRESS_WARNING) {
+                            confirmed.push(n.clone());
+                        }
+                    }
+                    if confirmed.is_empty() {
+                        return Ok(());
+                    }
+                    Request::NetworkRemove {
+                        networks: confirmed,
+                    }
+                }
             };
             let inspect = matches!(cmd, NetworkCmd::Inspect { .. });
             match client::call(&cli.host, req).await? {
@@ -421,4 +432,38 @@ fn swarm_request(cmd: &SwarmCmd) -> (Request, bool) {
         SwarmCmd::Ca { .. } => (Request::CaRotate, false),
         SwarmCmd::RotateKeys => (Request::RotateKeys, false),
     }
+}
+
+/// docker's warning before `network rm` of the routing-mesh network.
+const INGRESS_WARNING: &str =
+    "WARNING! Before removing the routing-mesh network, make sure all the nodes
+in your swarm run the same docker engine version. Otherwise, removal may not
+be effective and functionality of newly created ingress networks will be
+impaired.
+Are you sure you want to continue?";
+
+/// Whether `network` names the ingress network (`false` when it cannot be
+/// looked up: removing it then says why).
+async fn is_ingress(host: &std::path::Path, network: &str) -> bool {
+    let req = Request::NetworkInspect {
+        networks: vec![network.to_string()],
+        verbose: false,
+    };
+    matches!(
+        client::call(host, req).await,
+        Ok(Response::Networks(docs)) if docs.first().is_some_and(|d| d["Ingress"] == true)
+    )
+}
+
+/// Prints `question` with ` [y/N] ` and reads the answer from stdin: yes
+/// only for `y` or `yes`.
+fn confirm(question: &str) -> bool {
+    use std::io::Write;
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }

@@ -69,8 +69,67 @@ pub async fn allocate_endpoint(
     Ok((net, ep))
 }
 
-/// `network rm`.
+/// `network rm`. The ingress network goes only while no service publishes
+/// a port through it (swarmkit's rule); the routing-mesh sandboxes' own
+/// endpoints, on their way out once nothing publishes, do not hold it.
 pub async fn remove(m: &Manager, network: &str) -> Result<String, ApiError> {
+    let key = network.to_string();
+    let (ingress, users) = m
+        .store()
+        .read(move |s| {
+            let Some(n) = network::find(&s.networks, &key).filter(|n| n.ingress) else {
+                return (None, Vec::new());
+            };
+            let sandboxes: Vec<String> = s
+                .nodes
+                .keys()
+                .map(crate::proto::session::ingress_endpoint_id)
+                .filter(|id| n.endpoints.contains_key(id))
+                .collect();
+            let users: Vec<String> = s
+                .services
+                .values()
+                .filter(|svc| {
+                    svc.spec
+                        .ports
+                        .iter()
+                        .any(|p| p.mode == shoal_model::service::PublishMode::Ingress)
+                })
+                .map(|svc| svc.spec.name.clone())
+                .collect();
+            (Some((n.id.clone(), sandboxes)), users)
+        })
+        .await?;
+    if let Some((net, sandboxes)) = ingress {
+        match users.as_slice() {
+            [] => {}
+            [one] => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "ingress network cannot be removed because service {one} depends on it"
+                    ),
+                ))
+            }
+            many => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "ingress network cannot be removed because services {} depend on it",
+                        many.join(", ")
+                    ),
+                ))
+            }
+        }
+        for id in sandboxes {
+            m.store()
+                .propose(Command::DetachEndpoint {
+                    network: net.clone(),
+                    id,
+                })
+                .await?;
+        }
+    }
     m.store()
         .propose(Command::RemoveNetwork {
             network: network.to_string(),
