@@ -25,6 +25,27 @@ pub struct ServiceUpdate {
     pub publish_rm: Vec<u16>,
     /// `--env-add K=V`.
     pub env_add: Vec<String>,
+    /// `--env-rm K`.
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    /// `--constraint-add EXPR`.
+    #[serde(default)]
+    pub constraint_add: Vec<String>,
+    /// `--constraint-rm EXPR`.
+    #[serde(default)]
+    pub constraint_rm: Vec<String>,
+    /// `--placement-pref-add spread=node.labels.K`.
+    #[serde(default)]
+    pub placement_pref_add: Vec<String>,
+    /// `--placement-pref-rm spread=node.labels.K`.
+    #[serde(default)]
+    pub placement_pref_rm: Vec<String>,
+    /// `--label-add k=v`.
+    #[serde(default)]
+    pub label_add: Vec<String>,
+    /// `--label-rm k`.
+    #[serde(default)]
+    pub label_rm: Vec<String>,
     /// `--force`: replace every task even if nothing changed.
     pub force: bool,
     /// `--update-*`.

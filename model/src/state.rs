@@ -457,6 +457,7 @@ impl State {
                 let mut same = spec.clone();
                 same.replicas = svc.spec.replicas;
                 same.update_config = svc.spec.update_config.clone();
+                same.rollback_config = svc.spec.rollback_config.clone();
                 if same != svc.spec {
                     // A new rollout: the scheduler reports on it afresh.
                     svc.spec_version = index;

@@ -484,6 +484,33 @@ fn constraints_and_node_labels_place_tasks() {
         "no suitable node (scheduling constraints not satisfied on 3 nodes)"
     );
 
+    // `service update --constraint-rm/--constraint-add`: nowhere's
+    // impossible constraint swapped for one that holds on the manager.
+    cli(
+        lab,
+        1,
+        &[
+            "service",
+            "update",
+            "--constraint-rm",
+            "node.labels.zone == b",
+            "--constraint-add",
+            "node.role==manager",
+            "nowhere",
+        ],
+    )
+    .unwrap();
+    let spec = json(lab, 1, &["service", "inspect", "nowhere"]);
+    assert_eq!(
+        spec[0]["spec"]["constraints"],
+        serde_json::json!(["node.role==manager"])
+    );
+    wait_until(
+        "nowhere now on the manager",
+        Duration::from_secs(30),
+        || (hosts("nowhere") == ["h1"]).then_some(()),
+    );
+
     // h2 loses the label: its tasks stop and wait, as nowhere fits them.
     cli(lab, 1, &["node", "update", "--label-rm", "zone", "h2"]).unwrap();
     wait_until(

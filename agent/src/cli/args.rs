@@ -525,6 +525,28 @@ pub enum ServiceCmd {
         /// Add or replace an environment variable `K=V`.
         #[arg(long)]
         env_add: Vec<String>,
+        /// Remove an environment variable (repeatable).
+        #[arg(long)]
+        env_rm: Vec<String>,
+        /// Add a placement constraint (repeatable; same syntax as
+        /// `create --constraint`).
+        #[arg(long)]
+        constraint_add: Vec<String>,
+        /// Remove a placement constraint (repeatable; as it was given).
+        #[arg(long)]
+        constraint_rm: Vec<String>,
+        /// Add a placement preference (`spread=node.labels.K`).
+        #[arg(long)]
+        placement_pref_add: Vec<String>,
+        /// Remove a placement preference.
+        #[arg(long)]
+        placement_pref_rm: Vec<String>,
+        /// Add or replace a service label `key=value`.
+        #[arg(long)]
+        label_add: Vec<String>,
+        /// Remove a service label by key.
+        #[arg(long)]
+        label_rm: Vec<String>,
         /// Replace the tasks even if nothing changed.
         #[arg(long)]
         force: bool,

@@ -202,6 +202,36 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     }
     spec.ports.retain(|p| !u.publish_rm.contains(&p.published));
     spec.ports.extend(u.publish_add.iter().copied());
+    let key_of = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    spec.env.retain(|e| !u.env_rm.contains(&key_of(e)));
+    // docker: a constraint is removed as written, spaces aside.
+    let bare = |c: &str| c.split_whitespace().collect::<String>();
+    spec.constraints
+        .retain(|c| !u.constraint_rm.iter().any(|r| bare(r) == bare(c)));
+    for c in &u.constraint_add {
+        if !spec.constraints.iter().any(|x| bare(x) == bare(c)) {
+            spec.constraints.push(c.clone());
+        }
+    }
+    spec.placement_prefs
+        .retain(|p| !u.placement_pref_rm.contains(p));
+    for p in &u.placement_pref_add {
+        if !spec.placement_prefs.contains(p) {
+            spec.placement_prefs.push(p.clone());
+        }
+    }
+    for k in &u.label_rm {
+        spec.labels.remove(k);
+    }
+    for kv in &u.label_add {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        if k.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "--label-add {kv:?}: expected key=value"
+            )));
+        }
+        spec.labels.insert(k.to_string(), v.to_string());
+    }
     for kv in &u.env_add {
         let k = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
         spec.env
