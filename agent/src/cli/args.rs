@@ -62,7 +62,7 @@ pub enum Command {
     Network(NetworkCmd),
     /// Manage services (run on a manager).
     #[command(subcommand)]
-    Service(ServiceCmd),
+    Service(Box<ServiceCmd>),
     /// Manage the images on this node (containerd's `shoal` namespace).
     #[command(subcommand)]
     Image(ImageCmd),
