@@ -68,6 +68,27 @@ pub struct ServiceUpdate {
     pub version: Option<u64>,
 }
 
+/// `network create -d bridge …`: a network of this node only (scope
+/// `local`, no Raft).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LocalNetworkSpec {
+    /// Name.
+    pub name: String,
+    /// `-d`.
+    pub driver: String,
+    /// `--subnet`.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// `--gateway`.
+    pub gateway: Option<Ipv4Addr>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `-o K=V`.
+    pub options: BTreeMap<String, String>,
+    /// `--label k=v`.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Changes to how updates (or rollbacks) roll: each field given replaces
 /// the stored one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

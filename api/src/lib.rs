@@ -335,6 +335,8 @@ pub enum Request {
         /// Names, ids or id prefixes.
         keys: Vec<String>,
     },
+    /// `network create -d bridge`: a local network of this node.
+    LocalNetworkCreate(LocalNetworkSpec),
 }
 
 /// Arguments of `swarm init`, as typed (interfaces are resolved by the

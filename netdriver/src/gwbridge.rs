@@ -36,6 +36,39 @@ pub const GW_TABLE: &str = "shoal-gw";
 pub const GW_IFNAME: &str = "gw0";
 /// Default egress subnet (its first address is the bridge's gateway).
 pub const DEFAULT_GW_SUBNET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(172, 18, 0, 0), 16);
+/// nftables table (family `bridge`) dropping frames between the bridge's
+/// ports when inter-workload traffic is off (`enable_icc=false`).
+pub const GW_ICC_TABLE: &str = "shoal-gw-icc";
+
+/// How the egress bridge is set up: docker's `docker_gwbridge` options
+/// (`--subnet`, `--gateway`, `com.docker.network.bridge.enable_icc`,
+/// `com.docker.network.bridge.enable_ip_masquerade`,
+/// `com.docker.network.driver.mtu`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GwSpec {
+    /// The subnet workloads get addresses from.
+    pub subnet: Ipv4Net,
+    /// The bridge's address (default: the subnet's first).
+    pub gateway: Option<Ipv4Addr>,
+    /// Workloads on the bridge may reach each other over it.
+    pub icc: bool,
+    /// Traffic leaving the node is masqueraded behind its address.
+    pub masquerade: bool,
+    /// MTU of the bridge and its veths (default: the kernel's, 1500).
+    pub mtu: Option<u32>,
+}
+
+impl Default for GwSpec {
+    fn default() -> Self {
+        GwSpec {
+            subnet: DEFAULT_GW_SUBNET,
+            gateway: None,
+            icc: true,
+            masquerade: true,
+            mtu: None,
+        }
+    }
+}
 
 const STATE_FILE: &str = "gwbridge.json";
 const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
@@ -65,6 +98,7 @@ pub struct GwBridge {
     run_dir: PathBuf,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
+    mtu: Option<u32>,
     own: NsConn,
     leases: BTreeMap<String, Ipv4Addr>,
 }
@@ -139,14 +173,20 @@ fn lowest_free(
 ///   routed. That setting would also let a task send to the host's
 ///   loopback services, so packets from the bridge to 127.0.0.0/8 that
 ///   open a connection (not replies) are dropped after DNAT.
-pub fn gw_table(subnet: Ipv4Net) -> String {
+///
+/// Without masquerading (`enable_ip_masquerade=false`) the first rule is
+/// left out: workloads' addresses leave the node as they are.
+pub fn gw_table(spec: &GwSpec) -> String {
     let br = nft::quote(GWBRIDGE);
-    let subnet = subnet.trunc();
+    let subnet = spec.subnet.trunc();
+    let egress = match spec.masquerade {
+        true => format!("ip saddr {subnet} oifname != {br} masquerade\n    "),
+        false => String::new(),
+    };
     format!(
         "  chain postrouting {{
     type nat hook postrouting priority 100; policy accept;
-    ip saddr {subnet} oifname != {br} masquerade
-    iifname {br} oifname {br} ct status dnat masquerade
+    {egress}iifname {br} oifname {br} ct status dnat masquerade
     ip saddr 127.0.0.0/8 oifname {br} ct status dnat masquerade
   }}
   chain guard_localnet {{
@@ -157,23 +197,44 @@ pub fn gw_table(subnet: Ipv4Net) -> String {
     )
 }
 
+/// The body of [`GW_ICC_TABLE`]: frames bridged from one workload's veth
+/// to another's (the host veths are `gw` + 8 hex digits) are dropped;
+/// what goes through the host (egress, published ports) is routed, not
+/// bridged, so it still flows.
+pub fn gw_icc_table() -> String {
+    "  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname \"gw*\" oifname \"gw*\" drop
+  }
+"
+    .to_string()
+}
+
 impl GwBridge {
-    /// Create (or adopt) the egress bridge in the calling thread's network
-    /// namespace (the daemon's): bridge [`GWBRIDGE`] up with the subnet's
-    /// first address as gateway (and `route_localnet`, see [`gw_table`]),
-    /// IPv4 forwarding on, and the masquerade table [`GW_TABLE`]. Idempotent; after a restart, the leases in
-    /// `<run_dir>/gwbridge.json` are kept (those outside `subnet` dropped).
-    /// Must run inside a tokio runtime.
-    pub async fn ensure(run_dir: &Path, subnet: Ipv4Net) -> Result<GwBridge, NetError> {
-        let subnet = subnet.trunc();
+    /// Create (or adopt, and set up as `spec` says) the egress bridge in
+    /// the calling thread's network namespace (the daemon's): bridge
+    /// [`GWBRIDGE`] up with the gateway address (and `route_localnet`, see
+    /// [`gw_table`]) and `spec`'s MTU, IPv4 forwarding on, the table
+    /// [`GW_TABLE`], and [`GW_ICC_TABLE`] when inter-workload traffic is
+    /// off. Idempotent; after a restart, the leases in
+    /// `<run_dir>/gwbridge.json` are kept (those outside the subnet
+    /// dropped). Must run inside a tokio runtime.
+    pub async fn ensure(run_dir: &Path, spec: &GwSpec) -> Result<GwBridge, NetError> {
+        let subnet = spec.subnet.trunc();
         if subnet.prefix_len() > 30 {
             return Err(NetError::InvalidSpec {
                 network: GWBRIDGE.to_string(),
                 reason: format!("subnet {subnet} too small: need at least a /30"),
             });
         }
-        let gateway = match subnet.hosts().next() {
-            Some(g) => g,
+        let gateway = match spec.gateway.or_else(|| subnet.hosts().next()) {
+            Some(g) if subnet.contains(&g) && g != subnet.network() && g != subnet.broadcast() => g,
+            Some(g) => {
+                return Err(NetError::InvalidSpec {
+                    network: GWBRIDGE.to_string(),
+                    reason: format!("gateway {g} is not a host address of {subnet}"),
+                })
+            }
             None => {
                 return Err(NetError::InvalidSpec {
                     network: GWBRIDGE.to_string(),
@@ -245,8 +306,12 @@ impl GwBridge {
                 r => r.map_err(nl(format!("add {want} to {GWBRIDGE}")))?,
             }
         }
+        let mut up = LinkUnspec::new_with_index(br).up();
+        if let Some(mtu) = spec.mtu {
+            up = up.mtu(mtu);
+        }
         h.link()
-            .set(LinkUnspec::new_with_index(br).up().build())
+            .set(up.build())
             .execute()
             .await
             .map_err(nl(format!("set {GWBRIDGE} up")))?;
@@ -256,7 +321,11 @@ impl GwBridge {
             &format!("/proc/sys/net/ipv4/conf/{GWBRIDGE}/route_localnet"),
             "1",
         )?;
-        nft::apply_table(None, GW_TABLE, &gw_table(subnet)).await?;
+        nft::apply_table(None, GW_TABLE, &gw_table(spec)).await?;
+        match spec.icc {
+            true => nft::delete_bridge_table(GW_ICC_TABLE).await?,
+            false => nft::apply_bridge_table(GW_ICC_TABLE, &gw_icc_table()).await?,
+        }
 
         let path = run_dir.join(STATE_FILE);
         let mut state = load_state(&path)?;
@@ -270,6 +339,7 @@ impl GwBridge {
             run_dir: run_dir.to_path_buf(),
             subnet,
             gateway,
+            mtu: spec.mtu,
             own,
             leases: state.leases,
         })
@@ -288,6 +358,12 @@ impl GwBridge {
     /// The address leased to `key`, if any.
     pub fn lease(&self, key: &str) -> Option<Ipv4Addr> {
         self.leases.get(key).copied()
+    }
+
+    /// The leases recorded in `run_dir` (key -> address), for status
+    /// output where no `GwBridge` is at hand.
+    pub fn leases_in(run_dir: &Path) -> Result<BTreeMap<String, Ipv4Addr>, NetError> {
+        Ok(load_state(&run_dir.join(STATE_FILE))?.leases)
     }
 
     /// All leases (key -> address), for status output.
@@ -345,8 +421,12 @@ impl GwBridge {
         delete_link("daemon", h, &peer).await?;
         let br = index_of(h, GWBRIDGE, "daemon").await?;
         let workload = netns::connect(workload_netns).await?;
+        let mut veth = LinkVeth::new(&host, &peer);
+        if let Some(mtu) = self.mtu {
+            veth = veth.mtu(mtu);
+        }
         h.link()
-            .add(LinkVeth::new(&host, &peer).build())
+            .add(veth.build())
             .execute()
             .await
             .map_err(nl(format!("create veth {host}/{peer}")))?;
@@ -464,6 +544,7 @@ impl GwBridge {
         }
         delete_link("daemon", &own.handle, GWBRIDGE).await?;
         nft::delete_table(None, GW_TABLE).await?;
+        nft::delete_bridge_table(GW_ICC_TABLE).await?;
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -552,7 +633,7 @@ mod tests {
 
     #[test]
     fn gw_table_masquerades_the_subnet_and_hairpin() {
-        let t = gw_table(DEFAULT_GW_SUBNET);
+        let t = gw_table(&GwSpec::default());
         assert!(
             t.contains("ip saddr 172.18.0.0/16 oifname != \"shoal_gwbridge\" masquerade"),
             "{t}"

@@ -19,7 +19,7 @@
 //!   always brought up (the task's DNS listens on 127.0.0.11).
 //! - [`GwBridge`] is the node's egress bridge `shoal_gwbridge` in the
 //!   daemon's namespace (Docker's `docker_gwbridge`):
-//!   [`GwBridge::ensure`]`(run_dir, subnet)` creates or adopts it
+//!   [`GwBridge::ensure`]`(run_dir, &spec)` creates or adopts it
 //!   (gateway `.1`, forwarding on, masquerade table `ip shoal-gw`);
 //!   [`GwBridge::attach`]`(workload_netns, key)` gives the workload `gw0`
 //!   with an address leased under `key` (kept in
@@ -40,8 +40,8 @@
 //! ```no_run
 //! # async fn f(task_ns: &std::path::Path) -> Result<(), shoal_netdriver::NetError> {
 //! use shoal_netdriver::nft::{self, VIP_TABLE};
-//! use shoal_netdriver::{GwBridge, VipRule, DEFAULT_GW_SUBNET};
-//! let mut gw = GwBridge::ensure("/run/shoal".as_ref(), DEFAULT_GW_SUBNET).await?;
+//! use shoal_netdriver::{GwBridge, GwSpec, VipRule};
+//! let mut gw = GwBridge::ensure("/run/shoal".as_ref(), &GwSpec::default()).await?;
 //! let egress = gw.attach(task_ns, "task-k2x9").await?; // gw0, 172.18.0.2/16
 //! let vips = [VipRule {
 //!     vip: "10.0.9.2".parse().unwrap(),
@@ -103,8 +103,8 @@ pub use driver::Driver;
 pub use error::NetError;
 pub use esp::probe_esp;
 pub use gwbridge::{
-    gw_table, gw_veth_names, GwAttachment, GwBridge, DEFAULT_GW_SUBNET, GWBRIDGE, GW_IFNAME,
-    GW_TABLE,
+    gw_icc_table, gw_table, gw_veth_names, GwAttachment, GwBridge, GwSpec, DEFAULT_GW_SUBNET,
+    GWBRIDGE, GW_ICC_TABLE, GW_IFNAME, GW_TABLE,
 };
 pub use netns::{create_netns, remove_netns};
 pub use nft::{Backend, PortRule, Proto, VipRule};

@@ -14,7 +14,8 @@
 //! The builders are pure (text in, text out) and unit-tested on their
 //! output; [`apply_table`] loads a table through the `nft` binary, replacing
 //! the whole table in one transaction so readers never see half of it.
-//! Every table is `ip` family and never touches tables it does not name,
+//! Every table is `ip` family (the egress bridge's isolation table is
+//! `bridge`) and never touches tables it does not name,
 //! so it coexists with firewalls and with other daemons' tables.
 
 use std::ffi::OsString;
@@ -140,7 +141,42 @@ async fn run_nft(
 /// missing (so the delete cannot fail), delete it, recreate it with `body`.
 /// nft runs a file as one transaction, so this is an atomic replace.
 pub fn replace_table_script(table: &str, body: &str) -> String {
-    format!("table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n{body}}}\n")
+    family_script("ip", table, body)
+}
+
+fn family_script(family: &str, table: &str, body: &str) -> String {
+    format!(
+        "table {family} {table} {{}}\ndelete table {family} {table}\ntable {family} {table} {{\n{body}}}\n"
+    )
+}
+
+/// [`apply_table`] for a `bridge` family table (frames forwarded between
+/// the ports of a Linux bridge).
+pub async fn apply_bridge_table(table: &str, body: &str) -> Result<(), NetError> {
+    check_table(table)?;
+    let script = family_script("bridge", table, body);
+    run_nft(
+        None,
+        &["-f", "-"],
+        Some(&script),
+        &format!("replace table bridge {table}"),
+    )
+    .await?;
+    Ok(())
+}
+
+/// [`delete_table`] for a `bridge` family table.
+pub async fn delete_bridge_table(table: &str) -> Result<(), NetError> {
+    check_table(table)?;
+    let script = format!("table bridge {table} {{}}\ndelete table bridge {table}\n");
+    run_nft(
+        None,
+        &["-f", "-"],
+        Some(&script),
+        &format!("delete table bridge {table}"),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Replace the whole table `ip <table>` in `netns` (a namespace

@@ -21,8 +21,8 @@ use futures::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
 use shoal_netdriver::nft::{self, INGRESS_TABLE, PUBLISH_TABLE, VIP_TABLE};
 use shoal_netdriver::{
-    create_netns, remove_netns, Backend, Desired, Driver, GwBridge, NetError, NetworkSpec,
-    PortRule, Proto, VipRule, DEFAULT_GW_SUBNET, GWBRIDGE, GW_TABLE,
+    create_netns, remove_netns, Backend, Desired, Driver, GwBridge, GwSpec, NetError, NetworkSpec,
+    PortRule, Proto, VipRule, GWBRIDGE, GW_TABLE,
 };
 
 /// Owns the temp dir; on drop removes the drivers' network namespaces,
@@ -450,7 +450,7 @@ fn gwbridge_egress_masquerade_and_leases() {
 
     let (run2, w12) = (run.clone(), w1.clone());
     let first = in_ns(&host, move || async move {
-        let mut gw = GwBridge::ensure(&run2, DEFAULT_GW_SUBNET).await.unwrap();
+        let mut gw = GwBridge::ensure(&run2, &GwSpec::default()).await.unwrap();
         assert_eq!(gw.gateway(), ip("172.18.0.1"));
         gw.attach(&w12, "task1").await.unwrap()
     });
@@ -472,7 +472,7 @@ fn gwbridge_egress_masquerade_and_leases() {
     let (run3, w13, w22, w32) = (run.clone(), w1.clone(), w2.clone(), w3.clone());
     let host_veth = first.host_veth.clone();
     in_ns(&host, move || async move {
-        let mut gw = GwBridge::ensure(&run3, DEFAULT_GW_SUBNET).await.unwrap();
+        let mut gw = GwBridge::ensure(&run3, &GwSpec::default()).await.unwrap();
         assert_eq!(gw.lease("task1"), Some(ip("172.18.0.2")));
         let again = gw.attach(&w13, "task1").await.unwrap();
         assert_eq!(again.ip, "172.18.0.2/16".parse().unwrap());
@@ -570,7 +570,7 @@ fn routing_mesh_host_publish_to_ingress_sandbox() {
             .await
             .unwrap();
         }
-        let mut g = GwBridge::ensure(&run, DEFAULT_GW_SUBNET).await.unwrap();
+        let mut g = GwBridge::ensure(&run, &GwSpec::default()).await.unwrap();
         let sbx = g.attach(&sb, "ingress-sbx").await.unwrap();
         g.attach(&t2, "task").await.unwrap();
         let publish = nft::host_publish_table(&[

@@ -307,3 +307,129 @@ fn internal_network_has_no_way_out_but_reaches_its_peers() {
         "something connected to h2's listener"
     );
 }
+
+/// The seed's "customize the docker_gwbridge interface": h2 makes its
+/// `shoal_gwbridge` before joining (subnet 10.11.0.0/16, no traffic
+/// between its workloads, masquerading on); `network ls` shows it as a
+/// local bridge network, h2's workloads egress through it and cannot reach
+/// each other over it, while h1 keeps the defaults; in use, it can be
+/// neither removed nor made again.
+#[test]
+fn a_gwbridge_made_before_joining_is_set_up_as_asked() {
+    let lab = Lab::builder()
+        .nodes(2)
+        .daemon_config(CONFIG)
+        .start()
+        .unwrap();
+    let local = |h: usize| {
+        shoal_tests::json(&lab, h, &["network", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["Name"] == "shoal_gwbridge")
+            .cloned()
+    };
+    assert!(local(2).is_none(), "no gwbridge before anyone makes it");
+    cli(
+        &lab,
+        2,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.11.0.0/16",
+            "--opt",
+            "com.docker.network.bridge.name=shoal_gwbridge",
+            "--opt",
+            "com.docker.network.bridge.enable_icc=false",
+            "--opt",
+            "com.docker.network.bridge.enable_ip_masquerade=true",
+            "-d",
+            "bridge",
+            "shoal_gwbridge",
+        ],
+    )
+    .unwrap();
+    let n = local(2).expect("shoal_gwbridge listed on h2");
+    assert_eq!(
+        (n["Driver"].as_str(), n["Scope"].as_str()),
+        (Some("bridge"), Some("local"))
+    );
+    let e = cli(&lab, 2, &["network", "create", "-d", "bridge", "br0"]).unwrap_err();
+    assert!(e.contains("not supported yet"), "{e}");
+    let e = cli(&lab, 2, &["network", "create", "-d", "ipvlan", "iv"]).unwrap_err();
+    assert!(e.contains("not supported"), "{e}");
+
+    lab.form_swarm(2, 1).unwrap();
+    wait_for("gossip on both", Duration::from_secs(20), || {
+        (1..=2).all(|h| cli(&lab, h, &["gossip", "members"]).is_ok())
+    });
+    cli(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "app",
+        ],
+    )
+    .unwrap();
+    let (a, b) = (
+        run_sleeper(&lab, 2, "app", "a"),
+        run_sleeper(&lab, 2, "app", "b"),
+    );
+    let (c, d) = (
+        run_sleeper(&lab, 1, "app", "c"),
+        run_sleeper(&lab, 1, "app", "d"),
+    );
+    let gw = |w: &Value| w["gw_ip"].as_str().unwrap().to_string();
+    assert!(
+        gw(&a).starts_with("10.11.") && gw(&b).starts_with("10.11."),
+        "{a} {b}"
+    );
+    assert!(gw(&c).starts_with("172.18."), "h1 keeps the default: {c}");
+    let (_, routes) = in_workload(&lab, 2, &a, &["ip", "route", "show", "default"]);
+    assert!(routes.contains("via 10.11.0.1 dev gw0"), "{routes}");
+    // Masquerading on: out to h1's underlay address.
+    let h1 = lab.host(1).unwrap().addr.to_string();
+    let (ok, out) = in_workload(&lab, 2, &a, &["ping", "-c", "1", "-W", "2", &h1]);
+    assert!(ok, "a reaches h1's underlay: {out}");
+    // enable_icc=false on h2: a cannot reach b over the bridge, but can
+    // over the overlay; on h1 (the defaults) c reaches d over the bridge.
+    let (ok, out) = in_workload(&lab, 2, &a, &["ping", "-c", "3", "-W", "1", &gw(&b)]);
+    assert!(
+        !ok,
+        "a reached b over shoal_gwbridge with enable_icc=false: {out}"
+    );
+    let (ok, out) = in_workload(&lab, 2, &a, &["ping", "-c", "1", "-W", "2", &ip(&b)]);
+    assert!(ok, "a reaches b over the overlay: {out}");
+    let (ok, out) = in_workload(&lab, 1, &c, &["ping", "-c", "1", "-W", "2", &gw(&d)]);
+    assert!(ok, "c reaches d over h1's default gwbridge: {out}");
+
+    let n = local(2).unwrap();
+    let inspect = shoal_tests::json(&lab, 2, &["network", "inspect", "shoal_gwbridge"]);
+    assert_eq!(inspect[0]["Id"], n["Id"]);
+    assert_eq!(
+        inspect[0]["Options"]["com.docker.network.bridge.enable_icc"], "false",
+        "{inspect}"
+    );
+    assert_eq!(inspect[0]["IPAM"]["Config"][0]["Subnet"], "10.11.0.0/16");
+    assert_eq!(
+        inspect[0]["Containers"].as_object().unwrap().len(),
+        2,
+        "{inspect}"
+    );
+    // In use by the swarm: neither removed nor made again.
+    let e = cli(&lab, 2, &["network", "rm", "shoal_gwbridge"]).unwrap_err();
+    assert!(e.contains("in use"), "{e}");
+    let e = cli(
+        &lab,
+        1,
+        &["network", "create", "-d", "bridge", "shoal_gwbridge"],
+    )
+    .unwrap_err();
+    assert!(e.contains("in use by this node's swarm"), "{e}");
+}

@@ -15,10 +15,11 @@ mod logs;
 mod output;
 mod files;
 mod service;
+mod service_args;
 
 pub use args::*;
 use output::{print_info, print_json, print_response, print_table, print_version};
-use service::{network_spec, service_command};
+use service::{local_network_spec, network_spec, service_command};
 
 /// Run a client subcommand; returns the process exit code.
 pub async fn run_client(cli: Cli) -> i32 {
@@ -235,6 +236,9 @@ async fn client_command(cli: &Cli) -> Result<(), ClientError> {
         }
         Command::Network(cmd) => {
             let req = match cmd {
+                NetworkCmd::Create { driver, .. } if driver == "bridge" => {
+                    Request::LocalNetworkCreate(local_network_spec(cmd)?)
+                }
                 NetworkCmd::Create { .. } => Request::NetworkCreate(network_spec(cmd)?),
                 NetworkCmd::Ls => Request::NetworkList,
                 NetworkCmd::Inspect { networks, verbose } => Request::NetworkInspect {

@@ -501,6 +501,50 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
 }
 
 /// Build a network spec from `network create` flags.
+/// `network create -d bridge` flags as a local network (the daemon checks
+/// them).
+pub(super) fn local_network_spec(
+    cmd: &NetworkCmd,
+) -> Result<shoal_api::LocalNetworkSpec, ClientError> {
+    let NetworkCmd::Create {
+        driver,
+        subnet,
+        gateway,
+        attachable,
+        ingress,
+        internal,
+        opt,
+        label,
+        name,
+    } = cmd
+    else {
+        return Err(ClientError::Unexpected("not network create".into()));
+    };
+    let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
+    if *attachable || *ingress {
+        return Err(bad(
+            "--attachable and --ingress are for overlay networks (-d overlay)".into(),
+        ));
+    }
+    let pairs = |list: &[String], flag: &str| {
+        list.iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(bad(format!("{flag} {kv:?}: expected key=value"))),
+            })
+            .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+    };
+    Ok(shoal_api::LocalNetworkSpec {
+        name: name.clone(),
+        driver: driver.clone(),
+        subnet: *subnet,
+        gateway: *gateway,
+        internal: *internal,
+        options: pairs(opt, "--opt")?,
+        labels: pairs(label, "--label")?,
+    })
+}
+
 pub(super) fn network_spec(
     cmd: &NetworkCmd,
 ) -> Result<shoal_model::network::NetworkSpec, ClientError> {
@@ -521,7 +565,8 @@ pub(super) fn network_spec(
     let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
     if driver != "overlay" {
         return Err(bad(format!(
-            "network driver {driver:?} is not supported: use -d overlay"
+            "network driver {driver:?} is not supported: use -d overlay (or -d bridge for \
+             shoal_gwbridge; ipvlan needs a kernel module this build does not use)"
         )));
     }
     let mut spec = shoal_model::network::NetworkSpec {

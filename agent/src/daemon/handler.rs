@@ -17,6 +17,7 @@ use crate::manager::events::POLL_WAIT;
 use crate::manager::Manager;
 use crate::swarm::file::write_atomically;
 use crate::swarm::Swarm;
+use crate::worker::gwnet;
 use shoal_model::service::Runtime;
 
 /// State shared by every API connection.
@@ -270,27 +271,55 @@ impl Daemon {
                     let _ = tokio::time::timeout_at(deadline, notified).await;
                 }
             }
-            Request::NetworkList => Ok(Response::Networks(
-                networks::inspect(self.manager().await?.as_ref(), &[]).await?,
-            )),
+            Request::NetworkList => {
+                // The swarm's networks (on a manager), then this node's own.
+                let mut docs = match self.manager().await {
+                    Ok(m) => networks::inspect(&m, &[]).await?,
+                    Err(_) => Vec::new(),
+                };
+                docs.extend(self.local_network(None)?);
+                Ok(Response::Networks(docs))
+            }
             Request::NetworkInspect {
                 networks: keys,
                 verbose,
             } => {
-                let m = self.manager().await?;
-                let mut docs = networks::inspect(&m, &keys).await?;
-                if verbose {
-                    networks::add_node_views(&m, &mut docs).await?;
+                let mut docs = Vec::new();
+                for k in keys {
+                    if let Some(doc) = self.local_network(Some(&k))? {
+                        docs.push(doc);
+                        continue;
+                    }
+                    let m = self.manager().await?;
+                    let mut one = networks::inspect(&m, &[k]).await?;
+                    if verbose {
+                        networks::add_node_views(&m, &mut one).await?;
+                    }
+                    docs.extend(one);
                 }
                 Ok(Response::Networks(docs))
             }
             Request::NetworkRemove { networks: keys } => {
-                let m = self.manager().await?;
                 let mut out = Vec::new();
                 for n in keys {
-                    out.push(networks::remove(&m, &n).await?);
+                    if self.local_network(Some(&n))?.is_some() {
+                        let in_swarm = self.swarm.read().await.is_some();
+                        gwnet::remove(&self.config.data_dir, &self.config.run_dir, in_swarm)
+                            .await?;
+                        out.push(n);
+                        continue;
+                    }
+                    out.push(networks::remove(self.manager().await?.as_ref(), &n).await?);
                 }
                 Ok(Response::Message(out.join("\n")))
+            }
+            Request::LocalNetworkCreate(spec) => {
+                let in_swarm = self.swarm.read().await.is_some();
+                Ok(Response::Message(gwnet::create(
+                    &self.config.data_dir,
+                    &spec,
+                    in_swarm,
+                )?))
             }
             Request::GossipMembers => Ok(Response::Members(
                 self.gossip()
@@ -456,6 +485,19 @@ impl Daemon {
                 "gossip is not running yet on this node (it starts once the node's session delivers the key ring)",
             )
         })
+    }
+
+    /// This node's local network (`shoal_gwbridge`) as docker shows it,
+    /// if it exists and `key` (if any) names it.
+    fn local_network(&self, key: Option<&str>) -> Result<Option<serde_json::Value>, ApiError> {
+        let Some(n) = gwnet::load(&self.config.data_dir)? else {
+            return Ok(None);
+        };
+        if key.is_some_and(|k| !gwnet::names(&n, k)) {
+            return Ok(None);
+        }
+        let leases = shoal_netdriver::GwBridge::leases_in(&self.config.run_dir).unwrap_or_default();
+        Ok(Some(gwnet::doc(&n, &leases)))
     }
 
     async fn manager(&self) -> Result<Arc<Manager>, ApiError> {

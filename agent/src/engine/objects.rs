@@ -178,7 +178,13 @@ fn docker_network(mut doc: Value) -> Value {
 
 async fn network_docs(d: &Daemon, req: Request) -> Result<Vec<Value>, Failure> {
     match ask(d, req).await? {
-        Response::Networks(docs) => Ok(docs.into_iter().map(docker_network).collect()),
+        // Swarm networks only: the node's local shoal_gwbridge is not
+        // the Engine API's business here.
+        Response::Networks(docs) => Ok(docs
+            .into_iter()
+            .filter(|d| d["Scope"] != "local")
+            .map(docker_network)
+            .collect()),
         other => Err(unexpected(&other)),
     }
 }

@@ -32,6 +32,7 @@ pub mod dns;
 pub mod encrypted;
 pub mod exec;
 pub mod executor;
+pub mod gwnet;
 mod health;
 mod host;
 mod netstatus;
@@ -84,6 +85,7 @@ impl Worker {
             containers,
             overlay: Overlay::new(
                 &config.run_dir,
+                &config.data_dir,
                 Encrypted::new(
                     me.to_string(),
                     config.data_dir.clone(),

@@ -18,8 +18,8 @@ use std::time::Duration;
 use shoal_api::{Attachment, Workload};
 use shoal_membership::{EndpointRecord, Gossip};
 use shoal_model::network::{Endpoint, Network};
+use shoal_netdriver::GwBridge;
 use shoal_netdriver::{Desired, Driver, NetworkSpec, RemoteEndpoint};
-use shoal_netdriver::{GwBridge, DEFAULT_GW_SUBNET};
 
 use tracing::{info, warn};
 
@@ -45,6 +45,8 @@ pub struct StartSpec {
 /// Workloads and the netdriver of this node.
 pub struct Overlay {
     run_dir: PathBuf,
+    /// Where the egress bridge's local network record is (see `gwnet`).
+    data_dir: PathBuf,
     driver: tokio::sync::Mutex<Option<Driver>>,
     gw: tokio::sync::Mutex<Option<GwBridge>>,
     workloads: Mutex<BTreeMap<String, Workload>>,
@@ -67,10 +69,11 @@ impl std::fmt::Debug for Overlay {
 
 impl Overlay {
     /// Workload records live in `<run_dir>/workloads/`.
-    pub fn new(run_dir: &Path, encrypted: super::encrypted::Encrypted) -> Overlay {
+    pub fn new(run_dir: &Path, data_dir: &Path, encrypted: super::encrypted::Encrypted) -> Overlay {
         let overlay = Overlay {
             encrypted,
             run_dir: run_dir.to_owned(),
+            data_dir: data_dir.to_owned(),
             driver: tokio::sync::Mutex::new(None),
             gw: tokio::sync::Mutex::new(None),
             workloads: Mutex::new(BTreeMap::new()),
@@ -155,7 +158,9 @@ impl Overlay {
     ) -> anyhow::Result<R> {
         let mut guard = self.gw.lock().await;
         if guard.is_none() {
-            *guard = Some(GwBridge::ensure(&self.run_dir, DEFAULT_GW_SUBNET).await?);
+            let spec =
+                super::gwnet::spec(&self.data_dir).map_err(|e| anyhow::anyhow!(e.message))?;
+            *guard = Some(GwBridge::ensure(&self.run_dir, &spec).await?);
         }
         match guard.as_mut() {
             Some(g) => f(g).await,
