@@ -565,8 +565,8 @@ pub(super) fn network_spec(
     let bad = |m: String| ClientError::Api(shoal_api::ApiError::invalid(m));
     if driver != "overlay" {
         return Err(bad(format!(
-            "network driver {driver:?} is not supported: use -d overlay (or -d bridge for \
-             shoal_gwbridge; ipvlan needs a kernel module this build does not use)"
+            "network driver {driver:?} is not supported by Shoal yet: use -d overlay (or \
+             -d bridge, for shoal_gwbridge only)"
         )));
     }
     let mut spec = shoal_model::network::NetworkSpec {
