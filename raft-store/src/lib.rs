@@ -42,7 +42,7 @@ pub use raft::eraftpb;
 
 /// The replicated state: implemented by the typed Shoal state and by a
 /// small KV machine in the tests. Lives behind a mutex owned by the node.
-pub trait StateMachine: Send + 'static {
+pub trait StateMachine: Clone + Send + Sync + 'static {
     /// What is proposed; written into the raft entry by
     /// [`StateMachine::encode_command`].
     type Command: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;

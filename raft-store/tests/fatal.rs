@@ -11,7 +11,7 @@ use common::{addr, test_config};
 use shoal_raft_store::mem::MemRouter;
 use shoal_raft_store::{RaftNode, StateMachine};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Boom;
 
 impl StateMachine for Boom {

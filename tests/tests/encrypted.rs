@@ -645,7 +645,7 @@ fn services_resolve_balance_and_publish_over_encrypted_networks() {
         .unwrap();
     lab.init_swarm(1).unwrap();
     // The routing mesh itself encrypted: ingress replaced by an encrypted one.
-    cli(&lab, 1, &["network", "rm", "ingress"]).unwrap();
+    cli(&lab, 1, &["network", "rm", "-f", "ingress"]).unwrap();
     for args in [
         &[
             "--ingress",

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 /// The replicated state as raft-store applies it. Snapshots and log
 /// entries are the model's own encoding ([`State::encode`],
 /// [`Command::encode`]), which also reads the data dirs of older releases.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct StoreMachine(pub State);
 
 impl StateMachine for StoreMachine {

@@ -85,7 +85,7 @@ pub(super) struct Core<S: StateMachine> {
     pub(super) id: u64,
     pub(super) cfg: RaftConfig,
     pub(super) node: RawNode<SledStorage>,
-    pub(super) sm: Arc<Mutex<S>>,
+    pub(super) sm: super::SharedState<S>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) status_tx: watch::Sender<RaftStatus>,
     /// Random per-process value in proposal ids: entries proposed before a
@@ -383,7 +383,7 @@ impl<S: StateMachine> Core<S> {
 
     pub(super) fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), RaftError> {
         let (peers, state) = decode_envelope(&snap.data)?;
-        lock(&self.sm)
+        Arc::make_mut(&mut lock(&self.sm))
             .restore(state)
             .map_err(RaftError::StateMachine)?;
         let old = self.node.store().peers().clone();
@@ -503,7 +503,7 @@ impl<S: StateMachine> Core<S> {
                             .and_then(|s| self.pending.remove(&s));
                         match S::decode_command(&e.data) {
                             Ok(cmd) => {
-                                let out = guard.apply(e.index, cmd);
+                                let out = Arc::make_mut(&mut guard).apply(e.index, cmd);
                                 if let Some((Waiter::Cmd(r, since), _)) = waiter {
                                     self.stats
                                         .observe_apply(now.saturating_duration_since(since));
@@ -565,7 +565,8 @@ impl<S: StateMachine> Core<S> {
         {
             return Ok(());
         }
-        let state = match lock(&self.sm).snapshot() {
+        let current = lock(&self.sm).clone();
+        let state = match current.snapshot() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(raft_id = self.id, error = %e, "state machine snapshot failed; log not compacted");

@@ -78,6 +78,11 @@ pub(super) fn decode_envelope(data: &[u8]) -> Result<(PeerMap, &[u8]), RaftError
     Ok((peers, data.get(4 + len..).unwrap_or_default()))
 }
 
+/// The applied state: apply changes it in place unless a reader still
+/// holds the previous version (then it is copied first, once per batch);
+/// a reader takes the current version and reads it without the lock.
+pub(super) type SharedState<S> = Arc<Mutex<Arc<S>>>;
+
 struct Shared<S: StateMachine> {
     id: u64,
     /// Bounded: [`INBOUND_QUEUE`] inbound batches plus room for every
@@ -85,7 +90,7 @@ struct Shared<S: StateMachine> {
     tx: mpsc::SyncSender<Event<S::Output>>,
     /// Inbound batches queued and not yet taken by the loop.
     inbound: Arc<AtomicUsize>,
-    sm: Arc<Mutex<S>>,
+    sm: SharedState<S>,
     status: watch::Receiver<RaftStatus>,
     inflight: Arc<Semaphore>,
     /// Bound on how long a caller waits, past the loop's own deadlines.
@@ -289,7 +294,7 @@ impl<S: StateMachine> RaftNode<S> {
             applied,
             ..Default::default()
         });
-        let sm = Arc::new(Mutex::new(sm));
+        let sm = Arc::new(Mutex::new(Arc::new(sm)));
         let (tx, rx) = mpsc::sync_channel(INBOUND_QUEUE + cfg.max_inflight_proposals.max(1) + 1);
         let inbound = Arc::new(AtomicUsize::new(0));
         let id = cfg.id;
@@ -425,8 +430,10 @@ impl<S: StateMachine> RaftNode<S> {
         &self,
         f: impl FnOnce(&S) -> R + Send + 'static,
     ) -> Result<R, RaftError> {
-        let g = lock(&self.inner.sm);
-        Ok(f(&g))
+        // The applied state as of now, shared: `f` runs without holding
+        // the lock apply needs, however long it takes.
+        let snapshot = lock(&self.inner.sm).clone();
+        Ok(f(&snapshot))
     }
 
     /// Adds a voter; its address travels in the conf change so every member
@@ -552,7 +559,7 @@ mod tests {
     use crate::mem::MemRouter;
 
     /// Counts applied commands; enough to drive a node.
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct Count(u64);
 
     impl StateMachine for Count {
@@ -593,6 +600,55 @@ mod tests {
         assert_eq!(cum[0], 2);
         assert_eq!(cum[3], 3);
         assert_eq!(cum.last().copied(), Some(4));
+    }
+
+    /// A reader sees the state as of when it started and does not hold
+    /// up apply: proposals commit while a slow reader is still reading.
+    #[tokio::test]
+    async fn a_slow_reader_never_holds_up_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RaftConfig {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            tick: Duration::from_millis(20),
+            leader_wait: Duration::from_secs(2),
+            propose_timeout: Duration::from_secs(5),
+            ..RaftConfig::default()
+        };
+        let router = MemRouter::new();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_002));
+        let node = RaftNode::bootstrap(cfg, addr, Count::default(), router.endpoint(1))
+            .await
+            .unwrap();
+        router.register(1, node.inbox());
+        node.propose(1).await.unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(node.read(move |c: &Count| {
+                    entered_tx.send(c.0).unwrap();
+                    // Held until the writes below are applied.
+                    release_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                    c.0
+                }))
+                .unwrap()
+            })
+        };
+        assert_eq!(entered_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        for i in 2..=4u64 {
+            tokio::time::timeout(Duration::from_secs(5), node.propose(i))
+                .await
+                .expect("apply waited for the reader")
+                .unwrap();
+        }
+        assert_eq!(node.read(|c: &Count| c.0).await.unwrap(), 1 + 2 + 3 + 4);
+        release_tx.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), 1, "the reader kept its version");
     }
 
     #[tokio::test]
