@@ -111,6 +111,12 @@ fn health_checks_gate_load_balancing_and_replace_unhealthy_tasks() {
             (w.len() == 2 && w.iter().all(|t| t["state"] == "starting")).then_some(w)
         },
     );
+    // Both containers up (`starting` is reported before the pull).
+    for t in &web {
+        wait_until("the container runs", Duration::from_secs(60), || {
+            in_task(&lab, t, &["true"]).ok()
+        });
+    }
     // Ten probe intervals: the check never passed (its failures in the
     // start period do not count), so neither task runs nor resolves.
     let until = Instant::now() + Duration::from_secs(3);
