@@ -77,32 +77,46 @@ impl HealthConfig {
         }
     }
 
-    /// `self` over `image` (docker's merge: each unset field from the
-    /// image), with docker's defaults for the rest; `None` when no check
-    /// runs.
+    /// `self` with each field it leaves unset (empty test, zero) taken
+    /// from `base`: docker's merge of a service's check over the image's,
+    /// and of `service update` flags over the stored check.
+    pub fn over(&self, base: &HealthConfig) -> HealthConfig {
+        let pick = |a: u64, b: u64| if a > 0 { a } else { b };
+        HealthConfig {
+            test: match self.test.is_empty() {
+                true => base.test.clone(),
+                false => self.test.clone(),
+            },
+            interval_ms: pick(self.interval_ms, base.interval_ms),
+            timeout_ms: pick(self.timeout_ms, base.timeout_ms),
+            retries: pick(self.retries, base.retries),
+            start_period_ms: pick(self.start_period_ms, base.start_period_ms),
+        }
+    }
+
+    /// `spec` over `image`, with docker's defaults for the rest; `None`
+    /// when no check runs.
     pub fn merged(spec: Option<&HealthConfig>, image: Option<&HealthConfig>) -> Option<Resolved> {
-        let pick = |f: fn(&HealthConfig) -> u64| {
-            [spec, image].into_iter().flatten().map(f).find(|v| *v > 0)
+        let h = match (spec, image) {
+            (Some(s), Some(i)) => s.over(i),
+            (Some(h), None) | (None, Some(h)) => h.clone(),
+            (None, None) => return None,
         };
-        let test = [spec, image]
-            .into_iter()
-            .flatten()
-            .map(|h| &h.test)
-            .find(|t| !t.is_empty())?;
-        let argv = match test.first().map(String::as_str) {
-            Some("CMD") => test[1..].to_vec(),
-            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), test.get(1)?.clone()],
+        let argv = match h.test.first().map(String::as_str) {
+            Some("CMD") => h.test[1..].to_vec(),
+            Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), h.test.get(1)?.clone()],
             _ => return None,
         };
         if argv.is_empty() {
             return None;
         }
+        let or = |v: u64, d: u64| if v > 0 { v } else { d };
         Some(Resolved {
             argv,
-            interval_ms: pick(|h| h.interval_ms).unwrap_or(DEFAULT_INTERVAL_MS),
-            timeout_ms: pick(|h| h.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS),
-            retries: pick(|h| h.retries).unwrap_or(DEFAULT_RETRIES),
-            start_period_ms: pick(|h| h.start_period_ms).unwrap_or(0),
+            interval_ms: or(h.interval_ms, DEFAULT_INTERVAL_MS),
+            timeout_ms: or(h.timeout_ms, DEFAULT_TIMEOUT_MS),
+            retries: or(h.retries, DEFAULT_RETRIES),
+            start_period_ms: h.start_period_ms,
         })
     }
 }

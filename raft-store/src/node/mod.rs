@@ -602,10 +602,9 @@ mod tests {
         assert_eq!(cum.last().copied(), Some(4));
     }
 
-    /// A reader sees the state as of when it started and does not hold
-    /// up apply: proposals commit while a slow reader is still reading.
-    #[tokio::test]
-    async fn a_slow_reader_never_holds_up_apply() {
+    /// A one-voter node on the in-memory transport (keep the dir and the
+    /// router alive as long as the node).
+    async fn single_node(port: u16) -> (tempfile::TempDir, MemRouter, RaftNode<Count>) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = RaftConfig {
             id: 1,
@@ -616,11 +615,19 @@ mod tests {
             ..RaftConfig::default()
         };
         let router = MemRouter::new();
-        let addr = SocketAddr::from(([127, 0, 0, 1], 20_002));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let node = RaftNode::bootstrap(cfg, addr, Count::default(), router.endpoint(1))
             .await
             .unwrap();
         router.register(1, node.inbox());
+        (dir, router, node)
+    }
+
+    /// A reader sees the state as of when it started and does not hold
+    /// up apply: proposals commit while a slow reader is still reading.
+    #[tokio::test]
+    async fn a_slow_reader_never_holds_up_apply() {
+        let (_dir, _router, node) = single_node(20_002).await;
         node.propose(1).await.unwrap();
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -653,21 +660,7 @@ mod tests {
 
     #[tokio::test]
     async fn stats_count_proposals_latency_and_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = RaftConfig {
-            id: 1,
-            data_dir: dir.path().to_path_buf(),
-            tick: Duration::from_millis(20),
-            leader_wait: Duration::from_secs(2),
-            propose_timeout: Duration::from_secs(5),
-            ..RaftConfig::default()
-        };
-        let router = MemRouter::new();
-        let addr = SocketAddr::from(([127, 0, 0, 1], 20_001));
-        let node = RaftNode::bootstrap(cfg, addr, Count::default(), router.endpoint(1))
-            .await
-            .unwrap();
-        router.register(1, node.inbox());
+        let (_dir, _router, node) = single_node(20_001).await;
 
         let before = node.stats();
         assert_eq!(before.proposals_total, 0);

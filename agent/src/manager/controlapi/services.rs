@@ -206,20 +206,18 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     spec.env.retain(|e| !u.env_rm.contains(&key_of(e)));
     // docker: a constraint is removed as written, spaces aside.
     let bare = |c: &str| c.split_whitespace().collect::<String>();
-    spec.constraints
-        .retain(|c| !u.constraint_rm.iter().any(|r| bare(r) == bare(c)));
-    for c in &u.constraint_add {
-        if !spec.constraints.iter().any(|x| bare(x) == bare(c)) {
-            spec.constraints.push(c.clone());
-        }
-    }
-    spec.placement_prefs
-        .retain(|p| !u.placement_pref_rm.contains(p));
-    for p in &u.placement_pref_add {
-        if !spec.placement_prefs.contains(p) {
-            spec.placement_prefs.push(p.clone());
-        }
-    }
+    add_rm(
+        &mut spec.constraints,
+        &u.constraint_add,
+        &u.constraint_rm,
+        |a, b| bare(a) == bare(b),
+    );
+    add_rm(
+        &mut spec.placement_prefs,
+        &u.placement_pref_add,
+        &u.placement_pref_rm,
+        |a, b| a == b,
+    );
     for k in &u.label_rm {
         spec.labels.remove(k);
     }
@@ -245,33 +243,7 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
     u.rollback_config.apply(&mut spec.rollback_config);
     if let Some(h) = &u.health {
         spec.container.healthcheck = Some(match (&spec.container.healthcheck, h.is_none()) {
-            (Some(old), false) if !old.is_none() => shoal_model::health::HealthConfig {
-                test: if h.test.is_empty() {
-                    old.test.clone()
-                } else {
-                    h.test.clone()
-                },
-                interval_ms: if h.interval_ms > 0 {
-                    h.interval_ms
-                } else {
-                    old.interval_ms
-                },
-                timeout_ms: if h.timeout_ms > 0 {
-                    h.timeout_ms
-                } else {
-                    old.timeout_ms
-                },
-                retries: if h.retries > 0 {
-                    h.retries
-                } else {
-                    old.retries
-                },
-                start_period_ms: if h.start_period_ms > 0 {
-                    h.start_period_ms
-                } else {
-                    old.start_period_ms
-                },
-            },
+            (Some(old), false) if !old.is_none() => h.over(old),
             _ => h.clone(),
         });
     }
@@ -283,6 +255,22 @@ pub async fn update(m: &Manager, key: &str, u: ServiceUpdate) -> Result<String, 
         })
         .await?;
     Ok(svc.spec.name)
+}
+
+/// `list` without what `rm` names and with what `add` names (once each);
+/// `same` says when two entries are one.
+fn add_rm(
+    list: &mut Vec<String>,
+    add: &[String],
+    rm: &[String],
+    same: impl Fn(&str, &str) -> bool,
+) {
+    list.retain(|x| !rm.iter().any(|r| same(r, x)));
+    for a in add {
+        if !list.iter().any(|x| same(x, a)) {
+            list.push(a.clone());
+        }
+    }
 }
 
 /// `service rm`: the tasks are stopped by their nodes.
