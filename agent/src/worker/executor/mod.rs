@@ -567,12 +567,18 @@ impl Executor {
         status: health::Status,
     ) {
         let id = &t.task.id;
+        // Host processes have no check: containerd is not asked for them
+        // (connecting to a missing socket would stall this loop).
         let settings = t
             .container
             .as_ref()
             .filter(|c| c.runtime == Runtime::Container);
-        let monitor = match (settings, ctx.containers.runtime().await) {
-            (Some(settings), Ok(rt)) => match rt.image(&t.image).await {
+        let rt = match settings {
+            Some(_) => ctx.containers.runtime().await.ok(),
+            None => None,
+        };
+        let monitor = match (settings, rt) {
+            (Some(settings), Some(rt)) => match rt.image(&t.image).await {
                 Ok(image) => health::resolve(settings, &image).map(|check| {
                     let out = overlay.netns_of(id).with_extension("resolv.health");
                     Monitor::spawn(rt, id.clone(), check, status, out, self.kick.clone())
