@@ -500,7 +500,6 @@ pub(super) async fn service_command(cli: &Cli, cmd: &ServiceCmd) -> Result<(), C
     Ok(())
 }
 
-/// Build a network spec from `network create` flags.
 /// `network create -d bridge` flags as a local network (the daemon checks
 /// them).
 pub(super) fn local_network_spec(
@@ -545,6 +544,7 @@ pub(super) fn local_network_spec(
     })
 }
 
+/// Build a network spec from `network create` flags.
 pub(super) fn network_spec(
     cmd: &NetworkCmd,
 ) -> Result<shoal_model::network::NetworkSpec, ClientError> {

@@ -143,40 +143,31 @@ fn roll(
     if let (Some(f), true, true, false) = (failed.first(), too_many, outdated, paused) {
         match cfg.failure_action {
             FailureAction::Continue => {}
-            // A rollback that fails stops (docker has no rollback of a
-            // rollback).
-            _ if rolling_back => {
-                paused = true;
-                out.status.push(status(
-                    svc,
-                    UpdateState::RollbackPaused,
-                    started,
-                    0,
-                    format!(
-                        "rollback paused due to failure or early termination of task {}",
-                        f.id
-                    ),
-                ));
-            }
-            FailureAction::Pause => {
-                paused = true;
-                out.status.push(status(
-                    svc,
-                    UpdateState::Paused,
-                    started,
-                    0,
-                    format!(
-                        "update paused due to failure or early termination of task {}",
-                        f.id
-                    ),
-                ));
-            }
-            FailureAction::Rollback => {
+            FailureAction::Rollback if !rolling_back => {
                 paused = true; // the rollback makes the next plan
                 out.status.push(Command::RollbackService {
                     service: svc.id.clone(),
                     at: now,
                 });
+            }
+            // Pause; a rollback that fails pauses too (docker has no
+            // rollback of a rollback).
+            _ => {
+                paused = true;
+                let (state, what) = match rolling_back {
+                    true => (UpdateState::RollbackPaused, "rollback"),
+                    false => (UpdateState::Paused, "update"),
+                };
+                out.status.push(status(
+                    svc,
+                    state,
+                    started,
+                    0,
+                    format!(
+                        "{what} paused due to failure or early termination of task {}",
+                        f.id
+                    ),
+                ));
             }
         }
     }
